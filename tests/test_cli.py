@@ -1,0 +1,105 @@
+"""The command line, end to end, on real data (the shipped Fashion-MNIST subset)."""
+
+import json
+
+import pytest
+
+from finetime.cli import main
+
+FAST = ["--data", "fashion-mnist-mini", "--model", "models_for_tests:tiny_cnn", "--classes", "3", "--per-class", "4",
+        "--image-size", "12", "--steps", "30", "--quiet"]
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_predict_json_has_the_contract_fields(capsys, tmp_path):
+    path = tmp_path / "p.json"
+    code, out, _ = run(capsys, "predict", *FAST, "--lr", "0.05", "--batch-size", "4", "--runs", "8",
+                       "--target-loss", "0.9", "--json", str(path))
+    assert code == 0
+    assert "training time" in out and "eps=0.1" in out
+    r = json.loads(path.read_text())
+    p = r["predicted"]
+    for key in ("loss", "loss_low", "loss_high", "accuracy", "training_time", "seconds_per_step", "seconds"):
+        assert key in p
+    assert len(p["loss"]) == 31 and p["loss_low"][10] <= p["loss"][10] <= p["loss_high"][10]
+    assert set(p["training_time"]) == {"eps=0.01", "eps=0.1", "eps=0.4", "target=0.9"}
+    assert {"step", "low", "high"} <= set(p["training_time"]["eps=0.1"])
+    assert set(r["cost_seconds"]) >= {"kernel", "simulation", "total"}
+    c = r["config"]
+    assert c["lr"] == 0.05 and len(c["chosen_classes"]) == 3 and len(c["train_indices"]) == 12
+    assert c["sample_seed"] == 0
+
+
+def test_json_is_never_overwritten_silently(capsys, tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text("keep me")
+    code, _, err = run(capsys, "predict", *FAST, "--json", str(path))
+    assert code == 2 and "refusing to overwrite" in err
+    assert path.read_text() == "keep me"
+
+
+def test_kernel_reuse_and_mismatch(capsys, tmp_path):
+    k = tmp_path / "k.ftk"
+    assert run(capsys, "predict", *FAST, "--kernel-out", str(k))[0] == 0
+    code, out, _ = run(capsys, "predict", *FAST, "--kernel-in", str(k), "--lr", "0.01")
+    assert code == 0 and "training time" in out
+    code, _, err = run(capsys, "predict", *FAST, "--kernel-in", str(k), "--seed", "3")
+    assert code == 2 and "recompute" in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr", "-1"], "learning rate must be a positive"),
+    (["--batch-size", "99"], "larger than the training set"),
+    (["--model", "no-such-model"], "unknown model"),
+    (["--model", "models_for_tests:returns_tuple"], "logits of shape"),
+    (["--data", "nope"], "unknown dataset"),
+    (["--momentum", "1.5"], "momentum must be in"),
+    (["--epsilon", "0,2"], "epsilon values"),
+    (["--classes", "11"], "exceeds"),
+])
+def test_bad_flags_give_one_clear_line(capsys, args, message):
+    code, out, err = run(capsys, "predict", *FAST, *args)
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_empty_image_folder(capsys, tmp_path):
+    (tmp_path / "cats").mkdir()
+    code, _, err = run(capsys, "predict", *FAST, "--data", f"imagefolder:{tmp_path}")
+    assert code == 2 and "holds no images" in err
+    code, _, err = run(capsys, "predict", *FAST, "--data", f"imagefolder:{tmp_path / 'missing'}")
+    assert code == 2 and "does not exist" in err
+
+
+def test_image_folder_end_to_end(capsys, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    code, out, _ = run(capsys, "predict", *FAST, "--data", f"imagefolder:{tmp_path}", "--classes", "2",
+                       "--per-class", "3")
+    assert code == 0 and "6 images, 2 classes (a, b)" in out
+
+
+def test_divergent_learning_rate_is_reported(capsys):
+    code, out, _ = run(capsys, "predict", *FAST, "--lr", "500")
+    assert code == 0 and "PREDICTED TO DIVERGE" in out
+
+
+def test_default_model_runs(capsys, tmp_path):
+    """The built-in EfficientNet-Lite0 (real ImageNet weights) through the whole pipeline, small."""
+    code, out, _ = run(capsys, "predict", "--data", "fashion-mnist-mini", "--per-class", "3", "--image-size", "32",
+                       "--steps", "20", "--quiet", "--json", str(tmp_path / "d.json"))
+    assert code == 0
+    r = json.loads((tmp_path / "d.json").read_text())
+    assert r["config"]["model"] == "efficientnet-lite0" and r["config"]["trained_weights"] > 3_000_000
+    assert r["predicted"]["loss"][20] < r["predicted"]["loss"][0]

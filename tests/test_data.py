@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+import torch
+
+from finetime.errors import ConfigError
+from finetime.zoo import load_raw, sample_task, to_model_input
+from finetime.zoo.data import DEBIAN_FASHION
+
+
+def test_shipped_fashion_subset_and_protocol():
+    raw = load_raw("fashion-mnist-mini")
+    assert raw.train_x.shape == (3000, 28, 28) and raw.test_x.shape == (1000, 28, 28)
+    a = sample_task(raw, classes=5, per_class=7, test_per_class=3, image_size=16, seed=4)
+    b = sample_task(raw, classes=5, per_class=7, test_per_class=3, image_size=16, seed=4)
+    assert a.x.shape == (35, 3, 16, 16) and a.x_test.shape == (15, 3, 16, 16)
+    assert torch.equal(a.x, b.x) and a.train_index == b.train_index
+    assert sorted(set(a.y.tolist())) == list(range(5)) and torch.bincount(a.y).tolist() == [7] * 5
+    c = sample_task(raw, classes=5, per_class=7, image_size=16, seed=5)
+    assert c.train_index != a.train_index
+
+
+def test_normalization_and_resize():
+    img = np.full((2, 28, 28), 255, np.uint8)
+    x = to_model_input(img, 32)
+    assert x.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(x, torch.full_like(x, 1.0))
+    rgb = np.zeros((1, 10, 10, 3), np.uint8)
+    assert to_model_input(rgb, 10).shape == (1, 3, 10, 10)
+
+
+def test_too_many_per_class_names_the_fix():
+    with pytest.raises(ConfigError, match="too many"):
+        sample_task(load_raw("fashion-mnist-mini"), classes=2, per_class=301)
+
+
+def test_mnist_5k():
+    raw = load_raw("mnist")
+    assert raw.train_x.shape == (4000, 28, 28) and raw.test_x.shape == (1000, 28, 28)
+    assert sample_task(raw, classes=3, per_class=2, image_size=8).x.shape == (6, 3, 8, 8)
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.exists(), reason="Debian dataset-fashion-mnist not installed")
+def test_full_fashion_mnist():
+    raw = load_raw("fashion-mnist")
+    assert raw.train_x.shape == (60000, 28, 28)

@@ -1,0 +1,112 @@
+"""The simulator against real torch.optim.SGD on models that are their own linearization (float64)."""
+
+import math
+
+import pytest
+import torch
+
+from finetime.batches import batch_plan
+from finetime.dynamics import Problem, simulate
+from finetime.finetune import finetune
+from finetime.kernel import brute_force_ntk, jacobian_weight_product
+from finetime.losses import Loss
+from finetime.optim import SGD, Constant, Cosine, StepDecay
+from models_for_tests import SmallConvNet, SoftmaxRegression
+
+CONFIGS = {
+    "gd": SGD(lr=0.5),
+    "gd-momentum": SGD(lr=0.2, momentum=0.9),
+    "sgd": SGD(lr=0.3, batch_size=4),
+    "sgd-momentum": SGD(lr=0.1, momentum=0.8, batch_size=5),
+    "nesterov": SGD(lr=0.1, momentum=0.9, nesterov=True, batch_size=4),
+    "weight-decay": SGD(lr=0.2, momentum=0.5, weight_decay=0.05, batch_size=4),
+    "step": SGD(lr=0.4, batch_size=6, schedule=StepDecay(step_size=7, gamma=0.5)),
+    "cosine-warmup": SGD(lr=0.4, momentum=0.5, batch_size=6, schedule=Cosine(warmup_steps=5)),
+    "warmup-constant": SGD(lr=0.4, schedule=Constant(warmup_steps=3)),
+    "replacement": SGD(lr=0.3, batch_size=4, sampling="replacement"),
+    "drop-last": SGD(lr=0.3, batch_size=4, drop_last=True),
+}
+
+
+def _data(n=14, d=5, c=3, m=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    xt = torch.randn(m, d, generator=g, dtype=torch.float64)
+    return x, torch.randint(0, c, (n,), generator=g), xt, torch.randint(0, c, (m,), generator=g)
+
+
+def _predict_and_train(model, x, y, xt, yt, sgd, loss, steps, names=None):
+    names = names or [n for n, p in model.named_parameters() if p.requires_grad]
+    plan = batch_plan(x.shape[0], sgd, steps, 1, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        f0, f0t = model(x), model(xt)
+    xa = torch.cat([x, xt])
+    theta_all = brute_force_ntk(model, xa, names)
+    nc = x.shape[0] * f0.shape[1]
+    jw = jacobian_weight_product(model, xa, names)
+    prob = Problem(theta_all[:nc, :nc], f0, y, loss, theta_all[nc:, :nc], f0t, yt, jw[: len(x)], jw[len(x):])
+    traj = simulate(prob, sgd, steps, plan=plan)
+    real = finetune(model, x, y, sgd, steps, plan, loss=loss, params=names, x_test=xt, y_test=yt)
+    return traj, real
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("loss", [Loss.CE, Loss.MSE])
+def test_linear_model_matches_real_sgd(name, loss):
+    torch.manual_seed(0)
+    x, y, xt, yt = _data()
+    model = SoftmaxRegression(5, 3).double()
+    traj, real = _predict_and_train(model, x, y, xt, yt, CONFIGS[name], loss, steps=25)
+    torch.testing.assert_close(traj.loss[0], real.loss, rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(traj.accuracy[0], real.accuracy, rtol=0, atol=1e-12)
+    torch.testing.assert_close(traj.test_loss[0], real.test_loss, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["gd", "sgd-momentum", "weight-decay", "cosine-warmup"])
+def test_frozen_backbone_with_trainable_head_matches_real_sgd(name):
+    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 3, 8, 8, generator=g, dtype=torch.float64)
+    xt = torch.randn(5, 3, 8, 8, generator=g, dtype=torch.float64)
+    y, yt = torch.randint(0, 3, (12,), generator=g), torch.randint(0, 3, (5,), generator=g)
+    model = SmallConvNet(3).double().eval()
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.startswith("head"))
+    traj, real = _predict_and_train(model, x, y, xt, yt, CONFIGS[name], Loss.CE, steps=20)
+    torch.testing.assert_close(traj.loss[0], real.loss, rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(traj.test_loss[0], real.test_loss, rtol=1e-6, atol=1e-10)
+
+
+def test_ensemble_runs_are_independent_batch_orders():
+    x, y, _, _ = _data(n=20)
+    model = SoftmaxRegression(5, 3).double()
+    theta = brute_force_ntk(model, x)
+    with torch.no_grad():
+        f0 = model(x)
+    prob = Problem(theta, f0, y, Loss.CE)
+    traj = simulate(prob, SGD(lr=0.5, batch_size=4), 30, runs=8, generator=torch.Generator().manual_seed(0))
+    assert traj.loss.shape == (8, 31)
+    assert torch.allclose(traj.loss[:, 0], traj.loss[0, 0])
+    assert traj.loss[:, -1].std() > 0
+    gd = simulate(prob, SGD(lr=0.5), 30, runs=8)
+    assert gd.loss.shape == (1, 31)
+
+
+def test_divergence_is_flagged_and_curve_stops():
+    x, y, _, _ = _data(n=10)
+    model = SoftmaxRegression(5, 3).double()
+    theta = brute_force_ntk(model, x)
+    with torch.no_grad():
+        f0 = model(x)
+    prob = Problem(theta, f0, y, Loss.MSE)
+    from finetime.spectrum import max_stable_lr, sharpness
+
+    bound = max_stable_lr(sharpness(theta, f0, Loss.MSE))
+    ok = simulate(prob, SGD(lr=0.95 * bound), 300)
+    bad = simulate(prob, SGD(lr=1.05 * bound), 300)
+    assert ok.diverged_at.item() == -1
+    assert bad.diverged_at.item() > 0
+    assert math.isnan(bad.loss[0, -1].item())
+    mom_bound = max_stable_lr(sharpness(theta, f0, Loss.MSE), momentum=0.5)
+    assert simulate(prob, SGD(lr=0.95 * mom_bound, momentum=0.5), 400).diverged_at.item() == -1
+    assert simulate(prob, SGD(lr=1.05 * mom_bound, momentum=0.5), 400).diverged_at.item() > 0

@@ -1,0 +1,31 @@
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from finetime.losses import Loss, accuracy, per_sample_loss, residual
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 7), c=st.integers(2, 6), seed=st.integers(0, 1000), loss=st.sampled_from(list(Loss)))
+def test_residual_is_gradient_of_per_sample_loss(n, c, seed, loss):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randn(n, c, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, c, (n,), generator=g)
+    (grad,) = torch.autograd.grad(per_sample_loss(f, y, loss).sum(), f)
+    torch.testing.assert_close(residual(f.detach(), y, loss), grad)
+
+
+def test_mean_loss_matches_torch():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (9,), generator=g)
+    torch.testing.assert_close(per_sample_loss(f, y, Loss.CE).mean(), F.cross_entropy(f, y))
+    torch.testing.assert_close(per_sample_loss(f, y, Loss.MSE).mean(), F.mse_loss(f, F.one_hot(y, 4).double()))
+
+
+def test_batched_leading_dims_and_accuracy():
+    f = torch.tensor([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 2.0], [0.0, 1.0]]])
+    y = torch.tensor([0, 1])
+    assert per_sample_loss(f, y, Loss.CE).shape == (2, 2)
+    torch.testing.assert_close(accuracy(f, y), torch.tensor([1.0, 0.5]))

@@ -1,0 +1,35 @@
+import math
+
+import torch
+
+from finetime.training_time import (first_crossing, normalized_threshold, steps_to_epsilon, steps_to_target,
+                                    summarize_times)
+
+
+def test_first_crossing_and_not_reached():
+    c = torch.tensor([[3.0, 2.0, 1.0, 0.5], [3.0, 2.9, 2.8, 2.7]])
+    assert steps_to_target(c, 1.0).tolist() == [2, -1]
+
+
+def test_normalized_threshold_per_curve():
+    c = torch.tensor([[2.0, 1.0, 0.5, 0.0]])
+    assert abs(normalized_threshold(c, 0.4).item() - 0.8) < 1e-6
+    assert steps_to_epsilon(c, 0.4).tolist() == [2]
+    assert steps_to_epsilon(c, 0.01).tolist() == [3]
+
+
+def test_diverged_curve_has_no_time():
+    c = torch.tensor([[2.0, 1.0, math.nan, math.nan]])
+    assert steps_to_epsilon(c, 0.1).tolist() == [-1]
+    assert steps_to_target(c, 1.5).tolist() == [1]
+
+
+def test_summary_median_band_and_unreached():
+    s = summarize_times(torch.tensor([10, 11, 12, 13, -1]))
+    assert s.step == 12 and s.low == 10 and s.high is None and s.reached_fraction == 0.8
+    assert summarize_times(torch.tensor([-1, -1, 3])).step is None
+
+
+def test_first_crossing_broadcast_threshold():
+    c = torch.tensor([[1.0, 0.5], [1.0, 0.9]])
+    assert first_crossing(c, torch.tensor([0.6, 0.95])).tolist() == [1, 1]
