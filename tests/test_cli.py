@@ -103,3 +103,20 @@ def test_default_model_runs(capsys, tmp_path):
     r = json.loads((tmp_path / "d.json").read_text())
     assert r["config"]["model"] == "efficientnet-lite0" and r["config"]["trained_weights"] > 3_000_000
     assert r["predicted"]["loss"][20] < r["predicted"]["loss"][0]
+
+
+def test_validate_freeze_backbone_is_exact(capsys, tmp_path):
+    """Linear probing: the linearized model is the model, so the replay on the real batch order must match the real
+    run to float32 precision, and the JSON carries actual curves, times and errors."""
+    path, png = tmp_path / "v.json", tmp_path / "v.png"
+    code, out, _ = run(capsys, "validate", *FAST, "--freeze-backbone", "--lr", "0.05", "--batch-size", "4",
+                       "--runs", "4", "--json", str(path), "--plot", str(png))
+    assert code == 0 and "same order" in out
+    r = json.loads(path.read_text())
+    real, replay = r["actual"]["loss"], r["predicted"]["replay"]["loss"]
+    assert len(real) == 31
+    assert max(abs(a - b) / b for a, b in zip(real, replay)) < 1e-5
+    assert all(e["relative"] == 0 for e in r["error_replay"].values())
+    assert {"loss", "accuracy", "training_time", "train_seconds"} <= set(r["actual"])
+    assert set(r["error"]["eps=0.1"]) == {"predicted", "actual", "difference", "relative"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

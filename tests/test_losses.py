@@ -29,3 +29,15 @@ def test_batched_leading_dims_and_accuracy():
     y = torch.tensor([0, 1])
     assert per_sample_loss(f, y, Loss.CE).shape == (2, 2)
     torch.testing.assert_close(accuracy(f, y), torch.tensor([1.0, 0.5]))
+
+
+def test_mean_loss_and_accuracy_match_separate_functions():
+    from finetime.losses import mean_loss_and_accuracy
+
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(3, 8, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (8,), generator=g)
+    for loss in Loss:
+        lo, ac = mean_loss_and_accuracy(f, y, loss)
+        torch.testing.assert_close(lo, per_sample_loss(f, y, loss).mean(-1))
+        torch.testing.assert_close(ac, accuracy(f, y))

@@ -1,5 +1,4 @@
-"""``finetime``: predict fine-tuning time before training (``predict``), check it against real training
-(``validate``)."""
+"""finetime: predict fine-tuning time before training (predict), check it against real training (validate)."""
 
 from __future__ import annotations
 
@@ -94,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Predict the loss curve, training time (steps) and seconds of fine-tuning, "
                                     "from the network's linearization at the pretrained weights.")
     add_run_flags(pp)
+    pv = sub.add_parser("validate", help="predict, then really fine-tune the same configuration and compare",
+                        description="Predict as `predict` does, then fine-tune the model for real with the same "
+                                    "settings (own batch order, seed+2) and report both curves and the training-time "
+                                    "errors (PROTOCOL.md definitions).")
+    add_run_flags(pv)
+    pv.add_argument("--plot", type=Path, help="write a PNG overlaying predicted band and real curve")
     return p
 
 
@@ -223,6 +228,46 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def print_validation(result: dict, out=None) -> None:
+    out = out or sys.stdout
+    c, pr, ac = result["config"], result["predicted"], result["actual"]
+    print(f"real training loss        {_fmt_curve(ac['loss'], c['steps'])}", file=out)
+    if ac["diverged"]:
+        print("REAL RUN DIVERGED", file=out)
+    print("training time (steps)     predicted   same order   real     error", file=out)
+    for key, e in result["error"].items():
+        rep = result.get("error_replay", {}).get(key, {}).get("predicted")
+        fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
+        print(f"  {key:<22}  {fmt(e['predicted']):>9}   {fmt(rep):>10}   {fmt(e['actual']):>5}   "
+              f"{100 * e['relative']:5.1f}%", file=out)
+    print(f"real fine-tuning {_fmt_seconds(ac['train_seconds'])} ({ac['seconds_per_step']:.4g} s/step; predicted "
+          f"{pr['seconds_per_step']:.4g}); prediction cost {result['cost_seconds']['total']:.1f} s = "
+          f"1/{result['cost_ratio']:.1f} of the training", file=out)
+
+
+def cmd_validate(args) -> int:
+    from .validate import validate
+
+    cfg = config_from_args(args)
+    for path in (args.json, args.plot):
+        if path is not None and path.exists() and not args.overwrite:
+            raise ConfigError(f"{path} exists; refusing to overwrite it (pass --overwrite or choose another path)")
+    if args.kernel_out is not None and args.kernel_out.exists():
+        raise ConfigError(f"{args.kernel_out} exists; refusing to overwrite it")
+    result = validate(cfg, kernel_in=args.kernel_in, kernel_out=args.kernel_out, progress=_Progress(args.quiet))
+    print_summary(result)
+    print_validation(result)
+    if args.json is not None:
+        write_json(result, args.json, args.overwrite)
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        from .plots import plot_validation
+
+        plot_validation(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -231,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _tune_allocator()
     try:
-        return {"predict": cmd_predict}[args.command](args)
+        return {"predict": cmd_predict, "validate": cmd_validate}[args.command](args)
     except FinetimeError as exc:
         if getattr(args, "debug", False):
             raise

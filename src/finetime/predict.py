@@ -69,8 +69,11 @@ def kernel_for(task: Task, *, kernel_in=None, kernel_out=None,
     return k
 
 
-def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype = torch.float64) -> Problem:
+def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype | None = None) -> Problem:
+    """The function-space problem; float64 for small kernels, float32 from 2000 outputs on (twice as fast)."""
     d = task.data
+    if dtype is None:
+        dtype = torch.float64 if kernel.theta.shape[0] <= 2000 else torch.float32
     cvt = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
     return Problem(cvt(kernel.theta), cvt(kernel.f0), d.y, Loss(task.config.loss), cvt(kernel.theta_test),
                    cvt(kernel.f0_test), d.y_test, cvt(kernel.jw0), cvt(kernel.jw0_test))
@@ -88,10 +91,10 @@ def run_dynamics(problem: Problem, config: RunConfig, generator: torch.Generator
 
 
 def tolist(t: torch.Tensor | None):
-    """Tensor -> JSON list with ``None`` for NaN."""
+    """Tensor -> JSON list (8 significant digits) with ``None`` for NaN."""
     if t is None:
         return None
-    return [None if not math.isfinite(v) else round(float(v), 6) for v in t.tolist()]
+    return [None if not math.isfinite(v) else float(f"{v:.8g}") for v in t.tolist()]
 
 
 def _band(curves: torch.Tensor):

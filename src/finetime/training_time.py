@@ -17,7 +17,7 @@ import math
 import torch
 
 __all__ = ["first_crossing", "normalized_threshold", "steps_to_target", "steps_to_epsilon", "TimeEstimate",
-           "summarize_times", "DEFAULT_EPSILONS"]
+           "summarize_times", "relative_error", "DEFAULT_EPSILONS"]
 
 DEFAULT_EPSILONS = (0.01, 0.1, 0.4)
 
@@ -77,3 +77,17 @@ def summarize_times(steps: torch.Tensor) -> TimeEstimate:
     reached = v >= 0
     v[~reached] = math.inf
     return TimeEstimate(_q(v, 0.5), _q(v, 0.05), _q(v, 0.95), float(reached.double().mean()))
+
+
+def relative_error(predicted: int | None, actual: int | None, *, predicted_diverged: bool = False,
+                   actual_diverged: bool = False) -> float:
+    """Relative training-time error ``|TT_pred - TT_real| / max(TT_real, 1)`` (PROTOCOL.md).
+
+    A correctly predicted divergence, or a threshold neither curve reaches, is an error of 0; any other mismatch on
+    divergence or on reaching the threshold counts as 1 (100%).
+    """
+    if predicted_diverged or actual_diverged:
+        return 0.0 if predicted_diverged == actual_diverged else 1.0
+    if predicted is None or actual is None:
+        return 0.0 if predicted is None and actual is None else 1.0
+    return abs(predicted - actual) / max(actual, 1)

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from ..losses import accuracy, per_sample_loss
+from ..losses import mean_loss_and_accuracy
 
 __all__ = ["Trajectory", "Recorder", "divergence_mask", "full_table", "initial_outputs"]
 
@@ -82,14 +82,15 @@ class Recorder:
         p, n, c = self.p, self.p.n, self.p.c
         r = fa.shape[0]
         ftr = fa[:, : n * c].view(r, n, c)
-        lt = per_sample_loss(ftr, p.y, p.loss).mean(-1)
+        lt, at = mean_loss_and_accuracy(ftr, p.y, p.loss)
         alive = self.diverged_at < 0
         self.loss[alive, t] = lt[alive]
-        self.acc[alive, t] = accuracy(ftr, p.y)[alive]
+        self.acc[alive, t] = at[alive]
         if p.has_test:
             fte = fa[:, n * c :].view(r, -1, c)
-            self.tloss[alive, t] = per_sample_loss(fte, p.y_test, p.loss).mean(-1)[alive]
-            self.tacc[alive, t] = accuracy(fte, p.y_test)[alive]
+            tl, ta = mean_loss_and_accuracy(fte, p.y_test, p.loss)
+            self.tloss[alive, t] = tl[alive]
+            self.tacc[alive, t] = ta[alive]
         if t > 0:
             newly = alive & divergence_mask(lt, self.loss[:, 0])
             self.diverged_at[newly] = t
