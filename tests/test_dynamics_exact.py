@@ -110,3 +110,18 @@ def test_divergence_is_flagged_and_curve_stops():
     mom_bound = max_stable_lr(sharpness(theta, f0, Loss.MSE), momentum=0.5)
     assert simulate(prob, SGD(lr=0.95 * mom_bound, momentum=0.5), 400).diverged_at.item() == -1
     assert simulate(prob, SGD(lr=1.05 * mom_bound, momentum=0.5), 400).diverged_at.item() > 0
+
+
+def test_full_batch_curve_from_training_forward_equals_separate_evaluation():
+    x, y, xt, yt = _data()
+    sgd = SGD(lr=0.5, momentum=0.5)
+    plan = batch_plan(x.shape[0], sgd, 15, 1, torch.Generator())
+    torch.manual_seed(0)
+    a = finetune(SoftmaxRegression(5, 3).double(), x, y, sgd, 15, plan)  # reuses the training forward
+    torch.manual_seed(0)
+    b = finetune(SoftmaxRegression(5, 3).double(), x, y, sgd, 15, plan, x_test=xt, y_test=yt)  # evaluates
+    torch.testing.assert_close(a.loss, b.loss)
+    torch.testing.assert_close(a.accuracy, b.accuracy)
+    torch.manual_seed(0)
+    bad = finetune(SoftmaxRegression(5, 3).double(), x * 30, y, SGD(lr=50.0, momentum=0.9), 40, plan)
+    assert bad.diverged and math.isnan(bad.loss[-1].item()) and bad.diverged_at > 0

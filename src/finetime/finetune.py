@@ -132,23 +132,40 @@ def finetune(
             tcurve[t], tacc[t] = _evaluate(model, x_test, y_test, loss, eval_chunk)
         eval_s += time.perf_counter() - t0
 
-    evaluate(0)
+    # Full-batch steps without dropout see the whole training set as the curve does: their forward pass is loss[t].
+    reuse = sgd.is_full_batch(x.shape[0]) and not dropout and x_test is None
+
+    def check(t) -> bool:
+        nonlocal diverged_at
+        if t > 0 and (not math.isfinite(curve[t]) or curve[t] > DIVERGENCE_FACTOR * curve[0]):
+            diverged_at = t
+            curve[t:] = math.nan
+            acc[t:] = math.nan
+            return True
+        return False
+
+    if not reuse:
+        evaluate(0)
     for t in range(steps):
         idx = plan.batch(0, t)
         t0 = time.perf_counter()
         set_train_mode(model, bn, dropout)
         opt.zero_grad(set_to_none=True)
-        batch_loss(model(x[idx]), y[idx], loss).backward()
+        logits = model(x[idx])
+        lval = batch_loss(logits, y[idx], loss)
+        lval.backward()
         opt.step()
         sched.step()
         train_s += time.perf_counter() - t0
         if progress is not None:
             progress(t + 1, steps)
-        evaluate(t + 1)
-        if not math.isfinite(curve[t + 1]) or curve[t + 1] > DIVERGENCE_FACTOR * curve[0]:
-            diverged_at = t + 1
-            curve[t + 1 :] = math.nan
-            acc[t + 1 :] = math.nan
-            break
+        if reuse:  # the full batch is in sample order
+            curve[t], acc[t] = float(lval), float(accuracy(logits.detach(), y[idx]))
+            if check(t):
+                break
+        if not reuse or t + 1 == steps:
+            evaluate(t + 1)
+            if check(t + 1):
+                break
     model.eval()
     return RealRun(curve, acc, tcurve, tacc, diverged_at, train_s, eval_s)

@@ -1,0 +1,211 @@
+"""Benchmark report: relative training-time errors of each predictor against real fine-tuning.
+
+    .venv/bin/python bench/report.py bench/results/paper.jsonl [--markdown OUT.md] [--scatter OUT.png]
+
+Groups: optimizer (GD / SGD), learning rate, momentum, eps, images per class, dataset, resolution. Errors follow
+PROTOCOL.md: |TT_pred - TT_real| / max(TT_real, 1); divergence mismatches count as 100% and are listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from finetime.training_time import relative_error  # noqa: E402
+
+MIN_REAL_TT = 10
+"""Cells whose real TT at eps=0.4 is below this are too fast to measure (FINDINGS: 'the budget must fit')."""
+
+
+def load(paths):
+    cells = []
+    for p in paths:
+        cells += [json.loads(line) for line in Path(p).read_text().splitlines() if line.strip()]
+    return cells
+
+
+def quantile(values, q):
+    v = sorted(values)
+    if not v:
+        return math.nan
+    k = (len(v) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def rows(cells, predictor):
+    """One row per (cell, eps): the relative error and the grouping keys."""
+    out = []
+    for c in cells:
+        if predictor not in c["predictors"] and predictor != "replay":
+            continue
+        cfg = c["config"]
+        real = c["real"]
+        pred = c["replay"] if predictor == "replay" else c["predictors"][predictor]
+        pdiv = predictor != "replay" and pred["diverged_fraction"] > 0.5
+        for key, rt in real["training_time"].items():
+            if not key.startswith("eps="):
+                continue
+            ps = pred["training_time"][key]["step"]
+            out.append({
+                "cell": c["id"], "eps": key[4:], "predicted": ps, "actual": rt["step"],
+                "error": relative_error(ps, rt["step"], predicted_diverged=pdiv, actual_diverged=real["diverged"]),
+                "mismatch": pdiv != real["diverged"],
+                "optimizer": "GD" if not cfg["batch_size"] else "SGD",
+                "batch": cfg["batch_size"] or "full", "lr": cfg["lr"], "momentum": cfg["momentum"],
+                "per_class": cfg["per_class"], "data": cfg["data"], "image_size": cfg["image_size"],
+                "bn": cfg["bn"], "steps": cfg["steps"],
+                "fast": (real["training_time"].get("eps=0.4", {}).get("step") or 0) < MIN_REAL_TT
+                and not real["diverged"],
+            })
+    return out
+
+
+def summarize(rs):
+    e = [r["error"] for r in rs]
+    return len(e), statistics.median(e) if e else math.nan, quantile(e, 0.95)
+
+
+def table(rs_by_pred, key, title):
+    lines = [f"#### by {title}", "", "| " + title + " | " + " | ".join(f"{p} median / p95" for p in rs_by_pred)
+             + " | n |", "|---|" + "---|" * (len(rs_by_pred) + 1)]
+    groups = sorted({r[key] for rs in rs_by_pred.values() for r in rs}, key=lambda v: (str(type(v)), v))
+    for g in groups:
+        cells = []
+        n = 0
+        for rs in rs_by_pred.values():
+            sel = [r for r in rs if r[key] == g]
+            n, med, p95 = summarize(sel)
+            cells.append(f"{100 * med:.1f}% / {100 * p95:.1f}%")
+        lines.append(f"| {g} | " + " | ".join(cells) + f" | {n} |")
+    return "\n".join(lines) + "\n"
+
+
+def cost_lines(cells):
+    ratios = defaultdict(list)
+    for c in cells:
+        opt = "GD" if not c["config"]["batch_size"] else "SGD"
+        pred_cost = c["cost"]["kernel_seconds"] + c["cost"]["step_timing_seconds"] + min(
+            p["seconds"] for p in c["predictors"].values())
+        ratios[opt].append(c["real"]["train_seconds"] / pred_cost)
+    out = ["| optimizer | cells | median real/prediction seconds | min | max |", "|---|---|---|---|---|"]
+    for k, v in sorted(ratios.items()):
+        out.append(f"| {k} | {len(v)} | {statistics.median(v):.1f}x | {min(v):.1f}x | {max(v):.1f}x |")
+    return "\n".join(out) + "\n"
+
+
+def noise_floor(cells):
+    groups = defaultdict(list)
+    for c in cells:
+        cfg = dict(c["config"])
+        groups[json.dumps(cfg, sort_keys=True)].append(c)
+    lines = []
+    for key, cs in groups.items():
+        if len(cs) < 2:
+            continue
+        cfg = cs[0]["config"]
+        for eps in ("eps=0.01", "eps=0.1", "eps=0.4"):
+            steps = [c["real"]["training_time"][eps]["step"] for c in cs]
+            steps = [s for s in steps if s is not None]
+            if len(steps) < 2:
+                continue
+            mean = statistics.mean(steps)
+            spread = max(abs(s - mean) / max(mean, 1) for s in steps)
+            lines.append(f"| {cfg['data']} {cfg['image_size']}px n={cfg['per_class']} SGD{cfg['batch_size']} "
+                         f"lr {cfg['lr']:g} m {cfg['momentum']:g} | {eps} | {len(steps)} | "
+                         f"{', '.join(map(str, steps))} | {100 * spread:.1f}% |")
+    if not lines:
+        return ""
+    head = ["| configuration | threshold | batch orders | real TT | max deviation from mean |", "|---|---|---|---|---|"]
+    return "\n".join(head + lines) + "\n"
+
+
+def scatter(cells, predictors, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    for ax, opt in zip(axes, ("GD", "SGD")):
+        lim = 1
+        for i, p in enumerate(predictors):
+            rs = [r for r in rows(cells, p) if r["optimizer"] == opt and r["predicted"] is not None
+                  and r["actual"] is not None]
+            if not rs:
+                continue
+            xs = [r["actual"] for r in rs]
+            ys = [r["predicted"] for r in rs]
+            lim = max(lim, max(xs), max(ys))
+            ax.scatter(xs, ys, s=12, alpha=0.7, color=f"C{i}", label=p)
+        ax.plot([0, lim], [0, lim], color="k", lw=0.8)
+        ax.fill_between([0, lim], [0, 0.8 * lim], [0, 1.2 * lim], color="k", alpha=0.06, label="+-20%")
+        ax.set_xlabel("real training time (steps)")
+        ax.set_ylabel("predicted training time (steps)")
+        ax.set_title(f"{opt}: eps in 0.01, 0.1, 0.4")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(cells, predictors, include_fast=False) -> str:
+    rs = {p: [r for r in rows(cells, p) if include_fast or not r["fast"]] for p in predictors}
+    fast = {r["cell"] for r in rows(cells, predictors[0]) if r["fast"]}
+    out = [f"{len(cells)} cells ({len(fast)} with real TT(eps=0.4) < {MIN_REAL_TT} steps left out of the error "
+           f"tables), {sum(len(v) for v in rs.values()) // max(len(rs), 1)} (cell, eps) pairs per predictor.", ""]
+    out.append("| predictor | GD median | GD p95 | SGD median | SGD p95 | all median | all p95 |")
+    out.append("|---|---|---|---|---|---|---|")
+    for p, r in rs.items():
+        g = summarize([x for x in r if x["optimizer"] == "GD"])
+        s = summarize([x for x in r if x["optimizer"] == "SGD"])
+        a = summarize(r)
+        out.append(f"| {p} | {100 * g[1]:.1f}% | {100 * g[2]:.1f}% | {100 * s[1]:.1f}% | {100 * s[2]:.1f}% | "
+                   f"{100 * a[1]:.1f}% | {100 * a[2]:.1f}% |")
+    out.append("")
+    for key, title in (("optimizer", "optimizer"), ("lr", "learning rate"), ("momentum", "momentum"),
+                       ("eps", "eps"), ("per_class", "images per class"), ("batch", "batch size"),
+                       ("data", "dataset"), ("image_size", "resolution"), ("steps", "budget T")):
+        if len({r[key] for r in next(iter(rs.values()))}) > 1:
+            out.append(table(rs, key, title))
+    mism = [r for p in predictors for r in rs[p] if r["mismatch"] and r["eps"] == "0.1"]
+    if mism:
+        out.append("Divergence mismatches (counted as 100%): " + ", ".join(
+            f"{r['optimizer']} lr {r['lr']:g} m {r['momentum']:g} n={r['per_class']}" for r in mism) + "\n")
+    out.append("#### cost\n")
+    out.append(cost_lines(cells))
+    nf = noise_floor(cells)
+    if nf:
+        out.append("#### noise floor: the same configuration, different batch orders (real runs only)\n")
+        out.append(nf)
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", nargs="+")
+    ap.add_argument("--predictors", help="comma list (default: all found, plus replay)")
+    ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--scatter", type=Path)
+    ap.add_argument("--include-fast", action="store_true")
+    args = ap.parse_args(argv)
+    cells = load(args.results)
+    names = args.predictors.split(",") if args.predictors else sorted({p for c in cells for p in c["predictors"]}) + [
+        "replay"]
+    text = render(cells, names, args.include_fast)
+    if args.markdown:
+        args.markdown.write_text(text)
+    print(text)
+    if args.scatter:
+        scatter(cells, [n for n in names if n != "replay"], args.scatter)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Benchmark suite: predictions against real fine-tuning, the paper's protocol (section 5).
+
+    .venv/bin/python bench/suite.py --config bench/configs/paper.toml            # run (resumable)
+    .venv/bin/python bench/report.py bench/results/paper.jsonl                   # tables + scatter
+
+Each task (dataset, resolution, classes, images per class, seed) gets one kernel; every optimizer cell of the task
+is then predicted by each predictor (from that kernel) and really fine-tuned from the pretrained weights with its
+own batch order. One JSON line per cell in the results file; cells already there are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import itertools
+import json
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import torch
+
+from finetime.batches import batch_plan
+from finetime.cli import _tune_allocator
+from finetime.config import RunConfig
+from finetime.dynamics import simulate
+from finetime.finetune import BatchNormMode, finetune
+from finetime.losses import Loss
+from finetime.predict import Task, kernel_for, prepare, problem_from, tolist, training_times
+from finetime.predictors import PREDICTORS
+from finetime.wallclock import seconds_per_step
+
+TASK_KEYS = ("model", "data", "image_size", "classes", "per_class", "seed", "bn", "freeze_backbone")
+
+
+def _grid(spec: dict) -> list[dict]:
+    keys = list(spec)
+    vals = [v if isinstance(v, list) else [v] for v in spec.values()]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*vals)]
+
+
+def expand(cfg: dict) -> list[RunConfig]:
+    """All cells of a suite file: tasks x optimizers, each a ``RunConfig``."""
+    base = cfg.get("suite", {}).get("defaults", {})
+    cells = []
+    for group in cfg["groups"]:
+        for task in _grid(group["tasks"]):
+            for opt in _grid(group["optimizers"]):
+                settings = {**base, **group.get("defaults", {}), **task, **opt}
+                for k in ("epsilon", "target_loss"):
+                    if k in settings:
+                        settings[k] = tuple(settings[k])
+                cells.append(RunConfig(**settings))
+    return cells
+
+
+def cell_id(cfg: RunConfig, repeat: int = 0) -> str:
+    d = cfg.to_dict()
+    d["_repeat"] = repeat
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def task_key(cfg: RunConfig) -> tuple:
+    return tuple(getattr(cfg, k) for k in TASK_KEYS)
+
+
+def run_cell(cfg: RunConfig, task: Task, kernel, kernel_seconds: float, step_seconds: dict, predictors: list[str],
+             repeat: int) -> dict:
+    sgd = cfg.sgd()
+    n = task.data.x.shape[0]
+    problem = problem_from(kernel, task)
+    out = {"predictors": {}}
+    for name in predictors:
+        t0 = time.perf_counter()
+        pred = PREDICTORS[name](problem, cfg, task=task, kernel=kernel)
+        sim = time.perf_counter() - t0
+        traj = pred.trajectory
+        out["predictors"][name] = {
+            "loss": tolist(traj.loss.double().nanmean(0)),
+            "training_time": training_times(traj.loss, cfg),
+            "diverged_fraction": traj.diverged_fraction,
+            "seconds": round(sim + pred.extra_seconds, 3),
+        }
+    plan = batch_plan(n, sgd, cfg.steps, 1, torch.Generator().manual_seed(cfg.seed + 2 + 1000 * repeat))
+    replay = simulate(problem, sgd, cfg.steps, plan=plan)
+    out["replay"] = {"loss": tolist(replay.loss[0]), "training_time": training_times(replay.loss, cfg)}
+    model = prepare_model(cfg)
+    real = finetune(model, task.data.x, task.data.y, sgd, cfg.steps, plan, loss=Loss(cfg.loss), params=task.trained,
+                    bn=BatchNormMode(cfg.bn))
+    out["real"] = {"loss": tolist(real.loss), "accuracy": tolist(real.accuracy),
+                   "training_time": training_times(real.loss.unsqueeze(0), cfg), "diverged": real.diverged,
+                   "train_seconds": round(real.train_seconds, 3), "eval_seconds": round(real.eval_seconds, 3)}
+    b = "full" if sgd.is_full_batch(n) else str(sgd.batch_size)
+    out["cost"] = {"kernel_seconds": round(kernel_seconds, 3), "step_timing_seconds": round(step_seconds[b][1], 3),
+                   "seconds_per_step_predicted": round(step_seconds[b][0], 5)}
+    return out
+
+
+def prepare_model(cfg: RunConfig):
+    """A fresh copy of the pretrained model with its new head (same seed as the kernel's)."""
+    from finetime.zoo import build_model, freeze_backbone
+
+    m = build_model(cfg.model, num_classes=cfg.classes, image_size=cfg.image_size, seed=cfg.seed)
+    if cfg.freeze_backbone:
+        freeze_backbone(m)
+    return m
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--out", type=Path, help="results file (default: bench/results/<config name>.jsonl)")
+    ap.add_argument("--limit", type=int, help="run at most this many new cells")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    _tune_allocator()
+    cfg = tomllib.loads(args.config.read_text())
+    out = args.out or Path(__file__).parent / "results" / f"{args.config.stem}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if out.exists():
+        done = {json.loads(line)["id"] for line in out.read_text().splitlines() if line.strip()}
+    suite = cfg.get("suite", {})
+    predictors = suite.get("predictors", ["linear"])
+    repeats = suite.get("repeats", {})
+    cells = []
+    for c in expand(cfg):
+        reps = repeats.get("count", 1) if _matches(c, repeats.get("where", {})) else 1
+        cells += [(c, r) for r in range(reps)]
+    todo = [(c, r) for c, r in cells if cell_id(c, r) not in done]
+    if args.limit is not None:
+        todo = todo[: args.limit]
+    print(f"{len(cells)} cells, {len(cells) - len(todo)} done, running {len(todo)} -> {out}", file=sys.stderr)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), disable=args.quiet or not sys.stderr.isatty(), unit="cell")
+    by_task: dict = {}
+    for c, r in todo:
+        by_task.setdefault(task_key(c), []).append((c, r))
+    for key, group in by_task.items():
+        first = group[0][0]
+        task = prepare(first)
+        t0 = time.perf_counter()
+        kernel = kernel_for(task)
+        kernel_seconds = time.perf_counter() - t0
+        step_seconds: dict = {}
+        for c, r in group:
+            sgd = c.sgd()
+            n = task.data.x.shape[0]
+            b = "full" if sgd.is_full_batch(n) else str(sgd.batch_size)
+            if b not in step_seconds:
+                t1 = time.perf_counter()
+                sps = seconds_per_step(task.model, task.data.x, task.data.y, sgd, loss=Loss(c.loss),
+                                       params=task.trained, bn=BatchNormMode(c.bn))
+                step_seconds[b] = (sps, time.perf_counter() - t1)
+            t_cell = time.perf_counter()
+            rec = run_cell(c, task, kernel, kernel_seconds, step_seconds, predictors, r)
+            rec.update({"id": cell_id(c, r), "repeat": r, "config": c.to_dict(),
+                        "kernel_meta": {k: kernel.meta[k] for k in ("method", "projection_dim", "seconds", "plan")},
+                        "wall_seconds": round(time.perf_counter() - t_cell, 2)})
+            with open(out, "a") as fh:
+                fh.write(json.dumps(rec, default=str) + "\n")
+            bar.update(1)
+            if bar.disable and not args.quiet:
+                e = {k: (v["training_time"]["eps=0.1"]["step"]) for k, v in rec["predictors"].items()}
+                print(f"[{bar.n}/{len(todo)}] {_label(c)} real TT0.1={rec['real']['training_time']['eps=0.1']['step']}"
+                      f" predicted {e}", file=sys.stderr, flush=True)
+    bar.close()
+    return 0
+
+
+def _matches(c: RunConfig, where: dict) -> bool:
+    return all(getattr(c, k) in (v if isinstance(v, list) else [v]) for k, v in where.items())
+
+
+def _label(c: RunConfig) -> str:
+    opt = "GD" if not c.batch_size else f"SGD{c.batch_size}"
+    return (f"{c.data} {c.image_size}px n={c.per_class} s={c.seed} {opt} lr={c.lr:g} m={c.momentum:g} "
+            f"bn={c.bn}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

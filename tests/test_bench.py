@@ -1,0 +1,29 @@
+"""The benchmark harness on a seconds-long configuration: run, resume, report."""
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import report  # noqa: E402
+import suite  # noqa: E402
+
+
+def test_suite_runs_resumes_and_reports(tmp_path):
+    out = tmp_path / "smoke.jsonl"
+    cfg = ROOT / "bench" / "configs" / "smoke.toml"
+    assert suite.main(["--config", str(cfg), "--out", str(out), "--quiet", "--limit", "2"]) == 0
+    assert len(out.read_text().splitlines()) == 2
+    assert suite.main(["--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    cells = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(cells) == 3 and len({c["id"] for c in cells}) == 3  # GD once, SGD with two batch orders
+    for c in cells:
+        assert set(c["predictors"]) == {"linear", "paper"}
+        assert len(c["real"]["loss"]) == 13
+    text = report.render(cells, ["linear", "paper", "replay"], include_fast=True)
+    assert "| linear |" in text and "noise floor" in text
+    png = tmp_path / "s.png"
+    report.scatter(cells, ["linear", "paper"], png)
+    assert png.read_bytes()[:4] == b"\x89PNG"
