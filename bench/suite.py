@@ -139,6 +139,7 @@ def main(argv=None) -> int:
     by_task: dict = {}
     for c, r in todo:
         by_task.setdefault(task_key(c), []).append((c, r))
+    finished = 0
     for key, group in by_task.items():
         first = group[0][0]
         task = prepare(first)
@@ -163,9 +164,10 @@ def main(argv=None) -> int:
             with open(out, "a") as fh:
                 fh.write(json.dumps(rec, default=str) + "\n")
             bar.update(1)
+            finished += 1
             if bar.disable and not args.quiet:
                 e = {k: (v["training_time"]["eps=0.1"]["step"]) for k, v in rec["predictors"].items()}
-                print(f"[{bar.n}/{len(todo)}] {_label(c)} real TT0.1={rec['real']['training_time']['eps=0.1']['step']}"
+                print(f"[{finished}/{len(todo)}] {_label(c)} real TT0.1={rec['real']['training_time']['eps=0.1']['step']}"
                       f" predicted {e}", file=sys.stderr, flush=True)
     bar.close()
     return 0

@@ -160,7 +160,7 @@ def finetune(
         if progress is not None:
             progress(t + 1, steps)
         if reuse:  # the full batch is in sample order
-            curve[t], acc[t] = float(lval), float(accuracy(logits.detach(), y[idx]))
+            curve[t], acc[t] = float(lval.detach()), float(accuracy(logits.detach(), y[idx]))
             if check(t):
                 break
         if not reuse or t + 1 == steps:
