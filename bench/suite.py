@@ -71,18 +71,7 @@ def run_cell(cfg: RunConfig, task: Task, kernel, kernel_seconds: float, step_sec
     sgd = cfg.sgd()
     n = task.data.x.shape[0]
     problem = problem_from(kernel, task)
-    out = {"predictors": {}}
-    for name in predictors:
-        t0 = time.perf_counter()
-        pred = PREDICTORS[name](problem, cfg, task=task, kernel=kernel)
-        sim = time.perf_counter() - t0
-        traj = pred.trajectory
-        out["predictors"][name] = {
-            "loss": tolist(traj.loss.double().nanmean(0)),
-            "training_time": training_times(traj.loss, cfg),
-            "diverged_fraction": traj.diverged_fraction,
-            "seconds": round(sim + pred.extra_seconds, 3),
-        }
+    out = {"predictors": predict_cell(cfg, task, kernel, predictors)}
     plan = batch_plan(n, sgd, cfg.steps, 1, torch.Generator().manual_seed(cfg.seed + 2 + 1000 * repeat))
     replay = simulate(problem, sgd, cfg.steps, plan=plan)
     out["replay"] = {"loss": tolist(replay.loss[0]), "training_time": training_times(replay.loss, cfg)}
@@ -96,6 +85,44 @@ def run_cell(cfg: RunConfig, task: Task, kernel, kernel_seconds: float, step_sec
     out["cost"] = {"kernel_seconds": round(kernel_seconds, 3), "step_timing_seconds": round(step_seconds[b][1], 3),
                    "seconds_per_step_predicted": round(step_seconds[b][0], 5)}
     return out
+
+
+def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:
+    problem = problem_from(kernel, task)
+    out = {}
+    for name in names:
+        t0 = time.perf_counter()
+        pred = PREDICTORS[name](problem, cfg, task=task, kernel=kernel)
+        sim = time.perf_counter() - t0
+        traj = pred.trajectory
+        out[name] = {
+            "loss": tolist(traj.loss.double().nanmean(0)),
+            "training_time": training_times(traj.loss, cfg),
+            "diverged_fraction": traj.diverged_fraction,
+            "seconds": round(sim + pred.extra_seconds, 3),
+            **({"info": pred.info} if pred.info else {}),
+        }
+    return out
+
+
+def repredict(path: Path, names: list[str], quiet: bool) -> int:
+    """Recompute ``names`` for every cell of ``path`` from its task's kernel; real runs are kept as they are."""
+    cells = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by_task: dict = {}
+    for c in cells:
+        by_task.setdefault(task_key(RunConfig.from_dict(c["config"])), []).append(c)
+    for i, group in enumerate(by_task.values()):
+        task = prepare(RunConfig.from_dict(group[0]["config"]))
+        kernel = kernel_for(task)
+        for c in group:
+            c["predictors"].update(predict_cell(RunConfig.from_dict(c["config"]), task, kernel, names))
+        if not quiet:
+            print(f"[{i + 1}/{len(by_task)} tasks] {_label(RunConfig.from_dict(group[0]['config']))}", file=sys.stderr,
+                  flush=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(c, default=str) + "\n" for c in cells))
+    tmp.replace(path)
+    return 0
 
 
 def prepare_model(cfg: RunConfig):
@@ -114,11 +141,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="results file (default: bench/results/<config name>.jsonl)")
     ap.add_argument("--limit", type=int, help="run at most this many new cells")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--repredict", help="comma list of predictors to (re)compute on the cells already in the results "
+                                        "file, keeping their real runs; rewrites the file")
     args = ap.parse_args(argv)
     _tune_allocator()
     cfg = tomllib.loads(args.config.read_text())
     out = args.out or Path(__file__).parent / "results" / f"{args.config.stem}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.repredict:
+        return repredict(out, args.repredict.split(","), args.quiet)
     done = set()
     if out.exists():
         done = {json.loads(line)["id"] for line in out.read_text().splitlines() if line.strip()}

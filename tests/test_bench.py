@@ -27,3 +27,15 @@ def test_suite_runs_resumes_and_reports(tmp_path):
     png = tmp_path / "s.png"
     report.scatter(cells, ["linear", "paper"], png)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_repredict_keeps_real_runs(tmp_path):
+    out = tmp_path / "smoke.jsonl"
+    cfg = ROOT / "bench" / "configs" / "smoke.toml"
+    assert suite.main(["--config", str(cfg), "--out", str(out), "--quiet", "--limit", "1"]) == 0
+    before = json.loads(out.read_text())
+    before["predictors"].pop("paper")
+    out.write_text(json.dumps(before) + "\n")
+    assert suite.main(["--config", str(cfg), "--out", str(out), "--quiet", "--repredict", "paper"]) == 0
+    after = json.loads(out.read_text())
+    assert after["real"] == before["real"] and "paper" in after["predictors"]

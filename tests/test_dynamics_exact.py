@@ -125,3 +125,17 @@ def test_full_batch_curve_from_training_forward_equals_separate_evaluation():
     torch.manual_seed(0)
     bad = finetune(SoftmaxRegression(5, 3).double(), x * 30, y, SGD(lr=50.0, momentum=0.9), 40, plan)
     assert bad.diverged and math.isnan(bad.loss[-1].item()) and bad.diverged_at > 0
+
+
+def test_recalibrated_batchnorm_equals_batch_statistics_on_the_training_set():
+    from finetime.finetune import recalibrate_batchnorm
+
+    torch.manual_seed(4)
+    m = SmallConvNet(3).double()
+    x = torch.randn(9, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        m.train()
+        batch_out = m(x)
+        recal = recalibrate_batchnorm(m, x)
+        torch.testing.assert_close(recal(x), batch_out)
+    assert not m.training and m.bn1.momentum == 0.1

@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .losses import Loss, accuracy, one_hot
 from .optim import SGD, lr_factors
 
-__all__ = ["BatchNormMode", "RealRun", "finetune", "set_train_mode", "batch_loss"]
+__all__ = ["BatchNormMode", "RealRun", "finetune", "set_train_mode", "batch_loss", "recalibrate_batchnorm"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -50,6 +50,27 @@ def set_train_mode(model: nn.Module, bn: BatchNormMode, dropout: bool = False) -
         for m in model.modules():
             if isinstance(m, _BN):
                 m.train()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's running statistics to the statistics of ``x`` (one pass, whole set at once), then eval.
+
+    With batch statistics over the full training set, the network at ``w0`` equals this per-sample network on that
+    set; it is the linearization point used for runs that fine-tune with ``--bn batch``.
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BN)]
+    saved = [(m.momentum, m.training) for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: one pass gives the exact statistics of x
+        m.train()
+    model(x)
+    for m, (mom, _) in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
+    return model
 
 
 def batch_loss(logits: torch.Tensor, y: torch.Tensor, loss: Loss) -> torch.Tensor:

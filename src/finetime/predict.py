@@ -5,6 +5,7 @@ Each stage is a function of the previous one's result, so ``validate``, ``sweep`
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -15,6 +16,7 @@ import torch
 from .config import RunConfig
 from .dynamics import Problem, Trajectory, simulate, simulate_ode, simulate_sde
 from .errors import ConfigError
+from .finetune import BatchNormMode
 from .kernel import Kernel, compute_kernel, fingerprint_data, fingerprint_model
 from .losses import Loss
 from .spectrum import max_stable_lr, sharpness
@@ -22,7 +24,7 @@ from .training_time import steps_to_epsilon, steps_to_target, summarize_times
 from .wallclock import seconds_per_step
 from .zoo import Dataset, build_model, freeze_backbone, load_raw, sample_task
 
-__all__ = ["Task", "prepare", "kernel_for", "problem_from", "run_dynamics", "curve_summary", "training_times",
+__all__ = ["Task", "prepare", "kernel_model", "kernel_for", "problem_from", "run_dynamics", "curve_summary", "training_times",
            "predict", "tolist"]
 
 
@@ -49,19 +51,30 @@ def prepare(config: RunConfig) -> Task:
     return Task(config, data, model, trained)
 
 
+def kernel_model(task: Task) -> torch.nn.Module:
+    """The network whose linearization is predicted: the model itself, or for ``--bn batch`` a copy whose
+    BatchNorm statistics are those of the training set (what batch statistics give at ``w0``)."""
+    if task.config.bn == "batch":
+        from .finetune import recalibrate_batchnorm
+
+        return recalibrate_batchnorm(copy.deepcopy(task.model), task.data.x)
+    return task.model
+
+
 def kernel_for(task: Task, *, kernel_in=None, kernel_out=None,
                progress: Callable[[int, int], None] | None = None) -> Kernel:
     """Compute the kernel (or load a saved one computed for this very model, data and method)."""
     cfg = task.config
     need_jw0 = cfg.weight_decay > 0
+    model = kernel_model(task)
     if kernel_in is not None:
-        k = Kernel.load(kernel_in, model_fingerprint=fingerprint_model(task.model),
+        k = Kernel.load(kernel_in, model_fingerprint=fingerprint_model(model),
                         data_fingerprint=fingerprint_data(task.data.x, task.data.x_test),
                         expect={"method": cfg.kernel_method, "projection_dim": cfg.projection_dim, "seed": cfg.seed})
         if need_jw0 and k.jw0 is None:
             raise ConfigError(f"{kernel_in} was saved without J w0; recompute it for --weight-decay")
         return k
-    k = compute_kernel(task.model, task.data.x, x_test=task.data.x_test, method=cfg.kernel_method,
+    k = compute_kernel(model, task.data.x, x_test=task.data.x_test, method=cfg.kernel_method,
                        projection_dim=cfg.projection_dim, seed=cfg.seed, params=task.trained,
                        max_memory=cfg.max_memory_bytes, with_jw0=need_jw0, progress=progress)
     if kernel_out is not None:
@@ -143,7 +156,7 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
     t_sim = time.perf_counter() - t1
     t2 = time.perf_counter()
     sps = seconds_per_step(task.model, task.data.x, task.data.y, config.sgd(), loss=Loss(config.loss),
-                           params=task.trained)
+                           params=task.trained, bn=BatchNormMode(config.bn))
     t_step = time.perf_counter() - t2
     times = training_times(traj.loss, config)
     for v in times.values():
