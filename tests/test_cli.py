@@ -120,3 +120,58 @@ def test_validate_freeze_backbone_is_exact(capsys, tmp_path):
     assert {"loss", "accuracy", "training_time", "train_seconds"} <= set(r["actual"])
     assert set(r["error"]["eps=0.1"]) == {"predicted", "actual", "difference", "relative"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_equals_individual_predictions(capsys, tmp_path):
+    path, png = tmp_path / "s.json", tmp_path / "s.png"
+    code, out, _ = run(capsys, "sweep", *FAST, "--lr", "0.02,0.2", "--batch-size", "0,4", "--runs", "4",
+                       "--target-loss", "0.9", "--json", str(path), "--plot", str(png))
+    assert code == 0 and "4 configurations" in out
+    rows = json.loads(path.read_text())["rows"]
+    assert len(rows) == 4
+    for r in rows:
+        p = tmp_path / f"p{r['settings']['lr']}_{r['settings']['batch_size']}.json"
+        assert run(capsys, "predict", *FAST, "--lr", str(r["settings"]["lr"]), "--batch-size",
+                   str(r["settings"]["batch_size"]), "--runs", "4", "--target-loss", "0.9", "--json", str(p))[0] == 0
+        single = json.loads(p.read_text())["predicted"]["training_time"]["target=0.9"]
+        assert single["step"] == r["steps_to_target"]["step"] and single["high"] == r["steps_to_target"]["high"]
+    secs = [r["seconds_to_target"] for r in rows if r["seconds_to_target"] is not None]
+    assert secs == sorted(secs)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_reports_invalid_and_nothing_to_sweep(capsys):
+    code, out, _ = run(capsys, "sweep", *FAST, "--lr", "0.05", "--momentum", "0,0.9", "--nesterov")
+    assert code == 0 and "invalid: Nesterov momentum needs" in out
+    code, _, err = run(capsys, "sweep", *FAST, "--lr", "0.05")
+    assert code == 2 and "nothing to sweep" in err
+
+
+def test_report_from_predict_and_config_roundtrip(capsys, tmp_path):
+    res = tmp_path / "r.json"
+    assert run(capsys, "predict", *FAST, "--lr", "0.07", "--test-per-class", "3", "--report", str(tmp_path / "rep"),
+               "--json", str(res))[0] == 0
+    for name in ("report.html", "curves.png", "spectrum.png", "gradients.png"):
+        assert (tmp_path / "rep" / name).stat().st_size > 1000
+    r = json.loads(res.read_text())
+    assert "test_loss" in r["predicted"] and len(r["diagnostics"]["gradients"]["pca"]) == 12
+    code, _, err = run(capsys, "report", str(res), "--out", str(tmp_path / "rep"))
+    assert code == 2 and "refusing to overwrite" in err
+    assert run(capsys, "report", str(res), "--out", str(tmp_path / "rep2"))[0] == 0
+    # the result's config reproduces the run
+    again = tmp_path / "again.json"
+    assert run(capsys, "predict", "--config", str(res), "--quiet", "--json", str(again))[0] == 0
+    assert json.loads(again.read_text())["predicted"]["loss"] == r["predicted"]["loss"]
+
+
+def test_config_file_with_flag_override(capsys, tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('data = "fashion-mnist-mini"\nmodel = "models_for_tests:tiny_cnn"\nclasses = 3\n'
+                    'per-class = 4\nimage_size = 12\nsteps = 10\nlr = 0.3\n')
+    code, out, _ = run(capsys, "predict", "--config", str(toml), "--lr", "0.01", "--quiet")
+    assert code == 0 and "lr 0.01" in out and "10 steps" in out
+    toml.write_text("learning_rate = 3\n")
+    code, _, err = run(capsys, "predict", "--config", str(toml))
+    assert code == 2 and "unknown setting(s)" in err
+    code, _, err = run(capsys, "report", str(tmp_path / "missing.json"), "--out", str(tmp_path))
+    assert code == 2 and "does not exist" in err

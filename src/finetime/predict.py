@@ -142,8 +142,9 @@ def training_times(curves: torch.Tensor, config: RunConfig) -> dict:
 
 
 def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | None = None,
-            progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Full prediction as a JSON-ready dict (see the README for its fields)."""
+            progress: Callable[[str, int, int], None] | None = None, diagnostics: bool = False) -> dict:
+    """Full prediction as a JSON-ready dict (see the README for its fields). ``diagnostics`` adds the kernel
+    spectrum, the gradient map and per-sample convergence times (what ``finetime report`` draws)."""
     task = task or prepare(config)
     t0 = time.perf_counter()
     kernel = kernel_for(task, kernel_in=kernel_in, kernel_out=kernel_out,
@@ -173,9 +174,18 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
         "max_stable_lr": max_stable_lr(sharp, config.momentum),
         "method": traj.method,
     })
+    out_diag = {}
+    if diagnostics:
+        from .diagnostics import gradient_map, per_sample_times, spectrum_summary
+
+        out_diag = {"diagnostics": {"spectrum": spectrum_summary(problem.theta, problem.n),
+                                    "gradients": {**gradient_map(problem, seed=config.seed),
+                                                  "convergence_step": per_sample_times(problem, config.sgd(),
+                                                                                       config.steps)}}}
     return {
         "config": _config_record(task, kernel),
         "predicted": predicted,
+        **out_diag,
         "cost_seconds": {"kernel": round(t_kernel, 3), "simulation": round(t_sim, 3), "step_timing": round(t_step, 3),
                          "total": round(t_kernel + t_sim + t_step, 3)},
         "_objects": {"task": task, "kernel": kernel, "trajectory": traj, "problem": problem},

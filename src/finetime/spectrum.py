@@ -6,7 +6,7 @@ import torch
 
 from .losses import Loss
 
-__all__ = ["top_eigenvalue", "sharpness", "max_stable_lr"]
+__all__ = ["top_eigenvalue", "sharpness", "max_stable_lr", "fit_power_law"]
 
 
 def top_eigenvalue(theta: torch.Tensor) -> float:
@@ -52,3 +52,21 @@ def sharpness(theta: torch.Tensor, f: torch.Tensor, loss: Loss) -> float:
 def max_stable_lr(sharpness_value: float, momentum: float = 0.0) -> float:
     """Largest stable learning rate of heavy-ball GD on a quadratic of curvature ``sharpness_value``."""
     return 2.0 * (1.0 + momentum) / sharpness_value
+
+
+def fit_power_law(values: torch.Tensor, k_min: int = 2, k_max: int | None = None) -> tuple[float, float]:
+    """Least-squares fit of ``values[k-1] = c * k^(-s)`` on ranks ``k_min..k_max`` in log-log space.
+
+    ``values`` sorted descending (eigenvalues, or residual projections). Returns ``(c, s)``. Non-positive values
+    are left out of the fit.
+    """
+    v = values.double().flatten()
+    k_max = min(k_max or v.numel(), v.numel())
+    ks = torch.arange(1, v.numel() + 1, dtype=torch.float64)
+    sel = (ks >= k_min) & (ks <= k_max) & (v > 0)
+    if int(sel.sum()) < 2:
+        raise ValueError("need at least two positive values to fit a power law")
+    x, y = ks[sel].log(), v[sel].log()
+    a = torch.stack([torch.ones_like(x), x], 1)
+    coef = torch.linalg.lstsq(a, y.unsqueeze(1)).solution.squeeze(1)
+    return float(coef[0].exp()), float(-coef[1])

@@ -18,7 +18,7 @@ from .losses import Loss
 from .predict import curve_summary, predict, tolist, training_times
 from .training_time import relative_error
 
-__all__ = ["validate", "compare_times"]
+__all__ = ["validate", "compare_times", "test_curve_errors"]
 
 
 def compare_times(predicted: dict, actual: dict, *, predicted_diverged: bool, actual_diverged: bool) -> dict:
@@ -36,10 +36,26 @@ def compare_times(predicted: dict, actual: dict, *, predicted_diverged: bool, ac
     return out
 
 
+def test_curve_errors(predicted: dict, actual: dict) -> dict:
+    """Held-out curves: the step of the lowest test loss and the final test accuracy, predicted vs real."""
+    def argmin(curve):
+        vals = [(v, t) for t, v in enumerate(curve) if v is not None]
+        return min(vals)[1] if vals else None
+
+    pb, ab = argmin(predicted["test_loss"]), argmin(actual["test_loss"])
+    pa, aa = predicted["test_accuracy"][-1], actual["test_accuracy"][-1]
+    return {
+        "best_test_loss_step": {"predicted": pb, "actual": ab,
+                                "relative": None if pb is None or ab is None else abs(pb - ab) / max(ab, 1)},
+        "final_test_accuracy": {"predicted": pa, "actual": aa,
+                                "difference": None if pa is None or aa is None else pa - aa},
+    }
+
+
 def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
-             progress: Callable[[str, int, int], None] | None = None) -> dict:
+             progress: Callable[[str, int, int], None] | None = None, diagnostics: bool = False) -> dict:
     """Predict, then really fine-tune, and report both with their errors."""
-    result = predict(config, kernel_in=kernel_in, kernel_out=kernel_out, progress=progress)
+    result = predict(config, kernel_in=kernel_in, kernel_out=kernel_out, progress=progress, diagnostics=diagnostics)
     obj = result["_objects"]
     task, problem = obj["task"], obj["problem"]
     sgd = config.sgd()
@@ -73,6 +89,8 @@ def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
     if "replay" in pred:
         result["error_replay"] = compare_times(pred["replay"]["training_time"], times,
                                                predicted_diverged=pred["diverged"], actual_diverged=real.diverged)
+    if real.test_loss is not None and "test_loss" in pred:
+        result["test_error"] = test_curve_errors(pred, actual)
     result["cost_ratio"] = round(real.train_seconds / max(result["cost_seconds"]["total"], 1e-9), 3)
     result["_objects"]["real"] = real
     return result

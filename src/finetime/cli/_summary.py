@@ -1,0 +1,111 @@
+"""Readable one-screen summaries for the terminal."""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = ["print_summary", "print_validation", "print_sweep", "fmt_seconds"]
+
+
+def _fmt_step(v: dict) -> str:
+    if v["step"] is None:
+        return "not reached within T"
+    band = f" [{v['low'] if v['low'] is not None else '>T'}, {v['high'] if v['high'] is not None else '>T'}]"
+    secs = f"  ~{fmt_seconds(v['seconds'])}" if v.get("seconds") is not None else ""
+    return f"step {v['step']}{band if v['low'] != v['high'] else ''}{secs}"
+
+
+def fmt_seconds(s: float) -> str:
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    if s >= 120:
+        return f"{s / 60:.1f} min"
+    return f"{s:.3g} s"
+
+
+def _fmt_curve(curve: list, steps: int) -> str:
+    marks = sorted({0, steps // 6, steps // 3, steps // 2, (2 * steps) // 3, steps})
+    return "  ".join(f"{t}: {curve[t]:.3f}" if curve[t] is not None else f"{t}: n/a" for t in marks)
+
+
+def print_summary(result: dict, out=None) -> None:
+    out = out or sys.stdout
+    c = result["config"]
+    pr = result["predicted"]
+    n = c["classes"] * c["per_class"]
+    opt = "full-batch GD" if not c["batch_size"] else f"SGD batch {c['batch_size']} ({c['sampling']})"
+    mom = f", momentum {c['momentum']}{' (Nesterov)' if c['nesterov'] else ''}" if c["momentum"] else ""
+    wd = f", weight decay {c['weight_decay']}" if c["weight_decay"] else ""
+    km = c["kernel"]
+    print(f"model      {c['model']}{' (head only)' if c['freeze_backbone'] else ''}, "
+          f"{c['trained_weights']:,} trained weights", file=out)
+    print(f"data       {n} images, {c['classes']} classes ({', '.join(c['chosen_classes'])}), "
+          f"{c['image_size']} px; {c['data_source']}", file=out)
+    print(f"optimizer  {opt}, lr {c['lr']:g}{mom}{wd}, {c['schedule']} schedule, {c['steps']} steps, {c['loss']} loss",
+          file=out)
+    print(f"kernel     {km['method']} ({100 * km['plan']['exact_weight_fraction']:.0f}% of weights exact), "
+          f"{km['n']} x {km['classes']} outputs; dynamics: {pr['method']}"
+          + (f", {c['runs']} batch orders" if c["batch_size"] else ""), file=out)
+    print("", file=out)
+    print(f"predicted training loss   {_fmt_curve(pr['loss'], c['steps'])}", file=out)
+    print(f"predicted train accuracy  {_fmt_curve(pr['accuracy'], c['steps'])}", file=out)
+    if "test_loss" in pr:
+        print(f"predicted test loss       {_fmt_curve(pr['test_loss'], c['steps'])}", file=out)
+    if pr["diverged"]:
+        print(f"PREDICTED TO DIVERGE in {100 * pr['diverged_fraction']:.0f}% of runs "
+              f"(stable learning rates are below ~{pr['max_stable_lr']:.3g} at the start)", file=out)
+    elif pr["diverged_fraction"] > 0:
+        print(f"warning: {100 * pr['diverged_fraction']:.0f}% of simulated runs diverge", file=out)
+    print("training time (steps; 5-95% band over batch orders):", file=out)
+    for k, v in pr["training_time"].items():
+        print(f"  {k:<14} {_fmt_step(v)}", file=out)
+    print(f"seconds per step (measured) {pr['seconds_per_step']:.4g}; all {c['steps']} steps "
+          f"~{fmt_seconds(pr['total_seconds'])}", file=out)
+    cs = result["cost_seconds"]
+    print(f"prediction cost  {cs['total']:.1f} s (kernel {cs['kernel']:.1f}, simulation {cs['simulation']:.2f}, "
+          f"step timing {cs['step_timing']:.1f})", file=out)
+
+
+def print_validation(result: dict, out=None) -> None:
+    out = out or sys.stdout
+    c, pr, ac = result["config"], result["predicted"], result["actual"]
+    print(f"real training loss        {_fmt_curve(ac['loss'], c['steps'])}", file=out)
+    if ac["diverged"]:
+        print("REAL RUN DIVERGED", file=out)
+    print("training time (steps)     predicted   same order   real     error", file=out)
+    for key, e in result["error"].items():
+        rep = result.get("error_replay", {}).get(key, {}).get("predicted")
+        fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
+        print(f"  {key:<22}  {fmt(e['predicted']):>9}   {fmt(rep):>10}   {fmt(e['actual']):>5}   "
+              f"{100 * e['relative']:5.1f}%", file=out)
+    print(f"real fine-tuning {fmt_seconds(ac['train_seconds'])} ({ac['seconds_per_step']:.4g} s/step; predicted "
+          f"{pr['seconds_per_step']:.4g}); prediction cost {result['cost_seconds']['total']:.1f} s = "
+          + (f"1/{result['cost_ratio']:.1f} of the training" if result["cost_ratio"] >= 1
+             else f"{1 / max(result['cost_ratio'], 1e-9):.1f}x the training (a small run: just train it)"), file=out)
+
+
+def print_sweep(result: dict, out=None, limit: int = 30) -> None:
+    out = out or sys.stdout
+    c = result["config"]
+    rows = result["rows"]
+    print(f"sweep      {len(rows)} configurations from one kernel ({c['kernel']['method']}, "
+          f"{c['kernel']['n']} x {c['kernel']['classes']} outputs)", file=out)
+    print(f"target     training loss {result['target_loss']:.4g} ({result['target_rule']})", file=out)
+    keys = list(c["grid"])
+    head = "  ".join(f"{k:>12}" for k in keys)
+    print(f"\n rank  {head}  {'steps':>7}  {'5-95%':>11}  {'time':>9}  status", file=out)
+    for i, r in enumerate(rows[:limit]):
+        vals = "  ".join(f"{str(r['settings'][k]):>12}" for k in keys)
+        if "error" in r:
+            print(f" {'-':>4}  {vals}  invalid: {r['error']}", file=out)
+            continue
+        tt = r["steps_to_target"]
+        band = f"[{tt['low'] if tt['low'] is not None else '>T'}, {tt['high'] if tt['high'] is not None else '>T'}]"
+        secs = fmt_seconds(r["seconds_to_target"]) if r["seconds_to_target"] is not None else "-"
+        step = tt["step"] if tt["step"] is not None else "-"
+        print(f" {i + 1:>4}  {vals}  {step:>7}  {band:>11}  {secs:>9}  {r['status']}", file=out)
+    if len(rows) > limit:
+        print(f" ... {len(rows) - limit} more in the JSON", file=out)
+    cs = result["cost_seconds"]
+    print(f"\nprediction cost  {cs['total']:.1f} s (kernel {cs['kernel']:.1f}, simulation {cs['simulation']:.1f}, "
+          f"step timing {cs['step_timing']:.1f})", file=out)

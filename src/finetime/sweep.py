@@ -1,0 +1,115 @@
+"""Sweep planner: one kernel, many optimizer configurations, ranked by predicted wall-clock time to a target.
+
+The kernel depends on the model and the data only, so every learning rate, momentum, batch size, weight decay,
+budget and schedule of a grid is predicted from it by the function-space simulator. Seconds per step are measured
+once per batch size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Callable
+
+import torch
+
+from .config import RunConfig
+from .errors import ConfigError
+from .finetune import BatchNormMode
+from .losses import Loss, per_sample_loss
+from .predict import kernel_for, prepare, problem_from, run_dynamics
+from .training_time import steps_to_epsilon, steps_to_target, summarize_times
+from .wallclock import seconds_per_step
+
+__all__ = ["SWEEPABLE", "sweep", "expand_grid"]
+
+SWEEPABLE = ("lr", "momentum", "batch_size", "weight_decay", "steps", "schedule")
+"""Settings that may take a list of values in a sweep (the kernel does not depend on them)."""
+
+DEFAULT_TARGET_FRACTION = 0.25
+"""Without ``--target-loss``, configurations are ranked by the time to reach this fraction of the initial loss."""
+
+
+def expand_grid(base: RunConfig, grid: dict[str, list]) -> list[RunConfig | tuple[dict, str]]:
+    """Every combination of the grid on top of ``base``; invalid ones come back as ``(settings, error)``."""
+    bad = set(grid) - set(SWEEPABLE)
+    if bad:
+        raise ConfigError(f"cannot sweep over {', '.join(sorted(bad))}; sweepable: {', '.join(SWEEPABLE)}")
+    keys = list(grid)
+    out = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        settings = dict(zip(keys, combo))
+        try:
+            out.append(base.replace(**settings))
+        except ConfigError as exc:
+            out.append((settings, str(exc)))
+    return out
+
+
+def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=None,
+          progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Predict every configuration of ``grid`` (on top of ``base``) from one kernel; rows ranked by seconds."""
+    cells = expand_grid(base, grid)
+    valid = [c for c in cells if isinstance(c, RunConfig)]
+    if not valid:
+        raise ConfigError("no valid configuration in the sweep: " + "; ".join(e for _, e in cells))
+    need_wd = any(c.weight_decay > 0 for c in valid)
+    task = prepare(base.replace(weight_decay=max(c.weight_decay for c in valid)) if need_wd else base)
+    t0 = time.perf_counter()
+    kernel = kernel_for(task, kernel_in=kernel_in, kernel_out=kernel_out,
+                        progress=(lambda d, n: progress("kernel", d, n)) if progress else None)
+    t_kernel = time.perf_counter() - t0
+    problem = problem_from(kernel, task)
+    loss0 = float(per_sample_loss(problem.f0, problem.y, Loss(base.loss)).mean())
+    target = base.target_loss[0] if base.target_loss else DEFAULT_TARGET_FRACTION * loss0
+    n = task.data.x.shape[0]
+    sps_by_batch: dict = {}
+    t_step = 0.0
+    rows = []
+    t_sim = 0.0
+    for i, cfg in enumerate(cells):
+        if not isinstance(cfg, RunConfig):
+            rows.append({"settings": cfg[0], "error": cfg[1]})
+            continue
+        sgd = cfg.sgd()
+        try:
+            sgd.check_dataset(n)
+        except ConfigError as exc:
+            rows.append({"settings": {k: getattr(cfg, k) for k in grid}, "error": str(exc)})
+            continue
+        b = n if sgd.is_full_batch(n) else sgd.batch_size
+        if b not in sps_by_batch:
+            t1 = time.perf_counter()
+            sps_by_batch[b] = seconds_per_step(task.model, task.data.x, task.data.y, sgd, loss=Loss(cfg.loss),
+                                               params=task.trained, bn=BatchNormMode(cfg.bn))
+            t_step += time.perf_counter() - t1
+        t1 = time.perf_counter()
+        traj = run_dynamics(problem, cfg)
+        t_sim += time.perf_counter() - t1
+        tt = summarize_times(steps_to_target(traj.loss, target))
+        tt_eps = summarize_times(steps_to_epsilon(traj.loss, 0.1))
+        sps = sps_by_batch[b]
+        final = traj.loss[:, -1]
+        rows.append({
+            "settings": {k: getattr(cfg, k) for k in grid},
+            "steps_to_target": tt.to_dict(),
+            "seconds_to_target": None if tt.step is None else round(tt.step * sps, 3),
+            "steps_eps_0.1": tt_eps.step,
+            "final_loss": None if not torch.isfinite(final).any() else float(final[torch.isfinite(final)].mean()),
+            "seconds_per_step": round(sps, 5),
+            "diverged_fraction": traj.diverged_fraction,
+            "status": "diverges" if traj.diverged_fraction > 0.5 else ("not reached" if tt.step is None else "ok"),
+        })
+        if progress:
+            progress("sweep", i + 1, len(cells))
+    rank = lambda r: (r.get("seconds_to_target") is None, r.get("seconds_to_target") or 0.0)  # noqa: E731
+    rows.sort(key=rank)
+    return {
+        "config": {**base.to_dict(), "grid": grid, "chosen_classes": task.data.class_names,
+                   "data_source": task.data.source, "kernel": kernel.meta},
+        "target_loss": target,
+        "target_rule": "--target-loss" if base.target_loss else f"{DEFAULT_TARGET_FRACTION} x initial loss {loss0:.4f}",
+        "rows": rows,
+        "cost_seconds": {"kernel": round(t_kernel, 3), "simulation": round(t_sim, 3), "step_timing": round(t_step, 3),
+                         "total": round(t_kernel + t_sim + t_step, 3)},
+    }
