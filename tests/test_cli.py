@@ -175,3 +175,12 @@ def test_config_file_with_flag_override(capsys, tmp_path):
     assert code == 2 and "unknown setting(s)" in err
     code, _, err = run(capsys, "report", str(tmp_path / "missing.json"), "--out", str(tmp_path))
     assert code == 2 and "does not exist" in err
+
+
+def test_extrapolate_to_larger_dataset(capsys, tmp_path):
+    path = tmp_path / "e.json"
+    code, out, _ = run(capsys, "predict", *FAST, "--loss", "mse", "--lr", "0.5", "--extrapolate-to", "60",
+                       "--json", str(path))
+    assert code == 0 and "extrapolated to 60 samples" in out
+    ex = json.loads(path.read_text())["predicted"]["extrapolated"]
+    assert ex["n"] == 60 and ex["from_n"] == 12 and len(ex["mse_loss"]) == 31

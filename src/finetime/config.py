@@ -48,6 +48,7 @@ class RunConfig:
     freeze_backbone: bool = False
     bn: str = "frozen"
     max_memory_gb: float | None = None
+    extrapolate_to: int = 0
 
     def __post_init__(self):
         def bad(msg):
@@ -79,6 +80,8 @@ class RunConfig:
             bad(f"--projection-dim must be >= 1, got {self.projection_dim}")
         if self.max_memory_gb is not None and self.max_memory_gb <= 0:
             bad(f"--max-memory must be positive (GB), got {self.max_memory_gb}")
+        if self.extrapolate_to < 0:
+            bad(f"--extrapolate-to must be a number of samples (or 0), got {self.extrapolate_to}")
         if self.warmup_steps >= self.steps and self.warmup_steps > 0:
             bad(f"--warmup-steps ({self.warmup_steps}) must be fewer than --steps ({self.steps})")
         self.sgd()  # validates lr, momentum, nesterov, weight decay

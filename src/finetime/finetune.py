@@ -66,9 +66,18 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
         m.reset_running_stats()
         m.momentum = None  # cumulative average: one pass gives the exact statistics of x
         m.train()
-    model(x)
+    counts = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, inp: counts.__setitem__(id(mod), inp[0].numel() //
+                                                                             inp[0].shape[1])) for m in bns]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
     for m, (mom, _) in zip(bns, saved):
         m.momentum = mom
+        k = counts.get(id(m), 2)
+        m.running_var.mul_((k - 1) / k)  # running_var is stored unbiased; normalization uses the biased one
     model.eval()
     return model
 

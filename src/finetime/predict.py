@@ -141,6 +141,34 @@ def training_times(curves: torch.Tensor, config: RunConfig) -> dict:
     return out
 
 
+def extrapolated_times(problem: Problem, config: RunConfig, times_here: dict) -> dict:
+    """Training time on ``config.extrapolate_to`` samples from this kernel's spectrum (``finetime.extrapolate``)."""
+    from .dynamics import mse_curve, spectral_projections
+    from .extrapolate import extrapolate_spectrum, mse_loss_at
+
+    n_target = config.extrapolate_to
+    spec = extrapolate_spectrum(problem.theta, problem.f0, problem.y, n_target)
+    lam, proj = spectral_projections(problem.theta.double(), problem.f0.double(), problem.y)
+    here = mse_curve(lam, proj, config.lr, config.steps, momentum=config.momentum).unsqueeze(0)
+    there = mse_loss_at(spec, config.lr, config.steps, config.momentum).unsqueeze(0)
+    mse_here, mse_there = training_times(here, config), training_times(there, config)
+    scaled = {}
+    for key, v in times_here.items():
+        a, b = mse_here[key]["step"], mse_there[key]["step"]
+        scaled[key] = None if v["step"] is None or not a or b is None else round(v["step"] * b / a)
+    return {
+        "n": n_target,
+        "from_n": problem.n,
+        "eigenvalue_power_law": {"c": spec.eig_power[0], "s": spec.eig_power[1]},
+        "projection_power_law": {"d": spec.proj_power[0], "r": spec.proj_power[1]},
+        "mse_closed_form_steps": {k: v["step"] for k, v in mse_there.items()},
+        "mse_closed_form_steps_here": {k: v["step"] for k, v in mse_here.items()},
+        "steps": scaled,
+        "method": "simulated time here x (MSE closed-form time at N / at this N), full-batch GD closed form",
+        "mse_loss": tolist(there[0]),
+    }
+
+
 def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | None = None,
             progress: Callable[[str, int, int], None] | None = None, diagnostics: bool = False) -> dict:
     """Full prediction as a JSON-ready dict (see the README for its fields). ``diagnostics`` adds the kernel
@@ -174,6 +202,8 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
         "max_stable_lr": max_stable_lr(sharp, config.momentum),
         "method": traj.method,
     })
+    if config.extrapolate_to:
+        predicted["extrapolated"] = extrapolated_times(problem, config, times)
     out_diag = {}
     if diagnostics:
         from .diagnostics import gradient_map, per_sample_times, spectrum_summary

@@ -91,6 +91,9 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = ()) -> No
     g.add_argument("--dynamics", choices=["exact", "ode", "sde"], default=_D.dynamics,
                    help="exact: real SGD on the linearized model, batch by batch; ode/sde: the paper's gradient "
                         "flow / SDE with effective learning rate (default: %(default)s)")
+    g.add_argument("--extrapolate-to", type=int, default=_D.extrapolate_to, metavar="N",
+                   help="also predict the training time on N samples of the same classes from this subset's kernel "
+                        "spectrum (paper, section 4; power-law fits)")
     g.add_argument("--kernel-method", choices=["exact", "factored", "gaussian", "sparse"], default=_D.kernel_method,
                    help="how the NTK is computed; see finetime.kernel.KernelMethod (default: %(default)s)")
     g.add_argument("--projection-dim", type=int, default=_D.projection_dim,

@@ -59,6 +59,11 @@ def print_summary(result: dict, out=None) -> None:
     print("training time (steps; 5-95% band over batch orders):", file=out)
     for k, v in pr["training_time"].items():
         print(f"  {k:<14} {_fmt_step(v)}", file=out)
+    if "extrapolated" in pr:
+        ex = pr["extrapolated"]
+        steps = ", ".join(f"{k} step {v if v is not None else '-'}" for k, v in ex["steps"].items())
+        print(f"extrapolated to {ex['n']} samples (from {ex['from_n']}; eigenvalues ~ k^-{ex['eigenvalue_power_law']['s']:.2f}): "
+              f"{steps}", file=out)
     print(f"seconds per step (measured) {pr['seconds_per_step']:.4g}; all {c['steps']} steps "
           f"~{fmt_seconds(pr['total_seconds'])}", file=out)
     cs = result["cost_seconds"]

@@ -28,7 +28,27 @@ from ..optim import SGD, lr_factors
 from ._problem import Problem
 from ._trajectory import Recorder, Trajectory, full_table, initial_outputs
 
-__all__ = ["simulate", "SimState", "initial_state", "run_segment"]
+__all__ = ["simulate", "SimState", "initial_state", "run_segment", "KernelDrift"]
+
+
+@dataclasses.dataclass
+class KernelDrift:
+    """A kernel that moves along the trajectory: ``Theta(t) = Theta + lam(t) * delta`` per run, with
+    ``lam = clip(<a_t, a_ref> / |a_ref|^2, 0, cap)`` the run's progress along the coefficient path ``a_ref`` at which
+    the second kernel ``Theta + delta`` was measured (``delta``: ``(N*C, N*C)``; ``delta_test``: ``(M*C, N*C)``)."""
+
+    delta: torch.Tensor
+    a_ref: torch.Tensor
+    delta_test: torch.Tensor | None = None
+    cap: float = 2.0
+
+    def table(self) -> torch.Tensor:
+        if self.delta_test is None:
+            return self.delta
+        return torch.cat([self.delta, self.delta_test.T], dim=1).contiguous()
+
+    def progress(self, a: torch.Tensor) -> torch.Tensor:
+        return ((a @ self.a_ref) / (self.a_ref @ self.a_ref)).clamp(0.0, self.cap)
 
 
 @dataclasses.dataclass
@@ -53,8 +73,9 @@ def initial_state(problem: Problem, sgd: SGD, runs: int, track: bool = False) ->
 
 
 def run_segment(problem: Problem, sgd: SGD, state: SimState, t_start: int, t_stop: int, lrs: list[float],
-                plan: BatchPlan | None, recorder: Recorder) -> SimState:
-    """Advance ``state`` from step ``t_start`` to ``t_stop`` with ``problem.theta`` as the kernel.
+                plan: BatchPlan | None, recorder: Recorder, drift: KernelDrift | None = None) -> SimState:
+    """Advance ``state`` from step ``t_start`` to ``t_stop`` with ``problem.theta`` as the kernel (plus ``drift``,
+    which needs ``state.a`` tracked).
 
     ``plan`` is ``None`` for full-batch GD. ``recorder`` receives the curves at steps ``t_start+1 .. t_stop``.
     Returns the new state (the input state is not modified); stops early once every run has diverged.
@@ -79,11 +100,16 @@ def run_segment(problem: Problem, sgd: SGD, state: SimState, t_start: int, t_sto
         if problem.has_test:
             jw0a = torch.cat([jw0a, problem.jw0_test.reshape(-1)])
     cls = torch.arange(c)
+    dtable = drift.table() if drift is not None else None
+    if drift is not None and a is None:
+        raise ValueError("a drifting kernel needs the coefficient path (initial_state(..., track=True))")
     for t in range(t_start, t_stop):
         ftr = fa[:, :nc].view(r_runs, n, c)
         if plan is None:
             coeff = residual(ftr, problem.y, problem.loss).reshape(r_runs, nc) / n
             delta = coeff @ table
+            if dtable is not None:
+                delta = delta + drift.progress(a).unsqueeze(1) * (coeff @ dtable)
             rows = None
         else:
             idx = plan.indices[:, t]  # (R, b)
@@ -92,6 +118,9 @@ def run_segment(problem: Problem, sgd: SGD, state: SimState, t_start: int, t_sto
             fb = torch.gather(ftr, 1, idx.unsqueeze(-1).expand(-1, -1, c))
             coeff = (residual(fb, problem.y[idx], problem.loss) * w.unsqueeze(-1)).reshape(r_runs, -1)
             delta = F.embedding_bag(rows, table, per_sample_weights=coeff, mode="sum")
+            if dtable is not None:
+                delta = delta + drift.progress(a).unsqueeze(1) * F.embedding_bag(rows, dtable, per_sample_weights=coeff,
+                                                                              mode="sum")
         if wd:
             delta = delta + wd * (jw0a + fa - f0a)
         if a is not None:  # coefficient vector of this step's gradient, e (R, N*C)
