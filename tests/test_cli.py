@@ -184,3 +184,12 @@ def test_extrapolate_to_larger_dataset(capsys, tmp_path):
     assert code == 0 and "extrapolated to 60 samples" in out
     ex = json.loads(path.read_text())["predicted"]["extrapolated"]
     assert ex["n"] == 60 and ex["from_n"] == 12 and len(ex["mse_loss"]) == 31
+
+
+def test_relinearize_flag(capsys, tmp_path):
+    path = tmp_path / "r.json"
+    code, out, _ = run(capsys, "predict", *FAST, "--lr", "0.1", "--relinearize", "2", "--json", str(path))
+    assert code == 0
+    assert json.loads(path.read_text())["predicted"]["method"] == "relinearized"
+    code, _, err = run(capsys, "predict", *FAST, "--relinearize", "2", "--dynamics", "ode")
+    assert code == 2 and "--relinearize works with" in err

@@ -49,6 +49,7 @@ class RunConfig:
     bn: str = "frozen"
     max_memory_gb: float | None = None
     extrapolate_to: int = 0
+    relinearize: int = 0
 
     def __post_init__(self):
         def bad(msg):
@@ -80,6 +81,10 @@ class RunConfig:
             bad(f"--projection-dim must be >= 1, got {self.projection_dim}")
         if self.max_memory_gb is not None and self.max_memory_gb <= 0:
             bad(f"--max-memory must be positive (GB), got {self.max_memory_gb}")
+        if self.relinearize < 0:
+            bad(f"--relinearize must be >= 0, got {self.relinearize}")
+        if self.relinearize and (self.dynamics != "exact" or self.weight_decay):
+            bad("--relinearize works with the exact simulator (--dynamics exact) and without weight decay")
         if self.extrapolate_to < 0:
             bad(f"--extrapolate-to must be a number of samples (or 0), got {self.extrapolate_to}")
         if self.warmup_steps >= self.steps and self.warmup_steps > 0:

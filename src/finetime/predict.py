@@ -24,7 +24,7 @@ from .training_time import steps_to_epsilon, steps_to_target, summarize_times
 from .wallclock import seconds_per_step
 from .zoo import Dataset, build_model, freeze_backbone, load_raw, sample_task
 
-__all__ = ["Task", "prepare", "kernel_model", "kernel_for", "problem_from", "run_dynamics", "curve_summary", "training_times",
+__all__ = ["Task", "prepare", "kernel_for", "batch_statistics_outputs", "problem_from", "run_dynamics", "curve_summary", "training_times",
            "predict", "tolist"]
 
 
@@ -51,35 +51,44 @@ def prepare(config: RunConfig) -> Task:
     return Task(config, data, model, trained)
 
 
-def kernel_model(task: Task) -> torch.nn.Module:
-    """The network whose linearization is predicted: the model itself, or for ``--bn batch`` a copy whose
-    BatchNorm statistics are those of the training set (what batch statistics give at ``w0``)."""
-    if task.config.bn == "batch":
-        from .finetune import recalibrate_batchnorm
-
-        return recalibrate_batchnorm(copy.deepcopy(task.model), task.data.x)
-    return task.model
-
-
 def kernel_for(task: Task, *, kernel_in=None, kernel_out=None,
                progress: Callable[[int, int], None] | None = None) -> Kernel:
     """Compute the kernel (or load a saved one computed for this very model, data and method)."""
     cfg = task.config
     need_jw0 = cfg.weight_decay > 0
-    model = kernel_model(task)
+    model = task.model
     if kernel_in is not None:
         k = Kernel.load(kernel_in, model_fingerprint=fingerprint_model(model),
                         data_fingerprint=fingerprint_data(task.data.x, task.data.x_test),
                         expect={"method": cfg.kernel_method, "projection_dim": cfg.projection_dim, "seed": cfg.seed})
         if need_jw0 and k.jw0 is None:
             raise ConfigError(f"{kernel_in} was saved without J w0; recompute it for --weight-decay")
+        if cfg.bn == "batch":
+            k.f0 = batch_statistics_outputs(task)
         return k
     k = compute_kernel(model, task.data.x, x_test=task.data.x_test, method=cfg.kernel_method,
                        projection_dim=cfg.projection_dim, seed=cfg.seed, params=task.trained,
                        max_memory=cfg.max_memory_bytes, with_jw0=need_jw0, progress=progress)
+    if cfg.bn == "batch":
+        k.f0 = batch_statistics_outputs(task)
+        k.meta["f0"] = "batch statistics over the training set"
     if kernel_out is not None:
         k.save(kernel_out)
     return k
+
+
+def batch_statistics_outputs(task: Task) -> torch.Tensor:
+    """Training-set outputs at ``w0`` with BatchNorm using the batch's statistics, where a ``--bn batch`` run starts.
+
+    The kernel of such runs is the frozen-statistics one: the batch function couples samples, and the per-sample
+    network with the training set's statistics has a far larger kernel (it keeps the mean/scale directions that batch
+    normalization removes) and predicts divergence where none happens (see BENCHMARKS.md).
+    """
+    from .finetune import recalibrate_batchnorm
+
+    model = recalibrate_batchnorm(copy.deepcopy(task.model), task.data.x)
+    with torch.no_grad():
+        return model(task.data.x)
 
 
 def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype | None = None) -> Problem:
@@ -92,10 +101,28 @@ def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype | None = None) -
                    cvt(kernel.f0_test), d.y_test, cvt(kernel.jw0), cvt(kernel.jw0_test))
 
 
-def run_dynamics(problem: Problem, config: RunConfig, generator: torch.Generator | None = None) -> Trajectory:
-    """Simulate the configured optimizer with the configured dynamics (exact simulator or the paper's ODE/SDE)."""
+def run_dynamics(problem: Problem, config: RunConfig, generator: torch.Generator | None = None,
+                 task: Task | None = None) -> Trajectory:
+    """Simulate the configured optimizer with the configured dynamics (exact simulator or the paper's ODE/SDE;
+    with ``config.relinearize`` the network is re-linearized along the way, which needs the ``task``)."""
     sgd = config.sgd()
     gen = generator if generator is not None else torch.Generator().manual_seed(config.seed + 1)
+    if config.relinearize:
+        from .relinearize import checkpoint_schedule, relinearized
+
+        if task is None:
+            raise ValueError("re-linearization needs the task (model and data)")
+        d = task.data
+
+        def kernel_fn(model):
+            return compute_kernel(model, d.x, x_test=d.x_test, method=config.kernel_method,
+                                  projection_dim=config.projection_dim, seed=config.seed, params=task.trained,
+                                  max_memory=config.max_memory_bytes)
+
+        traj, _ = relinearized(task.model, d.x, problem, sgd, config.steps,
+                               checkpoints=checkpoint_schedule(config.steps, config.relinearize), kernel_fn=kernel_fn,
+                               params=task.trained, runs=config.runs, generator=gen, x_test=d.x_test)
+        return traj
     if config.dynamics == "ode":
         return simulate_ode(problem, sgd, config.steps)
     if config.dynamics == "sde":
@@ -180,7 +207,7 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
     t_kernel = time.perf_counter() - t0
     t1 = time.perf_counter()
     problem = problem_from(kernel, task)
-    traj = run_dynamics(problem, config)
+    traj = run_dynamics(problem, config, task=task)
     sharp = sharpness(problem.theta, problem.f0, problem.loss)
     t_sim = time.perf_counter() - t1
     t2 = time.perf_counter()
@@ -236,6 +263,6 @@ def _config_record(task: Task, kernel: Kernel) -> dict:
         "kernel": {k: v for k, v in kernel.meta.items()},
         "network_mode": "BatchNorm running statistics, dropout and drop-connect off (kernel and curves)"
         if task.config.bn == "frozen" else "BatchNorm batch statistics in training; curves with batch statistics "
-        "over the whole training set",
+        "over the whole training set; kernel with the running statistics, initial outputs with batch statistics",
     })
     return rec

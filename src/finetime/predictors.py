@@ -3,6 +3,7 @@
 * ``linear``: the exact simulator of SGD on the linearized model (one kernel at the pretrained weights).
 * ``paper``: the paper's method: gradient-flow ODE for full-batch GD, its SDE for SGD, with the effective
   learning rate ``lr / (1 - momentum)`` and the diagonal-noise approximation (see ``dynamics.paper``).
+* ``relinearized3``: the linear predictor re-anchored on the real network at three checkpoints (``relinearize``).
 """
 
 from __future__ import annotations
@@ -55,3 +56,15 @@ def paper(problem: Problem, cfg: RunConfig, **_) -> Prediction:
     if sgd.is_full_batch(problem.n):
         return Prediction(simulate_ode(problem, sgd, cfg.steps))
     return Prediction(simulate_sde(problem, sgd, cfg.steps, runs=cfg.runs, generator=_gen(cfg)))
+
+
+@register("relinearized3")
+def relinearized3(problem: Problem, cfg: RunConfig, task=None, **_) -> Prediction:
+    """Three re-linearizations of the real network along the prediction (steps ~T/15, 3T/15, 7T/15)."""
+    import time
+
+    from .predict import run_dynamics
+
+    t0 = time.perf_counter()
+    traj = run_dynamics(problem, cfg.replace(relinearize=3), task=task)
+    return Prediction(traj, extra_seconds=0.0, info={"seconds": time.perf_counter() - t0})

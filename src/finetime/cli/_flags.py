@@ -91,6 +91,9 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = ()) -> No
     g.add_argument("--dynamics", choices=["exact", "ode", "sde"], default=_D.dynamics,
                    help="exact: real SGD on the linearized model, batch by batch; ode/sde: the paper's gradient "
                         "flow / SDE with effective learning rate (default: %(default)s)")
+    g.add_argument("--relinearize", type=int, default=_D.relinearize, metavar="K",
+                   help="re-linearize the real network K times along the predicted trajectory (geometric schedule, "
+                        "one kernel each): slower, for networks that move far from w0 (default: %(default)s)")
     g.add_argument("--extrapolate-to", type=int, default=_D.extrapolate_to, metavar="N",
                    help="also predict the training time on N samples of the same classes from this subset's kernel "
                         "spectrum (paper, section 4; power-law fits)")
