@@ -57,7 +57,9 @@ def expand(cfg: dict) -> list[RunConfig]:
 
 
 def cell_id(cfg: RunConfig, repeat: int = 0) -> str:
-    d = cfg.to_dict()
+    """Stable identity of a cell: its settings that differ from the defaults (new settings do not change old ids)."""
+    default = RunConfig().to_dict()
+    d = {k: v for k, v in cfg.to_dict().items() if v != default[k]}
     d["_repeat"] = repeat
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -151,8 +153,9 @@ def main(argv=None) -> int:
     if args.repredict:
         return repredict(out, args.repredict.split(","), args.quiet)
     done = set()
-    if out.exists():
-        done = {json.loads(line)["id"] for line in out.read_text().splitlines() if line.strip()}
+    if out.exists():  # identities recomputed from the stored settings, so a file from an older version resumes
+        done = {cell_id(RunConfig.from_dict(r["config"]), r.get("repeat", 0))
+                for r in map(json.loads, filter(str.strip, out.read_text().splitlines()))}
     suite = cfg.get("suite", {})
     predictors = suite.get("predictors", ["linear"])
     repeats = suite.get("repeats", {})

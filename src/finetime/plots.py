@@ -20,20 +20,31 @@ def _pyplot():
     return plt
 
 
+def _nan(v):
+    """JSON curve (``None`` for missing points) -> floats for matplotlib."""
+    return [float("nan") if x is None else x for x in v]
+
+
+def _save(fig, path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return Path(path)
+
+
 def plot_validation(result: dict, path: str | Path) -> Path:
     """Predicted loss (mean and 5-95% band), the replay on the real batch order, and the real curve, with the
     training-time markers of each threshold; accuracy below."""
     plt = _pyplot()
     pr, ac = result["predicted"], result.get("actual")
     steps = list(range(len(pr["loss"])))
-    nan = lambda v: [float("nan") if x is None else x for x in v]  # noqa: E731
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    ax.fill_between(steps, nan(pr["loss_low"]), nan(pr["loss_high"]), color="C0", alpha=0.2, label="predicted 5-95%")
-    ax.plot(steps, nan(pr["loss"]), color="C0", label="predicted (mean)")
+    ax.fill_between(steps, _nan(pr["loss_low"]), _nan(pr["loss_high"]), color="C0", alpha=0.2, label="predicted 5-95%")
+    ax.plot(steps, _nan(pr["loss"]), color="C0", label="predicted (mean)")
     if "replay" in pr:
-        ax.plot(steps, nan(pr["replay"]["loss"]), color="C0", ls="--", lw=1, label="predicted, real batch order")
+        ax.plot(steps, _nan(pr["replay"]["loss"]), color="C0", ls="--", lw=1, label="predicted, real batch order")
     if ac is not None:
-        ax.plot(steps, nan(ac["loss"]), color="C3", label="real fine-tuning")
+        ax.plot(steps, _nan(ac["loss"]), color="C3", label="real fine-tuning")
     for i, (key, v) in enumerate(pr["training_time"].items()):
         if v["step"] is not None:
             ax.axvline(v["step"], color="C0", ls=":", lw=0.8)
@@ -48,21 +59,13 @@ def plot_validation(result: dict, path: str | Path) -> Path:
     opt = "GD" if not c["batch_size"] else f"SGD b={c['batch_size']}"
     ax.set_title(f"{c['model']} on {c['classes']}x{c['per_class']} images, {opt}, lr {c['lr']:g}, "
                  f"momentum {c['momentum']:g}", fontsize=9)
-    ax2.plot(steps, nan(pr["accuracy"]), color="C0", label="predicted")
+    ax2.plot(steps, _nan(pr["accuracy"]), color="C0", label="predicted")
     if ac is not None:
-        ax2.plot(steps, nan(ac["accuracy"]), color="C3", label="real")
+        ax2.plot(steps, _nan(ac["accuracy"]), color="C3", label="real")
     ax2.set_ylabel("training accuracy")
     ax2.set_xlabel("step")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _nan(v):
-    return [float("nan") if x is None else x for x in v]
+    return _save(fig, path)
 
 
 def plot_curves(result: dict, path: str | Path) -> Path:
@@ -99,10 +102,7 @@ def plot_curves(result: dict, path: str | Path) -> Path:
     ax2.set_ylabel("accuracy")
     ax2.set_xlabel("step")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_spectrum(result: dict, path: str | Path) -> Path:
@@ -120,10 +120,7 @@ def plot_spectrum(result: dict, path: str | Path) -> Path:
     ax.set_ylabel("eigenvalue")
     ax.legend(fontsize=8)
     ax.set_title("kernel spectrum at the pretrained weights", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_gradients(result: dict, path: str | Path) -> Path:
@@ -147,10 +144,7 @@ def plot_gradients(result: dict, path: str | Path) -> Path:
         sc = row[1].scatter(xs, ys, s=14, c=conv, cmap="viridis")
         fig.colorbar(sc, ax=row[1], label="predicted convergence step (eps 0.1)")
         row[1].set_title(f"{title}: by predicted convergence time", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_sweep_heatmap(result: dict, path: str | Path) -> Path:
@@ -181,7 +175,4 @@ def plot_sweep_heatmap(result: dict, path: str | Path) -> Path:
     ax.set_ylabel("batch size")
     ax.set_title(f"predicted seconds to loss {result['target_loss']:.3g} (x: not reached / diverges)", fontsize=9)
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)

@@ -94,7 +94,13 @@ def _check_outputs(args) -> None:
         raise ConfigError(f"{args.kernel_out} exists; refusing to overwrite it")
 
 
-def _finish(result: dict, args) -> None:
+def _finish(result: dict, args, plot: str | None = None) -> None:
+    """Write what the flags ask for: --json, --report, and --plot (with the named ``finetime.plots`` function)."""
+    if plot is not None and args.plot is not None:
+        from .. import plots
+
+        getattr(plots, plot)(result, args.plot)
+        print(f"wrote {args.plot}")
     if args.json is not None:
         write_json(result, args.json, args.overwrite)
         print(f"wrote {args.json}")
@@ -126,12 +132,7 @@ def cmd_validate(args) -> int:
                       diagnostics=args.report is not None)
     print_summary(result)
     print_validation(result)
-    _finish(result, args)
-    if args.plot is not None:
-        from ..plots import plot_validation
-
-        plot_validation(result, args.plot)
-        print(f"wrote {args.plot}")
+    _finish(result, args, plot="plot_validation")
     return 0
 
 
@@ -161,12 +162,7 @@ def cmd_sweep(args) -> int:
     result = sweep(base, grid, kernel_in=args.kernel_in, kernel_out=args.kernel_out,
                    progress=TerminalProgress(args.quiet))
     print_sweep(result)
-    _finish(result, args)
-    if args.plot is not None:
-        from ..plots import plot_sweep_heatmap
-
-        plot_sweep_heatmap(result, args.plot)
-        print(f"wrote {args.plot}")
+    _finish(result, args, plot="plot_sweep_heatmap")
     return 0
 
 
