@@ -92,6 +92,8 @@ class KernelPlan:
     chunk_size: int
     persistent_bytes: int
     per_sample_bytes: int
+    mat_dims: int = 0
+    use_sketch: bool = False
 
     def summary(self) -> dict:
         by = {}
@@ -243,6 +245,116 @@ def _gaussian_project(p, t, k, seed, dtype, device):
     return out
 
 
+def _probe(model, probe, tracked, names, named):
+    """Forward/backward on a couple of samples: which ops consume which parameters, and the shape of each
+    parameter's contribution. Returns ``(plans, owners, fallback, classes, activation elements per sample)``."""
+    out, cap, _ = _forward(model, probe, tracked, {}, scan=True)
+    c = out.shape[1]
+    act_elems = sum(r.inp.numel() + math.prod(r.out_shape) for r in cap.records) // probe.shape[0]
+    fallback = frozenset(cap.foreign)
+    owners = cap.fallback_owners(set(fallback))
+    del out, cap
+    _, contrib = _contributions(model, probe, tracked, owners, fallback, c)
+    plans = []
+    for i, name in enumerate(names):
+        t = contrib.get(name)
+        if t is None:
+            continue  # not used by the forward pass: zero gradient
+        p = _ParamPlan(name, i, named[name].numel(), "factors" if isinstance(t, Factors) else "dense")
+        if isinstance(t, Factors):
+            p.positions, (p.d_left, p.d_right), p.groups = t.positions, t.dims, t.groups
+            p.onehot = isinstance(t.left, IndexFactor)
+            p.dim = p.groups * p.d_left * p.d_right
+        else:
+            p.dim = t.shape[-1]
+        plans.append(p)
+    return plans, owners, fallback, c, act_elems
+
+
+def _size(plans, method, rows, cols, c, k, exact_flops, eb, budget, chunk_size, act_elems) -> KernelPlan:
+    """Choose each parameter's route, lay out the stores, check the memory budget and size the chunks."""
+    if exact_flops is None:
+        exact_flops = max(4 * rows * cols * c * c * k, EXACT_FLOOR_FLOPS)
+    _choose(plans, method, rows, cols, c, k, exact_flops)
+    mat_dims = 0
+    ghost_bytes = 0
+    for p in plans:
+        if p.strategy == "materialize":
+            p.offset = mat_dims
+            mat_dims += p.dim
+        elif p.strategy == "ghost":
+            ghost_bytes += rows * p.positions * (c * p.d_left + p.d_right) * eb
+    use_sketch = any(p.strategy in ("kron", "gaussian", "sparse") for p in plans)
+    persistent = eb * (rows * c * mat_dims + (rows * c * k if use_sketch else 0) + rows * c * cols * c) + ghost_bytes
+    widest = max([p.dim for p in plans if p.strategy in ("materialize", "gaussian", "sparse")] or [0])
+    per_sample = eb * (act_elems * (c + 1) + c * widest)
+    if persistent + per_sample > budget:
+        raise MemoryBudgetError(
+            f"the {method.value} kernel for {rows} samples x {c} outputs needs about "
+            f"{(persistent + per_sample) / 2**30:.2f} GiB, over the {budget / 2**30:.2f} GiB budget; "
+            "use --kernel-method factored, a smaller --projection-dim, fewer samples, or a larger --max-memory"
+        )
+    if chunk_size is None:  # small working sets are reused by the allocator instead of page-faulted afresh
+        room = min(budget - persistent, CHUNK_WORKING_SET)
+        chunk_size = int(max(1, min(rows, room // max(per_sample, 1))))
+    plan = KernelPlan(plans, k, chunk_size, persistent, per_sample)
+    plan.mat_dims, plan.use_sketch = mat_dims, use_sketch
+    return plan
+
+
+class _Stores:
+    """What the chunks leave behind for the final Gram: materialized features, the shared sketch, ghost factors."""
+
+    def __init__(self, plan: KernelPlan, rows: int, c: int, dtype, device):
+        z = lambda *s: torch.zeros(*s, dtype=dtype, device=device)  # noqa: E731
+        self.feats = z(rows * c, plan.mat_dims) if plan.mat_dims else None
+        self.sketch = z(rows * c, plan.projection_dim) if plan.use_sketch else None
+        self.ghosts = {p.name: (z(rows, c, p.positions, p.d_left), z(rows, 1, p.positions, p.d_right))
+                       for p in plan.params if p.strategy == "ghost"}
+
+    def add(self, plan: KernelPlan, contrib: dict, start: int, stop: int, c: int, seed: int) -> None:
+        r0, r1 = start * c, stop * c
+        k = plan.projection_dim
+        for p in plan.params:
+            t = contrib.get(p.name)
+            if t is None:
+                continue
+            if p.strategy == "ghost":
+                left, right = self.ghosts[p.name]
+                left[start:stop] = t.left[:, :, 0].expand(-1, c, -1, -1)
+                right[start:stop] = t.right[:, :1, 0]
+            elif p.strategy == "kron":
+                phi = t.kron_sketch(p.s_left, p.s_right, c).reshape(r1 - r0, -1) * p.signs
+                self.sketch[r0:r1].index_add_(1, p.perm, phi)
+            else:
+                m = (t.materialize(c) if isinstance(t, Factors) else t).reshape(r1 - r0, -1)
+                if p.strategy == "materialize":
+                    self.feats[r0:r1, p.offset : p.offset + p.dim] = m
+                elif p.strategy == "sparse":
+                    self.sketch[r0:r1] += torch.sparse.mm(p.proj, m.T).T
+                else:
+                    self.sketch[r0:r1] += _gaussian_project(p, m, k, seed, m.dtype, m.device)
+
+    def gram(self, plan: KernelPlan, rows: int, cols: int, c: int) -> torch.Tensor:
+        """``Theta(all samples, training samples)``, ``(rows*C, cols*C)``."""
+        nc = cols * c
+        dt = next(v for v in (self.feats, self.sketch, *[g[0] for g in self.ghosts.values()]) if v is not None)
+        theta = torch.zeros(rows * c, nc, dtype=dt.dtype, device=dt.device)
+        if self.feats is not None:
+            theta.addmm_(self.feats, self.feats[:nc].T)
+        if self.sketch is not None:
+            theta.addmm_(self.sketch, self.sketch[:nc].T)
+        for p in plan.params:
+            if p.strategy != "ghost":
+                continue
+            left, right = self.ghosts[p.name]
+            blk = max(1, int(2**25 // max(1, c * c * cols * p.positions**2)))
+            for s0 in range(0, rows, blk):
+                s1 = min(rows, s0 + blk)
+                theta[s0 * c : s1 * c] += ghost_gram(left[s0:s1], right[s0:s1], left[:cols], right[:cols])
+        return theta
+
+
 def compute_kernel(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -288,7 +400,6 @@ def compute_kernel(
     if not names:
         raise KernelError("no trainable parameters: nothing to compute a kernel for")
     tracked = {id(named[n]): n for n in names}
-    index_of = {n: i for i, n in enumerate(names)}
     device = named[names[0]].device
     dtype = named[names[0]].dtype
     xs = x if x_test is None else torch.cat([x, x_test.to(x.dtype)])
@@ -299,126 +410,30 @@ def compute_kernel(
     was_training = model.training
     model.eval()
     try:
-        # ---- probe: which ops consume which parameters, and their shapes
-        n_probe = min(2, rows)
-        probe = xs[:n_probe].to(device)
-        out, cap, _ = _forward(model, probe, tracked, {}, scan=True)
-        c = out.shape[1]
-        act_elems = sum(r.inp.numel() + math.prod(r.out_shape) for r in cap.records) // n_probe
-        covered = {n for r in cap.records for n in r.params.values()}
-        seen = covered | cap.foreign
-        fallback = cap.foreign
-        owners = cap.fallback_owners(fallback)
-        del out, cap
-        _, contrib = _contributions(model, probe, tracked, owners, frozenset(fallback), c)
-        plans = []
-        for name in names:
-            if name not in contrib:
-                continue  # not used by the forward pass: zero gradient
-            t = contrib[name]
-            p = _ParamPlan(name, index_of[name], named[name].numel(), "factors" if isinstance(t, Factors) else "dense")
-            if isinstance(t, Factors):
-                p.positions, (p.d_left, p.d_right), p.groups = t.positions, t.dims, t.groups
-                p.onehot = isinstance(t.left, IndexFactor)
-                p.dim = p.groups * p.d_left * p.d_right
-            else:
-                p.dim = t.shape[-1]
-            plans.append(p)
-        unused = [n for n in names if n not in contrib and n in seen]
-        if unused:  # pragma: no cover - defensive
-            raise KernelError(f"no gradient route for parameters {unused[:3]}")
-        k = projection_dim
-        sketch_gram = rows * cols * c * c * k
-        if exact_flops is None:
-            exact_flops = max(4 * sketch_gram, EXACT_FLOOR_FLOPS)
-        _choose(plans, method, rows, cols, c, k, exact_flops)
-        eb = _bytes(dtype)
-        mat_dims = 0
-        ghost_bytes = 0
-        for p in plans:
-            if p.strategy == "materialize":
-                p.offset = mat_dims
-                mat_dims += p.dim
-            elif p.strategy == "ghost":
-                ghost_bytes += rows * p.positions * (c * p.d_left + p.d_right) * eb
-        use_sketch = any(p.strategy in ("kron", "gaussian", "sparse") for p in plans)
-        persistent = eb * (rows * c * mat_dims + (rows * c * k if use_sketch else 0) + rows * c * cols * c)
-        persistent += ghost_bytes
-        per_sample = eb * (act_elems * (c + 1) + c * max([p.dim for p in plans
-                                                              if p.strategy in ("materialize", "gaussian",
-                                                                                "sparse")] or [0]))
-        if persistent + per_sample > budget:
-            raise MemoryBudgetError(
-                f"the {method.value} kernel for {rows} samples x {c} outputs needs about "
-                f"{(persistent + per_sample) / 2**30:.2f} GiB, over the {budget / 2**30:.2f} GiB budget; "
-                "use --kernel-method factored, a smaller --projection-dim, fewer samples, or a larger --max-memory"
-            )
-        if chunk_size is None:  # small working sets are reused by the allocator instead of page-faulted afresh
-            room = min(budget - persistent, CHUNK_WORKING_SET)
-            chunk_size = int(max(1, min(rows, room // max(per_sample, 1))))
-        _prepare_projections(plans, k, seed, dtype, device)
-        plan = KernelPlan(plans, k, chunk_size, persistent, per_sample)
-        t_probe = time.perf_counter() - t_start
-
-        # ---- chunks
-        feats = torch.zeros(rows * c, mat_dims, dtype=dtype, device=device) if mat_dims else None
-        sketch = torch.zeros(rows * c, k, dtype=dtype, device=device) if use_sketch else None
-        ghosts = {p.name: (torch.zeros(rows, c, p.positions, p.d_left, dtype=dtype, device=device),
-                           torch.zeros(rows, 1, p.positions, p.d_right, dtype=dtype, device=device))
-                  for p in plans if p.strategy == "ghost"}
+        plans, owners, fallback, c, act_elems = _probe(model, xs[: min(2, rows)].to(device), tracked, names, named)
+        plan = _size(plans, method, rows, cols, c, projection_dim, exact_flops, _bytes(dtype), budget, chunk_size,
+                     act_elems)
+        _prepare_projections(plans, projection_dim, seed, dtype, device)
+        t_plan = time.perf_counter() - t_start
+        stores = _Stores(plan, rows, c, dtype, device)
         f_all = torch.zeros(rows, c, dtype=dtype, device=device)
-        for start in range(0, rows, chunk_size):
-            stop = min(rows, start + chunk_size)
-            xb = xs[start:stop].to(device)
-            out, contrib = _contributions(model, xb, tracked, owners, frozenset(fallback), c)
+        for start in range(0, rows, plan.chunk_size):
+            stop = min(rows, start + plan.chunk_size)
+            out, contrib = _contributions(model, xs[start:stop].to(device), tracked, owners, fallback, c)
             f_all[start:stop] = out
-            r0, r1 = start * c, stop * c
-            for p in plans:
-                t = contrib.get(p.name)
-                if t is None:
-                    continue
-                if p.strategy == "materialize":
-                    m = t.materialize(c) if isinstance(t, Factors) else t
-                    feats[r0:r1, p.offset : p.offset + p.dim] = m.reshape(r1 - r0, -1)
-                elif p.strategy == "ghost":
-                    left, right = ghosts[p.name]
-                    left[start:stop] = t.left[:, :, 0].expand(-1, c, -1, -1)
-                    right[start:stop] = t.right[:, :1, 0]
-                elif p.strategy == "kron":
-                    phi = t.kron_sketch(p.s_left, p.s_right, c).reshape(r1 - r0, -1) * p.signs
-                    sketch[r0:r1].index_add_(1, p.perm, phi)
-                else:
-                    m = (t.materialize(c) if isinstance(t, Factors) else t).reshape(r1 - r0, -1)
-                    if p.strategy == "sparse":
-                        sketch[r0:r1] += torch.sparse.mm(p.proj, m.T).T
-                    else:
-                        sketch[r0:r1] += _gaussian_project(p, m, k, seed, dtype, device)
+            stores.add(plan, contrib, start, stop, c, seed)
             del contrib, out
             if progress is not None:
                 progress(stop, rows)
-
-        t_chunks = time.perf_counter() - t_start - t_probe
-        # ---- assemble Theta(all, train)
+        t_chunks = time.perf_counter() - t_start - t_plan
+        theta = stores.gram(plan, rows, cols, c)
         nc = cols * c
-        theta = torch.zeros(rows * c, nc, dtype=dtype, device=device)
-        if feats is not None:
-            theta.addmm_(feats, feats[:nc].T)
-        if sketch is not None:
-            theta.addmm_(sketch, sketch[:nc].T)
-        for p in plans:
-            if p.strategy != "ghost":
-                continue
-            left, right = ghosts[p.name]
-            blk = max(1, int(2**25 // max(1, c * c * cols * p.positions**2)))
-            for s0 in range(0, rows, blk):
-                s1 = min(rows, s0 + blk)
-                theta[s0 * c : s1 * c] += ghost_gram(left[s0:s1], right[s0:s1], left[:cols], right[:cols])
         train = theta[:nc]
         theta_train = 0.5 * (train + train.T)
         theta_test = theta[nc:].clone() if x_test is not None else None
         jw0 = jw0_test = None
         if with_jw0:
-            j = jacobian_weight_product(model, xs, names, chunk_size)
+            j = jacobian_weight_product(model, xs, names, plan.chunk_size)
             jw0, jw0_test = j[:cols], (j[cols:] if x_test is not None else None)
     finally:
         model.train(was_training)
@@ -436,8 +451,8 @@ def compute_kernel(
         "data_fingerprint": fingerprint_data(x, x_test),
         "plan": plan.summary(),
         "seconds": time.perf_counter() - t_start,
-        "phase_seconds": {"plan": round(t_probe, 3), "chunks": round(t_chunks, 3),
-                          "gram": round(time.perf_counter() - t_start - t_probe - t_chunks, 3)},
+        "phase_seconds": {"plan": round(t_plan, 3), "chunks": round(t_chunks, 3),
+                          "gram": round(time.perf_counter() - t_start - t_plan - t_chunks, 3)},
     }
     return Kernel(theta_train, f_all[:cols].clone(), theta_test, f_all[cols:].clone() if x_test is not None else None,
                   jw0, jw0_test, meta)
