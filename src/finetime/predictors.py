@@ -41,11 +41,19 @@ def _gen(cfg: RunConfig) -> torch.Generator:
     return torch.Generator().manual_seed(cfg.seed + 1)
 
 
+def stability_ratio(problem: Problem, cfg: RunConfig) -> float:
+    """Learning rate over the linearized model's stable limit at the start, ``lr / (2 (1 + m) / sharpness)``."""
+    from .spectrum import max_stable_lr, sharpness
+
+    return cfg.lr / max_stable_lr(sharpness(problem.theta, problem.f0, problem.loss), cfg.momentum)
+
+
 @register("linear")
 def linear(problem: Problem, cfg: RunConfig, **_) -> Prediction:
     from .dynamics import simulate
 
-    return Prediction(simulate(problem, cfg.sgd(), cfg.steps, runs=cfg.runs, generator=_gen(cfg)))
+    traj = simulate(problem, cfg.sgd(), cfg.steps, runs=cfg.runs, generator=_gen(cfg))
+    return Prediction(traj, info={"stability_ratio": stability_ratio(problem, cfg)})
 
 
 @register("paper")
