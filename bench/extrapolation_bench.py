@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/extrapolation_bench.py        # writes bench/results/extrapolation.json
 
-EfficientNet-Lite0, Fashion-MNIST, 5 classes (seed 1), 32 px, MSE loss, full-batch GD, lr 0.05, T=150. For each target
+EfficientNet-Lite0, Fashion-MNIST, 5 classes (seed 1), 32 px, MSE loss, full-batch GD, lr 0.02 (0.05 is past the
+linearized model's stable limit here), T=150. For each target
 size N in {500, 1000}: the training time predicted from subsets N' in {100, 250} (spectral extrapolation), from the
 kernel computed at N itself (linear simulator), and the real fine-tuning at N. The subsets are the first N' images of
 the N-image task (same classes). Errors are relative training-time errors (PROTOCOL.md).
@@ -31,7 +32,7 @@ def main():
     from finetime.zoo.data import Dataset
 
     _tune_allocator()
-    base = RunConfig(image_size=32, seed=1, loss="mse", lr=0.05, steps=150, epsilon=(0.01, 0.1, 0.4))
+    base = RunConfig(image_size=32, seed=1, loss="mse", lr=0.02, steps=150, epsilon=(0.01, 0.1, 0.4))
     out = {"config": base.to_dict(), "targets": []}
     for n_target in (500, 1000):
         cfg = base.replace(per_class=n_target // 5)

@@ -61,10 +61,28 @@ def rows(cells, predictor):
                 "batch": cfg["batch_size"] or "full", "lr": cfg["lr"], "momentum": cfg["momentum"],
                 "per_class": cfg["per_class"], "data": cfg["data"], "image_size": cfg["image_size"],
                 "bn": cfg["bn"], "steps": cfg["steps"],
+                "regime": f"{'GD' if not cfg['batch_size'] else 'SGD'} lr {cfg['lr']:g} m {cfg['momentum']:g}",
+                "stability": stability_bin(c),
                 "fast": (real["training_time"].get("eps=0.4", {}).get("step") or 0) < MIN_REAL_TT
                 and not real["diverged"],
             })
     return out
+
+
+STABILITY_BINS = (0.05, 0.2, 0.5)
+
+
+def stability_bin(cell):
+    """Bin of the linear predictor's stability ratio (lr over the linearized stable limit), if recorded."""
+    ratio = cell["predictors"].get("linear", {}).get("info", {}).get("stability_ratio")
+    if ratio is None:
+        return "unknown"
+    lo = 0.0
+    for hi in STABILITY_BINS:
+        if ratio < hi:
+            return f"{lo:g}-{hi:g}"
+        lo = hi
+    return f">= {lo:g}"
 
 
 def summarize(rs):
@@ -87,16 +105,24 @@ def table(rs_by_pred, key, title):
     return "\n".join(lines) + "\n"
 
 
-def cost_lines(cells):
+def cost_lines(cells, predictors):
+    """Real fine-tuning seconds over prediction seconds (kernel + step timing + that predictor's simulation)."""
     ratios = defaultdict(list)
+    secs = defaultdict(list)
     for c in cells:
         opt = "GD" if not c["config"]["batch_size"] else "SGD"
-        pred_cost = c["cost"]["kernel_seconds"] + c["cost"]["step_timing_seconds"] + min(
-            p["seconds"] for p in c["predictors"].values())
-        ratios[opt].append(c["real"]["train_seconds"] / pred_cost)
-    out = ["| optimizer | cells | median real/prediction seconds | min | max |", "|---|---|---|---|---|"]
-    for k, v in sorted(ratios.items()):
-        out.append(f"| {k} | {len(v)} | {statistics.median(v):.1f}x | {min(v):.1f}x | {max(v):.1f}x |")
+        for name in predictors:
+            p = c["predictors"].get(name)
+            if p is None:
+                continue
+            pred_cost = c["cost"]["kernel_seconds"] + c["cost"]["step_timing_seconds"] + p["seconds"]
+            ratios[name, opt].append(c["real"]["train_seconds"] / pred_cost)
+            secs[name, opt].append(pred_cost)
+    out = ["| predictor | optimizer | cells | median prediction seconds | median real/prediction | min | max |",
+           "|---|---|---|---|---|---|---|"]
+    for (name, opt), v in sorted(ratios.items()):
+        out.append(f"| {name} | {opt} | {len(v)} | {statistics.median(secs[name, opt]):.1f} | "
+                   f"{statistics.median(v):.1f}x | {min(v):.1f}x | {max(v):.1f}x |")
     return "\n".join(out) + "\n"
 
 
@@ -171,15 +197,21 @@ def render(cells, predictors, include_fast=False) -> str:
     out.append("")
     for key, title in (("optimizer", "optimizer"), ("lr", "learning rate"), ("momentum", "momentum"),
                        ("eps", "eps"), ("per_class", "images per class"), ("batch", "batch size"),
-                       ("data", "dataset"), ("image_size", "resolution"), ("steps", "budget T")):
+                       ("data", "dataset"), ("image_size", "resolution"), ("bn", "BatchNorm"),
+                       ("steps", "budget T"), ("regime", "optimizer, learning rate and momentum"),
+                       ("stability", "stability ratio at the start (lr over the linearized stable limit)")):
         if len({r[key] for r in next(iter(rs.values()))}) > 1:
             out.append(table(rs, key, title))
-    mism = [r for p in predictors for r in rs[p] if r["mismatch"] and r["eps"] == "0.1"]
-    if mism:
-        out.append("Divergence mismatches (counted as 100%): " + ", ".join(
-            f"{r['optimizer']} lr {r['lr']:g} m {r['momentum']:g} n={r['per_class']}" for r in mism) + "\n")
+    for p in predictors:
+        mism = [r for r in rs[p] if r["mismatch"] and r["eps"] == "0.1"]
+        if mism:
+            kinds = defaultdict(int)
+            for r in mism:
+                kinds[f"{r['regime']} n={r['per_class']} {r['image_size']}px"] += 1
+            out.append(f"Divergence mismatches of `{p}` (real and predicted disagree on divergence; counted as 100%): "
+                       + ", ".join(f"{k} (x{v})" for k, v in sorted(kinds.items())) + "\n")
     out.append("#### cost\n")
-    out.append(cost_lines(cells))
+    out.append(cost_lines(cells, [p for p in predictors if p != "replay"]))
     nf = noise_floor(cells)
     if nf:
         out.append("#### noise floor: the same configuration, different batch orders (real runs only)\n")
