@@ -140,6 +140,21 @@ def test_sweep_equals_individual_predictions(capsys, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_sweep_budgets_share_one_full_batch_simulation_exactly(capsys, tmp_path):
+    path = tmp_path / "s.json"
+    args = [a for a in FAST if a not in ("--steps", "30")]
+    sched = ["--schedule", "step", "--step-size", "5", "--target-loss", "0.9"]
+    code, _, _ = run(capsys, "sweep", *args, "--lr", "0.05", "--steps", "12,30", *sched, "--json", str(path))
+    assert code == 0
+    for r in json.loads(path.read_text())["rows"]:
+        p = tmp_path / f"p{r['settings']['steps']}.json"
+        assert run(capsys, "predict", *args, "--lr", "0.05", "--steps", str(r["settings"]["steps"]), *sched,
+                   "--json", str(p))[0] == 0
+        single = json.loads(p.read_text())["predicted"]
+        assert single["training_time"]["target=0.9"]["step"] == r["steps_to_target"]["step"]
+        assert single["loss"][-1] == pytest.approx(r["final_loss"], rel=1e-6)  # the JSON curve is stored in float32
+
+
 def test_sweep_reports_invalid_and_nothing_to_sweep(capsys):
     code, out, _ = run(capsys, "sweep", *FAST, "--lr", "0.05", "--momentum", "0,0.9", "--nesterov")
     assert code == 0 and "invalid: Nesterov momentum needs" in out

@@ -112,6 +112,25 @@ def test_divergence_is_flagged_and_curve_stops():
     assert simulate(prob, SGD(lr=1.05 * mom_bound, momentum=0.5), 400).diverged_at.item() > 0
 
 
+@pytest.mark.parametrize("sgd", [SGD(lr=0.4, momentum=0.5), SGD(lr=0.4, schedule=StepDecay(7, 0.5))])
+def test_full_batch_prefix_equals_the_shorter_budget(sgd):
+    x, y, xt, yt = _data(n=12)
+    model = SoftmaxRegression(5, 3).double()
+    with torch.no_grad():
+        f0, ft = model(x), model(xt)
+    theta_all = brute_force_ntk(model, torch.cat([x, xt]))
+    nc = f0.numel()
+    theta = theta_all[:nc, :nc]
+    prob = Problem(theta, f0, y, Loss.CE, theta_all[nc:, :nc], ft, yt)
+    short, long = simulate(prob, sgd, 15), simulate(prob, sgd, 40).prefix(15)
+    for a, b in ((short.loss, long.loss), (short.accuracy, long.accuracy), (short.test_loss, long.test_loss)):
+        assert torch.equal(a, b)
+    fast = SGD(lr=1e3)  # diverges early: the flag survives a prefix that contains it, and only then
+    div = simulate(Problem(theta, f0, y, Loss.MSE), fast, 30)
+    at = div.diverged_at.item()
+    assert 0 < at < 30 and div.prefix(at).diverged_at.item() == at and div.prefix(at - 1).diverged_at.item() == -1
+
+
 def test_full_batch_curve_from_training_forward_equals_separate_evaluation():
     x, y, xt, yt = _data()
     sgd = SGD(lr=0.5, momentum=0.5)

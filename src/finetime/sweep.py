@@ -2,12 +2,14 @@
 
 The kernel depends on the model and the data only, so every learning rate, momentum, batch size, weight decay,
 budget and schedule of a grid is predicted from it by the function-space simulator. Seconds per step are measured
-once per batch size.
+once per batch size. Full-batch GD is deterministic, so configurations that differ only in their budget (with a
+constant or step schedule) share one simulation of the longest budget; the shorter ones are its exact prefixes.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from typing import Callable
 
@@ -17,6 +19,7 @@ from .config import RunConfig
 from .errors import ConfigError
 from .finetune import BatchNormMode
 from .losses import Loss, per_sample_loss
+from .optim import lr_factors
 from .predict import kernel_for, prepare, problem_from, run_dynamics
 from .training_time import steps_to_epsilon, steps_to_target, summarize_times
 from .wallclock import seconds_per_step
@@ -46,6 +49,24 @@ def expand_grid(base: RunConfig, grid: dict[str, list]) -> list[RunConfig | tupl
     return out
 
 
+def _budget_groups(configs: list[RunConfig], n: int) -> dict[int, tuple[str, int]]:
+    """Full-batch exact-simulator configurations that differ only in ``steps`` and whose learning rates for the first
+    updates do not depend on the budget (constant and step schedules): ``id(config) -> (group key, longest steps)``."""
+    groups: dict[str, list[RunConfig]] = {}
+    for c in configs:
+        if c.sgd().is_full_batch(n) and c.dynamics == "exact" and not c.relinearize:
+            settings = {k: v for k, v in c.to_dict().items() if k != "steps"}
+            groups.setdefault(json.dumps(settings, sort_keys=True, default=str), []).append(c)
+    out = {}
+    for key, cs in groups.items():
+        t_max = max(c.steps for c in cs)
+        full = lr_factors(cs[0].sgd().schedule, t_max)
+        for c in cs:
+            if torch.equal(lr_factors(c.sgd().schedule, c.steps), full[: c.steps]):
+                out[id(c)] = (key, t_max)
+    return out
+
+
 def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=None,
           progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Predict every configuration of ``grid`` (on top of ``base``) from one kernel; rows ranked by seconds."""
@@ -67,6 +88,8 @@ def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=
     t_step = 0.0
     rows = []
     t_sim = 0.0
+    shared = _budget_groups(valid, n)
+    longest: dict[str, object] = {}
     for i, cfg in enumerate(cells):
         if not isinstance(cfg, RunConfig):
             rows.append({"settings": cfg[0], "error": cfg[1]})
@@ -84,7 +107,13 @@ def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=
                                                params=task.trained, bn=BatchNormMode(cfg.bn))
             t_step += time.perf_counter() - t1
         t1 = time.perf_counter()
-        traj = run_dynamics(problem, cfg)
+        key = shared.get(id(cfg))
+        if key is None:
+            traj = run_dynamics(problem, cfg)
+        else:  # full-batch GD is deterministic: a shorter budget is a prefix of the longest one's trajectory
+            if key[0] not in longest:
+                longest[key[0]] = run_dynamics(problem, cfg.replace(steps=key[1]))
+            traj = longest[key[0]].prefix(cfg.steps)
         t_sim += time.perf_counter() - t1
         tt = summarize_times(steps_to_target(traj.loss, target))
         tt_eps = summarize_times(steps_to_epsilon(traj.loss, 0.1))

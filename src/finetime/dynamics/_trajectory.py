@@ -51,6 +51,16 @@ class Trajectory:
     def diverged_fraction(self) -> float:
         return float(self.diverged.double().mean())
 
+    def prefix(self, steps: int) -> "Trajectory":
+        """The first ``steps`` updates of this trajectory (what a run with budget ``steps`` records, when the
+        learning rates of those updates do not depend on the budget). Final outputs are not kept."""
+        if not 0 <= steps <= self.steps:
+            raise ValueError(f"prefix of {steps} steps from a trajectory of {self.steps}")
+        cut = lambda t: None if t is None else t[:, : steps + 1].clone()  # noqa: E731
+        return Trajectory(cut(self.loss), cut(self.accuracy),
+                          torch.where(self.diverged_at <= steps, self.diverged_at, torch.full_like(self.diverged_at, -1)),
+                          None, cut(self.test_loss), cut(self.test_accuracy), self.method)
+
 
 def full_table(problem):
     """Rows indexed by training output (j, c): ``[Theta | Theta_test^T]``, shape ``(N*C, N*C + M*C)``."""
