@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from finetime.batches import batch_plan
-from finetime.optim import SGD
+from finetime.optim import SGD, Sampling
 
 
 def test_shuffle_epochs_cover_each_sample_once():
@@ -23,3 +24,12 @@ def test_drop_last_and_replacement():
 def test_full_batch():
     plan = batch_plan(7, SGD(lr=0.1), 3, 2, torch.Generator())
     assert plan.batch(1, 2).tolist() == list(range(7))
+
+
+@pytest.mark.parametrize("sgd", [SGD(lr=0.1, batch_size=3), SGD(lr=0.1, batch_size=4, drop_last=True),
+                                 SGD(lr=0.1, batch_size=3, sampling=Sampling.REPLACEMENT)])
+def test_shorter_budget_is_a_prefix_of_a_longer_one(sgd):
+    short = batch_plan(10, sgd, 7, 4, torch.Generator().manual_seed(5))
+    long = batch_plan(10, sgd, 20, 4, torch.Generator().manual_seed(5))
+    assert torch.equal(short.indices, long.indices[:, :7]) and torch.equal(short.weights, long.weights[:, :7])
+    assert not torch.equal(long.indices[0], long.indices[1])  # the runs are still different orders

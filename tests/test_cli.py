@@ -140,18 +140,22 @@ def test_sweep_equals_individual_predictions(capsys, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_sweep_budgets_share_one_full_batch_simulation_exactly(capsys, tmp_path):
+def test_sweep_budgets_share_one_simulation_exactly(capsys, tmp_path):
     path = tmp_path / "s.json"
     args = [a for a in FAST if a not in ("--steps", "30")]
-    sched = ["--schedule", "step", "--step-size", "5", "--target-loss", "0.9"]
-    code, _, _ = run(capsys, "sweep", *args, "--lr", "0.05", "--steps", "12,30", *sched, "--json", str(path))
+    sched = ["--lr", "0.05", "--schedule", "step", "--step-size", "5", "--target-loss", "0.9", "--runs", "4"]
+    code, _, _ = run(capsys, "sweep", *args, *sched, "--steps", "12,30", "--batch-size", "0,4", "--json", str(path))
     assert code == 0
-    for r in json.loads(path.read_text())["rows"]:
-        p = tmp_path / f"p{r['settings']['steps']}.json"
-        assert run(capsys, "predict", *args, "--lr", "0.05", "--steps", str(r["settings"]["steps"]), *sched,
+    rows = json.loads(path.read_text())["rows"]
+    assert len(rows) == 4
+    for r in rows:
+        st = r["settings"]
+        p = tmp_path / f"p{st['steps']}_{st['batch_size']}.json"
+        assert run(capsys, "predict", *args, *sched, "--steps", str(st["steps"]), "--batch-size", str(st["batch_size"]),
                    "--json", str(p))[0] == 0
         single = json.loads(p.read_text())["predicted"]
         assert single["training_time"]["target=0.9"]["step"] == r["steps_to_target"]["step"]
+        assert single["training_time"]["target=0.9"]["high"] == r["steps_to_target"]["high"]
         assert single["loss"][-1] == pytest.approx(r["final_loss"], rel=1e-6)  # the JSON curve is stored in float32
 
 

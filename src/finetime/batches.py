@@ -46,7 +46,9 @@ def _epoch_batches(n: int, b: int, drop_last: bool, gen: torch.Generator) -> lis
 def batch_plan(n: int, sgd: SGD, steps: int, runs: int, generator: torch.Generator) -> BatchPlan:
     """Draw ``runs`` independent batch orders of ``steps`` steps over ``n`` samples.
 
-    Full-batch GD gives one batch of all ``n`` samples at every step (identical for every run).
+    Full-batch GD gives one batch of all ``n`` samples at every step (identical for every run). Draws are made epoch
+    by epoch (step by step with replacement) across the runs, so the plan for ``T`` steps is exactly the first ``T``
+    steps of the plan for any longer budget from the same generator state (the sweep relies on this).
     """
     sgd.check_dataset(n)
     if sgd.is_full_batch(n):
@@ -55,13 +57,15 @@ def batch_plan(n: int, sgd: SGD, steps: int, runs: int, generator: torch.Generat
     b = sgd.batch_size
     idx = torch.zeros(runs, steps, b, dtype=torch.long)
     w = torch.zeros(runs, steps, b, dtype=torch.float64)
-    for r in range(runs):
-        if sgd.sampling is Sampling.REPLACEMENT:
-            idx[r] = torch.randint(0, n, (steps, b), generator=generator)
-            w[r] = 1.0 / b
-            continue
-        t = 0
-        while t < steps:
+    if sgd.sampling is Sampling.REPLACEMENT:
+        for t in range(steps):
+            idx[:, t] = torch.randint(0, n, (runs, b), generator=generator)
+        w[:] = 1.0 / b
+        return BatchPlan(idx, w)
+    t0 = 0
+    while t0 < steps:
+        for r in range(runs):
+            t = t0
             for batch in _epoch_batches(n, b, sgd.drop_last, generator):
                 if t >= steps:
                     break
@@ -69,4 +73,5 @@ def batch_plan(n: int, sgd: SGD, steps: int, runs: int, generator: torch.Generat
                 idx[r, t, :k] = batch
                 w[r, t, :k] = 1.0 / k
                 t += 1
+        t0 = t
     return BatchPlan(idx, w)

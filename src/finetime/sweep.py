@@ -2,8 +2,9 @@
 
 The kernel depends on the model and the data only, so every learning rate, momentum, batch size, weight decay,
 budget and schedule of a grid is predicted from it by the function-space simulator. Seconds per step are measured
-once per batch size. Full-batch GD is deterministic, so configurations that differ only in their budget (with a
-constant or step schedule) share one simulation of the longest budget; the shorter ones are its exact prefixes.
+once per batch size. Configurations that differ only in their budget (with a constant or step schedule) share one
+simulation of the longest budget: batch orders are drawn so that a shorter plan is a prefix of a longer one, and the
+shorter trajectories are exact prefixes of the longest.
 """
 
 from __future__ import annotations
@@ -49,12 +50,12 @@ def expand_grid(base: RunConfig, grid: dict[str, list]) -> list[RunConfig | tupl
     return out
 
 
-def _budget_groups(configs: list[RunConfig], n: int) -> dict[int, tuple[str, int]]:
-    """Full-batch exact-simulator configurations that differ only in ``steps`` and whose learning rates for the first
-    updates do not depend on the budget (constant and step schedules): ``id(config) -> (group key, longest steps)``."""
+def _budget_groups(configs: list[RunConfig]) -> dict[int, tuple[str, int]]:
+    """Exact-simulator configurations that differ only in ``steps`` and whose learning rates for the first updates do
+    not depend on the budget (constant and step schedules): ``id(config) -> (group key, longest steps)``."""
     groups: dict[str, list[RunConfig]] = {}
     for c in configs:
-        if c.sgd().is_full_batch(n) and c.dynamics == "exact" and not c.relinearize:
+        if c.dynamics == "exact" and not c.relinearize:
             settings = {k: v for k, v in c.to_dict().items() if k != "steps"}
             groups.setdefault(json.dumps(settings, sort_keys=True, default=str), []).append(c)
     out = {}
@@ -88,7 +89,7 @@ def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=
     t_step = 0.0
     rows = []
     t_sim = 0.0
-    shared = _budget_groups(valid, n)
+    shared = _budget_groups(valid)
     longest: dict[str, object] = {}
     for i, cfg in enumerate(cells):
         if not isinstance(cfg, RunConfig):
@@ -110,7 +111,7 @@ def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=
         key = shared.get(id(cfg))
         if key is None:
             traj = run_dynamics(problem, cfg)
-        else:  # full-batch GD is deterministic: a shorter budget is a prefix of the longest one's trajectory
+        else:  # a shorter budget is an exact prefix of the longest one's trajectory
             if key[0] not in longest:
                 longest[key[0]] = run_dynamics(problem, cfg.replace(steps=key[1]))
             traj = longest[key[0]].prefix(cfg.steps)
