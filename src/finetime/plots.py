@@ -167,12 +167,15 @@ def plot_sweep_heatmap(result: dict, path: str | Path) -> Path:
     for i in range(len(bss)):
         for j in range(len(lrs)):
             v = grid[i][j]
+            light = math.isnan(v) or im.norm(v) < 0.5  # viridis_r is light (yellow) at the fast end
             ax.text(j, i, "x" if math.isnan(v) else f"{v:.3g}s", ha="center", va="center", fontsize=8,
-                    color="w" if not math.isnan(v) else "k")
+                    color="k" if light else "w")
     ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
     ax.set_yticks(range(len(bss)), ["full" if b == 0 else str(b) for b in bss])
     ax.set_xlabel("learning rate")
     ax.set_ylabel("batch size")
-    ax.set_title(f"predicted seconds to loss {result['target_loss']:.3g} (x: not reached / diverges)", fontsize=9)
+    others = sorted({k for r in rows for k in r["settings"]} - {"lr", "batch_size"})
+    best = f"\nbest over {', '.join(others)}" if others else ""
+    ax.set_title(f"predicted seconds to loss {result['target_loss']:.3g} (x: not reached / diverges){best}", fontsize=9)
     fig.colorbar(im, ax=ax)
     return _save(fig, path)
