@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/report.py bench/results/paper.jsonl [--markdown OUT.md] [--scatter OUT.png]
 
-Groups: optimizer (GD / SGD), learning rate, momentum, eps, images per class, dataset, resolution. Errors follow
+Groups: optimizer (GD / SGD), learning rate, momentum, eps, images per class, batch size, dataset, resolution,
+BatchNorm mode, budget, optimizer x learning rate x momentum, stability ratio at the start. Errors follow
 PROTOCOL.md: |TT_pred - TT_real| / max(TT_real, 1); divergence mismatches count as 100% and are listed.
 """
 
@@ -49,6 +50,7 @@ def rows(cells, predictor):
         real = c["real"]
         pred = c["replay"] if predictor == "replay" else c["predictors"][predictor]
         pdiv = predictor != "replay" and pred["diverged_fraction"] > 0.5
+        opt = "GD" if not cfg["batch_size"] else "SGD"
         for key, rt in real["training_time"].items():
             if not key.startswith("eps="):
                 continue
@@ -57,11 +59,11 @@ def rows(cells, predictor):
                 "cell": c["id"], "eps": key[4:], "predicted": ps, "actual": rt["step"],
                 "error": relative_error(ps, rt["step"], predicted_diverged=pdiv, actual_diverged=real["diverged"]),
                 "mismatch": pdiv != real["diverged"],
-                "optimizer": "GD" if not cfg["batch_size"] else "SGD",
+                "optimizer": opt,
                 "batch": cfg["batch_size"] or "full", "lr": cfg["lr"], "momentum": cfg["momentum"],
                 "per_class": cfg["per_class"], "data": cfg["data"], "image_size": cfg["image_size"],
                 "bn": cfg["bn"], "steps": cfg["steps"],
-                "regime": f"{'GD' if not cfg['batch_size'] else 'SGD'} lr {cfg['lr']:g} m {cfg['momentum']:g}",
+                "regime": f"{opt} lr {cfg['lr']:g} m {cfg['momentum']:g}",
                 "stability": stability_bin(c),
                 "fast": (real["training_time"].get("eps=0.4", {}).get("step") or 0) < MIN_REAL_TT
                 and not real["diverged"],

@@ -62,16 +62,11 @@ def batch_plan(n: int, sgd: SGD, steps: int, runs: int, generator: torch.Generat
             idx[:, t] = torch.randint(0, n, (runs, b), generator=generator)
         w[:] = 1.0 / b
         return BatchPlan(idx, w)
-    t0 = 0
-    while t0 < steps:
+    per_epoch = n // b if sgd.drop_last else -(-n // b)
+    for t0 in range(0, steps, per_epoch):
         for r in range(runs):
-            t = t0
-            for batch in _epoch_batches(n, b, sgd.drop_last, generator):
-                if t >= steps:
-                    break
-                k = len(batch)
-                idx[r, t, :k] = batch
-                w[r, t, :k] = 1.0 / k
-                t += 1
-        t0 = t
+            batches = _epoch_batches(n, b, sgd.drop_last, generator)[: steps - t0]
+            for t, batch in enumerate(batches, start=t0):
+                idx[r, t, : len(batch)] = batch
+                w[r, t, : len(batch)] = 1.0 / len(batch)
     return BatchPlan(idx, w)
