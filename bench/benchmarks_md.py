@@ -29,7 +29,7 @@ def paper_suite():
     if not path.exists():
         return _missing("bench/suite.py --config bench/configs/paper.toml")
     cells = report.load([path])
-    report.scatter(cells, [p for p in ("linear", "paper", "relinearized3")
+    report.scatter(cells, [p for p in ("linear", "paper", "adaptive")
                            if any(p in c["predictors"] for c in cells)], RES / "paper_scatter.png")
     names = sorted({p for c in cells for p in c["predictors"]}) + ["replay"]
     return report.render(cells, names) + "\n![predicted vs real training time](bench/results/paper_scatter.png)\n"

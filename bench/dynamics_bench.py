@@ -29,7 +29,7 @@ def main():
     from finetime.sweep import sweep
 
     _tune_allocator()
-    base = RunConfig(image_size=32, per_class=150, seed=1, runs=32)
+    base = RunConfig(image_size=32, per_class=150, seed=1, runs=32, relinearize=0)
     task = prepare(base)
     t0 = time.perf_counter()
     kernel = kernel_for(task)

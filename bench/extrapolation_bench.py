@@ -32,7 +32,7 @@ def main():
     from finetime.zoo.data import Dataset
 
     _tune_allocator()
-    base = RunConfig(image_size=32, seed=1, loss="mse", lr=0.02, steps=150, epsilon=(0.01, 0.1, 0.4))
+    base = RunConfig(image_size=32, seed=1, loss="mse", lr=0.02, steps=150, epsilon=(0.01, 0.1, 0.4), relinearize=0)
     out = {"config": base.to_dict(), "targets": []}
     for n_target in (500, 1000):
         cfg = base.replace(per_class=n_target // 5)

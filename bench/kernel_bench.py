@@ -120,7 +120,7 @@ def main(argv=None):
     _tune_allocator()
     torch.set_num_threads(2)
     res = {"machine": {"threads": torch.get_num_threads()}, "accuracy": [], "speed": {}}
-    cfg = RunConfig(image_size=32, per_class=20, seed=1)
+    cfg = RunConfig(image_size=32, per_class=20, seed=1, relinearize=0)
     task = prepare(cfg)
     model, x = task.model, task.data.x
     compute_kernel(model, x[:8])  # warm-up (allocator, lazy imports)

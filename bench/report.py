@@ -3,7 +3,8 @@
     .venv/bin/python bench/report.py bench/results/paper.jsonl [--markdown OUT.md] [--scatter OUT.png]
 
 Groups: optimizer (GD / SGD), learning rate, momentum, eps, images per class, batch size, dataset, resolution,
-BatchNorm mode, budget, optimizer x learning rate x momentum, stability ratio at the start. Errors follow
+BatchNorm mode, budget, optimizer x learning rate x momentum, stability ratio at the start, loss gap at the
+linearity check of the `adaptive` predictor. Errors follow
 PROTOCOL.md: |TT_pred - TT_real| / max(TT_real, 1); divergence mismatches count as 100% and are listed.
 """
 
@@ -65,6 +66,7 @@ def rows(cells, predictor):
                 "bn": cfg["bn"], "steps": cfg["steps"],
                 "regime": f"{opt} lr {cfg['lr']:g} m {cfg['momentum']:g}",
                 "stability": stability_bin(c),
+                "gap": gap_bin(c),
                 "fast": (real["training_time"].get("eps=0.4", {}).get("step") or 0) < MIN_REAL_TT
                 and not real["diverged"],
             })
@@ -82,6 +84,23 @@ def stability_bin(cell):
     lo = 0.0
     for hi in STABILITY_BINS:
         if ratio < hi:
+            return f"{lo:g}-{hi:g}"
+        lo = hi
+    return f">= {lo:g}"
+
+
+GAP_BINS = (0.01, 0.1, 1.0)
+
+
+def gap_bin(cell):
+    """Bin of the ``adaptive`` predictor's linearity check: the relative loss gap between the network moved to the
+    linear model's weights at the first checkpoint and the linear model there (below 0.01: one kernel kept)."""
+    gaps = cell["predictors"].get("adaptive", {}).get("info", {}).get("loss_gaps")
+    if not gaps:
+        return "unknown"
+    lo = 0.0
+    for hi in GAP_BINS:
+        if gaps[0] < hi:
             return f"{lo:g}-{hi:g}"
         lo = hi
     return f">= {lo:g}"
@@ -201,7 +220,9 @@ def render(cells, predictors, include_fast=False) -> str:
                        ("eps", "eps"), ("per_class", "images per class"), ("batch", "batch size"),
                        ("data", "dataset"), ("image_size", "resolution"), ("bn", "BatchNorm"),
                        ("steps", "budget T"), ("regime", "optimizer, learning rate and momentum"),
-                       ("stability", "stability ratio at the start (lr over the linearized stable limit)")):
+                       ("stability", "stability ratio at the start (lr over the linearized stable limit)"),
+                       ("gap", "loss gap at the linearity check (network at the linear model's weights vs the "
+                               "linear model, step T/15)")):
         if len({r[key] for r in next(iter(rs.values()))}) > 1:
             out.append(table(rs, key, title))
     for p in predictors:

@@ -31,7 +31,7 @@ def main():
     _tune_allocator()
     rows = []
     for c in CELLS:
-        cfg = RunConfig(per_class=30, test_per_class=50, seed=3, steps=300, runs=16, **c)
+        cfg = RunConfig(per_class=30, test_per_class=50, seed=3, steps=300, runs=16, relinearize=0, **c)
         r = validate(cfg)
         row = {"settings": c, **r["test_error"], "train_tt_error": {k: v["relative"] for k, v in r["error"].items()}}
         rows.append(row)

@@ -13,14 +13,15 @@ from finetime.kernel import brute_force_ntk, compute_kernel, jacobian
 from finetime.losses import Loss
 from finetime.optim import SGD
 from finetime.relinearize import checkpoint_schedule, relinearized
-from models_for_tests import SmallConvNet
+from models_for_tests import SmallConvNet, SoftmaxRegression
 
 
-def _setup(seed=0, n=8):
+def _setup(seed=0, n=8, linear=False):
+    """A small nonlinear CNN on 3x6x6 inputs, or (``linear``) a softmax regression on 12 features; 3 classes."""
     torch.manual_seed(seed)
-    m = SmallConvNet(3).double().eval()
+    m = (SoftmaxRegression(12, 3) if linear else SmallConvNet(3)).double().eval()
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, 6, 6, generator=g, dtype=torch.float64)
+    x = torch.randn(n, *((12,) if linear else (3, 6, 6)), generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (n,), generator=g)
     with torch.no_grad():
         f0 = m(x)
@@ -68,3 +69,80 @@ def test_checkpoint_schedule():
     assert checkpoint_schedule(150, 3) == [10, 30, 70]
     assert checkpoint_schedule(150, 0) == []
     assert all(0 < t < 20 for t in checkpoint_schedule(20, 6))
+
+
+def test_linearity_check_keeps_one_kernel_for_a_linear_model():
+    """A linear model is its own linearization: the moved network has exactly the linear model's loss."""
+    from finetime.dynamics import simulate
+
+    m, x, y, p = _setup(n=10, linear=True)
+    sgd = SGD(lr=0.5, momentum=0.5, batch_size=4)
+    calls = []
+    a, info = relinearized(m, x, p, sgd, 20, checkpoints=[3, 9], kernel_fn=lambda mm: calls.append(1),
+                           params=[n for n, _ in m.named_parameters()], runs=3,
+                           generator=torch.Generator().manual_seed(0), linearity_tol=1e-6)
+    b = simulate(p, sgd, 20, runs=3, generator=torch.Generator().manual_seed(0))
+    assert info.linear_regime and info.kernels == 0 and not calls
+    assert info.loss_gaps[0] < 1e-10
+    torch.testing.assert_close(a.loss, b.loss)
+
+
+def test_every_reanchor_mode_is_exact_for_a_linear_model():
+    """Re-linearizing a linear model changes nothing: same kernel, and its true outputs are the linear model's."""
+    from finetime.dynamics import simulate
+
+    m, x, y, p = _setup(seed=1, n=10, linear=True)
+    sgd = SGD(lr=0.4, momentum=0.9, batch_size=5)
+    b = simulate(p, sgd, 15, runs=2, generator=torch.Generator().manual_seed(3))
+    for mode in ("all", "first", "none"):
+        a, info = relinearized(m, x, p, sgd, 15, checkpoints=[2, 6],
+                               kernel_fn=lambda mm: compute_kernel(mm, x, method="exact"),
+                               params=[n for n, _ in m.named_parameters()], runs=2,
+                               generator=torch.Generator().manual_seed(3), reanchor=mode)
+        assert info.kernels == 2 and max(info.loss_gaps) < 1e-10
+        torch.testing.assert_close(a.loss, b.loss)
+        torch.testing.assert_close(torch.tensor(info.trace_ratios, dtype=torch.float64),
+                                   torch.ones(2, dtype=torch.float64))
+
+
+def test_refresh_continues_the_linear_curve_and_reanchor_jumps():
+    """On a nonlinear network, 'none' keeps the linear model's curve up to the checkpoint and only changes the
+    kernel; 'all' restarts the curve from the moved network's true loss at the checkpoint."""
+    from finetime.dynamics import simulate
+
+    m, x, y, p = _setup(n=8)
+    sgd = SGD(lr=2.0)
+    lin = simulate(p, sgd, 12)
+    params = [n for n, _ in m.named_parameters()]
+    kfn = lambda mm: compute_kernel(mm, x, method="exact")  # noqa: E731
+    none, info_n = relinearized(m, x, p, sgd, 12, checkpoints=[4], kernel_fn=kfn, params=params, reanchor="none",
+                                linearity_tol=1e-9)
+    anchored, info_a = relinearized(m, x, p, sgd, 12, checkpoints=[4], kernel_fn=kfn, params=params, reanchor="all")
+    assert info_n.kernels == 1 and not info_n.linear_regime and info_n.loss_gaps[0] > 1e-9
+    torch.testing.assert_close(none.loss[:, :5], lin.loss[:, :5])
+    assert not torch.allclose(none.loss[:, 5:], lin.loss[:, 5:])  # the refreshed kernel changes the rest
+    moved = copy.deepcopy(m)
+    from finetime.relinearize import apply_coefficients
+
+    rec = Recorder(p, 1, 4, torch.float64)
+    st = run_segment(p, sgd, initial_state(p, sgd, 1, track=True), 0, 4, [2.0] * 4, None, rec)
+    apply_coefficients(moved, x, st.a[0].view(p.n, p.c), params)
+    with torch.no_grad():
+        true_loss = torch.nn.functional.cross_entropy(moved(x), y)
+    torch.testing.assert_close(anchored.loss[0, 4], true_loss)
+    assert abs(info_a.loss_gaps[0] - abs(float(true_loss) / float(lin.loss[0, 4]) - 1)) < 1e-9
+
+
+def test_reanchor_and_tolerance_are_checked():
+    import pytest
+
+    from finetime.config import RunConfig
+    from finetime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--reanchor"):
+        RunConfig(reanchor="sometimes")
+    with pytest.raises(ConfigError, match="--linearity-tol"):
+        RunConfig(linearity_tol=-0.1)
+    assert not RunConfig(relinearize=2, dynamics="ode").relinearizes
+    assert not RunConfig(relinearize=2, weight_decay=1e-4).relinearizes
+    assert RunConfig(relinearize=2).relinearizes

@@ -49,7 +49,9 @@ class RunConfig:
     bn: str = "frozen"
     max_memory_gb: float | None = None
     extrapolate_to: int = 0
-    relinearize: int = 0
+    relinearize: int = 3  # the default predictor (predictors.ADAPTIVE); 0: the paper's one kernel at w0
+    reanchor: str = "none"
+    linearity_tol: float = 0.01
 
     def __post_init__(self):
         def bad(msg):
@@ -83,13 +85,21 @@ class RunConfig:
             bad(f"--max-memory must be positive (GB), got {self.max_memory_gb}")
         if self.relinearize < 0:
             bad(f"--relinearize must be >= 0, got {self.relinearize}")
-        if self.relinearize and (self.dynamics != "exact" or self.weight_decay):
-            bad("--relinearize works with the exact simulator (--dynamics exact) and without weight decay")
+        if self.reanchor not in ("all", "first", "none"):
+            bad(f"--reanchor must be all, first or none, got {self.reanchor!r}")
+        if not (self.linearity_tol >= 0 and math.isfinite(self.linearity_tol)):
+            bad(f"--linearity-tol must be >= 0 (0 turns the check off), got {self.linearity_tol}")
         if self.extrapolate_to < 0:
             bad(f"--extrapolate-to must be a number of samples (or 0), got {self.extrapolate_to}")
         if self.warmup_steps >= self.steps and self.warmup_steps > 0:
             bad(f"--warmup-steps ({self.warmup_steps}) must be fewer than --steps ({self.steps})")
         self.sgd()  # validates lr, momentum, nesterov, weight decay
+
+    @property
+    def relinearizes(self) -> bool:
+        """Whether the prediction re-linearizes: ``relinearize > 0`` with the exact simulator and no weight decay
+        (the ODE/SDE and weight decay use the one kernel at ``w0``)."""
+        return bool(self.relinearize) and self.dynamics == "exact" and not self.weight_decay
 
     def sgd(self) -> SGD:
         """The optimizer these settings describe."""

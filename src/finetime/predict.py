@@ -84,11 +84,20 @@ def batch_statistics_outputs(task: Task) -> torch.Tensor:
     network with the training set's statistics has a far larger kernel (it keeps the mean/scale directions that batch
     normalization removes) and predicts divergence where none happens (see BENCHMARKS.md).
     """
+    return _batch_statistics_outputs(task.model, task.data.x)
+
+
+def _batch_statistics_outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     from .finetune import recalibrate_batchnorm
 
-    model = recalibrate_batchnorm(copy.deepcopy(task.model), task.data.x)
+    model = recalibrate_batchnorm(copy.deepcopy(model), x)
     with torch.no_grad():
-        return model(task.data.x)
+        return model(x)
+
+
+def relinearize_first(steps: int) -> int:
+    """First re-linearization checkpoint: ``T / 15`` (step 10 of 150), then ``3 T / 15``, ``7 T / 15``, ..."""
+    return max(1, round(steps / 15))
 
 
 def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype | None = None) -> Problem:
@@ -102,12 +111,13 @@ def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype | None = None) -
 
 
 def run_dynamics(problem: Problem, config: RunConfig, generator: torch.Generator | None = None,
-                 task: Task | None = None) -> Trajectory:
+                 task: Task | None = None, plan=None) -> Trajectory:
     """Simulate the configured optimizer with the configured dynamics (exact simulator or the paper's ODE/SDE;
-    with ``config.relinearize`` the network is re-linearized along the way, which needs the ``task``)."""
+    with ``config.relinearize`` the network is re-linearized along the way, which needs the ``task``). ``plan``: an
+    explicit batch order for the exact simulator (one run)."""
     sgd = config.sgd()
     gen = generator if generator is not None else torch.Generator().manual_seed(config.seed + 1)
-    if config.relinearize:
+    if config.relinearizes:
         from .relinearize import checkpoint_schedule, relinearized
 
         if task is None:
@@ -115,19 +125,27 @@ def run_dynamics(problem: Problem, config: RunConfig, generator: torch.Generator
         d = task.data
 
         def kernel_fn(model):
-            return compute_kernel(model, d.x, x_test=d.x_test, method=config.kernel_method,
-                                  projection_dim=config.projection_dim, seed=config.seed, params=task.trained,
-                                  max_memory=config.max_memory_bytes)
+            k = compute_kernel(model, d.x, x_test=d.x_test, method=config.kernel_method,
+                               projection_dim=config.projection_dim, seed=config.seed, params=task.trained,
+                               max_memory=config.max_memory_bytes)
+            if config.bn == "batch":
+                k.f0 = _batch_statistics_outputs(model, d.x)
+            return k
 
-        traj, _ = relinearized(task.model, d.x, problem, sgd, config.steps,
-                               checkpoints=checkpoint_schedule(config.steps, config.relinearize), kernel_fn=kernel_fn,
-                               params=task.trained, runs=config.runs, generator=gen, x_test=d.x_test)
+        outputs_fn = (lambda m: _batch_statistics_outputs(m, d.x)) if config.bn == "batch" else None  # noqa: E731
+        traj, info = relinearized(task.model, d.x, problem, sgd, config.steps,
+                                  checkpoints=checkpoint_schedule(config.steps, config.relinearize,
+                                                                  first=relinearize_first(config.steps)),
+                                  kernel_fn=kernel_fn, params=task.trained, runs=config.runs, generator=gen,
+                                  x_test=d.x_test, reanchor=config.reanchor, linearity_tol=config.linearity_tol,
+                                  outputs_fn=outputs_fn, plan=plan)
+        traj.info = info.to_dict()
         return traj
     if config.dynamics == "ode":
         return simulate_ode(problem, sgd, config.steps)
     if config.dynamics == "sde":
         return simulate_sde(problem, sgd, config.steps, runs=config.runs, generator=gen)
-    return simulate(problem, sgd, config.steps, runs=config.runs, generator=gen)
+    return simulate(problem, sgd, config.steps, runs=config.runs, generator=gen, plan=plan)
 
 
 def tolist(t: torch.Tensor | None):
@@ -229,6 +247,9 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
         "max_stable_lr": max_stable_lr(sharp, config.momentum),
         "method": traj.method,
     })
+    if traj.info is not None:
+        predicted["relinearization"] = traj.info
+    t_relin = (traj.info["kernel_seconds"] + traj.info["network_seconds"]) if traj.info else 0.0
     if config.extrapolate_to:
         predicted["extrapolated"] = extrapolated_times(problem, config, times)
     out_diag = {}
@@ -243,7 +264,8 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
         "config": _config_record(task, kernel),
         "predicted": predicted,
         **out_diag,
-        "cost_seconds": {"kernel": round(t_kernel, 3), "simulation": round(t_sim, 3), "step_timing": round(t_step, 3),
+        "cost_seconds": {"kernel": round(t_kernel, 3), "simulation": round(t_sim - t_relin, 3),
+                         "relinearization": round(t_relin, 3), "step_timing": round(t_step, 3),
                          "total": round(t_kernel + t_sim + t_step, 3)},
         "_objects": {"task": task, "kernel": kernel, "trajectory": traj, "problem": problem},
     }

@@ -4,6 +4,8 @@
 * ``paper``: the paper's method: gradient-flow ODE for full-batch GD, its SDE for SGD, with the effective
   learning rate ``lr / (1 - momentum)`` and the diagonal-noise approximation (see ``dynamics.paper``).
 * ``relinearized3``: the linear predictor re-anchored on the real network at three checkpoints (``relinearize``).
+* ``adaptive``: the default of ``predict``: a linearity check at the first checkpoint; where the network is not
+  linear there, its kernel is refreshed at three checkpoints (``relinearize``, ``reanchor``, ``linearity_tol``).
 """
 
 from __future__ import annotations
@@ -66,13 +68,28 @@ def paper(problem: Problem, cfg: RunConfig, **_) -> Prediction:
     return Prediction(simulate_sde(problem, sgd, cfg.steps, runs=cfg.runs, generator=_gen(cfg)))
 
 
-@register("relinearized3")
-def relinearized3(problem: Problem, cfg: RunConfig, task=None, **_) -> Prediction:
-    """Three re-linearizations of the real network along the prediction (steps ~T/15, 3T/15, 7T/15)."""
+def _relinearizing(problem: Problem, cfg: RunConfig, task, **settings) -> Prediction:
     import time
 
     from .predict import run_dynamics
 
     t0 = time.perf_counter()
-    traj = run_dynamics(problem, cfg.replace(relinearize=3), task=task)
-    return Prediction(traj, extra_seconds=0.0, info={"seconds": time.perf_counter() - t0})
+    traj = run_dynamics(problem, cfg.replace(**settings), task=task)
+    return Prediction(traj, info={"seconds": time.perf_counter() - t0, **(traj.info or {})})
+
+
+@register("relinearized3")
+def relinearized3(problem: Problem, cfg: RunConfig, task=None, **_) -> Prediction:
+    """Three re-linearizations of the real network along the prediction (steps ~T/15, 3T/15, 7T/15), the curve
+    re-anchored on the network's true outputs at each."""
+    return _relinearizing(problem, cfg, task, relinearize=3, reanchor="all", linearity_tol=0.0)
+
+
+@register("adaptive")
+def adaptive(problem: Problem, cfg: RunConfig, task=None, **_) -> Prediction:
+    """The default: a linearity check at ~T/15; where it fails, the kernel is refreshed at ~T/15, 3T/15 and 7T/15
+    (``ADAPTIVE``)."""
+    return _relinearizing(problem, cfg, task, **ADAPTIVE)
+
+
+ADAPTIVE = {"relinearize": 3, "reanchor": "none", "linearity_tol": 0.01}

@@ -55,7 +55,7 @@ def _budget_groups(configs: list[RunConfig]) -> dict[int, tuple[str, int]]:
     not depend on the budget (constant and step schedules): ``id(config) -> (group key, longest steps)``."""
     groups: dict[str, list[RunConfig]] = {}
     for c in configs:
-        if c.dynamics == "exact" and not c.relinearize:
+        if c.dynamics == "exact":
             settings = {k: v for k, v in c.to_dict().items() if k != "steps"}
             groups.setdefault(json.dumps(settings, sort_keys=True, default=str), []).append(c)
     out = {}
@@ -70,7 +70,12 @@ def _budget_groups(configs: list[RunConfig]) -> dict[int, tuple[str, int]]:
 
 def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=None,
           progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Predict every configuration of ``grid`` (on top of ``base``) from one kernel; rows ranked by seconds."""
+    """Predict every configuration of ``grid`` (on top of ``base``) from one kernel; rows ranked by seconds.
+
+    A sweep uses the one kernel at ``w0`` for every configuration (no re-linearization: that would cost kernels per
+    configuration); check the chosen setting with ``predict``, whose default re-linearizes where the network is far
+    from linear."""
+    base = base.replace(relinearize=0)
     cells = expand_grid(base, grid)
     valid = [c for c in cells if isinstance(c, RunConfig)]
     if not valid:

@@ -12,10 +12,9 @@ import torch
 
 from .batches import batch_plan
 from .config import RunConfig
-from .dynamics import simulate
 from .finetune import BatchNormMode, finetune
 from .losses import Loss
-from .predict import curve_summary, predict, tolist, training_times
+from .predict import curve_summary, predict, run_dynamics, tolist, training_times
 from .training_time import relative_error
 
 __all__ = ["validate", "compare_times", "test_curve_errors"]
@@ -61,8 +60,11 @@ def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
     sgd = config.sgd()
     n = task.data.x.shape[0]
     plan = batch_plan(n, sgd, config.steps, 1, torch.Generator().manual_seed(config.seed + 2))
-    if config.dynamics == "exact":
-        replay = simulate(problem, sgd, config.steps, plan=plan)
+    if config.dynamics == "exact":  # the same predictor on the real run's batch order
+        if config.relinearizes and sgd.is_full_batch(n):
+            replay = obj["trajectory"]  # deterministic: the prediction itself
+        else:
+            replay = run_dynamics(problem, config, task=task, plan=plan)
         rep = curve_summary(replay)
         result["predicted"]["replay"] = {"loss": rep["loss"], "accuracy": rep["accuracy"],
                                          "training_time": training_times(replay.loss, config)}

@@ -94,6 +94,13 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = ()) -> No
     g.add_argument("--relinearize", type=int, default=_D.relinearize, metavar="K",
                    help="re-linearize the real network K times along the predicted trajectory (geometric schedule, "
                         "one kernel each): slower, for networks that move far from w0 (default: %(default)s)")
+    g.add_argument("--reanchor", choices=["all", "first", "none"], default=_D.reanchor,
+                   help="at which re-linearization checkpoints the predicted curve restarts from the network's true "
+                        "outputs; at the others only the kernel is refreshed (default: %(default)s)")
+    g.add_argument("--linearity-tol", type=float, default=_D.linearity_tol, metavar="TOL",
+                   help="linearity check at the first checkpoint: if the network moved there has the linear "
+                        "model's loss to within this relative tolerance, keep the one-kernel prediction and skip "
+                        "the re-linearization kernels; 0 turns the check off (default: %(default)s)")
     g.add_argument("--extrapolate-to", type=int, default=_D.extrapolate_to, metavar="N",
                    help="also predict the training time on N samples of the same classes from this subset's kernel "
                         "spectrum (paper, section 4; power-law fits)")

@@ -56,6 +56,9 @@ def print_summary(result: dict, out=None) -> None:
               f"(stable learning rates are below ~{pr['max_stable_lr']:.3g} at the start)", file=out)
     elif pr["diverged_fraction"] > 0:
         print(f"warning: {100 * pr['diverged_fraction']:.0f}% of simulated runs diverge", file=out)
+    rl = pr.get("relinearization")
+    if rl:
+        print(_fmt_relinearization(rl), file=out)
     print("training time (steps; 5-95% band over batch orders):", file=out)
     for k, v in pr["training_time"].items():
         print(f"  {k:<14} {_fmt_step(v)}", file=out)
@@ -67,8 +70,25 @@ def print_summary(result: dict, out=None) -> None:
     print(f"seconds per step (measured) {pr['seconds_per_step']:.4g}; all {c['steps']} steps "
           f"~{fmt_seconds(pr['total_seconds'])}", file=out)
     cs = result["cost_seconds"]
-    print(f"prediction cost  {cs['total']:.1f} s (kernel {cs['kernel']:.1f}, simulation {cs['simulation']:.2f}, "
+    relin = f", re-linearization {cs['relinearization']:.1f}" if cs.get("relinearization") else ""
+    print(f"prediction cost  {cs['total']:.1f} s (kernel {cs['kernel']:.1f}{relin}, simulation {cs['simulation']:.2f}, "
           f"step timing {cs['step_timing']:.1f})", file=out)
+
+
+def _fmt_relinearization(rl: dict) -> str:
+    gaps = rl["loss_gaps"]
+    first = rl["checkpoints"][0] if rl["checkpoints"] else None
+    if rl["linear_regime"]:
+        return (f"linearity check at step {first}: the network there has the linear model's loss to within "
+                f"{100 * gaps[0]:.1f}%, one kernel kept")
+    done = rl["checkpoints"][: rl["kernels"]]
+    gap = f"network vs linear model loss gap {100 * gaps[0]:.0f}% at step {first}; " if gaps else ""
+    line = (f"re-linearized at steps {', '.join(map(str, done))} ({gap}{rl['kernels']} more kernels; kernel trace "
+            f"x{', x'.join(f'{r:.2g}' for r in rl['trace_ratios'])})")
+    if gaps and gaps[0] > 1.0:
+        line += (f"\nwarning: at step {first} the network's loss is {100 * gaps[0]:.0f}% away from the linear model's: "
+                 "far from linear, the real run may differ strongly (BENCHMARKS.md, section 1)")
+    return line
 
 
 def print_validation(result: dict, out=None) -> None:

@@ -34,6 +34,7 @@ class Trajectory:
     test_loss: torch.Tensor | None = None
     test_accuracy: torch.Tensor | None = None
     method: str = ""
+    info: dict | None = None  # what the method measured on the way (e.g. re-linearization checkpoints)
 
     @property
     def runs(self) -> int:
