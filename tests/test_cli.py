@@ -216,3 +216,16 @@ def test_relinearize_flag(capsys, tmp_path):
     path2 = tmp_path / "ode.json"
     code, _, err = run(capsys, "predict", *FAST, "--relinearize", "2", "--dynamics", "ode", "--json", str(path2))
     assert code == 0 and "relinearization" not in json.loads(path2.read_text())["predicted"]
+
+
+def test_default_relinearizes_with_batch_statistics(capsys, tmp_path):
+    """--bn batch: the moved network is evaluated (and re-linearized) with batch statistics, and the summary says
+    what the linearity check found."""
+    path = tmp_path / "bn.json"
+    code, out, _ = run(capsys, "predict", *FAST[:-1], "--bn", "batch", "--lr", "0.5", "--linearity-tol", "0",
+                       "--json", str(path))
+    assert code == 0 and "re-linearized at steps" in out
+    rl = json.loads(path.read_text())["predicted"]["relinearization"]
+    assert rl["kernels"] == 3 and not rl["linear_regime"] and len(rl["trace_ratios"]) == 3
+    cs = json.loads(path.read_text())["cost_seconds"]
+    assert cs["relinearization"] > 0 and cs["total"] >= cs["kernel"] + cs["relinearization"]
