@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     pp = sub.add_parser("predict", help="predict the training loss curve and training time (no training)",
                         description="Predict the loss curve, training time (steps) and seconds of fine-tuning, "
-                                    "from the network's linearization at the pretrained weights.")
+                                    "from the network's linearization at the pretrained weights, re-linearized "
+                                    "along the predicted path where a linearity check fails.")
     add_run_flags(pp)
     pv = sub.add_parser("validate", help="predict, then really fine-tune the same configuration and compare",
                         description="Predict as `predict` does, then fine-tune the model for real with the same "

@@ -92,8 +92,9 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = ()) -> No
                    help="exact: real SGD on the linearized model, batch by batch; ode/sde: the paper's gradient "
                         "flow / SDE with effective learning rate (default: %(default)s)")
     g.add_argument("--relinearize", type=int, default=_D.relinearize, metavar="K",
-                   help="re-linearize the real network K times along the predicted trajectory (geometric schedule, "
-                        "one kernel each): slower, for networks that move far from w0 (default: %(default)s)")
+                   help="re-linearize the real network at up to K points of the predicted trajectory (steps T/15, "
+                        "3T/15, 7T/15, ...; one kernel each) when the linearity check fails; 0 = the paper's single "
+                        "kernel at w0. Exact dynamics without weight decay only (default: %(default)s)")
     g.add_argument("--reanchor", choices=["all", "first", "none"], default=_D.reanchor,
                    help="at which re-linearization checkpoints the predicted curve restarts from the network's true "
                         "outputs; at the others only the kernel is refreshed (default: %(default)s)")
