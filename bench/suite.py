@@ -24,7 +24,7 @@ import torch
 
 from finetime.batches import batch_plan
 from finetime.cli import _tune_allocator
-from finetime.config import RunConfig
+from finetime.config import PREDICTOR_KEYS, RunConfig
 from finetime.dynamics import simulate
 from finetime.finetune import BatchNormMode, finetune
 from finetime.losses import Loss
@@ -56,15 +56,11 @@ def expand(cfg: dict) -> list[RunConfig]:
     return cells
 
 
-# How the default prediction is made (not what is really trained): left out of a cell's identity, so that changing
-# the default predictor does not rename the cells already run.
-PREDICTION_KEYS = ("relinearize", "reanchor", "linearity_tol")
-
-
 def cell_id(cfg: RunConfig, repeat: int = 0) -> str:
-    """Stable identity of a cell: its settings that differ from the defaults (new settings do not change old ids)."""
+    """Stable identity of a cell: its settings that differ from the defaults (new settings do not change old ids;
+    the prediction settings are left out, so that changing the default predictor does not rename the cells run)."""
     default = RunConfig().to_dict()
-    d = {k: v for k, v in cfg.to_dict().items() if v != default[k] and k not in PREDICTION_KEYS}
+    d = {k: v for k, v in cfg.to_dict().items() if v != default[k] and k not in PREDICTOR_KEYS}
     d["_repeat"] = repeat
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

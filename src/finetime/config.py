@@ -15,6 +15,13 @@ DYNAMICS = ("exact", "ode", "sde")
 SCHEDULES = ("constant", "step", "cosine")
 
 
+REANCHOR = ("all", "first", "none")
+"""Re-linearization checkpoints at which the predicted curve restarts from the network's true outputs."""
+
+PREDICTOR_KEYS = ("relinearize", "reanchor", "linearity_tol")
+"""Settings that choose how the prediction is made (not what is trained): their defaults are the default predictor."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Settings of a prediction (and of the real run that ``validate`` compares it with)."""
@@ -49,7 +56,7 @@ class RunConfig:
     bn: str = "frozen"
     max_memory_gb: float | None = None
     extrapolate_to: int = 0
-    relinearize: int = 3  # the default predictor (predictors.ADAPTIVE); 0: the paper's one kernel at w0
+    relinearize: int = 3  # with the next two: the default predictor (``adaptive``); 0: the paper's one kernel at w0
     reanchor: str = "none"
     linearity_tol: float = 0.01
 
@@ -85,7 +92,7 @@ class RunConfig:
             bad(f"--max-memory must be positive (GB), got {self.max_memory_gb}")
         if self.relinearize < 0:
             bad(f"--relinearize must be >= 0, got {self.relinearize}")
-        if self.reanchor not in ("all", "first", "none"):
+        if self.reanchor not in REANCHOR:
             bad(f"--reanchor must be all, first or none, got {self.reanchor!r}")
         if not (self.linearity_tol >= 0 and math.isfinite(self.linearity_tol)):
             bad(f"--linearity-tol must be >= 0 (0 turns the check off), got {self.linearity_tol}")

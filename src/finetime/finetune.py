@@ -22,7 +22,8 @@ from .errors import ConfigError
 from .losses import Loss, accuracy, one_hot
 from .optim import SGD, lr_factors
 
-__all__ = ["BatchNormMode", "RealRun", "finetune", "set_train_mode", "batch_loss", "recalibrate_batchnorm"]
+__all__ = ["BatchNormMode", "RealRun", "finetune", "set_train_mode", "batch_loss", "recalibrate_batchnorm",
+           "network_outputs"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -107,9 +108,13 @@ class RealRun:
 
 
 @torch.no_grad()
+def network_outputs(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """``model(x)`` in chunks of ``chunk`` samples, without a graph, in the model's current mode."""
+    return torch.cat([model(x[s : s + chunk]) for s in range(0, x.shape[0], chunk)])
+
+
 def _evaluate(model, x, y, loss, chunk):
-    outs = [model(x[s : s + chunk]) for s in range(0, x.shape[0], chunk)]
-    f = torch.cat(outs)
+    f = network_outputs(model, x, chunk)
     return float(batch_loss(f, y, loss)), float(accuracy(f, y))
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .config import RunConfig
+from .config import PREDICTOR_KEYS, RunConfig
 from .dynamics import Problem, Trajectory
 
 __all__ = ["Prediction", "PREDICTORS", "register"]
@@ -92,4 +92,6 @@ def adaptive(problem: Problem, cfg: RunConfig, task=None, **_) -> Prediction:
     return _relinearizing(problem, cfg, task, **ADAPTIVE)
 
 
-ADAPTIVE = {"relinearize": 3, "reanchor": "none", "linearity_tol": 0.01}
+ADAPTIVE = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in PREDICTOR_KEYS}
+"""The default predictor's settings (``RunConfig``'s defaults): ``relinearize=3, reanchor='none',
+linearity_tol=0.01``."""

@@ -21,17 +21,17 @@ from typing import Callable
 import torch
 
 from .batches import BatchPlan
+from .config import REANCHOR
 from .dynamics import Problem, Trajectory
 from .dynamics._trajectory import Recorder
 from .dynamics.exact import SimState, initial_state, resolve_plan, run_segment
 from .errors import ConfigError
+from .finetune import network_outputs
 from .kernel import Kernel
 from .losses import mean_loss_and_accuracy
 from .optim import SGD, lr_factors
 
-__all__ = ["apply_coefficients", "relinearized", "checkpoint_schedule", "RelinearizationInfo", "REANCHOR"]
-
-REANCHOR = ("all", "first", "none")
+__all__ = ["apply_coefficients", "relinearized", "checkpoint_schedule", "RelinearizationInfo"]
 
 
 @dataclasses.dataclass
@@ -138,14 +138,15 @@ def relinearized(
             break
         alive = rec.diverged_at < 0
         mean = state.f[alive].mean(0)
+        check = i == 0 and linearity_tol > 0
         t_net = time.perf_counter()
         a_mean = state.a[alive].mean(0).view(n, c)
         apply_coefficients(work, x, a_mean, params)
-        if i == 0 and linearity_tol > 0:
+        if check:
             with torch.no_grad():
                 f_net = outputs_fn(work) if outputs_fn is not None else _eval_outputs(work, x)
         info.network_seconds += time.perf_counter() - t_net
-        if i == 0 and linearity_tol > 0:
+        if check:
             gap = _loss_gap(f_net.to(dtype), mean[: n * c].view(n, c), problem)
             info.loss_gaps.append(gap)
             if gap < linearity_tol:
@@ -160,7 +161,7 @@ def relinearized(
         info.trace_ratios.append(info.kernel_traces[-1] / trace0)
         theta = k.theta.to(dtype)
         f_new = k.f0.to(dtype).reshape(-1)
-        if not (i == 0 and linearity_tol > 0):
+        if not check:
             info.loss_gaps.append(_loss_gap(k.f0.to(dtype), mean[: n * c].view(n, c), problem))
         theta_test = k.theta_test.to(dtype) if k.theta_test is not None else None
         if theta_test is not None:
@@ -182,11 +183,11 @@ def relinearized(
     return traj, info
 
 
-def _eval_outputs(model: torch.nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def _eval_outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     was = model.training
     model.eval()
     try:
-        return torch.cat([model(x[s : s + chunk]) for s in range(0, x.shape[0], chunk)])
+        return network_outputs(model, x)
     finally:
         model.train(was)
 

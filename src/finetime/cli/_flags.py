@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import RunConfig
+from ..config import REANCHOR, RunConfig
 from ..errors import ConfigError
 
 __all__ = ["add_run_flags", "config_from_args", "load_config_file"]
@@ -95,7 +95,7 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = ()) -> No
                    help="re-linearize the real network at up to K points of the predicted trajectory (steps T/15, "
                         "3T/15, 7T/15, ...; one kernel each) when the linearity check fails; 0 = the paper's single "
                         "kernel at w0. Exact dynamics without weight decay only (default: %(default)s)")
-    g.add_argument("--reanchor", choices=["all", "first", "none"], default=_D.reanchor,
+    g.add_argument("--reanchor", choices=REANCHOR, default=_D.reanchor,
                    help="at which re-linearization checkpoints the predicted curve restarts from the network's true "
                         "outputs; at the others only the kernel is refreshed (default: %(default)s)")
     g.add_argument("--linearity-tol", type=float, default=_D.linearity_tol, metavar="TOL",
