@@ -21,15 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main():
-    from finetime.cli import _tune_allocator
+    from finetime.runtime import tune_allocator
     from finetime.config import RunConfig
     from finetime.dynamics import simulate
     from finetime.optim import SGD
     from finetime.predict import kernel_for, prepare, problem_from
     from finetime.sweep import sweep
 
-    _tune_allocator()
-    base = RunConfig(image_size=32, per_class=150, seed=1, runs=32, relinearize=0)
+    tune_allocator()
+    base = RunConfig.from_dict(dict(image_size=32, per_class=150, seed=1, runs=32, predictor="linear"))
     task = prepare(base)
     t0 = time.perf_counter()
     kernel = kernel_for(task)

@@ -36,11 +36,12 @@ def top_eig_err(a, b, k=20):
 
 
 def tts(kernel, task, cfgs):
-    from finetime.predict import problem_from, run_dynamics, training_times
+    from finetime.predict import problem_from, training_times
+    from finetime.predictors import predict_trajectory
 
     out = {}
     for name, cfg in cfgs.items():
-        traj = run_dynamics(problem_from(kernel, task), cfg)
+        traj = predict_trajectory(problem_from(kernel, task), cfg)
         t = training_times(traj.loss, cfg)
         out[name] = {k: v["step"] for k, v in t.items() if k in ("eps=0.1", "eps=0.4")}
     return out
@@ -78,11 +79,11 @@ def peak_rss_gb():
             return int(line.split()[1]) / 2**20
 
 
-from finetime.cli import _tune_allocator; _tune_allocator()
+from finetime.runtime import tune_allocator; tune_allocator()
 from finetime.config import RunConfig
 from finetime.predict import prepare
 from finetime.kernel import compute_kernel
-task = prepare(RunConfig(image_size=64, per_class=150, seed=1))
+task = prepare(RunConfig.from_dict(dict(image_size=64, per_class=150, seed=1)))
 t = time.perf_counter()
 k = compute_kernel(task.model, task.data.x, max_memory=int(float(sys.argv[1]) * 2**30))
 print(json.dumps({"seconds": time.perf_counter() - t, "n": k.n, "plan": k.meta["plan"],
@@ -112,15 +113,15 @@ def main(argv=None):
         print(json.dumps(res["memory"]), flush=True)
         args.out.write_text(json.dumps(res, indent=1))
         return 0
-    from finetime.cli import _tune_allocator
+    from finetime.runtime import tune_allocator
     from finetime.config import RunConfig
     from finetime.kernel import compute_kernel
     from finetime.predict import prepare
 
-    _tune_allocator()
+    tune_allocator()
     torch.set_num_threads(2)
     res = {"machine": {"threads": torch.get_num_threads()}, "accuracy": [], "speed": {}}
-    cfg = RunConfig(image_size=32, per_class=20, seed=1, relinearize=0)
+    cfg = RunConfig.from_dict(dict(image_size=32, per_class=20, seed=1, predictor="linear"))
     task = prepare(cfg)
     model, x = task.model, task.data.x
     compute_kernel(model, x[:8])  # warm-up (allocator, lazy imports)

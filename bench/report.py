@@ -5,7 +5,7 @@
 Groups: optimizer (GD / SGD), learning rate, momentum, eps, images per class, batch size, dataset, resolution,
 BatchNorm mode, budget, optimizer x learning rate x momentum, stability ratio at the start, loss gap at the
 linearity check of the `adaptive` predictor. Errors follow
-PROTOCOL.md: |TT_pred - TT_real| / max(TT_real, 1); divergence mismatches count as 100% and are listed.
+the README's definitions: |TT_pred - TT_real| / max(TT_real, 1); divergence mismatches count as 100% and are listed.
 """
 
 from __future__ import annotations

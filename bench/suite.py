@@ -23,16 +23,16 @@ from pathlib import Path
 import torch
 
 from finetime.batches import batch_plan
-from finetime.cli import _tune_allocator
-from finetime.config import PREDICTOR_KEYS, RunConfig
+from finetime.config import PRESETS, RunConfig, TaskConfig
 from finetime.dynamics import simulate
-from finetime.finetune import BatchNormMode, finetune
-from finetime.losses import Loss
+from finetime.finetune import finetune
 from finetime.predict import Task, kernel_for, prepare, problem_from, tolist, training_times
-from finetime.predictors import PREDICTORS
+from finetime.predictors import predict_trajectory, stability_ratio
+from finetime.runtime import tune_allocator
 from finetime.wallclock import seconds_per_step
 
-TASK_KEYS = ("model", "data", "image_size", "classes", "per_class", "seed", "bn", "freeze_backbone")
+PREDICTION_KEYS = ("predictor", "relinearize", "reanchor", "linearity_tol")
+"""Flat settings that choose how a prediction is made, not what is trained: left out of cell identities."""
 
 
 def _grid(spec: dict) -> list[dict]:
@@ -52,7 +52,7 @@ def expand(cfg: dict) -> list[RunConfig]:
                 for k in ("epsilon", "target_loss"):
                     if k in settings:
                         settings[k] = tuple(settings[k])
-                cells.append(RunConfig(**settings))
+                cells.append(RunConfig.from_dict(settings))
     return cells
 
 
@@ -60,50 +60,57 @@ def cell_id(cfg: RunConfig, repeat: int = 0) -> str:
     """Stable identity of a cell: its settings that differ from the defaults (new settings do not change old ids;
     the prediction settings are left out, so that changing the default predictor does not rename the cells run)."""
     default = RunConfig().to_dict()
-    d = {k: v for k, v in cfg.to_dict().items() if v != default[k] and k not in PREDICTOR_KEYS}
+    d = {k: v for k, v in cfg.to_dict().items() if v != default[k] and k not in PREDICTION_KEYS}
     d["_repeat"] = repeat
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def task_key(cfg: RunConfig) -> tuple:
-    return tuple(getattr(cfg, k) for k in TASK_KEYS)
+def task_key(cfg: RunConfig) -> TaskConfig:
+    """Cells with the same task share one kernel."""
+    return cfg.task
 
 
 def run_cell(cfg: RunConfig, task: Task, kernel, kernel_seconds: float, step_seconds: dict, predictors: list[str],
              repeat: int) -> dict:
-    sgd = cfg.sgd()
+    opt = cfg.optimizer
     n = task.data.x.shape[0]
     problem = problem_from(kernel, task)
     out = {"predictors": predict_cell(cfg, task, kernel, predictors)}
-    plan = batch_plan(n, sgd, cfg.steps, 1, torch.Generator().manual_seed(cfg.seed + 2 + 1000 * repeat))
-    replay = simulate(problem, sgd, cfg.steps, plan=plan)
+    plan = batch_plan(n, opt, cfg.steps, 1, torch.Generator().manual_seed(cfg.task.seed + 2 + 1000 * repeat))
+    replay = simulate(problem, opt, cfg.steps, plan=plan)
     out["replay"] = {"loss": tolist(replay.loss[0]), "training_time": training_times(replay.loss, cfg)}
     model = prepare_model(cfg)
-    real = finetune(model, task.data.x, task.data.y, sgd, cfg.steps, plan, loss=Loss(cfg.loss), params=task.trained,
-                    bn=BatchNormMode(cfg.bn))
+    real = finetune(model, task.data.x, task.data.y, opt, cfg.steps, plan, loss=cfg.loss, params=task.trained,
+                    bn=cfg.task.bn)
     out["real"] = {"loss": tolist(real.loss), "accuracy": tolist(real.accuracy),
                    "training_time": training_times(real.loss.unsqueeze(0), cfg), "diverged": real.diverged,
                    "train_seconds": round(real.train_seconds, 3), "eval_seconds": round(real.eval_seconds, 3)}
-    b = "full" if sgd.is_full_batch(n) else str(sgd.batch_size)
+    b = "full" if opt.is_full_batch(n) else str(opt.batch_size)
     out["cost"] = {"kernel_seconds": round(kernel_seconds, 3), "step_timing_seconds": round(step_seconds[b][1], 3),
                    "seconds_per_step_predicted": round(step_seconds[b][0], 5)}
     return out
 
 
 def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:
+    """Each named predictor (``finetime.config.PRESETS``) on this cell, from the task's kernel."""
     problem = problem_from(kernel, task)
     out = {}
     for name in names:
+        c = dataclasses.replace(cfg, predictor=PRESETS[name])
         t0 = time.perf_counter()
-        pred = PREDICTORS[name](problem, cfg, task=task, kernel=kernel)
+        traj = predict_trajectory(problem, c, task)
         sim = time.perf_counter() - t0
-        traj = pred.trajectory
+        info = dict(traj.info or {})
+        if name == "linear":
+            info["stability_ratio"] = stability_ratio(problem, c)
+        elif traj.info is not None:
+            info["seconds"] = sim
         out[name] = {
             "loss": tolist(traj.loss.double().nanmean(0)),
-            "training_time": training_times(traj.loss, cfg),
+            "training_time": training_times(traj.loss, c),
             "diverged_fraction": traj.diverged_fraction,
-            "seconds": round(sim + pred.extra_seconds, 3),
-            **({"info": pred.info} if pred.info else {}),
+            "seconds": round(sim, 3),
+            **({"info": info} if info else {}),
         }
     return out
 
@@ -132,8 +139,9 @@ def prepare_model(cfg: RunConfig):
     """A fresh copy of the pretrained model with its new head (same seed as the kernel's)."""
     from finetime.zoo import build_model, freeze_backbone
 
-    m = build_model(cfg.model, num_classes=cfg.classes, image_size=cfg.image_size, seed=cfg.seed)
-    if cfg.freeze_backbone:
+    t = cfg.task
+    m = build_model(t.model, num_classes=t.classes, image_size=t.image_size, seed=t.seed)
+    if t.freeze_backbone:
         freeze_backbone(m)
     return m
 
@@ -147,7 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repredict", help="comma list of predictors to (re)compute on the cells already in the results "
                                         "file, keeping their real runs; rewrites the file")
     args = ap.parse_args(argv)
-    _tune_allocator()
+    tune_allocator()
     cfg = tomllib.loads(args.config.read_text())
     out = args.out or Path(__file__).parent / "results" / f"{args.config.stem}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -183,13 +191,13 @@ def main(argv=None) -> int:
         kernel_seconds = time.perf_counter() - t0
         step_seconds: dict = {}
         for c, r in group:
-            sgd = c.sgd()
+            opt = c.optimizer
             n = task.data.x.shape[0]
-            b = "full" if sgd.is_full_batch(n) else str(sgd.batch_size)
+            b = "full" if opt.is_full_batch(n) else str(opt.batch_size)
             if b not in step_seconds:
                 t1 = time.perf_counter()
-                sps = seconds_per_step(task.model, task.data.x, task.data.y, sgd, loss=Loss(c.loss),
-                                       params=task.trained, bn=BatchNormMode(c.bn))
+                sps = seconds_per_step(task.model, task.data.x, task.data.y, opt, loss=c.loss,
+                                       params=task.trained, bn=c.task.bn)
                 step_seconds[b] = (sps, time.perf_counter() - t1)
             t_cell = time.perf_counter()
             rec = run_cell(c, task, kernel, kernel_seconds, step_seconds, predictors, r)
@@ -209,13 +217,15 @@ def main(argv=None) -> int:
 
 
 def _matches(c: RunConfig, where: dict) -> bool:
-    return all(getattr(c, k) in (v if isinstance(v, list) else [v]) for k, v in where.items())
+    flat = c.to_dict()
+    return all(flat[k] in (v if isinstance(v, list) else [v]) for k, v in where.items())
 
 
 def _label(c: RunConfig) -> str:
-    opt = "GD" if not c.batch_size else f"SGD{c.batch_size}"
-    return (f"{c.data} {c.image_size}px n={c.per_class} s={c.seed} {opt} lr={c.lr:g} m={c.momentum:g} "
-            f"bn={c.bn}")
+    f = c.to_dict()
+    opt = "GD" if not f["batch_size"] else f"SGD{f['batch_size']}"
+    return (f"{f['data']} {f['image_size']}px n={f['per_class']} s={f['seed']} {opt} lr={f['lr']:g} "
+            f"m={f.get('momentum', 0):g} bn={f['bn']}")
 
 
 if __name__ == "__main__":

@@ -24,15 +24,15 @@ CELLS = [
 
 
 def main():
-    from finetime.cli import _tune_allocator
+    from finetime.runtime import tune_allocator
     from finetime.config import RunConfig
     from finetime.validate import validate
 
-    _tune_allocator()
+    tune_allocator()
     rows = []
     for c in CELLS:
-        cfg = RunConfig(per_class=30, test_per_class=50, seed=3, steps=300, runs=16, relinearize=0, **c)
-        r = validate(cfg)
+        cfg = RunConfig.from_dict(dict(per_class=30, test_per_class=50, seed=3, steps=300, runs=16, predictor="linear", **c))
+        r = validate(cfg).to_dict()
         row = {"settings": c, **r["test_error"], "train_tt_error": {k: v["relative"] for k, v in r["error"].items()}}
         rows.append(row)
         print(json.dumps(row), flush=True)

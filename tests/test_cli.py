@@ -95,6 +95,7 @@ def test_divergent_learning_rate_is_reported(capsys):
     assert code == 0 and "PREDICTED TO DIVERGE" in out
 
 
+@pytest.mark.slow
 def test_default_model_runs(capsys, tmp_path):
     """The built-in EfficientNet-Lite0 (real ImageNet weights) through the whole pipeline, small."""
     code, out, _ = run(capsys, "predict", "--data", "fashion-mnist-mini", "--per-class", "3", "--image-size", "32",
@@ -214,7 +215,7 @@ def test_relinearize_flag(capsys, tmp_path):
     assert len(pr["relinearization"]["loss_gaps"]) >= 1
     # the ODE (and weight decay) use the one kernel at w0, whatever --relinearize says
     path2 = tmp_path / "ode.json"
-    code, _, err = run(capsys, "predict", *FAST, "--relinearize", "2", "--dynamics", "ode", "--json", str(path2))
+    code, _, err = run(capsys, "predict", *FAST, "--relinearize", "2", "--predictor", "paper", "--json", str(path2))
     assert code == 0 and "relinearization" not in json.loads(path2.read_text())["predicted"]
 
 
@@ -229,3 +230,120 @@ def test_default_relinearizes_with_batch_statistics(capsys, tmp_path):
     assert rl["kernels"] == 3 and not rl["linear_regime"] and len(rl["trace_ratios"]) == 3
     cs = json.loads(path.read_text())["cost_seconds"]
     assert cs["relinearization"] > 0 and cs["total"] >= cs["kernel"] + cs["relinearization"]
+
+
+# ------------------------------------------------------------------------------------------ bad input, new user
+@pytest.mark.parametrize("flag", ["--json", "--kernel-out"])
+def test_output_into_a_missing_folder_fails_before_any_work(capsys, tmp_path, flag):
+    code, out, err = run(capsys, "predict", *FAST, flag, str(tmp_path / "no" / "such" / "file"))
+    assert code == 2 and "does not exist" in err and err.count("\n") == 1
+    assert "training time" not in out  # refused before the kernel was computed
+
+
+def test_validate_plot_into_missing_folder_fails_before_training(capsys, tmp_path):
+    code, out, err = run(capsys, "validate", *FAST, "--plot", str(tmp_path / "missing" / "p.png"),
+                         "--json", str(tmp_path / "v.json"))
+    assert code == 2 and "does not exist" in err and not (tmp_path / "v.json").exists() and out == ""
+
+
+def test_one_failing_output_does_not_lose_the_others(capsys, tmp_path, monkeypatch):
+    import finetime.plots as plots
+
+    def broken(result, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(plots, "plot_validation", broken)
+    path = tmp_path / "v.json"
+    code, out, err = run(capsys, "validate", *FAST, "--plot", str(tmp_path / "p.png"), "--json", str(path))
+    assert code == 2 and "could not write --plot: disk full" in err
+    assert json.loads(path.read_text())["actual"]["loss"]
+
+
+def test_report_pictures_are_not_overwritten(capsys, tmp_path):
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "curves.png").write_text("keep me")
+    code, _, err = run(capsys, "predict", *FAST, "--report", str(rep))
+    assert code == 2 and "curves.png" in err and (rep / "curves.png").read_text() == "keep me"
+    res = tmp_path / "r.json"
+    assert run(capsys, "predict", *FAST, "--json", str(res))[0] == 0
+    code, _, err = run(capsys, "report", str(res), "--out", str(rep))
+    assert code == 2 and "curves.png" in err and (rep / "curves.png").read_text() == "keep me"
+    # the report drawn from a plain --json has its spectrum and gradient map
+    assert run(capsys, "report", str(res), "--out", str(tmp_path / "rep2"))[0] == 0
+    assert (tmp_path / "rep2" / "spectrum.png").exists() and (tmp_path / "rep2" / "gradients.png").exists()
+    page = (tmp_path / "rep2" / "report.html").read_text()
+    assert "step timing" in page
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "os:getcwd"], "calling getcwd(num_classes=3) failed"),
+    (["--model", "torch.nn:Linear"], "must accept num_classes"),
+    (["--extrapolate-to", "5"], "must be larger than the training set"),
+    (["--max-memory", "1e-9"], "fewer samples"),
+])
+def test_more_bad_input_gives_one_line(capsys, args, message):
+    code, _, err = run(capsys, "predict", *FAST, *args)
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_max_memory_message_does_not_suggest_the_method_in_use(capsys):
+    code, _, err = run(capsys, "predict", *FAST, "--max-memory", "1e-9")
+    assert code == 2 and "--kernel-method factored" not in err
+    code, _, err = run(capsys, "predict", *FAST, "--max-memory", "1e-9", "--kernel-method", "exact")
+    assert code == 2 and "--kernel-method factored" in err
+
+
+def test_report_and_out_paths_that_are_the_wrong_kind(capsys, tmp_path):
+    code, _, err = run(capsys, "report", str(tmp_path), "--out", str(tmp_path / "r"))
+    assert code == 2 and "is a folder" in err
+    res = tmp_path / "r.json"
+    assert run(capsys, "predict", *FAST, "--json", str(res))[0] == 0
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, _, err = run(capsys, "report", str(res), "--out", str(afile))
+    assert code == 2 and "is a file" in err
+    code, _, err = run(capsys, "predict", *FAST, "--report", str(afile))
+    assert code == 2 and "is a file" in err
+    code, _, err = run(capsys, "predict", *FAST, "--json", str(tmp_path))
+    assert code == 2 and "is a folder" in err
+
+
+def test_kernel_in_that_is_not_a_kernel(capsys, tmp_path):
+    bad = tmp_path / "k.ftk"
+    bad.write_bytes(bytes(range(256)) * 4)
+    code, _, err = run(capsys, "predict", *FAST, "--kernel-in", str(bad))
+    assert code == 2 and "is not a finetime kernel file" in err and "codec" not in err
+
+
+def test_sweep_has_no_relinearization_flags_and_a_clean_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", *FAST, "--lr", "0.05,0.1", "--relinearize", "2"])
+    assert "unrecognized arguments: --relinearize" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    out = capsys.readouterr().out
+    assert "25%" in out and "25%%" not in out and "--linearity-tol" not in out
+
+
+def test_help_points_to_the_projects_own_definitions(capsys):
+    with pytest.raises(SystemExit):
+        main(["validate", "--help"])
+    out = capsys.readouterr().out
+    assert "PROTOCOL.md" not in out and "README.md" in out
+
+
+def test_summary_names_the_predictor_threads_and_same_order(capsys, tmp_path):
+    code, out, _ = run(capsys, "predict", *FAST, "--lr", "0.001", "--threads", "1")
+    assert code == 0 and "predictor  adaptive (linearity check passed: one kernel)" in out
+    assert "threads    1 (--threads)" in out and "dynamics: relinearized" not in out
+    code, out, _ = run(capsys, "validate", *FAST, "--batch-size", "4", "--runs", "2")
+    assert code == 0 and "same order: the predictor replayed on the real run's batch order" in out
+
+
+def test_automatic_threads_count_free_cores():
+    from finetime.runtime import choose_threads
+
+    c = choose_threads()
+    assert 1 <= c.threads <= c.cores and c.busy is not None
+    assert choose_threads(3).threads == 3

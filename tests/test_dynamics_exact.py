@@ -147,7 +147,7 @@ def test_full_batch_curve_from_training_forward_equals_separate_evaluation():
 
 
 def test_recalibrated_batchnorm_equals_batch_statistics_on_the_training_set():
-    from finetime.finetune import recalibrate_batchnorm
+    from finetime.network import recalibrate_batchnorm
 
     torch.manual_seed(4)
     m = SmallConvNet(3).double()

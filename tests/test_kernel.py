@@ -247,6 +247,7 @@ def test_bad_models_give_clear_errors():
         compute_kernel(nn.Linear(3, 2), nan_in)
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_exact_against_brute_force():
     """The real default model: every layer path of EfficientNet-Lite0 (static same-padding convs, depthwise convs,
     BatchNorm, the new head), float64, against vmap(jacrev)."""

@@ -5,14 +5,12 @@ import copy
 import torch
 
 from finetime.batches import batch_plan
-from finetime.dynamics import Problem
-from finetime.dynamics._trajectory import Recorder
-from finetime.dynamics.exact import initial_state, run_segment
+from finetime.dynamics import ExactStepper, Problem, solve
 from finetime.finetune import finetune
 from finetime.kernel import brute_force_ntk, compute_kernel, jacobian
 from finetime.losses import Loss
 from finetime.optim import SGD
-from finetime.relinearize import checkpoint_schedule, relinearized
+from finetime.relinearize import Network, checkpoint_schedule, relinearized
 from models_for_tests import SmallConvNet, SoftmaxRegression
 
 
@@ -33,8 +31,7 @@ def test_tracked_coefficients_give_the_linear_models_weights():
     m, x, y, p = _setup()
     sgd = SGD(lr=0.3, momentum=0.7, batch_size=3)
     plan = batch_plan(p.n, sgd, 9, 2, torch.Generator().manual_seed(1))
-    rec = Recorder(p, 2, 9, torch.float64)
-    st = run_segment(p, sgd, initial_state(p, sgd, 2, track=True), 0, 9, [0.3] * 9, plan, rec)
+    _, st = solve(ExactStepper(p, sgd, 9, plan, track=True), 9, runs=2)
     j = jacobian(m, x)  # (N*C, D)
     # The displacement J^T a must move the linear model's outputs to the simulated ones: f0 + J J^T a.
     torch.testing.assert_close(p.f0.reshape(-1) + (j @ (j.T @ st.a.T)).T, st.f)
@@ -44,9 +41,8 @@ def test_checkpoint_at_every_step_is_real_gradient_descent():
     m, x, y, p = _setup(n=6)
     sgd = SGD(lr=0.5)
     steps = 8
-    traj, info = relinearized(m, x, p, sgd, steps, checkpoints=list(range(1, steps)),
-                              kernel_fn=lambda mm: compute_kernel(mm, x, method="exact"),
-                              params=[n for n, _ in m.named_parameters()])
+    net = Network(m, x, [n for n, _ in m.named_parameters()], kernel=lambda mm: compute_kernel(mm, x, method="exact"))
+    traj, info = relinearized(p, sgd, steps, net, checkpoints=list(range(1, steps)))
     real = finetune(copy.deepcopy(m), x, y, sgd, steps, batch_plan(p.n, sgd, steps, 1, torch.Generator()))
     # every recorded step but the last is the re-anchored network; the last is one linear step from T-1
     torch.testing.assert_close(traj.loss[0, :-1], real.loss[:-1], rtol=1e-7, atol=1e-10)
@@ -59,7 +55,7 @@ def test_no_checkpoint_is_the_linear_model():
 
     m, x, y, p = _setup()
     sgd = SGD(lr=0.2, batch_size=4)
-    a, _ = relinearized(m, x, p, sgd, 10, checkpoints=[], kernel_fn=None, params=[], runs=3,
+    a, _ = relinearized(p, sgd, 10, Network(m, x, [], kernel=None), checkpoints=[], runs=3,
                         generator=torch.Generator().manual_seed(0))
     b = simulate(p, sgd, 10, runs=3, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(a.loss, b.loss)
@@ -78,9 +74,9 @@ def test_linearity_check_keeps_one_kernel_for_a_linear_model():
     m, x, y, p = _setup(n=10, linear=True)
     sgd = SGD(lr=0.5, momentum=0.5, batch_size=4)
     calls = []
-    a, info = relinearized(m, x, p, sgd, 20, checkpoints=[3, 9], kernel_fn=lambda mm: calls.append(1),
-                           params=[n for n, _ in m.named_parameters()], runs=3,
-                           generator=torch.Generator().manual_seed(0), linearity_tol=1e-6)
+    net = Network(m, x, [n for n, _ in m.named_parameters()], kernel=lambda mm: calls.append(1))
+    a, info = relinearized(p, sgd, 20, net, checkpoints=[3, 9], runs=3, generator=torch.Generator().manual_seed(0),
+                           linearity_tol=1e-6)
     b = simulate(p, sgd, 20, runs=3, generator=torch.Generator().manual_seed(0))
     assert info.linear_regime and info.kernels == 0 and not calls
     assert info.loss_gaps[0] < 1e-10
@@ -95,9 +91,9 @@ def test_every_reanchor_mode_is_exact_for_a_linear_model():
     sgd = SGD(lr=0.4, momentum=0.9, batch_size=5)
     b = simulate(p, sgd, 15, runs=2, generator=torch.Generator().manual_seed(3))
     for mode in ("all", "first", "none"):
-        a, info = relinearized(m, x, p, sgd, 15, checkpoints=[2, 6],
-                               kernel_fn=lambda mm: compute_kernel(mm, x, method="exact"),
-                               params=[n for n, _ in m.named_parameters()], runs=2,
+        net = Network(m, x, [n for n, _ in m.named_parameters()],
+                      kernel=lambda mm: compute_kernel(mm, x, method="exact"))
+        a, info = relinearized(p, sgd, 15, net, checkpoints=[2, 6], runs=2,
                                generator=torch.Generator().manual_seed(3), reanchor=mode)
         assert info.kernels == 2 and max(info.loss_gaps) < 1e-10
         torch.testing.assert_close(a.loss, b.loss)
@@ -115,17 +111,16 @@ def test_refresh_continues_the_linear_curve_and_reanchor_jumps():
     lin = simulate(p, sgd, 12)
     params = [n for n, _ in m.named_parameters()]
     kfn = lambda mm: compute_kernel(mm, x, method="exact")  # noqa: E731
-    none, info_n = relinearized(m, x, p, sgd, 12, checkpoints=[4], kernel_fn=kfn, params=params, reanchor="none",
-                                linearity_tol=1e-9)
-    anchored, info_a = relinearized(m, x, p, sgd, 12, checkpoints=[4], kernel_fn=kfn, params=params, reanchor="all")
+    net = Network(m, x, params, kernel=kfn)
+    none, info_n = relinearized(p, sgd, 12, net, checkpoints=[4], reanchor="none", linearity_tol=1e-9)
+    anchored, info_a = relinearized(p, sgd, 12, net, checkpoints=[4], reanchor="all")
     assert info_n.kernels == 1 and not info_n.linear_regime and info_n.loss_gaps[0] > 1e-9
     torch.testing.assert_close(none.loss[:, :5], lin.loss[:, :5])
     assert not torch.allclose(none.loss[:, 5:], lin.loss[:, 5:])  # the refreshed kernel changes the rest
     moved = copy.deepcopy(m)
     from finetime.relinearize import apply_coefficients
 
-    rec = Recorder(p, 1, 4, torch.float64)
-    st = run_segment(p, sgd, initial_state(p, sgd, 1, track=True), 0, 4, [2.0] * 4, None, rec)
+    _, st = solve(ExactStepper(p, sgd, 4, None, track=True), 4, runs=1)
     apply_coefficients(moved, x, st.a[0].view(p.n, p.c), params)
     with torch.no_grad():
         true_loss = torch.nn.functional.cross_entropy(moved(x), y)
@@ -140,9 +135,12 @@ def test_reanchor_and_tolerance_are_checked():
     from finetime.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--reanchor"):
-        RunConfig(reanchor="sometimes")
+        RunConfig.from_dict({"reanchor": "sometimes"})
     with pytest.raises(ConfigError, match="--linearity-tol"):
-        RunConfig(linearity_tol=-0.1)
-    assert not RunConfig(relinearize=2, dynamics="ode").relinearizes
-    assert not RunConfig(relinearize=2, weight_decay=1e-4).relinearizes
-    assert RunConfig(relinearize=2).relinearizes
+        RunConfig.from_dict({"linearity_tol": -0.1})
+    assert not RunConfig.from_dict({"relinearize": 2, "predictor": "paper"}).relinearizes
+    assert not RunConfig.from_dict({"relinearize": 2, "weight_decay": 1e-4}).relinearizes
+    assert RunConfig.from_dict({"relinearize": 2}).relinearizes
+    # results written before --predictor: dynamics ode/sde is the paper's predictor, exact with 0 the linear one
+    assert RunConfig.from_dict({"dynamics": "ode"}).predictor_name == "paper"
+    assert RunConfig.from_dict({"dynamics": "exact", "relinearize": 0}).predictor_name == "linear"

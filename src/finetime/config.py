@@ -1,30 +1,47 @@
-"""One run's settings: every CLI flag, as a frozen dataclass that round-trips through JSON (``config`` in outputs)."""
+"""One run's settings, nested by what they describe: the task (model and data), the optimizer, the kernel and the
+predictor. Choices are enums and typed objects; the flat form (``to_dict`` / ``from_dict``) is the ``config``
+section of every result JSON, the CLI's flags and the keys of configuration files.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 
 from .errors import ConfigError
+from .kernel.projection import KernelMethod
 from .losses import Loss
-from .optim import SGD, Constant, Cosine, Sampling, StepDecay
+from .network import BatchNormMode
+from .optim import OPTIMIZERS, SCHEDULES, SGD, Optimizer, Sampling, StepDecay
 
-__all__ = ["RunConfig"]
-
-DYNAMICS = ("exact", "ode", "sde")
-SCHEDULES = ("constant", "step", "cosine")
+__all__ = ["TaskConfig", "KernelConfig", "PredictorConfig", "Predictor", "Reanchor", "RunConfig", "PRESETS"]
 
 
-REANCHOR = ("all", "first", "none")
-"""Re-linearization checkpoints at which the predicted curve restarts from the network's true outputs."""
+class Predictor(str, enum.Enum):
+    """How the prediction is made from the kernel (``finetime.predictors`` maps each to its function)."""
 
-PREDICTOR_KEYS = ("relinearize", "reanchor", "linearity_tol")
-"""Settings that choose how the prediction is made (not what is trained): their defaults are the default predictor."""
+    RELINEARIZED = "relinearized"
+    """Exact simulation of the optimizer on the linearization, with the kernel recomputed along the predicted path
+    (``relinearize`` checkpoints) unless a linearity check at the first checkpoint passes (``linearity_tol``)."""
+    LINEAR = "linear"
+    """Exact simulation on the linearization at the pretrained weights: one kernel (the paper's model)."""
+    PAPER = "paper"
+    """The paper's own integrators: gradient-flow ODE (full batch) or SDE (minibatches) with the effective
+    learning rate ``lr / (1 - momentum)``; one kernel."""
+
+
+class Reanchor(str, enum.Enum):
+    """Re-linearization checkpoints at which the predicted curve restarts from the network's true outputs."""
+
+    ALL = "all"
+    FIRST = "first"
+    NONE = "none"
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Settings of a prediction (and of the real run that ``validate`` compares it with)."""
+class TaskConfig:
+    """What is fine-tuned, on what: the kernel depends on these settings only."""
 
     model: str = "efficientnet-lite0"
     data: str = "fashion-mnist"
@@ -33,111 +50,237 @@ class RunConfig:
     test_per_class: int = 0
     image_size: int = 64
     seed: int = 0
-    lr: float = 1e-3
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    batch_size: int = 0
-    sampling: str = "shuffle"
-    drop_last: bool = False
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    step_size: int = 50
-    gamma: float = 0.1
+    freeze_backbone: bool = False
+    bn: BatchNormMode = BatchNormMode.FROZEN
+
+    def __post_init__(self):
+        try:
+            object.__setattr__(self, "bn", BatchNormMode(self.bn))
+        except ValueError:
+            raise ConfigError(f"--bn must be frozen or batch, got {self.bn!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """How the kernel is computed (``finetime.kernel.compute_kernel``)."""
+
+    method: KernelMethod = KernelMethod.FACTORED
+    projection_dim: int = 4096
+    max_memory_gb: float | None = None
+
+    def __post_init__(self):
+        try:
+            object.__setattr__(self, "method", KernelMethod(self.method))
+        except ValueError:
+            raise ConfigError(f"--kernel-method must be one of {', '.join(m.value for m in KernelMethod)}, "
+                              f"got {self.method!r}") from None
+        if self.projection_dim < 1:
+            raise ConfigError(f"--projection-dim must be >= 1, got {self.projection_dim}")
+        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
+            raise ConfigError(f"--max-memory must be positive (GB), got {self.max_memory_gb}")
+
+    @property
+    def max_memory_bytes(self) -> int | None:
+        return None if self.max_memory_gb is None else int(self.max_memory_gb * 2**30)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictorConfig:
+    """The predictor and its settings. The default is the ``adaptive`` preset."""
+
+    kind: Predictor = Predictor.RELINEARIZED
+    relinearize: int = 3
+    reanchor: Reanchor = Reanchor.NONE
+    linearity_tol: float = 0.01
+
+    def __post_init__(self):
+        for name, enum_ in (("kind", Predictor), ("reanchor", Reanchor)):
+            try:
+                object.__setattr__(self, name, enum_(getattr(self, name)))
+            except ValueError:
+                flag = "--predictor" if name == "kind" else "--reanchor"
+                raise ConfigError(f"{flag} must be one of {', '.join(m.value for m in enum_)}, "
+                                  f"got {getattr(self, name)!r}") from None
+        if self.relinearize < 0:
+            raise ConfigError(f"--relinearize must be >= 0, got {self.relinearize}")
+        if not (self.linearity_tol >= 0 and math.isfinite(self.linearity_tol)):
+            raise ConfigError(f"--linearity-tol must be >= 0 (0 turns the check off), got {self.linearity_tol}")
+
+
+PRESETS: dict[str, PredictorConfig] = {
+    "adaptive": PredictorConfig(),
+    "linear": PredictorConfig(Predictor.LINEAR),
+    "paper": PredictorConfig(Predictor.PAPER),
+    "relinearized3": PredictorConfig(Predictor.RELINEARIZED, 3, Reanchor.ALL, 0.0),
+}
+"""Named predictors (``--predictor``, and the rows of the benchmark):
+
+* ``adaptive`` (default): a linearity check at step ~T/15; where it fails, the kernel is refreshed at ~T/15, 3T/15 and
+  7T/15 along the predicted path, the curve continuing from the linear model's own outputs.
+* ``linear``: the exact simulator on the one kernel at the pretrained weights.
+* ``paper``: the paper's ODE (full batch) / SDE (minibatches) with the effective learning rate.
+* ``relinearized3``: three re-linearizations at the same points, the curve re-anchored each time on the real
+  network's outputs, no linearity check.
+"""
+
+_TASK = [f.name for f in dataclasses.fields(TaskConfig)]
+_SCHEDULE_KEYS = ("schedule", "warmup_steps", "step_size", "gamma")
+_KERNEL = {"kernel_method": "method", "projection_dim": "projection_dim", "max_memory_gb": "max_memory_gb"}
+_PREDICTOR = {"predictor": "kind", "relinearize": "relinearize", "reanchor": "reanchor",
+              "linearity_tol": "linearity_tol"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Settings of a prediction (and of the real run that ``validate`` compares it with).
+
+    Build it nested (``RunConfig(task=TaskConfig(...), optimizer=SGD(lr=...), ...)``) or from the flat keys of the
+    CLI and the result JSON (``RunConfig.from_dict({"lr": 1e-3, "batch_size": 32, ...})``).
+    """
+
+    task: TaskConfig = TaskConfig()
+    optimizer: Optimizer = SGD(lr=1e-3)
     steps: int = 150
-    loss: str = "ce"
+    loss: Loss = Loss.CE
     target_loss: tuple[float, ...] = ()
     epsilon: tuple[float, ...] = (0.01, 0.1, 0.4)
     runs: int = 32
-    dynamics: str = "exact"
-    kernel_method: str = "factored"
-    projection_dim: int = 4096
-    freeze_backbone: bool = False
-    bn: str = "frozen"
-    max_memory_gb: float | None = None
+    kernel: KernelConfig = KernelConfig()
+    predictor: PredictorConfig = PRESETS["adaptive"]
     extrapolate_to: int = 0
-    relinearize: int = 3  # with the next two: the default predictor (``adaptive``); 0: the paper's one kernel at w0
-    reanchor: str = "none"
-    linearity_tol: float = 0.01
 
     def __post_init__(self):
         def bad(msg):
             raise ConfigError(msg)
 
+        try:
+            object.__setattr__(self, "loss", Loss(self.loss))
+        except ValueError:
+            bad(f"--loss must be ce or mse, got {self.loss!r}")
+        object.__setattr__(self, "epsilon", tuple(float(e) for e in self.epsilon))
+        object.__setattr__(self, "target_loss", tuple(float(t) for t in self.target_loss))
         if self.steps < 1:
             bad(f"--steps must be >= 1, got {self.steps}")
         if self.runs < 1:
             bad(f"--runs must be >= 1, got {self.runs}")
-        if self.batch_size < 0:
-            bad(f"--batch-size must be >= 1 (or 0 for full-batch GD), got {self.batch_size}")
-        if self.dynamics not in DYNAMICS:
-            bad(f"--dynamics must be one of {', '.join(DYNAMICS)}, got {self.dynamics!r}")
-        if self.schedule not in SCHEDULES:
-            bad(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.loss not in [m.value for m in Loss]:
-            bad(f"--loss must be ce or mse, got {self.loss!r}")
-        if self.sampling not in [m.value for m in Sampling]:
-            bad(f"--sampling must be shuffle or replacement, got {self.sampling!r}")
-        if self.bn not in ("frozen", "batch"):
-            bad(f"--bn must be frozen or batch, got {self.bn!r}")
         for e in self.epsilon:
             if not (0 < e < 1):
                 bad(f"--epsilon values must be in (0, 1), got {e}")
         for t in self.target_loss:
             if not (t > 0 and math.isfinite(t)):
                 bad(f"--target-loss must be positive, got {t}")
-        if self.projection_dim < 1:
-            bad(f"--projection-dim must be >= 1, got {self.projection_dim}")
-        if self.max_memory_gb is not None and self.max_memory_gb <= 0:
-            bad(f"--max-memory must be positive (GB), got {self.max_memory_gb}")
-        if self.relinearize < 0:
-            bad(f"--relinearize must be >= 0, got {self.relinearize}")
-        if self.reanchor not in REANCHOR:
-            bad(f"--reanchor must be all, first or none, got {self.reanchor!r}")
-        if not (self.linearity_tol >= 0 and math.isfinite(self.linearity_tol)):
-            bad(f"--linearity-tol must be >= 0 (0 turns the check off), got {self.linearity_tol}")
         if self.extrapolate_to < 0:
             bad(f"--extrapolate-to must be a number of samples (or 0), got {self.extrapolate_to}")
-        if self.warmup_steps >= self.steps and self.warmup_steps > 0:
-            bad(f"--warmup-steps ({self.warmup_steps}) must be fewer than --steps ({self.steps})")
-        self.sgd()  # validates lr, momentum, nesterov, weight decay
+        w = self.optimizer.schedule.warmup_steps
+        if w >= self.steps and w > 0:
+            bad(f"--warmup-steps ({w}) must be fewer than --steps ({self.steps})")
 
     @property
     def relinearizes(self) -> bool:
-        """Whether the prediction re-linearizes: ``relinearize > 0`` with the exact simulator and no weight decay
-        (the ODE/SDE and weight decay use the one kernel at ``w0``)."""
-        return bool(self.relinearize) and self.dynamics == "exact" and not self.weight_decay
-
-    def sgd(self) -> SGD:
-        """The optimizer these settings describe."""
-        if self.schedule == "step":
-            sched = StepDecay(self.step_size, self.gamma, warmup_steps=self.warmup_steps)
-        elif self.schedule == "cosine":
-            sched = Cosine(warmup_steps=self.warmup_steps)
-        else:
-            sched = Constant(warmup_steps=self.warmup_steps)
-        return SGD(lr=self.lr, momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay,
-                   batch_size=self.batch_size or None, sampling=Sampling(self.sampling), drop_last=self.drop_last,
-                   schedule=sched)
+        """Whether the prediction re-linearizes: the ``relinearized`` predictor with ``relinearize > 0`` and no
+        weight decay (weight decay is predicted with the one kernel at ``w0``)."""
+        p = self.predictor
+        return p.kind is Predictor.RELINEARIZED and p.relinearize > 0 and not self.optimizer.weight_decay
 
     @property
-    def max_memory_bytes(self) -> int | None:
-        return None if self.max_memory_gb is None else int(self.max_memory_gb * 2**30)
+    def predictor_name(self) -> str:
+        """The preset this predictor matches (``adaptive``, ``linear``, ...), or ``custom``."""
+        p = self.predictor
+        if p.kind is not Predictor.RELINEARIZED:
+            return p.kind.value
+        if not self.relinearizes:
+            return "linear"
+        return next((k for k, v in PRESETS.items() if v == p), "custom")
 
+    # ------------------------------------------------------------------------------------------- flat form
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The flat, JSON-ready settings (the ``config`` section of results; the CLI's flag names)."""
+        t, o, k, p = self.task, self.optimizer, self.kernel, self.predictor
+        d = {name: getattr(t, name) for name in _TASK}
+        d["bn"] = t.bn.value
+        d["optimizer"] = o.name
+        for f in dataclasses.fields(o):
+            if f.name != "schedule":
+                d[f.name] = getattr(o, f.name)
+        d["batch_size"] = o.batch_size or 0
+        d["sampling"] = o.sampling.value
+        sched = o.schedule
+        d["schedule"] = next(name for name, cls in SCHEDULES.items() if isinstance(sched, cls))
+        d["warmup_steps"] = sched.warmup_steps
+        d["step_size"] = sched.step_size if isinstance(sched, StepDecay) else StepDecay().step_size
+        d["gamma"] = sched.gamma if isinstance(sched, StepDecay) else StepDecay().gamma
+        d.update(steps=self.steps, loss=self.loss.value, target_loss=self.target_loss, epsilon=self.epsilon,
+                 runs=self.runs, extrapolate_to=self.extrapolate_to)
+        for flat, name in _KERNEL.items():
+            v = getattr(k, name)
+            d[flat] = v.value if isinstance(v, enum.Enum) else v
+        for flat, name in _PREDICTOR.items():
+            v = getattr(p, name)
+            d[flat] = v.value if isinstance(v, enum.Enum) else v
+        d["predictor"] = next((name for name, preset in PRESETS.items() if preset == p), p.kind.value)
+        return d
+
+    @classmethod
+    def flat_keys(cls) -> set[str]:
+        """Every key ``from_dict`` accepts, for every optimizer."""
+        keys = set(_TASK) | set(_SCHEDULE_KEYS) | set(_KERNEL) | set(_PREDICTOR) | {
+            "optimizer", "steps", "loss", "target_loss", "epsilon", "runs", "extrapolate_to"}
+        for opt in OPTIMIZERS.values():
+            keys |= {f.name for f in dataclasses.fields(opt)} - {"schedule"}
+        return keys
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - fields
+        """Settings from flat keys (a result JSON's ``config``, a config file, the CLI); missing keys take their
+        defaults. Results written before the ``predictor`` key (``dynamics: exact|ode|sde``) are read too."""
+        d = dict(d)
+        legacy = d.pop("dynamics", None)
+        if legacy is not None and "predictor" not in d:
+            if legacy in ("ode", "sde"):
+                d["predictor"] = Predictor.PAPER.value
+            elif legacy == "exact":
+                d["predictor"] = (Predictor.LINEAR if d.get("relinearize", 1) == 0 else Predictor.RELINEARIZED).value
+            else:
+                raise ConfigError(f"unknown dynamics {legacy!r} in config")
+        unknown = set(d) - cls.flat_keys()
         if unknown:
             raise ConfigError(f"unknown setting(s) in config: {', '.join(sorted(unknown))}")
-        d = dict(d)
         for k in ("target_loss", "epsilon"):
             if k in d and d[k] is not None:
                 d[k] = tuple(float(v) for v in (d[k] if isinstance(d[k], (list, tuple)) else [d[k]]))
-        return cls(**d)
+        default = RunConfig().to_dict()
+        opt_name = d.pop("optimizer", default["optimizer"])
+        if opt_name not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {opt_name!r}")
+        get = lambda k: d.get(k, default.get(k))  # noqa: E731
+        task = TaskConfig(**{k: get(k) for k in _TASK})
+        opt_cls = OPTIMIZERS[opt_name]
+        opt_kwargs = {f.name: d[f.name] for f in dataclasses.fields(opt_cls) if f.name != "schedule" and f.name in d}
+        opt_kwargs.setdefault("lr", default["lr"])
+        if not opt_kwargs.get("batch_size"):
+            opt_kwargs["batch_size"] = None
+        sched = get("schedule")
+        if sched not in SCHEDULES:
+            raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {sched!r}")
+        if sched == "step":
+            schedule = StepDecay(get("step_size"), get("gamma"), warmup_steps=get("warmup_steps"))
+        else:
+            schedule = SCHEDULES[sched](warmup_steps=get("warmup_steps"))
+        try:
+            opt_kwargs["sampling"] = Sampling(opt_kwargs.get("sampling", Sampling.SHUFFLE))
+        except ValueError:
+            raise ConfigError(f"--sampling must be shuffle or replacement, got {opt_kwargs['sampling']!r}") from None
+        optimizer = opt_cls(schedule=schedule, **opt_kwargs)
+        kernel = KernelConfig(**{name: get(flat) for flat, name in _KERNEL.items()})
+        kind = d.get("predictor", "adaptive")  # a preset's name gives its settings; explicit keys override them
+        base = PRESETS[kind] if kind in PRESETS else PredictorConfig(kind=kind)
+        predictor = PredictorConfig(**{name: d.get(flat, getattr(base, name)) for flat, name in _PREDICTOR.items()
+                                       if flat != "predictor"}, kind=base.kind)
+        return cls(task=task, optimizer=optimizer, steps=get("steps"), loss=get("loss"),
+                   target_loss=get("target_loss"), epsilon=get("epsilon"), runs=get("runs"), kernel=kernel,
+                   predictor=predictor, extrapolate_to=get("extrapolate_to"))
 
-    def replace(self, **changes) -> "RunConfig":
-        return dataclasses.replace(self, **changes)
+    def replace(self, **flat_changes) -> "RunConfig":
+        """A copy with some flat settings changed (``cfg.replace(lr=1e-2, batch_size=32)``)."""
+        return RunConfig.from_dict({**self.to_dict(), **flat_changes})
+

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from .dynamics import Problem
-from .dynamics._trajectory import Recorder
-from .dynamics.exact import initial_state, resolve_plan, run_segment
+from .dynamics import ExactStepper, Problem, Recorder, resolve_plan, solve
 from .losses import per_sample_loss, residual
-from .optim import SGD, lr_factors
+from .optim import Optimizer
 from .spectrum import fit_power_law
 from .training_time import steps_to_epsilon
 
@@ -69,13 +67,11 @@ class _PerSample(Recorder):
         return super().__call__(fa, t)
 
 
-def per_sample_times(problem: Problem, sgd: SGD, steps: int, generator: torch.Generator | None = None) -> list:
+def per_sample_times(problem: Problem, optimizer: Optimizer, steps: int,
+                     generator: torch.Generator | None = None) -> list:
     """Per-sample ``eps = 0.1`` crossing step of the predicted per-sample loss (``None``: not within T)."""
-    plan, runs = resolve_plan(problem.n, sgd, steps, 1, generator or torch.Generator().manual_seed(0), None)
-    lrs = (lr_factors(sgd.schedule, steps) * sgd.lr).tolist()
+    plan, runs = resolve_plan(problem.n, optimizer, steps, 1, generator or torch.Generator().manual_seed(0), None)
     rec = _PerSample(problem, steps, problem.theta.dtype)
-    state = initial_state(problem, sgd, 1)
-    rec(state.f, 0)
-    run_segment(problem, sgd, state, 0, steps, lrs, plan, rec)
+    solve(ExactStepper(problem, optimizer, steps, plan), steps, runs=1, recorder=rec)
     tt = steps_to_epsilon(rec.per_sample.T, 0.1)
     return [None if v < 0 else int(v) for v in tt.tolist()]

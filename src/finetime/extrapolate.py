@@ -75,7 +75,8 @@ def extrapolate_spectrum(theta: torch.Tensor, f0: torch.Tensor, y: torch.Tensor,
     return ExtrapolatedSpectrum(mu_n, q_n, n_target, c, (ce, se), (d, r), keep)
 
 
-def mse_loss_at(spec: ExtrapolatedSpectrum, lr: float, steps: int, momentum: float = 0.0) -> torch.Tensor:
-    """MSE loss curve ``(steps + 1,)`` of full-batch GD on ``spec.n`` samples."""
+def mse_loss_at(spec: ExtrapolatedSpectrum, lr: float | torch.Tensor, steps: int,
+                momentum: float = 0.0) -> torch.Tensor:
+    """MSE loss curve ``(steps + 1,)`` of full-batch GD on ``spec.n`` samples (``lr``: a rate or a per-update table)."""
     k = spec.n * spec.c
     return mse_curve(spec.mu * spec.n, spec.q * spec.n, lr, steps, n_outputs=k, momentum=momentum)

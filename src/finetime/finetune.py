@@ -1,6 +1,7 @@
-"""Real fine-tuning, the measuring stick: ``torch.optim.SGD`` on the network itself, with a given batch order.
+"""Real fine-tuning, the measuring stick: the optimizer's ``torch.optim`` twin on the network itself, with a given
+batch order.
 
-Used by ``finetime validate`` and by the exactness tests. The loss curve follows PROTOCOL.md: ``loss[t]`` is the mean
+Used by ``finetime validate`` and by the exactness tests. The loss curve follows the README's definitions: ``loss[t]`` is the mean
 loss over the whole training set after ``t`` updates, evaluated with dropout off. Training and evaluation are timed
 separately (``train_seconds`` counts only the updates).
 """
@@ -8,7 +9,6 @@ separately (``train_seconds`` counts only the updates).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 import time
 from typing import Callable
@@ -17,71 +17,13 @@ import torch
 import torch.nn as nn
 
 from .batches import BatchPlan
-from .dynamics._trajectory import DIVERGENCE_FACTOR
 from .errors import ConfigError
 from .losses import Loss, accuracy, one_hot
-from .optim import SGD, lr_factors
+from .network import BatchNormMode, network_outputs, set_train_mode
+from .optim import Optimizer
+from .training_time import DIVERGENCE_FACTOR
 
-__all__ = ["BatchNormMode", "RealRun", "finetune", "set_train_mode", "batch_loss", "recalibrate_batchnorm",
-           "network_outputs"]
-
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-
-class BatchNormMode(str, enum.Enum):
-    """How BatchNorm layers behave while fine-tuning."""
-
-    FROZEN = "frozen"
-    """Running statistics from pre-training (``eval`` mode); the network is a per-sample function."""
-    BATCH = "batch"
-    """Batch statistics (``train`` mode), as ``model.train()`` does; running statistics keep updating."""
-
-
-def set_train_mode(model: nn.Module, bn: BatchNormMode, dropout: bool = False) -> None:
-    """Everything in eval mode (dropout, drop-connect off) except what the run trains with."""
-    model.eval()
-    if dropout:
-        model.train()
-        if BatchNormMode(bn) is BatchNormMode.FROZEN:
-            for m in model.modules():
-                if isinstance(m, _BN):
-                    m.eval()
-        return
-    if BatchNormMode(bn) is BatchNormMode.BATCH:
-        for m in model.modules():
-            if isinstance(m, _BN):
-                m.train()
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Set every BatchNorm's running statistics to the statistics of ``x`` (one pass, whole set at once), then eval.
-
-    With batch statistics over the full training set, the network at ``w0`` equals this per-sample network on that
-    set; it is the linearization point used for runs that fine-tune with ``--bn batch``.
-    """
-    bns = [m for m in model.modules() if isinstance(m, _BN)]
-    saved = [(m.momentum, m.training) for m in bns]
-    model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: one pass gives the exact statistics of x
-        m.train()
-    counts = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, inp: counts.__setitem__(id(mod), inp[0].numel() //
-                                                                             inp[0].shape[1])) for m in bns]
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    for m, (mom, _) in zip(bns, saved):
-        m.momentum = mom
-        k = counts.get(id(m), 2)
-        m.running_var.mul_((k - 1) / k)  # running_var is stored unbiased; normalization uses the biased one
-    model.eval()
-    return model
-
+__all__ = ["RealRun", "finetune", "batch_loss"]
 
 def batch_loss(logits: torch.Tensor, y: torch.Tensor, loss: Loss) -> torch.Tensor:
     """Mean loss over a batch (the same definition as ``losses.per_sample_loss``)."""
@@ -107,12 +49,6 @@ class RealRun:
         return self.diverged_at >= 0
 
 
-@torch.no_grad()
-def network_outputs(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """``model(x)`` in chunks of ``chunk`` samples, without a graph, in the model's current mode."""
-    return torch.cat([model(x[s : s + chunk]) for s in range(0, x.shape[0], chunk)])
-
-
 def _evaluate(model, x, y, loss, chunk):
     f = network_outputs(model, x, chunk)
     return float(batch_loss(f, y, loss)), float(accuracy(f, y))
@@ -122,7 +58,7 @@ def finetune(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    sgd: SGD,
+    optimizer: Optimizer,
     steps: int,
     plan: BatchPlan,
     *,
@@ -146,10 +82,8 @@ def finetune(
     trained = [named[n] for n in names]
     if not trained:
         raise ConfigError("no trainable parameters")
-    opt = torch.optim.SGD(trained, lr=sgd.lr, momentum=sgd.momentum, nesterov=sgd.nesterov,
-                          weight_decay=sgd.weight_decay)
-    factors = lr_factors(sgd.schedule, steps).tolist()
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: factors[t] if t < len(factors) else factors[-1])
+    opt = optimizer.torch_optimizer(trained)
+    sched = optimizer.scheduler(opt, steps)
     curve = torch.full((steps + 1,), math.nan, dtype=torch.float64)
     acc = torch.full_like(curve, math.nan)
     tcurve = torch.full_like(curve, math.nan) if x_test is not None else None
@@ -168,7 +102,7 @@ def finetune(
         eval_s += time.perf_counter() - t0
 
     # Full-batch steps without dropout see the whole training set as the curve does: their forward pass is loss[t].
-    reuse = sgd.is_full_batch(x.shape[0]) and not dropout and x_test is None
+    reuse = optimizer.is_full_batch(x.shape[0]) and not dropout and x_test is None
 
     def check(t) -> bool:
         nonlocal diverged_at

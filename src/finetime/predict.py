@@ -1,11 +1,11 @@
 """The prediction pipeline: data and model -> kernel -> function-space dynamics -> training time and seconds.
 
 Each stage is a function of the previous one's result, so ``validate``, ``sweep`` and the benchmark reuse them.
+``predict`` returns a typed ``Prediction``; its ``to_dict()`` is the documented JSON.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -14,18 +14,19 @@ from typing import Callable
 import torch
 
 from .config import RunConfig
-from .dynamics import Problem, Trajectory, simulate, simulate_ode, simulate_sde
+from .dynamics import Problem, Trajectory, mse_curve, spectral_projections
 from .errors import ConfigError
-from .finetune import BatchNormMode
 from .kernel import Kernel, compute_kernel, fingerprint_data, fingerprint_model
-from .losses import Loss
-from .spectrum import max_stable_lr, sharpness
-from .training_time import steps_to_epsilon, steps_to_target, summarize_times
+from .network import BatchNormMode, batch_statistics_outputs
+from .predictors import predict_trajectory
+from .relinearize import Network
+from .spectrum import sharpness
+from .training_time import Threshold, TimeEstimate, steps_to_threshold, summarize_times
 from .wallclock import seconds_per_step
 from .zoo import Dataset, build_model, freeze_backbone, load_raw, sample_task
 
-__all__ = ["Task", "prepare", "kernel_for", "batch_statistics_outputs", "problem_from", "run_dynamics", "curve_summary", "training_times",
-           "predict", "tolist"]
+__all__ = ["Task", "Prediction", "prepare", "kernel_for", "network_of", "problem_from", "thresholds",
+           "training_times", "curve_summary", "predict", "tolist"]
 
 
 @dataclasses.dataclass
@@ -40,64 +41,61 @@ class Task:
 
 def prepare(config: RunConfig) -> Task:
     """Sample the task's data and build the model (paper protocol: random classes, N images per class)."""
-    data = sample_task(load_raw(config.data), classes=config.classes, per_class=config.per_class,
-                       test_per_class=config.test_per_class, image_size=config.image_size, seed=config.seed)
-    config.sgd().check_dataset(data.x.shape[0])
-    model = build_model(config.model, num_classes=config.classes, image_size=config.image_size, seed=config.seed)
-    if config.freeze_backbone:
+    t = config.task
+    data = sample_task(load_raw(t.data), classes=t.classes, per_class=t.per_class, test_per_class=t.test_per_class,
+                       image_size=t.image_size, seed=t.seed)
+    n = data.x.shape[0]
+    config.optimizer.check_dataset(n)
+    if config.extrapolate_to and config.extrapolate_to <= n:
+        raise ConfigError(f"--extrapolate-to {config.extrapolate_to} must be larger than the training set ({n} "
+                          "samples): it predicts the training time on more data of the same classes")
+    model = build_model(t.model, num_classes=t.classes, image_size=t.image_size, seed=t.seed)
+    if t.freeze_backbone:
         trained = freeze_backbone(model)
     else:
         trained = [n for n, p in model.named_parameters() if p.requires_grad]
     return Task(config, data, model, trained)
 
 
-def kernel_for(task: Task, *, kernel_in=None, kernel_out=None,
+def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=None, kernel_out=None,
                progress: Callable[[int, int], None] | None = None) -> Kernel:
-    """Compute the kernel (or load a saved one computed for this very model, data and method)."""
+    """The kernel of ``model`` (default: the task's pretrained model) on the task's data, computed with the task's
+    kernel settings, or loaded from ``kernel_in`` if that file was computed for this very model, data and method.
+
+    With ``--bn batch`` the kernel is the running-statistics one and ``f0`` the outputs with batch statistics over the
+    training set (where such a run starts): the batch function couples samples, and the per-sample network with the
+    training set's statistics has a far larger kernel that predicts divergence where none happens (BENCHMARKS.md).
+    """
     cfg = task.config
-    need_jw0 = cfg.weight_decay > 0
-    model = task.model
+    model = model if model is not None else task.model
+    d = task.data
+    kc = cfg.kernel
+    need_jw0 = cfg.optimizer.weight_decay > 0
     if kernel_in is not None:
         k = Kernel.load(kernel_in, model_fingerprint=fingerprint_model(model),
-                        data_fingerprint=fingerprint_data(task.data.x, task.data.x_test),
-                        expect={"method": cfg.kernel_method, "projection_dim": cfg.projection_dim, "seed": cfg.seed})
+                        data_fingerprint=fingerprint_data(d.x, d.x_test),
+                        expect={"method": kc.method.value, "projection_dim": kc.projection_dim, "seed": cfg.task.seed})
         if need_jw0 and k.jw0 is None:
             raise ConfigError(f"{kernel_in} was saved without J w0; recompute it for --weight-decay")
-        if cfg.bn == "batch":
-            k.f0 = batch_statistics_outputs(task)
-        return k
-    k = compute_kernel(model, task.data.x, x_test=task.data.x_test, method=cfg.kernel_method,
-                       projection_dim=cfg.projection_dim, seed=cfg.seed, params=task.trained,
-                       max_memory=cfg.max_memory_bytes, with_jw0=need_jw0, progress=progress)
-    if cfg.bn == "batch":
-        k.f0 = batch_statistics_outputs(task)
+    else:
+        k = compute_kernel(model, d.x, x_test=d.x_test, method=kc.method, projection_dim=kc.projection_dim,
+                           seed=cfg.task.seed, params=task.trained, max_memory=kc.max_memory_bytes,
+                           with_jw0=need_jw0, progress=progress)
+    if cfg.task.bn is BatchNormMode.BATCH:
+        k.f0 = batch_statistics_outputs(model, d.x)
         k.meta["f0"] = "batch statistics over the training set"
     if kernel_out is not None:
         k.save(kernel_out)
     return k
 
 
-def batch_statistics_outputs(task: Task) -> torch.Tensor:
-    """Training-set outputs at ``w0`` with BatchNorm using the batch's statistics, where a ``--bn batch`` run starts.
-
-    The kernel of such runs is the frozen-statistics one: the batch function couples samples, and the per-sample
-    network with the training set's statistics has a far larger kernel (it keeps the mean/scale directions that batch
-    normalization removes) and predicts divergence where none happens (see BENCHMARKS.md).
-    """
-    return _batch_statistics_outputs(task.model, task.data.x)
-
-
-def _batch_statistics_outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from .finetune import recalibrate_batchnorm
-
-    model = recalibrate_batchnorm(copy.deepcopy(model), x)
-    with torch.no_grad():
-        return model(x)
-
-
-def relinearize_first(steps: int) -> int:
-    """First re-linearization checkpoint: ``T / 15`` (step 10 of 150), then ``3 T / 15``, ``7 T / 15``, ..."""
-    return max(1, round(steps / 15))
+def network_of(task: Task) -> Network:
+    """The task's network as re-linearization sees it: moved along ``task.trained``, its kernel by ``kernel_for``,
+    evaluated with batch statistics for ``--bn batch`` runs."""
+    x = task.data.x
+    outputs = ((lambda m: batch_statistics_outputs(m, x)) if task.config.task.bn is BatchNormMode.BATCH
+               else None)
+    return Network(task.model, x, task.trained, kernel=lambda m: kernel_for(task, model=m), outputs=outputs)
 
 
 def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype | None = None) -> Problem:
@@ -106,46 +104,19 @@ def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype | None = None) -
     if dtype is None:
         dtype = torch.float64 if kernel.theta.shape[0] <= 2000 else torch.float32
     cvt = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
-    return Problem(cvt(kernel.theta), cvt(kernel.f0), d.y, Loss(task.config.loss), cvt(kernel.theta_test),
+    return Problem(cvt(kernel.theta), cvt(kernel.f0), d.y, task.config.loss, cvt(kernel.theta_test),
                    cvt(kernel.f0_test), d.y_test, cvt(kernel.jw0), cvt(kernel.jw0_test))
 
 
-def run_dynamics(problem: Problem, config: RunConfig, generator: torch.Generator | None = None,
-                 task: Task | None = None, plan=None) -> Trajectory:
-    """Simulate the configured optimizer with the configured dynamics (exact simulator or the paper's ODE/SDE;
-    with ``config.relinearize`` the network is re-linearized along the way, which needs the ``task``). ``plan``: an
-    explicit batch order for the exact simulator (one run)."""
-    sgd = config.sgd()
-    gen = generator if generator is not None else torch.Generator().manual_seed(config.seed + 1)
-    if config.relinearizes:
-        from .relinearize import checkpoint_schedule, relinearized
+def thresholds(config: RunConfig) -> list[Threshold]:
+    """The thresholds a result reports: every ``--epsilon``, then every ``--target-loss``."""
+    return [Threshold.eps(e) for e in config.epsilon] + [Threshold.target(t) for t in config.target_loss]
 
-        if task is None:
-            raise ValueError("re-linearization needs the task (model and data)")
-        d = task.data
 
-        def kernel_fn(model):
-            k = compute_kernel(model, d.x, x_test=d.x_test, method=config.kernel_method,
-                               projection_dim=config.projection_dim, seed=config.seed, params=task.trained,
-                               max_memory=config.max_memory_bytes)
-            if config.bn == "batch":
-                k.f0 = _batch_statistics_outputs(model, d.x)
-            return k
-
-        outputs_fn = (lambda m: _batch_statistics_outputs(m, d.x)) if config.bn == "batch" else None  # noqa: E731
-        traj, info = relinearized(task.model, d.x, problem, sgd, config.steps,
-                                  checkpoints=checkpoint_schedule(config.steps, config.relinearize,
-                                                                  first=relinearize_first(config.steps)),
-                                  kernel_fn=kernel_fn, params=task.trained, runs=config.runs, generator=gen,
-                                  x_test=d.x_test, reanchor=config.reanchor, linearity_tol=config.linearity_tol,
-                                  outputs_fn=outputs_fn, plan=plan)
-        traj.info = info.to_dict()
-        return traj
-    if config.dynamics == "ode":
-        return simulate_ode(problem, sgd, config.steps)
-    if config.dynamics == "sde":
-        return simulate_sde(problem, sgd, config.steps, runs=config.runs, generator=gen)
-    return simulate(problem, sgd, config.steps, runs=config.runs, generator=gen, plan=plan)
+def training_times(curves: torch.Tensor, config: RunConfig) -> dict[str, dict]:
+    """Training time per threshold, keyed ``Threshold.key`` (``"eps=0.1"``, ``"target=0.5"``; steps, ``None`` =
+    not reached), as JSON-ready dicts."""
+    return {th.key: summarize_times(steps_to_threshold(curves, th)).to_dict() for th in thresholds(config)}
 
 
 def tolist(t: torch.Tensor | None):
@@ -176,26 +147,18 @@ def curve_summary(traj: Trajectory) -> dict:
     return out
 
 
-def training_times(curves: torch.Tensor, config: RunConfig) -> dict:
-    """Training time per threshold: ``{"eps=0.1": {...}, "target=0.5": {...}}`` (steps; ``None`` = not reached)."""
-    out = {}
-    for eps in config.epsilon:
-        out[f"eps={eps:g}"] = summarize_times(steps_to_epsilon(curves, eps)).to_dict()
-    for target in config.target_loss:
-        out[f"target={target:g}"] = summarize_times(steps_to_target(curves, target)).to_dict()
-    return out
-
-
 def extrapolated_times(problem: Problem, config: RunConfig, times_here: dict) -> dict:
     """Training time on ``config.extrapolate_to`` samples from this kernel's spectrum (``finetime.extrapolate``)."""
-    from .dynamics import mse_curve, spectral_projections
     from .extrapolate import extrapolate_spectrum, mse_loss_at
 
     n_target = config.extrapolate_to
+    opt = config.optimizer
+    momentum = getattr(opt, "momentum", 0.0)
+    lrs = opt.lr_table(config.steps)
     spec = extrapolate_spectrum(problem.theta, problem.f0, problem.y, n_target)
     lam, proj = spectral_projections(problem.theta.double(), problem.f0.double(), problem.y)
-    here = mse_curve(lam, proj, config.lr, config.steps, momentum=config.momentum).unsqueeze(0)
-    there = mse_loss_at(spec, config.lr, config.steps, config.momentum).unsqueeze(0)
+    here = mse_curve(lam, proj, lrs, config.steps, momentum=momentum).unsqueeze(0)
+    there = mse_loss_at(spec, lrs, config.steps, momentum).unsqueeze(0)
     mse_here, mse_there = training_times(here, config), training_times(there, config)
     scaled = {}
     for key, v in times_here.items():
@@ -214,10 +177,69 @@ def extrapolated_times(problem: Problem, config: RunConfig, times_here: dict) ->
     }
 
 
+@dataclasses.dataclass
+class Prediction:
+    """What ``predict`` returns: the live objects and the numbers; ``to_dict()`` is the documented JSON."""
+
+    config: RunConfig
+    task: Task
+    kernel: Kernel
+    problem: Problem
+    trajectory: Trajectory
+    times: dict[str, TimeEstimate]  # keyed by Threshold.key
+    seconds_per_step: float
+    sharpness: float
+    cost: dict[str, float]
+    extrapolated: dict | None = None
+    diagnostics: dict | None = None
+    runtime: dict | None = None
+
+    @property
+    def relinearization(self) -> dict | None:
+        return self.trajectory.info
+
+    @property
+    def diverged(self) -> bool:
+        return self.trajectory.diverged_fraction > 0.5
+
+    def to_dict(self) -> dict:
+        sps = self.seconds_per_step
+        times = {}
+        for k, est in self.times.items():
+            v = est.to_dict()
+            v["seconds"] = None if v["step"] is None else round(v["step"] * sps, 3)
+            times[k] = v
+        traj, cfg = self.trajectory, self.config
+        predicted = curve_summary(traj)
+        predicted.update({
+            "training_time": times,
+            "seconds_per_step": round(sps, 5),
+            "seconds": {k: v["seconds"] for k, v in times.items()},
+            "total_seconds": round(cfg.steps * sps, 3),
+            "diverged_fraction": traj.diverged_fraction,
+            "diverged": self.diverged,
+            "sharpness": self.sharpness,
+            "max_stable_lr": cfg.optimizer.stable_lr(self.sharpness),
+            "method": traj.method,
+            "predictor": cfg.predictor_name,
+        })
+        if traj.info is not None:
+            predicted["relinearization"] = traj.info
+        if self.extrapolated is not None:
+            predicted["extrapolated"] = self.extrapolated
+        out = {"config": _config_record(self.task, self.kernel), "predicted": predicted}
+        if self.diagnostics is not None:
+            out["diagnostics"] = self.diagnostics
+        out["cost_seconds"] = dict(self.cost)
+        if self.runtime is not None:
+            out["runtime"] = dict(self.runtime)
+        return out
+
+
 def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | None = None,
-            progress: Callable[[str, int, int], None] | None = None, diagnostics: bool = False) -> dict:
-    """Full prediction as a JSON-ready dict (see the README for its fields). ``diagnostics`` adds the kernel
-    spectrum, the gradient map and per-sample convergence times (what ``finetime report`` draws)."""
+            progress: Callable[[str, int, int], None] | None = None, diagnostics: bool = False) -> Prediction:
+    """Predict the loss curves, training times and seconds of ``config``. ``diagnostics`` adds the kernel spectrum,
+    the gradient map and per-sample convergence times (what ``finetime report`` draws)."""
     task = task or prepare(config)
     t0 = time.perf_counter()
     kernel = kernel_for(task, kernel_in=kernel_in, kernel_out=kernel_out,
@@ -225,50 +247,29 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
     t_kernel = time.perf_counter() - t0
     t1 = time.perf_counter()
     problem = problem_from(kernel, task)
-    traj = run_dynamics(problem, config, task=task)
+    traj = predict_trajectory(problem, config, task)
     sharp = sharpness(problem.theta, problem.f0, problem.loss)
     t_sim = time.perf_counter() - t1
     t2 = time.perf_counter()
-    sps = seconds_per_step(task.model, task.data.x, task.data.y, config.sgd(), loss=Loss(config.loss),
-                           params=task.trained, bn=BatchNormMode(config.bn))
+    sps = seconds_per_step(task.model, task.data.x, task.data.y, config.optimizer, loss=config.loss,
+                           params=task.trained, bn=config.task.bn)
     t_step = time.perf_counter() - t2
-    times = training_times(traj.loss, config)
-    for v in times.values():
-        v["seconds"] = None if v["step"] is None else round(v["step"] * sps, 3)
-    predicted = curve_summary(traj)
-    predicted.update({
-        "training_time": times,
-        "seconds_per_step": round(sps, 5),
-        "seconds": {k: v["seconds"] for k, v in times.items()},
-        "total_seconds": round(config.steps * sps, 3),
-        "diverged_fraction": traj.diverged_fraction,
-        "diverged": traj.diverged_fraction > 0.5,
-        "sharpness": sharp,
-        "max_stable_lr": max_stable_lr(sharp, config.momentum),
-        "method": traj.method,
-    })
-    if traj.info is not None:
-        predicted["relinearization"] = traj.info
+    times = {th.key: summarize_times(steps_to_threshold(traj.loss, th)) for th in thresholds(config)}
     t_relin = (traj.info["kernel_seconds"] + traj.info["network_seconds"]) if traj.info else 0.0
+    cost = {"kernel": round(t_kernel, 3), "simulation": round(t_sim - t_relin, 3),
+            "relinearization": round(t_relin, 3), "step_timing": round(t_step, 3),
+            "total": round(t_kernel + t_sim + t_step, 3)}
+    result = Prediction(config, task, kernel, problem, traj, times, sps, sharp, cost)
     if config.extrapolate_to:
-        predicted["extrapolated"] = extrapolated_times(problem, config, times)
-    out_diag = {}
+        result.extrapolated = extrapolated_times(problem, config, {k: v.to_dict() for k, v in times.items()})
     if diagnostics:
         from .diagnostics import gradient_map, per_sample_times, spectrum_summary
 
-        out_diag = {"diagnostics": {"spectrum": spectrum_summary(problem.theta, problem.n),
-                                    "gradients": {**gradient_map(problem, seed=config.seed),
-                                                  "convergence_step": per_sample_times(problem, config.sgd(),
-                                                                                       config.steps)}}}
-    return {
-        "config": _config_record(task, kernel),
-        "predicted": predicted,
-        **out_diag,
-        "cost_seconds": {"kernel": round(t_kernel, 3), "simulation": round(t_sim - t_relin, 3),
-                         "relinearization": round(t_relin, 3), "step_timing": round(t_step, 3),
-                         "total": round(t_kernel + t_sim + t_step, 3)},
-        "_objects": {"task": task, "kernel": kernel, "trajectory": traj, "problem": problem},
-    }
+        result.diagnostics = {"spectrum": spectrum_summary(problem.theta, problem.n),
+                              "gradients": {**gradient_map(problem, seed=config.task.seed),
+                                            "convergence_step": per_sample_times(problem, config.optimizer,
+                                                                                 config.steps)}}
+    return result
 
 
 def _config_record(task: Task, kernel: Kernel) -> dict:
@@ -277,14 +278,15 @@ def _config_record(task: Task, kernel: Kernel) -> dict:
     rec.update({
         "chosen_classes": d.class_names,
         "data_source": d.source,
-        "sample_seed": task.config.seed,
+        "sample_seed": task.config.task.seed,
         "train_indices": d.train_index,
         "test_indices": d.test_index,
         "trained_parameters": len(task.trained),
         "trained_weights": sum(p.numel() for n, p in task.model.named_parameters() if n in set(task.trained)),
         "kernel": {k: v for k, v in kernel.meta.items()},
         "network_mode": "BatchNorm running statistics, dropout and drop-connect off (kernel and curves)"
-        if task.config.bn == "frozen" else "BatchNorm batch statistics in training; curves with batch statistics "
-        "over the whole training set; kernel with the running statistics, initial outputs with batch statistics",
+        if task.config.task.bn is BatchNormMode.FROZEN else "BatchNorm batch statistics in training; curves with "
+        "batch statistics over the whole training set; kernel with the running statistics, initial outputs with "
+        "batch statistics",
     })
     return rec

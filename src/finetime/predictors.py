@@ -1,97 +1,79 @@
-"""Named predictors: ways to turn a task's kernel into predicted curves, compared side by side by the benchmark.
-
-* ``linear``: the exact simulator of SGD on the linearized model (one kernel at the pretrained weights).
-* ``paper``: the paper's method: gradient-flow ODE for full-batch GD, its SDE for SGD, with the effective
-  learning rate ``lr / (1 - momentum)`` and the diagonal-noise approximation (see ``dynamics.paper``).
-* ``relinearized3``: the linear predictor re-anchored on the real network at three checkpoints (``relinearize``).
-* ``adaptive``: the default of ``predict``: a linearity check at the first checkpoint; where the network is not
-  linear there, its kernel is refreshed at three checkpoints (``relinearize``, ``reanchor``, ``linearity_tol``).
+"""The predictor table: each ``config.Predictor`` mapped to the function that turns a task's kernel into predicted
+curves. ``predict_trajectory`` is the one entry point (``predict``, ``validate``, ``sweep`` and the benchmark call it);
+the named presets (``adaptive``, ``linear``, ``paper``, ``relinearized3``) are ``config.PRESETS``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from .config import PREDICTOR_KEYS, RunConfig
-from .dynamics import Problem, Trajectory
+from .batches import BatchPlan
+from .config import Predictor, RunConfig
+from .dynamics import Problem, Trajectory, simulate, simulate_ode, simulate_sde
+from .spectrum import sharpness
 
-__all__ = ["Prediction", "PREDICTORS", "register"]
+if TYPE_CHECKING:
+    from .predict import Task
 
-
-@dataclasses.dataclass
-class Prediction:
-    trajectory: Trajectory
-    extra_seconds: float = 0.0  # cost beyond the shared kernel and the simulation (e.g. extra network passes)
-    info: dict = dataclasses.field(default_factory=dict)
+__all__ = ["PREDICTORS", "predict_trajectory", "stability_ratio", "default_generator"]
 
 
-PREDICTORS: dict[str, Callable[..., Prediction]] = {}
+def default_generator(config: RunConfig) -> torch.Generator:
+    """The source of simulated batch orders of a prediction (the real run of ``validate`` uses ``seed + 2``)."""
+    return torch.Generator().manual_seed(config.task.seed + 1)
 
 
-def register(name: str):
-    def deco(fn):
-        PREDICTORS[name] = fn
-        return fn
-
-    return deco
-
-
-def _gen(cfg: RunConfig) -> torch.Generator:
-    return torch.Generator().manual_seed(cfg.seed + 1)
+def stability_ratio(problem: Problem, config: RunConfig) -> float:
+    """Peak learning rate over the linearized model's stable limit at the start (``lr / (2 (1 + m) / sharpness)``
+    for SGD)."""
+    opt = config.optimizer
+    return opt.peak_lr(config.steps) / opt.stable_lr(sharpness(problem.theta, problem.f0, problem.loss))
 
 
-def stability_ratio(problem: Problem, cfg: RunConfig) -> float:
-    """Learning rate over the linearized model's stable limit at the start, ``lr / (2 (1 + m) / sharpness)``."""
-    from .spectrum import max_stable_lr, sharpness
-
-    return cfg.lr / max_stable_lr(sharpness(problem.theta, problem.f0, problem.loss), cfg.momentum)
+def _linear(problem, config, task, generator, plan) -> Trajectory:
+    return simulate(problem, config.optimizer, config.steps, runs=config.runs, generator=generator, plan=plan)
 
 
-@register("linear")
-def linear(problem: Problem, cfg: RunConfig, **_) -> Prediction:
-    from .dynamics import simulate
-
-    traj = simulate(problem, cfg.sgd(), cfg.steps, runs=cfg.runs, generator=_gen(cfg))
-    return Prediction(traj, info={"stability_ratio": stability_ratio(problem, cfg)})
-
-
-@register("paper")
-def paper(problem: Problem, cfg: RunConfig, **_) -> Prediction:
-    from .dynamics import simulate_ode, simulate_sde
-
-    sgd = cfg.sgd()
-    if sgd.is_full_batch(problem.n):
-        return Prediction(simulate_ode(problem, sgd, cfg.steps))
-    return Prediction(simulate_sde(problem, sgd, cfg.steps, runs=cfg.runs, generator=_gen(cfg)))
+def _paper(problem, config, task, generator, plan) -> Trajectory:
+    if plan is not None:
+        raise ValueError("the paper's ODE/SDE cannot replay a batch order")
+    opt = config.optimizer
+    if opt.is_full_batch(problem.n):
+        return simulate_ode(problem, opt, config.steps)
+    return simulate_sde(problem, opt, config.steps, runs=config.runs, generator=generator)
 
 
-def _relinearizing(problem: Problem, cfg: RunConfig, task, **settings) -> Prediction:
-    import time
+def _relinearized(problem, config, task, generator, plan) -> Trajectory:
+    if not config.relinearizes:  # weight decay, or no checkpoint asked for: the one kernel at w0
+        return _linear(problem, config, task, generator, plan)
+    from .predict import network_of
+    from .relinearize import checkpoint_schedule, first_checkpoint, relinearized
 
-    from .predict import run_dynamics
-
-    t0 = time.perf_counter()
-    traj = run_dynamics(problem, cfg.replace(**settings), task=task)
-    return Prediction(traj, info={"seconds": time.perf_counter() - t0, **(traj.info or {})})
-
-
-@register("relinearized3")
-def relinearized3(problem: Problem, cfg: RunConfig, task=None, **_) -> Prediction:
-    """Three re-linearizations of the real network along the prediction (steps ~T/15, 3T/15, 7T/15), the curve
-    re-anchored on the network's true outputs at each."""
-    return _relinearizing(problem, cfg, task, relinearize=3, reanchor="all", linearity_tol=0.0)
-
-
-@register("adaptive")
-def adaptive(problem: Problem, cfg: RunConfig, task=None, **_) -> Prediction:
-    """The default: a linearity check at ~T/15; where it fails, the kernel is refreshed at ~T/15, 3T/15 and 7T/15
-    (``ADAPTIVE``)."""
-    return _relinearizing(problem, cfg, task, **ADAPTIVE)
+    if task is None:
+        raise ValueError("re-linearization needs the task (model and data)")
+    p = config.predictor
+    traj, info = relinearized(problem, config.optimizer, config.steps, network_of(task),
+                              checkpoints=checkpoint_schedule(config.steps, p.relinearize,
+                                                              first=first_checkpoint(config.steps)),
+                              reanchor=p.reanchor, linearity_tol=p.linearity_tol, runs=config.runs,
+                              generator=generator, plan=plan)
+    traj.info = info.to_dict()
+    return traj
 
 
-ADAPTIVE = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in PREDICTOR_KEYS}
-"""The default predictor's settings (``RunConfig``'s defaults): ``relinearize=3, reanchor='none',
-linearity_tol=0.01``."""
+PREDICTORS: dict[Predictor, Callable[..., Trajectory]] = {
+    Predictor.LINEAR: _linear,
+    Predictor.PAPER: _paper,
+    Predictor.RELINEARIZED: _relinearized,
+}
+"""``Predictor`` -> ``fn(problem, config, task, generator, plan) -> Trajectory``."""
+
+
+def predict_trajectory(problem: Problem, config: RunConfig, task: "Task | None" = None, *,
+                       generator: torch.Generator | None = None, plan: BatchPlan | None = None) -> Trajectory:
+    """Predicted curves of ``config`` from the kernel in ``problem`` by the configured predictor. ``task`` (model and
+    data) is needed by the re-linearizing predictor; ``plan`` replays an explicit batch order (one run)."""
+    gen = generator if generator is not None else default_generator(config)
+    return PREDICTORS[config.predictor.kind](problem, config, task, gen, plan)

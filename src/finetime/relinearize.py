@@ -21,17 +21,16 @@ from typing import Callable
 import torch
 
 from .batches import BatchPlan
-from .config import REANCHOR
-from .dynamics import Problem, Trajectory
-from .dynamics._trajectory import Recorder
-from .dynamics.exact import SimState, initial_state, resolve_plan, run_segment
+from .config import Reanchor
+from .dynamics import ExactStepper, Problem, Recorder, Trajectory, resolve_plan, solve
 from .errors import ConfigError
-from .finetune import network_outputs
 from .kernel import Kernel
 from .losses import mean_loss_and_accuracy
-from .optim import SGD, lr_factors
+from .network import eval_mode, network_outputs
+from .optim import FunctionState, Optimizer
 
-__all__ = ["apply_coefficients", "relinearized", "checkpoint_schedule", "RelinearizationInfo"]
+__all__ = ["apply_coefficients", "relinearized", "checkpoint_schedule", "first_checkpoint", "RelinearizationInfo",
+           "Network"]
 
 
 @dataclasses.dataclass
@@ -50,11 +49,39 @@ class RelinearizationInfo:
     linear_regime: bool = False
     kernels: int = 0
 
+    @property
+    def seconds(self) -> float:
+        return self.kernel_seconds + self.network_seconds
+
     def to_dict(self) -> dict:
         return {"checkpoints": self.checkpoints, "kernels": self.kernels, "linear_regime": self.linear_regime,
                 "loss_gaps": [round(g, 4) for g in self.loss_gaps],
                 "trace_ratios": [round(r, 3) for r in self.trace_ratios],
                 "kernel_seconds": round(self.kernel_seconds, 3), "network_seconds": round(self.network_seconds, 3)}
+
+
+@dataclasses.dataclass
+class Network:
+    """What re-linearization may do with the real network: move it (``params`` on inputs ``x``), evaluate it
+    (``outputs(model) -> (N, C)``; default: eval mode) and compute its kernel (``kernel(model) -> Kernel``, whose
+    ``f0`` are the network's outputs on ``x`` and, with a test set, ``f0_test``)."""
+
+    model: torch.nn.Module
+    x: torch.Tensor
+    params: list[str]
+    kernel: Callable[[torch.nn.Module], Kernel]
+    outputs: Callable[[torch.nn.Module], torch.Tensor] | None = None
+
+    def evaluate(self, model: torch.nn.Module) -> torch.Tensor:
+        if self.outputs is not None:
+            return self.outputs(model)
+        with eval_mode(model):
+            return network_outputs(model, self.x)
+
+
+def first_checkpoint(steps: int) -> int:
+    """First re-linearization checkpoint: ``T / 15`` (step 10 of 150), then ``3 T / 15``, ``7 T / 15``, ..."""
+    return max(1, round(steps / 15))
 
 
 def checkpoint_schedule(steps: int, count: int, first: int | None = None) -> list[int]:
@@ -69,13 +96,11 @@ def checkpoint_schedule(steps: int, count: int, first: int | None = None) -> lis
 
 def apply_coefficients(model: torch.nn.Module, x: torch.Tensor, a: torch.Tensor, params: list[str],
                        chunk: int = 64) -> None:
-    """``w <- w + J(w)^T a`` in place for the named parameters (``a``: ``(N, C)``; model in eval mode)."""
+    """``w <- w + J(w)^T a`` in place for the named parameters (``a``: ``(N, C)``; evaluated in eval mode)."""
     named = dict(model.named_parameters())
     trained = [named[n] for n in params]
     grads = [torch.zeros_like(p) for p in trained]
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for s in range(0, x.shape[0], chunk):
             out = model(x[s : s + chunk])
             gs = torch.autograd.grad((out * a[s : s + chunk].to(out.dtype)).sum(), trained, allow_unused=True)
@@ -85,111 +110,92 @@ def apply_coefficients(model: torch.nn.Module, x: torch.Tensor, a: torch.Tensor,
         with torch.no_grad():
             for p, g in zip(trained, grads):
                 p += g
-    finally:
-        model.train(was)
 
 
-def relinearized(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    problem: Problem,
-    sgd: SGD,
-    steps: int,
-    *,
-    checkpoints: list[int],
-    kernel_fn: Callable[[torch.nn.Module], Kernel],
-    params: list[str],
-    runs: int = 1,
-    generator: torch.Generator | None = None,
-    x_test: torch.Tensor | None = None,
-    reanchor: str = "all",
-    linearity_tol: float = 0.0,
-    outputs_fn: Callable[[torch.nn.Module], torch.Tensor] | None = None,
-    plan: BatchPlan | None = None,
-) -> tuple[Trajectory, RelinearizationInfo]:
-    """Simulate ``sgd`` on the linearization at ``w0`` (``problem``), re-linearizing the real network at
-    ``checkpoints``. ``kernel_fn(model)`` returns the kernel (and outputs) of the moved network on ``x``
-    (and ``x_test``), e.g. ``lambda m: compute_kernel(m, x, x_test=x_test)``; its ``f0`` are the network's outputs.
-    ``reanchor``: at which checkpoints the curve restarts from the network's true outputs (``all``, ``first``,
-    ``none``); elsewhere only the kernel is refreshed. ``linearity_tol > 0`` turns on the linearity check at the first
-    checkpoint, which evaluates the moved network with ``outputs_fn(model) -> (N, C)`` (default: the model in eval
-    mode). ``plan``: an explicit batch order (e.g. a real run's) instead of ``runs`` drawn from ``generator``.
-    ``model`` is not modified."""
-    if sgd.weight_decay:
-        raise ConfigError("re-linearization does not support weight decay; use the linear predictor")
-    if reanchor not in REANCHOR:
-        raise ConfigError(f"reanchor must be one of {', '.join(REANCHOR)}, got {reanchor!r}")
-    n, c = problem.n, problem.c
-    nc = n * c
-    plan, r_runs = resolve_plan(n, sgd, steps, runs, generator, plan)
-    lrs = (lr_factors(sgd.schedule, steps) * sgd.lr).tolist()
-    state = initial_state(problem, sgd, r_runs, track=True)
-    rec = Recorder(problem, r_runs, steps, problem.theta.dtype)
-    rec(state.f, 0)
-    info = RelinearizationInfo(sorted(checkpoints))
-    work = copy.deepcopy(model)
-    bounds = [0] + [t for t in info.checkpoints if 0 < t < steps] + [steps]
-    current = problem
-    dtype = problem.theta.dtype
-    trace0 = float(problem.theta.trace())
-    for i, (t0, t1) in enumerate(zip(bounds[:-1], bounds[1:])):
-        state = run_segment(current, sgd, state, t0, t1, lrs, plan, rec)
-        if t1 == steps or not bool((rec.diverged_at < 0).any()):
-            break
-        alive = rec.diverged_at < 0
+class _Refresh:
+    """The checkpoint hook: move the network to the linear model's weights, check linearity, refresh the kernel."""
+
+    def __init__(self, problem: Problem, network: Network, reanchor: Reanchor, linearity_tol: float,
+                 recorder: Recorder, info: RelinearizationInfo):
+        self.problem, self.network, self.reanchor, self.tol = problem, network, reanchor, linearity_tol
+        self.rec, self.info = recorder, info
+        self.work = copy.deepcopy(network.model)
+        self.trace0 = float(problem.theta.trace())
+        self.count = 0
+        self.done = False
+
+    def __call__(self, t: int, stepper: ExactStepper, state: FunctionState):
+        if self.done:
+            return stepper, state
+        i, self.count = self.count, self.count + 1
+        p, info = self.problem, self.info
+        n, c = p.n, p.c
+        dtype = p.theta.dtype
+        alive = self.rec.alive
         mean = state.f[alive].mean(0)
-        check = i == 0 and linearity_tol > 0
+        check = i == 0 and self.tol > 0
         t_net = time.perf_counter()
-        a_mean = state.a[alive].mean(0).view(n, c)
-        apply_coefficients(work, x, a_mean, params)
+        apply_coefficients(self.work, self.network.x, state.a[alive].mean(0).view(n, c), self.network.params)
         if check:
             with torch.no_grad():
-                f_net = outputs_fn(work) if outputs_fn is not None else _eval_outputs(work, x)
+                f_net = self.network.evaluate(self.work)
         info.network_seconds += time.perf_counter() - t_net
         if check:
-            gap = _loss_gap(f_net.to(dtype), mean[: n * c].view(n, c), problem)
+            gap = _loss_gap(f_net.to(dtype), mean[: n * c].view(n, c), p)
             info.loss_gaps.append(gap)
-            if gap < linearity_tol:
+            if gap < self.tol:
                 info.linear_regime = True
-                state = run_segment(current, sgd, state, t1, steps, lrs, plan, rec)
-                break
+                self.done = True
+                return stepper, state
         t_k = time.perf_counter()
-        k = kernel_fn(work)
+        k = self.network.kernel(self.work)
         info.kernel_seconds += time.perf_counter() - t_k
         info.kernels += 1
         info.kernel_traces.append(float(k.theta.trace()))
-        info.trace_ratios.append(info.kernel_traces[-1] / trace0)
-        theta = k.theta.to(dtype)
+        info.trace_ratios.append(info.kernel_traces[-1] / self.trace0)
         f_new = k.f0.to(dtype).reshape(-1)
         if not check:
-            info.loss_gaps.append(_loss_gap(k.f0.to(dtype), mean[: n * c].view(n, c), problem))
+            info.loss_gaps.append(_loss_gap(k.f0.to(dtype), mean[: n * c].view(n, c), p))
         theta_test = k.theta_test.to(dtype) if k.theta_test is not None else None
         if theta_test is not None:
             f_new = torch.cat([f_new, k.f0_test.to(dtype).reshape(-1)])
-        anchor = reanchor == "all" or (reanchor == "first" and i == 0)
+        anchor = self.reanchor is Reanchor.ALL or (self.reanchor is Reanchor.FIRST and i == 0)
+        stepper = stepper.with_problem(dataclasses.replace(
+            p, theta=k.theta.to(dtype), f0=k.f0.to(dtype), theta_test=theta_test,
+            f0_test=k.f0_test.to(dtype) if k.f0_test is not None else None))
         # each run keeps its deviation from the ensemble mean
         f = state.f - mean + f_new if anchor else state.f
-        u = None
-        if state.u is not None:
-            u = state.alpha @ theta  # J_new v with v = J_new^T alpha (the momentum buffer, re-expressed)
-            if theta_test is not None:
-                u = torch.cat([u, state.alpha @ theta_test.T], 1)
-        current = dataclasses.replace(problem, theta=theta, f0=k.f0.to(dtype), theta_test=theta_test,
-                                      f0_test=k.f0_test.to(dtype) if k.f0_test is not None else None)
-        state = SimState(f, u, state.alpha, torch.zeros(r_runs, nc, dtype=dtype))
+        state = stepper.rule.rebase(FunctionState(f, state.slots, state.a), stepper.table)
         if anchor:
-            rec(state.f, t1)  # the checkpoint's curve value is the re-anchored (true network) one
-    traj = rec.result(state.f, "relinearized")
-    return traj, info
+            self.rec(state.f, t)  # the checkpoint's curve value is the re-anchored (true network) one
+        return stepper, state
 
 
-def _eval_outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    was = model.training
-    model.eval()
+def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Network, *, checkpoints: list[int],
+                 reanchor: Reanchor | str = Reanchor.ALL, linearity_tol: float = 0.0, runs: int = 1,
+                 generator: torch.Generator | None = None,
+                 plan: BatchPlan | None = None) -> tuple[Trajectory, RelinearizationInfo]:
+    """Simulate ``optimizer`` on the linearization at ``w0`` (``problem``), re-linearizing the real ``network`` at
+    ``checkpoints`` (a hook of the simulation driver).
+
+    ``reanchor``: at which checkpoints the curve restarts from the network's true outputs (``all``, ``first``,
+    ``none``); elsewhere only the kernel is refreshed. ``linearity_tol > 0`` turns on the linearity check at the
+    first checkpoint: if the network moved there has the linear model's loss to within that relative tolerance, the
+    one-kernel prediction is kept. ``plan``: an explicit batch order (e.g. a real run's) instead of ``runs`` drawn
+    from ``generator``. ``network.model`` is not modified."""
+    if optimizer.weight_decay:
+        raise ConfigError("re-linearization does not support weight decay; use the linear predictor")
     try:
-        return network_outputs(model, x)
-    finally:
-        model.train(was)
+        reanchor = Reanchor(reanchor)
+    except ValueError:
+        raise ConfigError(f"reanchor must be one of {', '.join(r.value for r in Reanchor)}, got {reanchor!r}") from None
+    plan, r_runs = resolve_plan(problem.n, optimizer, steps, runs, generator, plan)
+    info = RelinearizationInfo(sorted(checkpoints))
+    rec = Recorder(problem, r_runs, steps, problem.theta.dtype)
+    hook = _Refresh(problem, network, reanchor, linearity_tol, rec, info)
+    traj, _ = solve(ExactStepper(problem, optimizer, steps, plan, track=True), steps, runs=r_runs, recorder=rec,
+                    method="relinearized", checkpoints=info.checkpoints, hook=hook)
+    return traj, info
 
 
 def _loss_gap(f_net: torch.Tensor, f_lin: torch.Tensor, problem: Problem) -> float:

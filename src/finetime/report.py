@@ -8,7 +8,16 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "report_files"]
+
+_FILES = {"sweep": ("report.html", "sweep.png"),
+          "prediction": ("report.html", "curves.png", "spectrum.png", "gradients.png")}
+
+
+def report_files(result: dict | str) -> tuple[str, ...]:
+    """The files a report writes into its folder, for a result (or the kind ``"prediction"`` / ``"sweep"``)."""
+    kind = result if isinstance(result, str) else ("sweep" if "rows" in result else "prediction")
+    return _FILES[kind]
 
 
 def _table(rows: list[tuple]) -> str:
@@ -24,8 +33,11 @@ def write_report(result: dict, out: str | Path, *, overwrite: bool = False) -> P
         raise ConfigError("not a finetime result: expected the JSON written by predict, validate or sweep --json")
     out = Path(out)
     page = out / "report.html"
-    if page.exists() and not overwrite:
-        raise ConfigError(f"{page} exists; refusing to overwrite it (pass --overwrite)")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"report folder {out} is a file; give a folder path")
+    taken = [name for name in report_files(result) if (out / name).exists()]
+    if taken and not overwrite:
+        raise ConfigError(f"{out} already holds {', '.join(taken)}; refusing to overwrite (pass --overwrite)")
     out.mkdir(parents=True, exist_ok=True)
     c = result["config"]
     parts = [f"<h1>finetime: {html.escape(str(c.get('model')))} on {html.escape(str(c.get('data')))}</h1>"]
@@ -47,6 +59,10 @@ def write_report(result: dict, out: str | Path, *, overwrite: bool = False) -> P
         if "diagnostics" in result:
             pics.append(("Kernel spectrum", plots.plot_spectrum(result, out / "spectrum.png")))
             pics.append(("Gradients (paper, Fig. 3)", plots.plot_gradients(result, out / "gradients.png")))
+        else:
+            parts.append("<p>No kernel spectrum or gradient map: this result was written without its diagnostics "
+                         "(results of finetime before they were always included); rerun "
+                         "<code>finetime predict --json</code> or <code>--report</code> to draw them.</p>")
         rows = [("threshold", "predicted step", "5-95% band", "seconds")]
         for k, v in pr["training_time"].items():
             rows.append((k, v["step"] if v["step"] is not None else "not reached",
@@ -59,8 +75,10 @@ def write_report(result: dict, out: str | Path, *, overwrite: bool = False) -> P
         if pr.get("diverged"):
             parts.append("<p><b>Predicted to diverge.</b></p>")
     cs = result.get("cost_seconds", {})
-    parts.append(f"<p>Prediction cost: {cs.get('total', '?')} s "
-                 f"(kernel {cs.get('kernel', '?')} s, simulation {cs.get('simulation', '?')} s).</p>")
+    split = ", ".join(f"{name.replace('_', ' ')} {cs[key]} s" for key, name in
+                      (("kernel", "kernel"), ("relinearization", "re-linearization"), ("simulation", "simulation"),
+                       ("step_timing", "step timing")) if cs.get(key))
+    parts.append(f"<p>Prediction cost: {cs.get('total', '?')} s ({split}).</p>")
     for title, p in pics:
         parts.append(f"<h2>{html.escape(title)}</h2><img src='{p.name}' alt='{html.escape(title)}'>")
     settings = {k: v for k, v in c.items() if k not in ("train_indices", "test_indices", "kernel")}

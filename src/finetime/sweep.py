@@ -16,19 +16,19 @@ from typing import Callable
 
 import torch
 
-from .config import RunConfig
+from .config import Predictor, RunConfig
 from .errors import ConfigError
-from .finetune import BatchNormMode
-from .losses import Loss, per_sample_loss
-from .optim import lr_factors
-from .predict import kernel_for, prepare, problem_from, run_dynamics
+from .losses import per_sample_loss
+from .predict import kernel_for, prepare, problem_from
+from .predictors import predict_trajectory
 from .training_time import steps_to_epsilon, steps_to_target, summarize_times
 from .wallclock import seconds_per_step
 
 __all__ = ["SWEEPABLE", "sweep", "expand_grid"]
 
 SWEEPABLE = ("lr", "momentum", "batch_size", "weight_decay", "steps", "schedule")
-"""Settings that may take a list of values in a sweep (the kernel does not depend on them)."""
+"""Settings that may take a list of values in a sweep (flat keys; the kernel does not depend on them). The CLI's
+``sweep`` accepts comma lists for exactly these."""
 
 DEFAULT_TARGET_FRACTION = 0.25
 """Without ``--target-loss``, configurations are ranked by the time to reach this fraction of the initial loss."""
@@ -55,15 +55,15 @@ def _budget_groups(configs: list[RunConfig]) -> dict[int, tuple[str, int]]:
     not depend on the budget (constant and step schedules): ``id(config) -> (group key, longest steps)``."""
     groups: dict[str, list[RunConfig]] = {}
     for c in configs:
-        if c.dynamics == "exact":
+        if c.predictor.kind is Predictor.LINEAR:
             settings = {k: v for k, v in c.to_dict().items() if k != "steps"}
             groups.setdefault(json.dumps(settings, sort_keys=True, default=str), []).append(c)
     out = {}
     for key, cs in groups.items():
         t_max = max(c.steps for c in cs)
-        full = lr_factors(cs[0].sgd().schedule, t_max)
+        full = cs[0].optimizer.lr_table(t_max)
         for c in cs:
-            if torch.equal(lr_factors(c.sgd().schedule, c.steps), full[: c.steps]):
+            if torch.equal(c.optimizer.lr_table(c.steps), full[: c.steps]):
                 out[id(c)] = (key, t_max)
     return out
 
@@ -72,22 +72,23 @@ def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=
           progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Predict every configuration of ``grid`` (on top of ``base``) from one kernel; rows ranked by seconds.
 
-    A sweep uses the one kernel at ``w0`` for every configuration (no re-linearization: that would cost kernels per
-    configuration); check the chosen setting with ``predict``, whose default re-linearizes where the network is far
-    from linear."""
-    base = base.replace(relinearize=0)
+    A sweep uses the one kernel at ``w0`` for every configuration: the ``linear`` predictor, or ``paper`` if asked
+    for (re-linearization would cost kernels per configuration); check the chosen setting with ``predict``, whose
+    default re-linearizes where the network is far from linear."""
+    if base.predictor.kind is not Predictor.PAPER:
+        base = base.replace(predictor="linear")
     cells = expand_grid(base, grid)
     valid = [c for c in cells if isinstance(c, RunConfig)]
     if not valid:
         raise ConfigError("no valid configuration in the sweep: " + "; ".join(e for _, e in cells))
-    need_wd = any(c.weight_decay > 0 for c in valid)
-    task = prepare(base.replace(weight_decay=max(c.weight_decay for c in valid)) if need_wd else base)
+    wd = max(c.optimizer.weight_decay for c in valid)
+    task = prepare(base.replace(weight_decay=wd) if wd > 0 else base)
     t0 = time.perf_counter()
     kernel = kernel_for(task, kernel_in=kernel_in, kernel_out=kernel_out,
                         progress=(lambda d, n: progress("kernel", d, n)) if progress else None)
     t_kernel = time.perf_counter() - t0
     problem = problem_from(kernel, task)
-    loss0 = float(per_sample_loss(problem.f0, problem.y, Loss(base.loss)).mean())
+    loss0 = float(per_sample_loss(problem.f0, problem.y, base.loss).mean())
     target = base.target_loss[0] if base.target_loss else DEFAULT_TARGET_FRACTION * loss0
     n = task.data.x.shape[0]
     sps_by_batch: dict = {}
@@ -100,25 +101,27 @@ def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=
         if not isinstance(cfg, RunConfig):
             rows.append({"settings": cfg[0], "error": cfg[1]})
             continue
-        sgd = cfg.sgd()
+        opt = cfg.optimizer
+        flat = cfg.to_dict()
+        settings = {k: flat[k] for k in grid}
         try:
-            sgd.check_dataset(n)
+            opt.check_dataset(n)
         except ConfigError as exc:
-            rows.append({"settings": {k: getattr(cfg, k) for k in grid}, "error": str(exc)})
+            rows.append({"settings": settings, "error": str(exc)})
             continue
-        b = n if sgd.is_full_batch(n) else sgd.batch_size
+        b = n if opt.is_full_batch(n) else opt.batch_size
         if b not in sps_by_batch:
             t1 = time.perf_counter()
-            sps_by_batch[b] = seconds_per_step(task.model, task.data.x, task.data.y, sgd, loss=Loss(cfg.loss),
-                                               params=task.trained, bn=BatchNormMode(cfg.bn))
+            sps_by_batch[b] = seconds_per_step(task.model, task.data.x, task.data.y, opt, loss=cfg.loss,
+                                               params=task.trained, bn=cfg.task.bn)
             t_step += time.perf_counter() - t1
         t1 = time.perf_counter()
         key = shared.get(id(cfg))
         if key is None:
-            traj = run_dynamics(problem, cfg)
+            traj = predict_trajectory(problem, cfg)
         else:  # a shorter budget is an exact prefix of the longest one's trajectory
             if key[0] not in longest:
-                longest[key[0]] = run_dynamics(problem, cfg.replace(steps=key[1]))
+                longest[key[0]] = predict_trajectory(problem, cfg.replace(steps=key[1]))
             traj = longest[key[0]].prefix(cfg.steps)
         t_sim += time.perf_counter() - t1
         tt = summarize_times(steps_to_target(traj.loss, target))
@@ -126,7 +129,7 @@ def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=
         sps = sps_by_batch[b]
         final = traj.loss[:, -1]
         rows.append({
-            "settings": {k: getattr(cfg, k) for k in grid},
+            "settings": settings,
             "steps_to_target": tt.to_dict(),
             "seconds_to_target": None if tt.step is None else round(tt.step * sps, 3),
             "steps_eps_0.1": tt_eps.step,

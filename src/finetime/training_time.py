@@ -1,4 +1,4 @@
-"""Training time read off loss curves (definitions of PROTOCOL.md).
+"""Training time read off loss curves (the definitions in the README, "Definitions").
 
 * Absolute target: ``TT(target)`` = first ``t`` with ``loss[t] <= target``.
 * Normalized threshold (paper, section 5): ``TT_eps`` = first ``t`` with
@@ -16,10 +16,13 @@ import math
 
 import torch
 
-__all__ = ["first_crossing", "normalized_threshold", "steps_to_target", "steps_to_epsilon", "TimeEstimate",
-           "summarize_times", "relative_error", "DEFAULT_EPSILONS"]
+__all__ = ["Threshold", "steps_to_threshold", "first_crossing", "normalized_threshold", "steps_to_target", "steps_to_epsilon", "TimeEstimate",
+           "summarize_times", "relative_error", "DEFAULT_EPSILONS", "DIVERGENCE_FACTOR"]
 
 DEFAULT_EPSILONS = (0.01, 0.1, 0.4)
+
+DIVERGENCE_FACTOR = 10.0
+"""A run has diverged once its loss is non-finite or above ``DIVERGENCE_FACTOR * loss[0]``."""
 
 
 def first_crossing(curves: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
@@ -54,6 +57,41 @@ def steps_to_epsilon(curves: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 @dataclasses.dataclass(frozen=True)
+class Threshold:
+    """A training-time threshold: the normalized ``eps`` of the paper or an absolute ``target`` loss.
+    ``key`` (``"eps=0.1"``, ``"target=0.5"``) names it in results."""
+
+    kind: str  # "eps" | "target"
+    value: float
+
+    @classmethod
+    def eps(cls, value: float) -> "Threshold":
+        return cls("eps", float(value))
+
+    @classmethod
+    def target(cls, value: float) -> "Threshold":
+        return cls("target", float(value))
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}={self.value:g}"
+
+    @classmethod
+    def parse(cls, key: str) -> "Threshold":
+        kind, _, value = key.partition("=")
+        if kind not in ("eps", "target") or not value:
+            raise ValueError(f"not a threshold key: {key!r}")
+        return cls(kind, float(value))
+
+
+def steps_to_threshold(curves: torch.Tensor, threshold: Threshold) -> torch.Tensor:
+    """Training time per curve for a ``Threshold`` (``-1``: not reached)."""
+    if threshold.kind == "eps":
+        return steps_to_epsilon(curves, threshold.value)
+    return steps_to_target(curves, threshold.value)
+
+
+@dataclasses.dataclass(frozen=True)
 class TimeEstimate:
     """Training time in steps: the median over runs and a 5-95% band; ``None`` where not reached."""
 
@@ -81,7 +119,7 @@ def summarize_times(steps: torch.Tensor) -> TimeEstimate:
 
 def relative_error(predicted: int | None, actual: int | None, *, predicted_diverged: bool = False,
                    actual_diverged: bool = False) -> float:
-    """Relative training-time error ``|TT_pred - TT_real| / max(TT_real, 1)`` (PROTOCOL.md).
+    """Relative training-time error ``|TT_pred - TT_real| / max(TT_real, 1)`` (README, "Definitions").
 
     A correctly predicted divergence, or a threshold neither curve reaches, is an error of 0; any other mismatch on
     divergence or on reaching the threshold counts as 1 (100%).

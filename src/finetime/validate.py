@@ -1,27 +1,30 @@
 """Prediction against real fine-tuning of the same configuration (``finetime validate``).
 
-The real run uses its own batch order (drawn from ``seed + 2``); besides the ensemble prediction, the simulator is
-also replayed on that very order (``replay``), which separates batch-order noise from the linearization's error.
+The real run uses its own batch order (drawn from ``seed + 2``); besides the ensemble prediction, the predictor is
+also replayed on that very order (``replay``, the "same order" column), which separates batch-order noise from the
+linearization's error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
 
 from .batches import batch_plan
-from .config import RunConfig
-from .finetune import BatchNormMode, finetune
-from .losses import Loss
-from .predict import curve_summary, predict, run_dynamics, tolist, training_times
+from .config import Predictor, RunConfig
+from .dynamics import Trajectory
+from .finetune import RealRun, finetune
+from .predict import Prediction, curve_summary, predict, tolist, training_times
+from .predictors import predict_trajectory
 from .training_time import relative_error
 
-__all__ = ["validate", "compare_times", "test_curve_errors"]
+__all__ = ["Validation", "validate", "compare_times", "test_curve_errors"]
 
 
 def compare_times(predicted: dict, actual: dict, *, predicted_diverged: bool, actual_diverged: bool) -> dict:
-    """Per threshold: predicted and actual steps, their difference and the relative error (PROTOCOL.md)."""
+    """Per threshold: predicted and actual steps, their difference and the relative error (README, definitions)."""
     out = {}
     for key, p in predicted.items():
         a = actual[key]["step"]
@@ -51,48 +54,68 @@ def test_curve_errors(predicted: dict, actual: dict) -> dict:
     }
 
 
+@dataclasses.dataclass
+class Validation:
+    """A prediction, the real run of the same configuration, and the predictor replayed on the real batch order."""
+
+    prediction: Prediction
+    real: RealRun
+    replay: Trajectory | None
+
+    @property
+    def cost_ratio(self) -> float:
+        """Real fine-tuning seconds over total prediction seconds."""
+        return self.real.train_seconds / max(self.prediction.cost["total"], 1e-9)
+
+    def to_dict(self) -> dict:
+        cfg = self.prediction.config
+        result = self.prediction.to_dict()
+        pred = result["predicted"]
+        real = self.real
+        if self.replay is not None:
+            rep = curve_summary(self.replay)
+            pred["replay"] = {"loss": rep["loss"], "accuracy": rep["accuracy"],
+                              "training_time": training_times(self.replay.loss, cfg)}
+        times = training_times(real.loss.unsqueeze(0), cfg)
+        actual = {
+            "loss": tolist(real.loss),
+            "accuracy": tolist(real.accuracy),
+            "training_time": times,
+            "train_seconds": round(real.train_seconds, 3),
+            "eval_seconds": round(real.eval_seconds, 3),
+            "seconds_per_step": round(real.train_seconds / max(1, cfg.steps if not real.diverged
+                                                                else real.diverged_at), 5),
+            "diverged": real.diverged,
+        }
+        if real.test_loss is not None:
+            actual["test_loss"], actual["test_accuracy"] = tolist(real.test_loss), tolist(real.test_accuracy)
+        result["actual"] = actual
+        result["error"] = compare_times(pred["training_time"], times, predicted_diverged=pred["diverged"],
+                                        actual_diverged=real.diverged)
+        if "replay" in pred:
+            result["error_replay"] = compare_times(pred["replay"]["training_time"], times,
+                                                   predicted_diverged=pred["diverged"], actual_diverged=real.diverged)
+        if real.test_loss is not None and "test_loss" in pred:
+            result["test_error"] = test_curve_errors(pred, actual)
+        result["cost_ratio"] = round(self.cost_ratio, 3)
+        return result
+
+
 def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
-             progress: Callable[[str, int, int], None] | None = None, diagnostics: bool = False) -> dict:
+             progress: Callable[[str, int, int], None] | None = None, diagnostics: bool = False) -> Validation:
     """Predict, then really fine-tune, and report both with their errors."""
-    result = predict(config, kernel_in=kernel_in, kernel_out=kernel_out, progress=progress, diagnostics=diagnostics)
-    obj = result["_objects"]
-    task, problem = obj["task"], obj["problem"]
-    sgd = config.sgd()
+    pred = predict(config, kernel_in=kernel_in, kernel_out=kernel_out, progress=progress, diagnostics=diagnostics)
+    task, problem = pred.task, pred.problem
+    opt = config.optimizer
     n = task.data.x.shape[0]
-    plan = batch_plan(n, sgd, config.steps, 1, torch.Generator().manual_seed(config.seed + 2))
-    if config.dynamics == "exact":  # the same predictor on the real run's batch order
-        if config.relinearizes and sgd.is_full_batch(n):
-            replay = obj["trajectory"]  # deterministic: the prediction itself
+    plan = batch_plan(n, opt, config.steps, 1, torch.Generator().manual_seed(config.task.seed + 2))
+    replay = None
+    if config.predictor.kind is not Predictor.PAPER:  # the same predictor on the real run's batch order
+        if opt.is_full_batch(n):
+            replay = pred.trajectory  # deterministic: the prediction itself
         else:
-            replay = run_dynamics(problem, config, task=task, plan=plan)
-        rep = curve_summary(replay)
-        result["predicted"]["replay"] = {"loss": rep["loss"], "accuracy": rep["accuracy"],
-                                         "training_time": training_times(replay.loss, config)}
-    real = finetune(task.model, task.data.x, task.data.y, sgd, config.steps, plan, loss=Loss(config.loss),
-                    params=task.trained, x_test=task.data.x_test, y_test=task.data.y_test, bn=BatchNormMode(config.bn),
+            replay = predict_trajectory(problem, config, task, plan=plan)
+    real = finetune(task.model, task.data.x, task.data.y, opt, config.steps, plan, loss=config.loss,
+                    params=task.trained, x_test=task.data.x_test, y_test=task.data.y_test, bn=config.task.bn,
                     progress=(lambda d, t: progress("fine-tuning", d, t)) if progress else None)
-    times = training_times(real.loss.unsqueeze(0), config)
-    actual = {
-        "loss": tolist(real.loss),
-        "accuracy": tolist(real.accuracy),
-        "training_time": times,
-        "train_seconds": round(real.train_seconds, 3),
-        "eval_seconds": round(real.eval_seconds, 3),
-        "seconds_per_step": round(real.train_seconds / max(1, config.steps if not real.diverged else real.diverged_at),
-                                  5),
-        "diverged": real.diverged,
-    }
-    if real.test_loss is not None:
-        actual["test_loss"], actual["test_accuracy"] = tolist(real.test_loss), tolist(real.test_accuracy)
-    result["actual"] = actual
-    pred = result["predicted"]
-    result["error"] = compare_times(pred["training_time"], times, predicted_diverged=pred["diverged"],
-                                    actual_diverged=real.diverged)
-    if "replay" in pred:
-        result["error_replay"] = compare_times(pred["replay"]["training_time"], times,
-                                               predicted_diverged=pred["diverged"], actual_diverged=real.diverged)
-    if real.test_loss is not None and "test_loss" in pred:
-        result["test_error"] = test_curve_errors(pred, actual)
-    result["cost_ratio"] = round(real.train_seconds / max(result["cost_seconds"]["total"], 1e-9), 3)
-    result["_objects"]["real"] = real
-    return result
+    return Validation(pred, real, replay)

@@ -7,9 +7,10 @@ import time
 
 import torch
 
-from .finetune import BatchNormMode, batch_loss, set_train_mode
+from .finetune import batch_loss
 from .losses import Loss
-from .optim import SGD
+from .network import BatchNormMode, set_train_mode
+from .optim import Optimizer
 
 __all__ = ["seconds_per_step"]
 
@@ -18,7 +19,7 @@ def seconds_per_step(
     model: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    sgd: SGD,
+    optimizer: Optimizer,
     *,
     loss: Loss = Loss.CE,
     params: list[str] | None = None,
@@ -28,16 +29,15 @@ def seconds_per_step(
     warmup: int = 1,
     generator: torch.Generator | None = None,
 ) -> float:
-    """Mean wall-clock seconds of one forward + backward + update on a batch of ``sgd.batch_size`` samples
+    """Mean wall-clock seconds of one forward + backward + update on a batch of ``optimizer.batch_size`` samples
     (all samples for full-batch GD) over ``steps`` steps after ``warmup`` untimed ones, on a copy of the model.
     ``steps`` defaults to 1 for batches of 64 samples or more (slow, steady steps) and 3 otherwise."""
     m = copy.deepcopy(model)
     named = dict(m.named_parameters())
     names = [n for n, p in named.items() if p.requires_grad] if params is None else params
-    opt = torch.optim.SGD([named[n] for n in names], lr=sgd.lr, momentum=sgd.momentum, nesterov=sgd.nesterov,
-                          weight_decay=sgd.weight_decay)
+    opt = optimizer.torch_optimizer([named[n] for n in names])
     n = x.shape[0]
-    b = n if sgd.is_full_batch(n) else sgd.batch_size
+    b = n if optimizer.is_full_batch(n) else optimizer.batch_size
     gen = generator or torch.Generator().manual_seed(0)
     steps = steps if steps is not None else (1 if b >= 64 else 3)
     times = []

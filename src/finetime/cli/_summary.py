@@ -28,7 +28,7 @@ def _fmt_curve(curve: list, steps: int) -> str:
     return "  ".join(f"{t}: {curve[t]:.3f}" if curve[t] is not None else f"{t}: n/a" for t in marks)
 
 
-def print_summary(result: dict, out=None) -> None:
+def print_summary(result: dict, out=None, threads: str | None = None) -> None:
     out = out or sys.stdout
     c = result["config"]
     pr = result["predicted"]
@@ -44,8 +44,10 @@ def print_summary(result: dict, out=None) -> None:
     print(f"optimizer  {opt}, lr {c['lr']:g}{mom}{wd}, {c['schedule']} schedule, {c['steps']} steps, {c['loss']} loss",
           file=out)
     print(f"kernel     {km['method']} ({100 * km['plan']['exact_weight_fraction']:.0f}% of weights exact), "
-          f"{km['n']} x {km['classes']} outputs; dynamics: {pr['method']}"
-          + (f", {c['runs']} batch orders" if c["batch_size"] else ""), file=out)
+          f"{km['n']} x {km['classes']} outputs", file=out)
+    print(f"predictor  {_fmt_predictor(pr)}" + (f", {c['runs']} batch orders" if c["batch_size"] else ""), file=out)
+    if threads:
+        print(f"threads    {threads}", file=out)
     print("", file=out)
     print(f"predicted training loss   {_fmt_curve(pr['loss'], c['steps'])}", file=out)
     print(f"predicted train accuracy  {_fmt_curve(pr['accuracy'], c['steps'])}", file=out)
@@ -73,6 +75,17 @@ def print_summary(result: dict, out=None) -> None:
     relin = f", re-linearization {cs['relinearization']:.1f}" if cs.get("relinearization") else ""
     print(f"prediction cost  {cs['total']:.1f} s (kernel {cs['kernel']:.1f}{relin}, simulation {cs['simulation']:.2f}, "
           f"step timing {cs['step_timing']:.1f})", file=out)
+
+
+def _fmt_predictor(pr: dict) -> str:
+    name = pr.get("predictor", pr["method"])
+    rl = pr.get("relinearization")
+    if rl is None:
+        return {"linear": "linear (exact simulation, one kernel at the pretrained weights)",
+                "paper": f"paper ({pr['method'].upper()} with the effective learning rate, one kernel)"}.get(name, name)
+    if rl["linear_regime"]:
+        return f"{name} (linearity check passed: one kernel)"
+    return f"{name} ({rl['kernels']} kernels refreshed along the predicted path)"
 
 
 def _fmt_relinearization(rl: dict) -> str:
@@ -103,19 +116,24 @@ def print_validation(result: dict, out=None) -> None:
         fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
         print(f"  {key:<22}  {fmt(e['predicted']):>9}   {fmt(rep):>10}   {fmt(e['actual']):>5}   "
               f"{100 * e['relative']:5.1f}%", file=out)
+    if "error_replay" in result:
+        print("  (same order: the predictor replayed on the real run's batch order; the gap to 'predicted' is "
+              "batch-order noise)", file=out)
     print(f"real fine-tuning {fmt_seconds(ac['train_seconds'])} ({ac['seconds_per_step']:.4g} s/step; predicted "
           f"{pr['seconds_per_step']:.4g}); prediction cost {result['cost_seconds']['total']:.1f} s = "
           + (f"1/{result['cost_ratio']:.1f} of the training" if result["cost_ratio"] >= 1
              else f"{1 / max(result['cost_ratio'], 1e-9):.1f}x the training (a small run: just train it)"), file=out)
 
 
-def print_sweep(result: dict, out=None, limit: int = 30) -> None:
+def print_sweep(result: dict, out=None, limit: int = 30, threads: str | None = None) -> None:
     out = out or sys.stdout
     c = result["config"]
     rows = result["rows"]
     print(f"sweep      {len(rows)} configurations from one kernel ({c['kernel']['method']}, "
           f"{c['kernel']['n']} x {c['kernel']['classes']} outputs)", file=out)
     print(f"target     training loss {result['target_loss']:.4g} ({result['target_rule']})", file=out)
+    if threads:
+        print(f"threads    {threads}", file=out)
     keys = list(c["grid"])
     head = "  ".join(f"{k:>12}" for k in keys)
     print(f"\n rank  {head}  {'steps':>7}  {'5-95%':>11}  {'time':>9}  status", file=out)

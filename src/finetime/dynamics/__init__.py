@@ -1,14 +1,18 @@
-"""Function-space dynamics of the linearized network.
+"""Function-space dynamics of the linearized model.
 
-* ``simulate`` (``exact.py``): real SGD on the linearized model, batch by batch (default predictor).
-* ``simulate_ode`` / ``simulate_sde`` (``paper.py``): the paper's gradient flow and SDE with the effective learning rate.
-* ``mse_curve`` (``closed_form.py``): MSE loss from the kernel's spectrum.
+* ``_driver.solve``: the one simulation loop (a stepper, a recorder, checkpoint hooks).
+* ``exact.py``: ``ExactStepper`` / ``simulate``: real training of the linearized model, batch by batch, with the
+  optimizer's own function-space rule (``finetime.optim``); the default.
+* ``paper.py``: ``simulate_ode`` / ``simulate_sde``: the paper's gradient flow and SDE with the effective learning rate.
+* ``closed_form.py``: ``mse_curve``: MSE loss from the kernel's spectrum.
 """
 
+from ._driver import Recorder, Stepper, solve
 from ._problem import Problem
 from ._trajectory import Trajectory
 from .closed_form import mse_curve, spectral_projections
-from .exact import simulate
-from .paper import simulate_ode, simulate_sde
+from .exact import ExactStepper, resolve_plan, simulate
+from .paper import OdeStepper, SdeStepper, simulate_ode, simulate_sde
 
-__all__ = ["Problem", "Trajectory", "simulate", "simulate_ode", "simulate_sde", "mse_curve", "spectral_projections"]
+__all__ = ["Problem", "Trajectory", "Recorder", "Stepper", "solve", "simulate", "ExactStepper", "resolve_plan",
+           "simulate_ode", "simulate_sde", "OdeStepper", "SdeStepper", "mse_curve", "spectral_projections"]

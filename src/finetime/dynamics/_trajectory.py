@@ -6,12 +6,11 @@ import dataclasses
 
 import torch
 
-from ..losses import mean_loss_and_accuracy
+from ..training_time import DIVERGENCE_FACTOR
 
-__all__ = ["Trajectory", "Recorder", "divergence_mask", "full_table", "initial_outputs"]
 
-DIVERGENCE_FACTOR = 10.0
-"""A run has diverged once its loss is non-finite or above ``DIVERGENCE_FACTOR * loss[0]`` (PROTOCOL.md)."""
+__all__ = ["Trajectory", "divergence_mask", "full_table", "initial_outputs"]
+
 
 
 def divergence_mask(loss_t: torch.Tensor, loss_0: torch.Tensor) -> torch.Tensor:
@@ -76,40 +75,3 @@ def initial_outputs(problem):
     if problem.has_test:
         f0a = torch.cat([f0a, problem.f0_test.reshape(-1)])
     return f0a
-
-
-class Recorder:
-    """Fills loss/accuracy curves step by step and flags diverged runs (their curves turn NaN)."""
-
-    def __init__(self, problem, runs, steps, dt):
-        self.p = problem
-        self.loss = torch.full((runs, steps + 1), float("nan"), dtype=dt)
-        self.acc = torch.full_like(self.loss, float("nan"))
-        self.tloss = torch.full_like(self.loss, float("nan")) if problem.has_test else None
-        self.tacc = torch.full_like(self.loss, float("nan")) if problem.has_test else None
-        self.diverged_at = torch.full((runs,), -1, dtype=torch.long)
-
-    def __call__(self, fa, t):
-        p, n, c = self.p, self.p.n, self.p.c
-        r = fa.shape[0]
-        ftr = fa[:, : n * c].view(r, n, c)
-        lt, at = mean_loss_and_accuracy(ftr, p.y, p.loss)
-        alive = self.diverged_at < 0
-        self.loss[alive, t] = lt[alive]
-        self.acc[alive, t] = at[alive]
-        if p.has_test:
-            fte = fa[:, n * c :].view(r, -1, c)
-            tl, ta = mean_loss_and_accuracy(fte, p.y_test, p.loss)
-            self.tloss[alive, t] = tl[alive]
-            self.tacc[alive, t] = ta[alive]
-        if t > 0:
-            newly = alive & divergence_mask(lt, self.loss[:, 0])
-            self.diverged_at[newly] = t
-            self.loss[newly, t] = float("nan")
-            self.acc[newly, t] = float("nan")
-        return bool((self.diverged_at < 0).any())
-
-    def result(self, fa, method):
-        n, c = self.p.n, self.p.c
-        f = fa[:, : n * c].view(fa.shape[0], n, c).clone()
-        return Trajectory(self.loss, self.acc, self.diverged_at, f, self.tloss, self.tacc, method=method)

@@ -31,7 +31,7 @@ def spectral_projections(theta: torch.Tensor, f0: torch.Tensor, y: torch.Tensor)
 def mse_curve(
     eigenvalues: torch.Tensor,
     projections: torch.Tensor,
-    lr: float,
+    lr: float | torch.Tensor,
     steps: int,
     *,
     n_outputs: int | None = None,
@@ -43,7 +43,7 @@ def mse_curve(
     Args:
         eigenvalues: ``lambda_k`` of ``Theta`` (any order), shape ``(K',)``.
         projections: ``p_k``, same shape.
-        lr: learning rate.
+        lr: learning rate, or the learning rate of every update (``(steps,)``, e.g. ``Optimizer.lr_table``).
         steps: number of GD updates ``T``.
         n_outputs: ``K = N*C`` (defaults to ``len(eigenvalues)``; differs when the spectrum is extrapolated).
         momentum: heavy-ball coefficient (discrete only).
@@ -51,17 +51,31 @@ def mse_curve(
     """
     k = n_outputs if n_outputs is not None else eigenvalues.numel()
     kappa = 2.0 * eigenvalues.clamp_min(0) / k
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != steps:
+            raise ValueError(f"learning-rate table has {lr.numel()} entries for {steps} steps")
+        if steps == 0 or bool((lr == lr[0]).all()):
+            lr = float(lr[0]) if steps else 1.0  # constant: the closed form below
+        else:
+            return _mse_scheduled(kappa, projections, lr.to(eigenvalues.dtype), k, momentum, continuous)
     t = torch.arange(steps + 1, dtype=eigenvalues.dtype)
     if continuous:
         return (torch.exp(-2.0 * lr * kappa[None, :] * t[:, None]) * projections[None, :]).sum(1) / k
     if momentum == 0.0:
         decay = (1.0 - lr * kappa)[None, :] ** (2 * t[:, None])
         return (decay * projections[None, :]).sum(1) / k
-    # Per mode: u <- m u + kappa delta ; delta <- delta - lr u   (amplitudes, starting at delta = 1, u = 0)
+    return _mse_scheduled(kappa, projections, torch.full((steps,), lr, dtype=eigenvalues.dtype), k, momentum, False)
+
+
+def _mse_scheduled(kappa, projections, lrs, k, momentum, continuous):
+    """Mode by mode, update by update: ``u <- m u + kappa delta ; delta <- delta - lr_t u`` (amplitudes from 1)."""
+    if continuous:
+        elapsed = torch.cat([lrs.new_zeros(1), lrs.cumsum(0)])
+        return (torch.exp(-2.0 * kappa[None, :] * elapsed[:, None]) * projections[None, :]).sum(1) / k
     d = torch.ones_like(kappa)
     u = torch.zeros_like(kappa)
     out = [projections.sum() / k]
-    for _ in range(steps):
+    for lr in lrs.tolist():
         u = momentum * u + kappa * d
         d = d - lr * u
         out.append((d**2 * projections).sum() / k)

@@ -20,15 +20,13 @@ import math
 import torch
 
 from ..losses import residual
-from ..optim import SGD, Sampling, lr_factors
+from ..optim import FunctionState, Optimizer, Sampling
+from ..spectrum import top_eigenvalue
+from ._driver import solve
 from ._problem import Problem
-from ._trajectory import Recorder, Trajectory, full_table, initial_outputs
+from ._trajectory import Trajectory, full_table, initial_outputs
 
-__all__ = ["simulate_ode", "simulate_sde"]
-
-
-def _top_eig(theta: torch.Tensor) -> float:
-    return float(torch.linalg.eigvalsh(theta.double())[-1])
+__all__ = ["simulate_ode", "simulate_sde", "OdeStepper", "SdeStepper", "noise_factor"]
 
 
 def _curvature_bound(problem: Problem) -> float:
@@ -42,35 +40,44 @@ def _drift(problem, fa, n, c, full_table):
     return -(coeff @ full_table), coeff
 
 
-def simulate_ode(problem: Problem, sgd: SGD, steps: int, *, substeps: int | None = None) -> Trajectory:
+class OdeStepper:
+    """Gradient flow over one optimizer step, integrated by classical RK4 with ``substeps`` sub-steps."""
+
+    def __init__(self, problem: Problem, optimizer: Optimizer, steps: int, substeps: int | None = None):
+        self.problem = problem
+        self.table = full_table(problem)
+        self.lrs = optimizer.lr_table(steps, base=optimizer.effective_lr).tolist()
+        if substeps is None:
+            stiff = max(self.lrs) * top_eigenvalue(problem.theta) * _curvature_bound(problem) / problem.n
+            substeps = max(1, math.ceil(stiff / 1.0))
+        self.substeps = substeps
+
+    def init(self, runs: int) -> FunctionState:
+        return FunctionState(initial_outputs(self.problem).unsqueeze(0).clone())
+
+    def step(self, state: FunctionState, t: int) -> FunctionState:
+        p, table, lr = self.problem, self.table, self.lrs[t]
+        n, c = p.n, p.c
+        h = 1.0 / self.substeps
+        fa = state.f
+        for _ in range(self.substeps):
+            k1 = lr * _drift(p, fa, n, c, table)[0]
+            k2 = lr * _drift(p, fa + 0.5 * h * k1, n, c, table)[0]
+            k3 = lr * _drift(p, fa + 0.5 * h * k2, n, c, table)[0]
+            k4 = lr * _drift(p, fa + h * k3, n, c, table)[0]
+            fa = fa + (h / 6.0) * (k1 + 2 * k2 + 2 * k3 + k4)
+        return FunctionState(fa)
+
+
+def simulate_ode(problem: Problem, optimizer: Optimizer, steps: int, *, substeps: int | None = None) -> Trajectory:
     """Gradient flow of the linearized model with the effective learning rate (paper, deterministic part of eq. 1).
 
     Returns a one-run ``Trajectory`` sampled at integer steps ``0..T``.
     """
-    n, c = problem.n, problem.c
-    table = full_table(problem)
-    lrs = (lr_factors(sgd.schedule, steps) * sgd.effective_lr).tolist()
-    if substeps is None:
-        stiff = max(lrs) * _top_eig(problem.theta) * _curvature_bound(problem) / n
-        substeps = max(1, math.ceil(stiff / 1.0))
-    h = 1.0 / substeps
-    fa = initial_outputs(problem).unsqueeze(0).clone()
-    rec = Recorder(problem, 1, steps, table.dtype)
-    rec(fa, 0)
-    for t in range(steps):
-        lr = lrs[t]
-        for _ in range(substeps):
-            k1 = lr * _drift(problem, fa, n, c, table)[0]
-            k2 = lr * _drift(problem, fa + 0.5 * h * k1, n, c, table)[0]
-            k3 = lr * _drift(problem, fa + 0.5 * h * k2, n, c, table)[0]
-            k4 = lr * _drift(problem, fa + h * k3, n, c, table)[0]
-            fa = fa + (h / 6.0) * (k1 + 2 * k2 + 2 * k3 + k4)
-        if not rec(fa, t + 1):
-            break
-    return rec.result(fa, "ode")
+    return solve(OdeStepper(problem, optimizer, steps, substeps), steps, runs=1, method="ode")[0]
 
 
-def noise_factor(problem: Problem, sgd: SGD) -> torch.Tensor:
+def noise_factor(problem: Problem) -> torch.Tensor:
     """``L`` with ``L L^T = Sigma_f``: covariance of the per-sample function-space updates at t = 0, ``(N*C + M*C, N)``."""
     n, c = problem.n, problem.c
     table = full_table(problem)
@@ -81,33 +88,44 @@ def noise_factor(problem: Problem, sgd: SGD) -> torch.Tensor:
     return centred / math.sqrt(n)
 
 
+class SdeStepper:
+    """Euler-Maruyama step of the paper's SDE: the deterministic drift plus batch noise (none for full batch)."""
+
+    def __init__(self, problem: Problem, optimizer: Optimizer, steps: int, generator: torch.Generator | None):
+        n = problem.n
+        self.problem, self.generator = problem, generator
+        self.table = full_table(problem)
+        self.full = optimizer.is_full_batch(n)
+        self.lrs = optimizer.lr_table(steps, base=optimizer.effective_lr).tolist()
+        if not self.full:
+            b = optimizer.batch_size
+            fpc = (n - b) / (n - 1) if optimizer.sampling is Sampling.SHUFFLE and n > 1 else 1.0
+            self.lfac = noise_factor(problem) * math.sqrt(fpc / b)
+            self.g0 = residual(problem.f0, problem.y, problem.loss).norm()
+
+    def init(self, runs: int) -> FunctionState:
+        return FunctionState(initial_outputs(self.problem).expand(runs, -1).clone())
+
+    def step(self, state: FunctionState, t: int) -> FunctionState:
+        p = self.problem
+        n, c = p.n, p.c
+        fa = state.f
+        drift, coeff = _drift(p, fa, n, c, self.table)
+        fa = fa + self.lrs[t] * drift
+        if not self.full:
+            runs = fa.shape[0]
+            scale = coeff.norm(dim=1) * n / self.g0  # |grad_f L_t| / |grad_f L_0|, per run
+            xi = torch.randn(runs, n, generator=self.generator, dtype=fa.dtype)
+            fa = fa + self.lrs[t] * scale.unsqueeze(1) * (xi @ self.lfac.T)
+        return FunctionState(fa)
+
+
 def simulate_sde(
-    problem: Problem, sgd: SGD, steps: int, *, runs: int, generator: torch.Generator
+    problem: Problem, optimizer: Optimizer, steps: int, *, runs: int, generator: torch.Generator
 ) -> Trajectory:
     """Euler-Maruyama ensemble of the paper's SDE (eq. 1) with the effective learning rate.
 
     Full-batch runs have no noise and reduce to the discrete deterministic drift.
     """
-    n, c = problem.n, problem.c
-    table = full_table(problem)
-    full = sgd.is_full_batch(n)
-    runs = 1 if full else runs
-    lrs = (lr_factors(sgd.schedule, steps) * sgd.effective_lr).tolist()
-    fa = initial_outputs(problem).expand(runs, -1).clone()
-    rec = Recorder(problem, runs, steps, table.dtype)
-    rec(fa, 0)
-    if not full:
-        b = sgd.batch_size
-        fpc = (n - b) / (n - 1) if sgd.sampling is Sampling.SHUFFLE and n > 1 else 1.0
-        lfac = noise_factor(problem, sgd) * math.sqrt(fpc / b)
-        g0 = residual(problem.f0, problem.y, problem.loss).norm()
-    for t in range(steps):
-        drift, coeff = _drift(problem, fa, n, c, table)
-        fa = fa + lrs[t] * drift
-        if not full:
-            scale = coeff.norm(dim=1) * n / g0  # |grad_f L_t| / |grad_f L_0|, per run
-            xi = torch.randn(runs, n, generator=generator, dtype=fa.dtype)
-            fa = fa + lrs[t] * scale.unsqueeze(1) * (xi @ lfac.T)
-        if not rec(fa, t + 1):
-            break
-    return rec.result(fa, "sde")
+    runs = 1 if optimizer.is_full_batch(problem.n) else runs
+    return solve(SdeStepper(problem, optimizer, steps, generator), steps, runs=runs, method="sde")[0]

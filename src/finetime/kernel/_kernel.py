@@ -93,13 +93,16 @@ class Kernel:
         path = Path(path)
         try:
             raw = path.read_bytes()
+        except OSError as exc:
+            raise KernelError(f"cannot read kernel file {path}: {exc.strerror or exc}") from exc
+        try:
             hl = int.from_bytes(raw[:8], "little")
             header = json.loads(raw[8 : 8 + hl])
             payload = raw[8 + hl :]
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise KernelError(f"cannot read kernel file {path}: {exc}") from exc
-        if header.get("format") != "finetime-kernel":
-            raise KernelError(f"{path} is not a finetime kernel file")
+        except (ValueError, UnicodeDecodeError):
+            header = None
+        if not isinstance(header, dict) or header.get("format") != "finetime-kernel":
+            raise KernelError(f"{path} is not a finetime kernel file (write one with --kernel-out)")
         if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
             raise KernelError(f"kernel file {path} is corrupt (checksum mismatch)")
         meta = header["meta"]

@@ -289,10 +289,12 @@ def _size(plans, method, rows, cols, c, k, exact_flops, eb, budget, chunk_size, 
     widest = max([p.dim for p in plans if p.strategy in ("materialize", "gaussian", "sparse")] or [0])
     per_sample = eb * (act_elems * (c + 1) + c * widest)
     if persistent + per_sample > budget:
+        fixes = ([] if method is KernelMethod.FACTORED else ["--kernel-method factored"]) + (
+            ["a smaller --projection-dim"] if use_sketch else []) + ["fewer samples", "a larger --max-memory"]
         raise MemoryBudgetError(
             f"the {method.value} kernel for {rows} samples x {c} outputs needs about "
-            f"{(persistent + per_sample) / 2**30:.2f} GiB, over the {budget / 2**30:.2f} GiB budget; "
-            "use --kernel-method factored, a smaller --projection-dim, fewer samples, or a larger --max-memory"
+            f"{(persistent + per_sample) / 2**30:.2f} GiB, over the {budget / 2**30:.2g} GiB budget; "
+            f"use {', '.join(fixes[:-1])} or {fixes[-1]}"
         )
     if chunk_size is None:  # small working sets are reused by the allocator instead of page-faulted afresh
         room = min(budget - persistent, CHUNK_WORKING_SET)

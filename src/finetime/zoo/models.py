@@ -62,12 +62,26 @@ def build_model(spec: str, *, num_classes: int, image_size: int, seed: int = 0) 
     if not callable(factory):
         raise ModelError(f"module {mod_name!r} has no callable {fn_name!r}")
     kwargs = {"num_classes": num_classes}
-    params = inspect.signature(factory).parameters
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        params = {}
     if "image_size" in params:
         kwargs["image_size"] = image_size
     if "seed" in params:
         kwargs["seed"] = seed
-    model = factory(**kwargs)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if params and "num_classes" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise ModelError(f"--model {spec}: the factory must accept num_classes=K (it takes "
+                         f"{', '.join(params) or 'no arguments'})")
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise ModelError(f"--model {spec}: calling {fn_name}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) "
+                         f"failed: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model.eval()

@@ -1,0 +1,94 @@
+"""The library API the README promises: predict, validate and sweep called directly, typed config and results."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from finetime import PRESETS, RunConfig, predict, sweep, validate
+from finetime.config import Predictor
+from finetime.errors import ConfigError
+from finetime.optim import SGD, StepDecay
+
+SMALL = dict(data="fashion-mnist-mini", model="models_for_tests:tiny_cnn", classes=3, per_class=4, image_size=12,
+             steps=20, runs=4)
+
+
+def test_flat_config_round_trips_and_nests():
+    cfg = RunConfig.from_dict({**SMALL, "lr": 0.05, "momentum": 0.9, "batch_size": 4, "schedule": "step",
+                               "step_size": 5, "gamma": 0.5, "bn": "batch", "predictor": "relinearized3"})
+    assert isinstance(cfg.optimizer, SGD) and cfg.optimizer.momentum == 0.9 and cfg.optimizer.batch_size == 4
+    assert cfg.optimizer.schedule == StepDecay(5, 0.5) and cfg.task.bn.value == "batch"
+    assert cfg.predictor == PRESETS["relinearized3"] and cfg.predictor_name == "relinearized3"
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.replace(lr=0.1).optimizer.lr == 0.1 and cfg.replace(lr=0.1).optimizer.momentum == 0.9
+    with pytest.raises(ConfigError, match="unknown setting"):
+        RunConfig.from_dict({"learning_rate": 1})
+    with pytest.raises(ConfigError, match="--predictor"):
+        RunConfig.from_dict({"predictor": "oracle"})
+
+
+def test_schedule_reaches_every_learning_rate_reader():
+    """The learning-rate table is the one place lr and schedule meet: the simulator, the real run and the
+    stability ratio all see the warm-up."""
+    opt = SGD(lr=0.2, schedule=StepDecay(3, 0.5, warmup_steps=2))
+    table = opt.lr_table(8)
+    assert table.tolist() == pytest.approx([0.1, 0.2, 0.2, 0.2, 0.2, 0.1, 0.1, 0.1])  # decay counts after warm-up
+    w = torch.nn.Parameter(torch.zeros(1))
+    real = opt.torch_optimizer([w])
+    sched = opt.scheduler(real, 8)
+    seen = []
+    for _ in range(8):
+        seen.append(real.param_groups[0]["lr"])
+        real.step()
+        sched.step()
+    assert seen == pytest.approx(table.tolist())
+    assert opt.peak_lr(8) == pytest.approx(0.2)
+
+
+def test_predict_returns_a_typed_result():
+    cfg = RunConfig.from_dict({**SMALL, "lr": 0.05, "batch_size": 4, "target_loss": (0.9,)})
+    pred = predict(cfg)
+    assert pred.trajectory.loss.shape == (4, 21)
+    assert set(pred.times) == {"eps=0.01", "eps=0.1", "eps=0.4", "target=0.9"}
+    assert pred.seconds_per_step > 0 and pred.cost["total"] >= pred.cost["kernel"]
+    d = pred.to_dict()
+    assert d["predicted"]["predictor"] == "adaptive" and d["config"]["lr"] == 0.05
+    assert d["predicted"]["training_time"]["eps=0.1"]["step"] == pred.times["eps=0.1"].step
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_predicts(name):
+    cfg = dataclasses.replace(RunConfig.from_dict({**SMALL, "lr": 0.2}), predictor=PRESETS[name])
+    d = predict(cfg).to_dict()["predicted"]
+    assert d["loss"][-1] < d["loss"][0]
+    assert d["method"] == {"adaptive": "relinearized", "relinearized3": "relinearized", "linear": "exact",
+                           "paper": "ode"}[name]
+
+
+def test_validate_head_only_is_exact():
+    """A trained head on a frozen backbone is linear in its weights: the replay on the real batch order is the
+    real run."""
+    cfg = RunConfig.from_dict({**SMALL, "lr": 0.05, "batch_size": 4, "freeze_backbone": True})
+    val = validate(cfg)
+    torch.testing.assert_close(val.replay.loss[0], val.real.loss, rtol=1e-5, atol=1e-6)
+    d = val.to_dict()
+    assert all(e["relative"] == 0 for e in d["error_replay"].values())
+    assert d["cost_ratio"] == pytest.approx(val.cost_ratio, rel=1e-3)
+
+
+def test_sweep_rows_match_predict():
+    base = RunConfig.from_dict({**SMALL, "lr": 0.02, "target_loss": (0.9,)})
+    out = sweep(base, {"lr": [0.02, 0.2], "batch_size": [0, 4]})
+    assert len(out["rows"]) == 4
+    for r in out["rows"]:
+        single = predict(base.replace(predictor="linear", **r["settings"]))
+        assert single.times["target=0.9"].step == r["steps_to_target"]["step"]
+
+
+def test_sweep_keeps_the_paper_predictor_and_refuses_unknown_grid_keys():
+    base = RunConfig.from_dict({**SMALL, "predictor": "paper"})
+    assert sweep(base, {"lr": [0.02, 0.2]})["config"]["predictor"] == "paper"
+    with pytest.raises(ConfigError, match="cannot sweep"):
+        sweep(base, {"classes": [2, 3]})
+    assert RunConfig.from_dict({**SMALL}).predictor.kind is Predictor.RELINEARIZED
