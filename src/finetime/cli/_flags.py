@@ -95,12 +95,15 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
     g.add_argument("--epsilon", type=floats, default=_D["epsilon"],
                    help="normalized thresholds: first step within eps*(L0-LT) of the final loss (default: 0.01,0.1,0.4)")
     g.add_argument("--runs", type=int, default=_D["runs"], help="batch orders simulated for SGD bands (default: %(default)s)")
+    what = {"adaptive": "adaptive (a linearity check at step T/15, the kernel refreshed along the predicted path "
+                        "where it fails)",
+            "linear": "linear (the exact simulator on the one kernel at the pretrained weights)",
+            "paper": "paper (the paper's gradient-flow ODE / SDE with the effective learning rate)",
+            "relinearized3": "relinearized3 (three re-linearizations, the curve re-anchored on the real network "
+                             "each time)"}
     g.add_argument("--predictor", choices=list(predictors), default=None,
-                   help="how the prediction is made: adaptive (a linearity check at step T/15, the kernel refreshed "
-                        "along the predicted path where it fails), linear (the exact simulator on the one kernel at "
-                        "the pretrained weights), paper (the paper's gradient-flow ODE / SDE with the effective "
-                        "learning rate), relinearized3 (three re-linearizations, the curve re-anchored on the real "
-                        "network each time) (default: adaptive)")
+                   help="how the prediction is made: " + ", ".join(what[k] for k in predictors)
+                        + f" (default: {predictors[0]})")
     if relinearization:
         g.add_argument("--relinearize", type=int, default=None, metavar="K",
                        help="re-linearizing predictors: up to K new kernels at steps T/15, 3T/15, 7T/15, ...; 0 = none "

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from ..errors import KernelError, MemoryBudgetError, ModelError
+from ..network import eval_mode
 from ._capture import Capture
 from ._factors import Factors, IndexFactor, ghost_gram
 from ._fallback import install_fallback_hooks, module_per_sample_grads
@@ -409,9 +410,7 @@ def compute_kernel(
     if rows == 0:
         raise KernelError("empty input: no samples to compute a kernel on")
     budget = max_memory if max_memory is not None else available_memory(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         plans, owners, fallback, c, act_elems = _probe(model, xs[: min(2, rows)].to(device), tracked, names, named)
         plan = _size(plans, method, rows, cols, c, projection_dim, exact_flops, _bytes(dtype), budget, chunk_size,
                      act_elems)
@@ -437,8 +436,6 @@ def compute_kernel(
         if with_jw0:
             j = jacobian_weight_product(model, xs, names, plan.chunk_size)
             jw0, jw0_test = j[:cols], (j[cols:] if x_test is not None else None)
-    finally:
-        model.train(was_training)
     meta = {
         "method": method.value,
         "projection_dim": projection_dim,
@@ -467,13 +464,9 @@ def jacobian_weight_product(model: torch.nn.Module, x: torch.Tensor, names: list
     named = dict(model.named_parameters())
     primals = {n: named[n].detach() for n in names}
     outs = []
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for s in range(0, x.shape[0], chunk_size):
             xb = x[s : s + chunk_size]
             _, tangent_out = jvp(lambda p: functional_call(model, p, (xb,)), (primals,), (primals,))
             outs.append(tangent_out.detach())
-    finally:
-        model.train(was)
     return torch.cat(outs)
