@@ -1,4 +1,5 @@
-"""Empirical neural tangent kernels: the engine (``engine.py``), its projections, and the brute-force reference."""
+"""Empirical neural tangent kernels: the engine (``engine.py``), its per-parameter routes (``routes/``, a registry),
+the projections, and the brute-force reference."""
 
 from ._kernel import Kernel, fingerprint_data, fingerprint_model
 from .engine import DEFAULT_PROJECTION_DIM, available_memory, compute_kernel, jacobian_weight_product

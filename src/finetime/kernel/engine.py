@@ -2,42 +2,34 @@
 
 One forward pass per chunk of samples records every parameterized op (``_capture.Capture``); ``C`` backward passes
 give the gradients of each output ``f_c`` w.r.t. every recorded op output (activations only, no weight gradients).
-Each parameter then contributes to the kernel by the route its ``KernelMethod`` and its size select
-(``_ParamPlan.strategy``):
-
-* ``materialize``: exact per-sample gradients stored as features; ``Theta += Phi Phi^T``.
-* ``ghost``: exact products of factors ``(g_i . g_j)(a_i . a_j)`` summed over positions, for linear maps.
-* ``kron``: Kronecker-factored Gaussian sketch of the gradient, summed into a shared ``k``-dimensional space.
-* ``gaussian`` / ``sparse``: per-sample gradients projected by a dense Gaussian / very sparse matrix (paper).
-
-Parameters no op rule covers get exact per-sample gradients from ``torch.func`` on their owning module.
+Each parameter then contributes to the kernel by its route (``routes/``: materialize, ghost, kron, gaussian,
+sparse), which ``_plan.plan_kernel`` chooses from the ``KernelMethod`` and the parameter's size. Parameters no op
+rule covers get exact per-sample gradients from ``torch.func`` on their owning module.
 The network runs in eval mode (BatchNorm running statistics, dropout off) while the kernel is computed.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import math
 import time
 from typing import Callable
 
 import torch
 
-from ..errors import KernelError, MemoryBudgetError, ModelError
+from ..errors import KernelError, ModelError
 from ..network import eval_mode
 from ._capture import Capture
-from ._factors import Factors, IndexFactor, ghost_gram
+from ._factors import Factors
 from ._fallback import install_fallback_hooks, module_per_sample_grads
 from ._kernel import Kernel, fingerprint_data, fingerprint_model
-from .projection import KernelMethod, embedding_map, gaussian, param_generator, very_sparse
+from ._plan import KernelPlan, plan_kernel
+from .projection import KernelMethod
+from .routes import ParamShape, Stores
 
-__all__ = ["compute_kernel", "KernelPlan", "available_memory"]
+__all__ = ["compute_kernel", "KernelPlan", "available_memory", "jacobian_weight_product"]
 
 DEFAULT_PROJECTION_DIM = 4096
-CHUNK_WORKING_SET = 640 * 2**20
-"""Target bytes of one chunk's activations and gradients (the chunk size follows unless memory is tighter)."""
-EXACT_FLOOR_FLOPS = 3e10
-"""The factored method computes a weight exactly whenever the exact route fits into this many flops in total."""
 
 
 def available_memory(device: torch.device) -> int:
@@ -51,61 +43,6 @@ def available_memory(device: torch.device) -> int:
         return int(info.get("MemAvailable", info["MemTotal"]) * 0.5)
     except OSError:
         return 4 * 2**30
-
-
-@dataclasses.dataclass
-class _ParamPlan:
-    name: str
-    index: int
-    numel: int  # weights in the parameter
-    form: str  # "factors" | "dense"
-    dim: int = 0  # length of its per-sample gradient as materialized (dead convolution taps left out)
-    positions: int = 1
-    d_left: int = 0
-    d_right: int = 0
-    groups: int = 1
-    onehot: bool = False
-    strategy: str = ""
-    offset: int = 0
-    k_left: int = 0
-    k_right: int = 0
-    s_left: torch.Tensor | None = None
-    s_right: torch.Tensor | None = None
-    perm: torch.Tensor | None = None
-    signs: torch.Tensor | None = None
-    proj: torch.Tensor | None = None
-
-    @property
-    def ghost_ok(self) -> bool:
-        return self.form == "factors" and not self.onehot and self.groups == 1
-
-    @property
-    def kron_ok(self) -> bool:
-        return self.form == "factors" and self.groups == 1
-
-
-@dataclasses.dataclass
-class KernelPlan:
-    """How each parameter is handled, and the resulting costs; returned in ``Kernel.meta['plan']`` as a summary."""
-
-    params: list[_ParamPlan]
-    projection_dim: int
-    chunk_size: int
-    persistent_bytes: int
-    per_sample_bytes: int
-    mat_dims: int = 0
-    use_sketch: bool = False
-
-    def summary(self) -> dict:
-        by = {}
-        for p in self.params:
-            s = by.setdefault(p.strategy, {"params": 0, "weights": 0})
-            s["params"] += 1
-            s["weights"] += p.numel
-        total = sum(p.numel for p in self.params)
-        exact = sum(p.numel for p in self.params if p.strategy in ("materialize", "ghost"))
-        return {"strategies": by, "exact_weight_fraction": exact / max(total, 1), "chunk_size": self.chunk_size,
-                "projection_dim": self.projection_dim, "persistent_bytes": self.persistent_bytes}
 
 
 def _merge(a, b, c):
@@ -127,8 +64,6 @@ def _forward(model, x, tracked, owners, scan=False, skip=frozenset()):
     handles = install_fallback_hooks(model, owners, mrecs) if owners else []
     cap = Capture(tracked, scan=scan, skip=skip)
     try:
-        import contextlib
-
         with torch.enable_grad(), (cap.track_modules(model) if scan else contextlib.nullcontext()), cap:
             out = model(x)
     finally:
@@ -178,77 +113,13 @@ def _contributions(model, x, tracked, owners, skip, c):
     return out.detach(), contrib
 
 
-def _choose(plans, method, rows, cols, c, k, exact_budget):
-    """Assign a strategy to every parameter."""
-    def mat_cost(p):
-        return rows * cols * c * c * p.dim
-
-    def ghost_cost(p):
-        return rows * cols * p.positions**2 * (c * c * p.d_left + p.d_right * c)
-
-    def exact_route(p):
-        if p.ghost_ok and ghost_cost(p) < mat_cost(p):
-            return "ghost", ghost_cost(p)
-        return "materialize", mat_cost(p)
-
-    if method is KernelMethod.EXACT:
-        for p in plans:
-            p.strategy = exact_route(p)[0]
-        return
-    if method in (KernelMethod.GAUSSIAN, KernelMethod.SPARSE):
-        for p in plans:
-            p.strategy = method.value
-        return
-    ranked = sorted(plans, key=lambda p: exact_route(p)[1])
-    spent = 0.0
-    for p in ranked:
-        route, cost = exact_route(p)
-        if spent + cost <= exact_budget:
-            p.strategy = route
-            spent += cost
-        else:
-            p.strategy = "kron" if p.kron_ok else "sparse"
-
-
 def _bytes(dtype):
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _prepare_projections(plans, k, seed, dtype, device):
-    s = max(1, math.isqrt(k))
-    for p in plans:
-        gen = param_generator(seed, p.index)
-        if p.strategy == "kron":
-            kl = min(p.d_left, s)
-            kr = min(p.d_right, max(1, k // kl))
-            p.k_left, p.k_right = kl, kr
-            p.s_left = None if (kl == p.d_left and not p.onehot) else gaussian(kl, p.d_left, gen, dtype).to(device)
-            p.s_right = None if kr == p.d_right else gaussian(kr, p.d_right, gen, dtype).to(device)
-            perm, signs = embedding_map(kl * kr, k, param_generator(seed, p.index, salt=1))
-            p.perm, p.signs = perm.to(device), signs.to(dtype).to(device)
-        elif p.strategy == "sparse":
-            p.proj = very_sparse(k, p.dim, gen, dtype).to(device)
-        elif p.strategy == "gaussian":
-            p.proj = None  # generated per chunk in blocks (or cached below when small)
-            if k * p.dim <= 2**26:
-                p.proj = gaussian(k, p.dim, gen, dtype).to(device)
-
-
-def _gaussian_project(p, t, k, seed, dtype, device):
-    if p.proj is not None:
-        return t @ p.proj.T
-    gen = param_generator(seed, p.index)
-    out = torch.zeros(t.shape[0], k, dtype=dtype, device=device)
-    block = max(1, 2**26 // k)
-    for start in range(0, p.dim, block):
-        stop = min(p.dim, start + block)
-        out += t[:, start:stop] @ gaussian(k, stop - start, gen, dtype).to(device).T
-    return out
-
-
 def _probe(model, probe, tracked, names, named):
     """Forward/backward on a couple of samples: which ops consume which parameters, and the shape of each
-    parameter's contribution. Returns ``(plans, owners, fallback, classes, activation elements per sample)``."""
+    parameter's contribution. Returns ``(shapes, owners, fallback, classes, activation elements per sample)``."""
     out, cap, _ = _forward(model, probe, tracked, {}, scan=True)
     c = out.shape[1]
     act_elems = sum(r.inp.numel() + math.prod(r.out_shape) for r in cap.records) // probe.shape[0]
@@ -256,106 +127,53 @@ def _probe(model, probe, tracked, names, named):
     owners = cap.fallback_owners(set(fallback))
     del out, cap
     _, contrib = _contributions(model, probe, tracked, owners, fallback, c)
-    plans = []
-    for i, name in enumerate(names):
-        t = contrib.get(name)
-        if t is None:
-            continue  # not used by the forward pass: zero gradient
-        p = _ParamPlan(name, i, named[name].numel(), "factors" if isinstance(t, Factors) else "dense")
-        if isinstance(t, Factors):
-            p.positions, (p.d_left, p.d_right), p.groups = t.positions, t.dims, t.groups
-            p.onehot = isinstance(t.left, IndexFactor)
-            p.dim = p.groups * p.d_left * p.d_right
-        else:
-            p.dim = t.shape[-1]
-        plans.append(p)
-    return plans, owners, fallback, c, act_elems
+    shapes = [ParamShape.of(name, i, named[name].numel(), contrib[name])
+              for i, name in enumerate(names) if name in contrib]  # an unused parameter has zero gradient
+    return shapes, owners, fallback, c, act_elems
 
 
-def _size(plans, method, rows, cols, c, k, exact_flops, eb, budget, chunk_size, act_elems) -> KernelPlan:
-    """Choose each parameter's route, lay out the stores, check the memory budget and size the chunks."""
-    if exact_flops is None:
-        exact_flops = max(4 * rows * cols * c * c * k, EXACT_FLOOR_FLOPS)
-    _choose(plans, method, rows, cols, c, k, exact_flops)
-    mat_dims = 0
-    ghost_bytes = 0
-    for p in plans:
-        if p.strategy == "materialize":
-            p.offset = mat_dims
-            mat_dims += p.dim
-        elif p.strategy == "ghost":
-            ghost_bytes += rows * p.positions * (c * p.d_left + p.d_right) * eb
-    use_sketch = any(p.strategy in ("kron", "gaussian", "sparse") for p in plans)
-    persistent = eb * (rows * c * mat_dims + (rows * c * k if use_sketch else 0) + rows * c * cols * c) + ghost_bytes
-    widest = max([p.dim for p in plans if p.strategy in ("materialize", "gaussian", "sparse")] or [0])
-    per_sample = eb * (act_elems * (c + 1) + c * widest)
-    if persistent + per_sample > budget:
-        fixes = ([] if method is KernelMethod.FACTORED else ["--kernel-method factored"]) + (
-            ["a smaller --projection-dim"] if use_sketch else []) + ["fewer samples", "a larger --max-memory"]
-        raise MemoryBudgetError(
-            f"the {method.value} kernel for {rows} samples x {c} outputs needs about "
-            f"{(persistent + per_sample) / 2**30:.2f} GiB, over the {budget / 2**30:.2g} GiB budget; "
-            f"use {', '.join(fixes[:-1])} or {fixes[-1]}"
-        )
-    if chunk_size is None:  # small working sets are reused by the allocator instead of page-faulted afresh
-        room = min(budget - persistent, CHUNK_WORKING_SET)
-        chunk_size = int(max(1, min(rows, room // max(per_sample, 1))))
-    plan = KernelPlan(plans, k, chunk_size, persistent, per_sample)
-    plan.mat_dims, plan.use_sketch = mat_dims, use_sketch
-    return plan
+def _accumulate(model, xs, plan, tracked, owners, fallback, c, dtype, device, progress):
+    """Every chunk through the routes; returns the filled shared stores and the outputs ``f`` ``(rows, C)``."""
+    rows = xs.shape[0]
+    zeros = lambda *s: torch.zeros(*s, dtype=dtype, device=device)  # noqa: E731
+    stores = Stores(zeros(rows * c, plan.feature_dims) if plan.feature_dims else None,
+                    zeros(rows * c, plan.projection_dim) if plan.sketched else None)
+    for r in plan.routes:
+        r.allocate(rows, c, dtype, device)
+    f_all = zeros(rows, c)
+    for start in range(0, rows, plan.chunk_size):
+        stop = min(rows, start + plan.chunk_size)
+        out, contrib = _contributions(model, xs[start:stop].to(device), tracked, owners, fallback, c)
+        f_all[start:stop] = out
+        for r in plan.routes:
+            if (t := contrib.get(r.shape.name)) is not None:
+                r.add(stores, t, start, stop, c)
+        del contrib, out
+        if progress is not None:
+            progress(stop, rows)
+    return stores, f_all
 
 
-class _Stores:
-    """What the chunks leave behind for the final Gram: materialized features, the shared sketch, ghost factors."""
+def _gram(plan: KernelPlan, stores: Stores, rows: int, cols: int, c: int, dtype, device) -> torch.Tensor:
+    """``Theta(all samples, training samples)``, ``(rows*C, cols*C)``: shared stores first, then each route's own."""
+    nc = cols * c
+    theta = torch.zeros(rows * c, nc, dtype=dtype, device=device)
+    for store in (stores.feats, stores.sketch):
+        if store is not None:
+            theta.addmm_(store, store[:nc].T)
+    for r in plan.routes:
+        r.gram(theta, rows, cols, c)
+    return theta
 
-    def __init__(self, plan: KernelPlan, rows: int, c: int, dtype, device):
-        z = lambda *s: torch.zeros(*s, dtype=dtype, device=device)  # noqa: E731
-        self.feats = z(rows * c, plan.mat_dims) if plan.mat_dims else None
-        self.sketch = z(rows * c, plan.projection_dim) if plan.use_sketch else None
-        self.ghosts = {p.name: (z(rows, c, p.positions, p.d_left), z(rows, 1, p.positions, p.d_right))
-                       for p in plan.params if p.strategy == "ghost"}
 
-    def add(self, plan: KernelPlan, contrib: dict, start: int, stop: int, c: int, seed: int) -> None:
-        r0, r1 = start * c, stop * c
-        k = plan.projection_dim
-        for p in plan.params:
-            t = contrib.get(p.name)
-            if t is None:
-                continue
-            if p.strategy == "ghost":
-                left, right = self.ghosts[p.name]
-                left[start:stop] = t.left[:, :, 0].expand(-1, c, -1, -1)
-                right[start:stop] = t.right[:, :1, 0]
-            elif p.strategy == "kron":
-                phi = t.kron_sketch(p.s_left, p.s_right, c).reshape(r1 - r0, -1) * p.signs
-                self.sketch[r0:r1].index_add_(1, p.perm, phi)
-            else:
-                m = (t.materialize(c) if isinstance(t, Factors) else t).reshape(r1 - r0, -1)
-                if p.strategy == "materialize":
-                    self.feats[r0:r1, p.offset : p.offset + p.dim] = m
-                elif p.strategy == "sparse":
-                    self.sketch[r0:r1] += torch.sparse.mm(p.proj, m.T).T
-                else:
-                    self.sketch[r0:r1] += _gaussian_project(p, m, k, seed, m.dtype, m.device)
-
-    def gram(self, plan: KernelPlan, rows: int, cols: int, c: int) -> torch.Tensor:
-        """``Theta(all samples, training samples)``, ``(rows*C, cols*C)``."""
-        nc = cols * c
-        dt = next(v for v in (self.feats, self.sketch, *[g[0] for g in self.ghosts.values()]) if v is not None)
-        theta = torch.zeros(rows * c, nc, dtype=dt.dtype, device=dt.device)
-        if self.feats is not None:
-            theta.addmm_(self.feats, self.feats[:nc].T)
-        if self.sketch is not None:
-            theta.addmm_(self.sketch, self.sketch[:nc].T)
-        for p in plan.params:
-            if p.strategy != "ghost":
-                continue
-            left, right = self.ghosts[p.name]
-            blk = max(1, int(2**25 // max(1, c * c * cols * p.positions**2)))
-            for s0 in range(0, rows, blk):
-                s1 = min(rows, s0 + blk)
-                theta[s0 * c : s1 * c] += ghost_gram(left[s0:s1], right[s0:s1], left[:cols], right[:cols])
-        return theta
+def _trained_names(named: dict, params: list[str] | None) -> list[str]:
+    names = [n for n, p in named.items() if p.requires_grad] if params is None else list(params)
+    unknown = [n for n in names if n not in named]
+    if unknown:
+        raise KernelError(f"unknown parameter names: {unknown[:5]}")
+    if not names:
+        raise KernelError("no trainable parameters: nothing to compute a kernel for")
+    return names
 
 
 def compute_kernel(
@@ -396,62 +214,39 @@ def compute_kernel(
     if projection_dim < 1:
         raise KernelError(f"projection dimension must be >= 1, got {projection_dim}")
     named = dict(model.named_parameters())
-    names = [n for n, p in named.items() if p.requires_grad] if params is None else list(params)
-    unknown = [n for n in names if n not in named]
-    if unknown:
-        raise KernelError(f"unknown parameter names: {unknown[:5]}")
-    if not names:
-        raise KernelError("no trainable parameters: nothing to compute a kernel for")
+    names = _trained_names(named, params)
     tracked = {id(named[n]): n for n in names}
-    device = named[names[0]].device
-    dtype = named[names[0]].dtype
+    device, dtype = named[names[0]].device, named[names[0]].dtype
     xs = x if x_test is None else torch.cat([x, x_test.to(x.dtype)])
     rows, cols = xs.shape[0], x.shape[0]
     if rows == 0:
         raise KernelError("empty input: no samples to compute a kernel on")
     budget = max_memory if max_memory is not None else available_memory(device)
     with eval_mode(model):
-        plans, owners, fallback, c, act_elems = _probe(model, xs[: min(2, rows)].to(device), tracked, names, named)
-        plan = _size(plans, method, rows, cols, c, projection_dim, exact_flops, _bytes(dtype), budget, chunk_size,
-                     act_elems)
-        _prepare_projections(plans, projection_dim, seed, dtype, device)
+        shapes, owners, fallback, c, act_elems = _probe(model, xs[: min(2, rows)].to(device), tracked, names, named)
+        plan = plan_kernel(shapes, method, rows=rows, cols=cols, c=c, k=projection_dim, exact_flops=exact_flops,
+                           element_bytes=_bytes(dtype), budget=budget, chunk_size=chunk_size, act_elems=act_elems)
+        for r in plan.routes:
+            r.prepare(projection_dim, seed, dtype, device)
         t_plan = time.perf_counter() - t_start
-        stores = _Stores(plan, rows, c, dtype, device)
-        f_all = torch.zeros(rows, c, dtype=dtype, device=device)
-        for start in range(0, rows, plan.chunk_size):
-            stop = min(rows, start + plan.chunk_size)
-            out, contrib = _contributions(model, xs[start:stop].to(device), tracked, owners, fallback, c)
-            f_all[start:stop] = out
-            stores.add(plan, contrib, start, stop, c, seed)
-            del contrib, out
-            if progress is not None:
-                progress(stop, rows)
+        stores, f_all = _accumulate(model, xs, plan, tracked, owners, fallback, c, dtype, device, progress)
         t_chunks = time.perf_counter() - t_start - t_plan
-        theta = stores.gram(plan, rows, cols, c)
+        theta = _gram(plan, stores, rows, cols, c, dtype, device)
         nc = cols * c
-        train = theta[:nc]
-        theta_train = 0.5 * (train + train.T)
+        theta_train = 0.5 * (theta[:nc] + theta[:nc].T)
         theta_test = theta[nc:].clone() if x_test is not None else None
         jw0 = jw0_test = None
         if with_jw0:
             j = jacobian_weight_product(model, xs, names, plan.chunk_size)
             jw0, jw0_test = j[:cols], (j[cols:] if x_test is not None else None)
+    t_gram = time.perf_counter() - t_start - t_plan - t_chunks
     meta = {
-        "method": method.value,
-        "projection_dim": projection_dim,
-        "seed": seed,
-        "dtype": str(dtype).replace("torch.", ""),
-        "n": cols,
-        "n_test": rows - cols,
-        "classes": c,
-        "params": len(names),
-        "weights": sum(named[n].numel() for n in names),
-        "model_fingerprint": fingerprint_model(model),
-        "data_fingerprint": fingerprint_data(x, x_test),
-        "plan": plan.summary(),
-        "seconds": time.perf_counter() - t_start,
-        "phase_seconds": {"plan": round(t_plan, 3), "chunks": round(t_chunks, 3),
-                          "gram": round(time.perf_counter() - t_start - t_plan - t_chunks, 3)},
+        "method": method.value, "projection_dim": projection_dim, "seed": seed,
+        "dtype": str(dtype).replace("torch.", ""), "n": cols, "n_test": rows - cols, "classes": c,
+        "params": len(names), "weights": sum(named[n].numel() for n in names),
+        "model_fingerprint": fingerprint_model(model), "data_fingerprint": fingerprint_data(x, x_test),
+        "plan": plan.summary(), "seconds": time.perf_counter() - t_start,
+        "phase_seconds": {"plan": round(t_plan, 3), "chunks": round(t_chunks, 3), "gram": round(t_gram, 3)},
     }
     return Kernel(theta_train, f_all[:cols].clone(), theta_test, f_all[cols:].clone() if x_test is not None else None,
                   jw0, jw0_test, meta)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, jacrev, vmap
 
+from ..network import eval_mode
+
 __all__ = ["jacobian", "brute_force_ntk"]
 
 
@@ -21,17 +23,13 @@ def jacobian(model: torch.nn.Module, x: torch.Tensor, names: list[str] | None = 
     def f(p, xi):
         return functional_call(model, p, (xi.unsqueeze(0),)).squeeze(0)
 
-    was = model.training
-    model.eval()
-    try:
-        chunk_size = chunk_size or x.shape[0]
-        blocks = []
+    chunk_size = chunk_size or x.shape[0]
+    blocks = []
+    with eval_mode(model):
         for s in range(0, x.shape[0], chunk_size):
             jac = vmap(jacrev(f), in_dims=(None, 0))(params, x[s : s + chunk_size])
             n, c = jac[names[0]].shape[:2]
             blocks.append(torch.cat([jac[k].reshape(n, c, -1) for k in names], -1).reshape(n * c, -1))
-    finally:
-        model.train(was)
     return torch.cat(blocks)
 
 
