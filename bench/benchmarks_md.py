@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/benchmarks_md.py
 
-Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{kernel}}, {{dynamics}}, {{extrapolation}},
+Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
 {{testcurves}}; a missing results file renders as a note saying which command produces it.
 """
 
@@ -33,6 +33,18 @@ def paper_suite():
                            if any(p in c["predictors"] for c in cells)], RES / "paper_scatter.png")
     names = sorted({p for c in cells for p in c["predictors"]}) + ["replay"]
     return report.render(cells, names) + "\n![predicted vs real training time](bench/results/paper_scatter.png)\n"
+
+
+def adamw_suite():
+    import report
+
+    path = RES / "adamw.jsonl"
+    if not path.exists():
+        return _missing("bench/suite.py --config bench/configs/adamw.toml")
+    cells = report.load([path])
+    report.scatter(cells, ["linear"], RES / "adamw_scatter.png")
+    names = sorted({p for c in cells for p in c["predictors"]}) + ["replay"]
+    return report.render(cells, names) + "\n![predicted vs real training time, AdamW](bench/results/adamw_scatter.png)\n"
 
 
 def kernel():
@@ -116,7 +128,7 @@ def testcurves():
 
 def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
-    for key, fn in (("paper_suite", paper_suite), ("kernel", kernel), ("dynamics", dynamics),
+    for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("kernel", kernel), ("dynamics", dynamics),
                     ("extrapolation", extrapolation), ("testcurves", testcurves)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)

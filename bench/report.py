@@ -51,7 +51,8 @@ def rows(cells, predictor):
         real = c["real"]
         pred = c["replay"] if predictor == "replay" else c["predictors"][predictor]
         pdiv = predictor != "replay" and pred["diverged_fraction"] > 0.5
-        opt = "GD" if not cfg["batch_size"] else "SGD"
+        name = cfg.get("optimizer", "sgd")
+        opt = optimizer_kind(cfg)
         for key, rt in real["training_time"].items():
             if not key.startswith("eps="):
                 continue
@@ -61,16 +62,24 @@ def rows(cells, predictor):
                 "error": relative_error(ps, rt["step"], predicted_diverged=pdiv, actual_diverged=real["diverged"]),
                 "mismatch": pdiv != real["diverged"],
                 "optimizer": opt,
-                "batch": cfg["batch_size"] or "full", "lr": cfg["lr"], "momentum": cfg["momentum"],
+                "batch": cfg["batch_size"] or "full", "lr": cfg["lr"], "momentum": cfg.get("momentum", 0.0),
                 "per_class": cfg["per_class"], "data": cfg["data"], "image_size": cfg["image_size"],
                 "bn": cfg["bn"], "steps": cfg["steps"],
-                "regime": f"{opt} lr {cfg['lr']:g} m {cfg['momentum']:g}",
+                "regime": f"{opt} lr {cfg['lr']:g}" + (f" m {cfg['momentum']:g}" if name == "sgd" else ""),
                 "stability": stability_bin(c),
                 "gap": gap_bin(c),
                 "fast": (real["training_time"].get("eps=0.4", {}).get("step") or 0) < MIN_REAL_TT
                 and not real["diverged"],
             })
     return out
+
+
+def optimizer_kind(cfg) -> str:
+    """GD / SGD, or Adam / AdamW with " full" for full batch."""
+    name = cfg.get("optimizer", "sgd")
+    if name == "sgd":
+        return "GD" if not cfg["batch_size"] else "SGD"
+    return {"adam": "Adam", "adamw": "AdamW"}.get(name, name) + (" full" if not cfg["batch_size"] else "")
 
 
 STABILITY_BINS = (0.05, 0.2, 0.5)
@@ -131,7 +140,7 @@ def cost_lines(cells, predictors):
     ratios = defaultdict(list)
     secs = defaultdict(list)
     for c in cells:
-        opt = "GD" if not c["config"]["batch_size"] else "SGD"
+        opt = optimizer_kind(c["config"])
         for name in predictors:
             p = c["predictors"].get(name)
             if p is None:
@@ -164,8 +173,8 @@ def noise_floor(cells):
                 continue
             mean = statistics.mean(steps)
             spread = max(abs(s - mean) / max(mean, 1) for s in steps)
-            lines.append(f"| {cfg['data']} {cfg['image_size']}px n={cfg['per_class']} SGD{cfg['batch_size']} "
-                         f"lr {cfg['lr']:g} m {cfg['momentum']:g} | {eps} | {len(steps)} | "
+            lines.append(f"| {cfg['data']} {cfg['image_size']}px n={cfg['per_class']} {optimizer_kind(cfg)}"
+                         f"{cfg['batch_size']} lr {cfg['lr']:g} m {cfg.get('momentum', 0):g} | {eps} | {len(steps)} | "
                          f"{', '.join(map(str, steps))} | {100 * spread:.1f}% |")
     if not lines:
         return ""
@@ -179,8 +188,9 @@ def scatter(cells, predictors, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
-    for ax, opt in zip(axes, ("GD", "SGD")):
+    kinds = sorted({optimizer_kind(c["config"]) for c in cells})
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4.6), squeeze=False)
+    for ax, opt in zip(axes[0], kinds):
         lim = 1
         for i, p in enumerate(predictors):
             rs = [r for r in rows(cells, p) if r["optimizer"] == opt and r["predicted"] is not None
@@ -207,14 +217,12 @@ def render(cells, predictors, include_fast=False) -> str:
     fast = {r["cell"] for r in rows(cells, predictors[0]) if r["fast"]}
     out = [f"{len(cells)} cells ({len(fast)} with real TT(eps=0.4) < {MIN_REAL_TT} steps left out of the error "
            f"tables), {sum(len(v) for v in rs.values()) // max(len(rs), 1)} (cell, eps) pairs per predictor.", ""]
-    out.append("| predictor | GD median | GD p95 | SGD median | SGD p95 | all median | all p95 |")
-    out.append("|---|---|---|---|---|---|---|")
+    kinds = sorted({x["optimizer"] for r in rs.values() for x in r})
+    out.append("| predictor | " + " | ".join(f"{k} median | {k} p95" for k in kinds) + " | all median | all p95 |")
+    out.append("|---|" + "---|---|" * (len(kinds) + 1))
     for p, r in rs.items():
-        g = summarize([x for x in r if x["optimizer"] == "GD"])
-        s = summarize([x for x in r if x["optimizer"] == "SGD"])
-        a = summarize(r)
-        out.append(f"| {p} | {100 * g[1]:.1f}% | {100 * g[2]:.1f}% | {100 * s[1]:.1f}% | {100 * s[2]:.1f}% | "
-                   f"{100 * a[1]:.1f}% | {100 * a[2]:.1f}% |")
+        cols = [summarize([x for x in r if x["optimizer"] == k]) for k in kinds] + [summarize(r)]
+        out.append(f"| {p} | " + " | ".join(f"{100 * m[1]:.1f}% | {100 * m[2]:.1f}%" for m in cols) + " |")
     out.append("")
     for key, title in (("optimizer", "optimizer"), ("lr", "learning rate"), ("momentum", "momentum"),
                        ("eps", "eps"), ("per_class", "images per class"), ("batch", "batch size"),

@@ -26,7 +26,8 @@ from finetime.batches import batch_plan
 from finetime.config import PRESETS, RunConfig, TaskConfig
 from finetime.dynamics import simulate
 from finetime.finetune import finetune
-from finetime.predict import Task, kernel_for, prepare, problem_from, tolist, training_times
+from finetime.optim import describe
+from finetime.predict import Task, kernel_for, preconditioner_name, prepare, problem_from, tolist, training_times
 from finetime.predictors import predict_trajectory, stability_ratio
 from finetime.runtime import tune_allocator
 from finetime.wallclock import seconds_per_step
@@ -60,14 +61,15 @@ def cell_id(cfg: RunConfig, repeat: int = 0) -> str:
     """Stable identity of a cell: its settings that differ from the defaults (new settings do not change old ids;
     the prediction settings are left out, so that changing the default predictor does not rename the cells run)."""
     default = RunConfig().to_dict()
-    d = {k: v for k, v in cfg.to_dict().items() if v != default[k] and k not in PREDICTION_KEYS}
+    d = {k: v for k, v in cfg.to_dict().items() if v != default.get(k) and k not in PREDICTION_KEYS}
     d["_repeat"] = repeat
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def task_key(cfg: RunConfig) -> TaskConfig:
-    """Cells with the same task share one kernel."""
-    return cfg.task
+def task_key(cfg: RunConfig) -> tuple[TaskConfig, str | None]:
+    """Cells with the same task share one kernel (and the same preconditioner, for Adam: it depends on the batch
+    size)."""
+    return cfg.task, preconditioner_name(cfg.optimizer)
 
 
 def run_cell(cfg: RunConfig, task: Task, kernel, kernel_seconds: float, step_seconds: dict, predictors: list[str],
@@ -223,9 +225,7 @@ def _matches(c: RunConfig, where: dict) -> bool:
 
 def _label(c: RunConfig) -> str:
     f = c.to_dict()
-    opt = "GD" if not f["batch_size"] else f"SGD{f['batch_size']}"
-    return (f"{f['data']} {f['image_size']}px n={f['per_class']} s={f['seed']} {opt} lr={f['lr']:g} "
-            f"m={f.get('momentum', 0):g} bn={f['bn']}")
+    return f"{f['data']} {f['image_size']}px n={f['per_class']} s={f['seed']} {describe(f, short=True)} bn={f['bn']}"
 
 
 if __name__ == "__main__":

@@ -92,3 +92,28 @@ def test_sweep_keeps_the_paper_predictor_and_refuses_unknown_grid_keys():
     with pytest.raises(ConfigError, match="cannot sweep"):
         sweep(base, {"classes": [2, 3]})
     assert RunConfig.from_dict({**SMALL}).predictor.kind is Predictor.RELINEARIZED
+
+
+def test_validate_head_only_adamw_is_exact():
+    """Adam is not linear in the gradient, but a trained head on a frozen backbone is simulated in weight space
+    by torch's own AdamW: the replay on the real batch order is the real run."""
+    cfg = RunConfig.from_dict({**SMALL, "optimizer": "adamw", "lr": 0.1, "batch_size": 4, "weight_decay": 0.01,
+                               "schedule": "linear", "warmup_steps": 3, "freeze_backbone": True})
+    val = validate(cfg)
+    assert val.prediction.trajectory.method == "head"
+    torch.testing.assert_close(val.replay.loss[0], val.real.loss, rtol=1e-5, atol=1e-6)
+    assert val.real.loss[-1] < val.real.loss[0] - 0.05  # it trained
+
+
+def test_adamw_predicts_on_the_preconditioned_kernel_and_sweeps_per_batch_size():
+    base = RunConfig.from_dict({**SMALL, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01,
+                                "target_loss": (0.9,)})
+    pred = predict(base.replace(batch_size=4))
+    assert pred.kernel.meta["preconditioner"].startswith("adamw second moments at w0, batch 4")
+    d = pred.to_dict()["predicted"]
+    assert d["preconditioned"] and d["predictor"] == "linear" and d["loss"][-1] < d["loss"][0]
+    out = sweep(base, {"lr": [1e-3, 1e-2], "batch_size": [0, 4]})
+    assert len(out["rows"]) == 4 and not any("error" in r for r in out["rows"])
+    for r in out["rows"]:
+        single = predict(base.replace(**r["settings"]))
+        assert single.times["target=0.9"].step == r["steps_to_target"]["step"]

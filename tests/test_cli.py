@@ -347,3 +347,21 @@ def test_automatic_threads_count_free_cores():
     c = choose_threads()
     assert 1 <= c.threads <= c.cores and c.busy is not None
     assert choose_threads(3).threads == 3
+
+
+def test_adamw_flags_and_their_errors(capsys, tmp_path):
+    path = tmp_path / "a.json"
+    code, out, _ = run(capsys, "predict", *FAST, "--optimizer", "adamw", "--lr", "1e-3", "--batch-size", "4",
+                       "--betas", "0.9,0.98", "--adam-eps", "1e-6", "--weight-decay", "0.01", "--schedule", "linear",
+                       "--warmup-steps", "5", "--json", str(path))
+    assert code == 0
+    assert "AdamW batch 4" in out and "betas 0.9/0.98" in out and "preconditioned kernel" in out
+    c = json.loads(path.read_text())["config"]
+    assert c["optimizer"] == "adamw" and c["betas"] == [0.9, 0.98] and c["schedule"] == "linear"
+    assert "momentum" not in c
+    for args, msg in ((["--optimizer", "adamw", "--momentum", "0.9"], "--momentum is a setting of --optimizer sgd"),
+                      (["--optimizer", "adam", "--weight-decay", "0.1"], "use --optimizer adamw"),
+                      (["--optimizer", "adamw", "--betas", "0.9"], "--betas must be two numbers"),
+                      (["--optimizer", "adamw", "--predictor", "paper"], "predicts SGD only")):
+        code, _, err = run(capsys, "predict", *FAST, *args)
+        assert code == 2 and msg in err, (args, err)

@@ -177,10 +177,12 @@ class RunConfig:
 
     @property
     def relinearizes(self) -> bool:
-        """Whether the prediction re-linearizes: the ``relinearized`` predictor with ``relinearize > 0`` and no
-        weight decay (weight decay is predicted with the one kernel at ``w0``)."""
-        p = self.predictor
-        return p.kind is Predictor.RELINEARIZED and p.relinearize > 0 and not self.optimizer.weight_decay
+        """Whether the prediction re-linearizes: the ``relinearized`` predictor with ``relinearize > 0``, no weight
+        decay (predicted with the one kernel at ``w0``) and an optimizer simulated on ``J J^T`` (not Adam's
+        preconditioned kernel)."""
+        p, o = self.predictor, self.optimizer
+        return (p.kind is Predictor.RELINEARIZED and p.relinearize > 0 and not o.weight_decay
+                and not o.preconditioned)
 
     @property
     def predictor_name(self) -> str:
@@ -255,7 +257,15 @@ class RunConfig:
         get = lambda k: d.get(k, default.get(k))  # noqa: E731
         task = TaskConfig(**{k: get(k) for k in _TASK})
         opt_cls = OPTIMIZERS[opt_name]
+        own = {f.name for f in dataclasses.fields(opt_cls)}
+        for other in OPTIMIZERS.values():
+            for f in dataclasses.fields(other):
+                if f.name not in own and f.name in d and d[f.name] != f.default:
+                    raise ConfigError(f"--{f.name.replace('_', '-')} is a setting of --optimizer {other.name}, "
+                                      f"not of {opt_name}")
         opt_kwargs = {f.name: d[f.name] for f in dataclasses.fields(opt_cls) if f.name != "schedule" and f.name in d}
+        if "betas" in opt_kwargs:
+            opt_kwargs["betas"] = tuple(opt_kwargs["betas"])
         opt_kwargs.setdefault("lr", default["lr"])
         if not opt_kwargs.get("batch_size"):
             opt_kwargs["batch_size"] = None

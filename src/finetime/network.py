@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["BatchNormMode", "set_train_mode", "eval_mode", "recalibrate_batchnorm", "network_outputs",
-           "batch_statistics_outputs"]
+           "batch_statistics_outputs", "linear_head"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -95,3 +95,24 @@ def batch_statistics_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     m = recalibrate_batchnorm(copy.deepcopy(model), x)
     with torch.no_grad():
         return m(x)
+
+
+@torch.no_grad()
+def linear_head(model: nn.Module, trained: list[str], x: torch.Tensor, chunk: int = 256):
+    """When exactly the weight (and bias) of one ``nn.Linear`` are trained and it sees one feature vector per sample:
+    ``(module, features (n, d))`` with the features computed in eval mode; else ``None``."""
+    owner = next((m for m in model.modules() if isinstance(m, nn.Linear)
+                  and {id(p) for p in m.parameters(recurse=False)} == {id(p) for n, p in model.named_parameters()
+                                                                     if n in set(trained)}), None)
+    if owner is None or len(trained) != len(list(owner.parameters(recurse=False))):
+        return None
+    seen = []
+    handle = owner.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach()))
+    try:
+        with eval_mode(model):
+            network_outputs(model, x, chunk)
+    finally:
+        handle.remove()
+    if len(seen) != -(-x.shape[0] // chunk) or any(f.dim() != 2 for f in seen):
+        return None  # the head runs more than once per sample, or over positions
+    return owner, torch.cat(seen)

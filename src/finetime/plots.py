@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import ConfigError
+from .optim import describe
 
 __all__ = ["plot_validation", "plot_curves", "plot_spectrum", "plot_gradients", "plot_sweep_heatmap"]
 
@@ -56,9 +57,7 @@ def plot_validation(result: dict, path: str | Path) -> Path:
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     c = result["config"]
-    opt = "GD" if not c["batch_size"] else f"SGD b={c['batch_size']}"
-    ax.set_title(f"{c['model']} on {c['classes']}x{c['per_class']} images, {opt}, lr {c['lr']:g}, "
-                 f"momentum {c['momentum']:g}", fontsize=9)
+    ax.set_title(f"{c['model']} on {c['classes']}x{c['per_class']} images, {describe(c, short=True)}", fontsize=9)
     ax2.plot(steps, _nan(pr["accuracy"]), color="C0", label="predicted")
     if ac is not None:
         ax2.plot(steps, _nan(ac["accuracy"]), color="C3", label="real")
@@ -92,9 +91,7 @@ def plot_curves(result: dict, path: str | Path) -> Path:
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
     c = result["config"]
-    opt = "GD" if not c["batch_size"] else f"SGD b={c['batch_size']}"
-    ax.set_title(f"{c['model']}, {c['classes']}x{c['per_class']} images, {opt}, lr {c['lr']:g}, momentum "
-                 f"{c['momentum']:g}", fontsize=9)
+    ax.set_title(f"{c['model']}, {c['classes']}x{c['per_class']} images, {describe(c, short=True)}", fontsize=9)
     ax2.fill_between(steps, _nan(pr["accuracy_low"]), _nan(pr["accuracy_high"]), color="C0", alpha=0.2)
     ax2.plot(steps, _nan(pr["accuracy"]), color="C0", label="training")
     if "test_accuracy" in pr:

@@ -16,8 +16,9 @@ import torch
 from .config import RunConfig
 from .dynamics import Problem, Trajectory, mse_curve, spectral_projections
 from .errors import ConfigError
-from .kernel import Kernel, compute_kernel, fingerprint_data, fingerprint_model
-from .network import BatchNormMode, batch_statistics_outputs
+from .kernel import Kernel, compute_kernel, fingerprint_data, fingerprint_model, gradient_moments, inverse_root_scale
+from .losses import residual
+from .network import BatchNormMode, batch_statistics_outputs, eval_mode, network_outputs
 from .predictors import predict_trajectory
 from .relinearize import Network
 from .spectrum import sharpness
@@ -25,7 +26,7 @@ from .training_time import Threshold, TimeEstimate, steps_to_threshold, summariz
 from .wallclock import seconds_per_step
 from .zoo import Dataset, build_model, freeze_backbone, load_raw, sample_task
 
-__all__ = ["Task", "Prediction", "prepare", "kernel_for", "network_of", "problem_from", "thresholds",
+__all__ = ["Task", "Prediction", "prepare", "kernel_for", "preconditioner_name", "preconditioner_scales", "network_of", "problem_from", "thresholds",
            "training_times", "curve_summary", "predict", "tolist"]
 
 
@@ -70,23 +71,65 @@ def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=No
     model = model if model is not None else task.model
     d = task.data
     kc = cfg.kernel
-    need_jw0 = cfg.optimizer.weight_decay > 0
+    opt = cfg.optimizer
+    need_jw0 = opt.weight_decay > 0
+    precond = preconditioner_name(opt)
     if kernel_in is not None:
         k = Kernel.load(kernel_in, model_fingerprint=fingerprint_model(model),
                         data_fingerprint=fingerprint_data(d.x, d.x_test),
-                        expect={"method": kc.method.value, "projection_dim": kc.projection_dim, "seed": cfg.task.seed})
+                        expect={"method": kc.method.value, "projection_dim": kc.projection_dim, "seed": cfg.task.seed,
+                                "preconditioner": precond})
         if need_jw0 and k.jw0 is None:
             raise ConfigError(f"{kernel_in} was saved without J w0; recompute it for --weight-decay")
     else:
+        t0 = time.perf_counter()
+        scales = preconditioner_scales(task, model) if opt.preconditioned else None
+        t_moments = time.perf_counter() - t0
         k = compute_kernel(model, d.x, x_test=d.x_test, method=kc.method, projection_dim=kc.projection_dim,
                            seed=cfg.task.seed, params=task.trained, max_memory=kc.max_memory_bytes,
-                           with_jw0=need_jw0, progress=progress)
+                           with_jw0=need_jw0, progress=progress, scales=scales)
+        k.meta["preconditioner"] = precond
+        if scales is not None:
+            k.meta["seconds"] += t_moments
+            k.meta["phase_seconds"]["moments"] = round(t_moments, 3)
     if cfg.task.bn is BatchNormMode.BATCH:
         k.f0 = batch_statistics_outputs(model, d.x)
         k.meta["f0"] = "batch statistics over the training set"
     if kernel_out is not None:
         k.save(kernel_out)
     return k
+
+
+def preconditioner_name(opt) -> str | None:
+    """What the kernel's preconditioner depends on (``None``: the plain ``J J^T``); kernels are reused only when
+    these match."""
+    if not opt.preconditioned:
+        return None
+    return (f"{opt.name} second moments at w0, batch {opt.batch_size or 'full'} ({opt.sampling.value}), "
+            f"eps {opt.adam_eps:g}, row x column for linear maps")
+
+
+def _start_outputs(task: Task, model: torch.nn.Module) -> torch.Tensor:
+    """Outputs where the run starts (eval mode, or batch statistics over the training set for ``--bn batch``)."""
+    x = task.data.x
+    if task.config.task.bn is BatchNormMode.BATCH:
+        return batch_statistics_outputs(model, x)
+    with torch.no_grad(), eval_mode(model):
+        return network_outputs(model, x)
+
+
+def preconditioner_scales(task: Task, model: torch.nn.Module | None = None) -> dict:
+    """``sqrt(P)`` per trained parameter for an optimizer that runs on ``J P J^T`` (Adam): the per-sample loss
+    gradients' moments at the start (``kernel.gradient_moments``), the optimizer's minibatch second moments from them,
+    and their inverse root (``kernel.inverse_root_scale``)."""
+    model = model if model is not None else task.model
+    opt, d = task.config.optimizer, task.data
+    f = _start_outputs(task, model)
+    r = residual(f.double(), d.y, task.config.loss).to(f.dtype)
+    mom = gradient_moments(model, d.x, r, params=task.trained)
+    return {name: inverse_root_scale(opt.second_moments(mom.mean[name], mom.sq[name], mom.n), mom.layout[name],
+                                     opt.adam_eps)
+            for name in mom.mean}
 
 
 def network_of(task: Task) -> Network:
@@ -222,6 +265,7 @@ class Prediction:
             "max_stable_lr": cfg.optimizer.stable_lr(self.sharpness),
             "method": traj.method,
             "predictor": cfg.predictor_name,
+            "preconditioned": cfg.optimizer.preconditioned,
         })
         if traj.info is not None:
             predicted["relinearization"] = traj.info

@@ -11,7 +11,9 @@ import torch
 
 from .batches import BatchPlan
 from .config import Predictor, RunConfig
-from .dynamics import Problem, Trajectory, simulate, simulate_ode, simulate_sde
+from .errors import ConfigError
+from .dynamics import Problem, Trajectory, simulate, simulate_head, simulate_ode, simulate_sde
+from .network import BatchNormMode, linear_head
 from .spectrum import sharpness
 
 if TYPE_CHECKING:
@@ -32,14 +34,32 @@ def stability_ratio(problem: Problem, config: RunConfig) -> float:
     return opt.peak_lr(config.steps) / opt.stable_lr(sharpness(problem.theta, problem.f0, problem.loss))
 
 
+def _head(task, config):
+    """A frozen backbone's linear head and its features on the training then test samples, when the head alone is
+    trained with running BatchNorm statistics; else ``None``."""
+    if task is None or not config.task.freeze_backbone or config.task.bn is not BatchNormMode.FROZEN:
+        return None
+    d = task.data
+    x = d.x if d.x_test is None else torch.cat([d.x, d.x_test.to(d.x.dtype)])
+    return linear_head(task.model, task.trained, x)
+
+
 def _linear(problem, config, task, generator, plan) -> Trajectory:
-    return simulate(problem, config.optimizer, config.steps, runs=config.runs, generator=generator, plan=plan)
+    opt = config.optimizer
+    head = _head(task, config) if opt.preconditioned else None
+    if head is not None:  # Adam on a linear model: exact in weight space, where the function-space rule is not
+        module, features = head
+        return simulate_head(problem, features, module.weight, module.bias, opt, config.steps, runs=config.runs,
+                             generator=generator, plan=plan)
+    return simulate(problem, opt, config.steps, runs=config.runs, generator=generator, plan=plan)
 
 
 def _paper(problem, config, task, generator, plan) -> Trajectory:
     if plan is not None:
         raise ValueError("the paper's ODE/SDE cannot replay a batch order")
     opt = config.optimizer
+    if opt.name != "sgd":
+        raise ConfigError(f"the paper's ODE/SDE predicts SGD only; use --predictor linear or adaptive for {opt.name}")
     if opt.is_full_batch(problem.n):
         return simulate_ode(problem, opt, config.steps)
     return simulate_sde(problem, opt, config.steps, runs=config.runs, generator=generator)

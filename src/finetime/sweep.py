@@ -9,6 +9,7 @@ shorter trajectories are exact prefixes of the longest.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -19,7 +20,7 @@ import torch
 from .config import Predictor, RunConfig
 from .errors import ConfigError
 from .losses import per_sample_loss
-from .predict import kernel_for, prepare, problem_from
+from .predict import kernel_for, preconditioner_name, prepare, problem_from
 from .predictors import predict_trajectory
 from .training_time import steps_to_epsilon, steps_to_target, summarize_times
 from .wallclock import seconds_per_step
@@ -83,11 +84,26 @@ def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=
         raise ConfigError("no valid configuration in the sweep: " + "; ".join(e for _, e in cells))
     wd = max(c.optimizer.weight_decay for c in valid)
     task = prepare(base.replace(weight_decay=wd) if wd > 0 else base)
-    t0 = time.perf_counter()
-    kernel = kernel_for(task, kernel_in=kernel_in, kernel_out=kernel_out,
-                        progress=(lambda d, n: progress("kernel", d, n)) if progress else None)
-    t_kernel = time.perf_counter() - t0
-    problem = problem_from(kernel, task)
+    kernels: dict = {}  # one per preconditioner: the plain J J^T, or Adam's J P J^T per batch size
+    keys = {preconditioner_name(c.optimizer) for c in valid}
+    if len(keys) > 1 and (kernel_in is not None or kernel_out is not None):
+        raise ConfigError("--kernel-in/--kernel-out hold one kernel; this sweep needs one per batch size (Adam's "
+                          "preconditioner depends on it): sweep one batch size at a time to save or reuse it")
+    t_kernel = 0.0
+
+    def problem_for(cfg: RunConfig):
+        nonlocal t_kernel
+        key = preconditioner_name(cfg.optimizer)
+        if key not in kernels:
+            t0 = time.perf_counter()
+            sub = dataclasses.replace(task, config=task.config.replace(batch_size=cfg.to_dict()["batch_size"]))
+            k = kernel_for(sub, kernel_in=kernel_in, kernel_out=kernel_out,
+                           progress=(lambda d, n: progress("kernel", d, n)) if progress else None)
+            t_kernel += time.perf_counter() - t0
+            kernels[key] = (k, problem_from(k, task))
+        return kernels[key]
+
+    kernel, problem = problem_for(valid[0])
     loss0 = float(per_sample_loss(problem.f0, problem.y, base.loss).mean())
     target = base.target_loss[0] if base.target_loss else DEFAULT_TARGET_FRACTION * loss0
     n = task.data.x.shape[0]
@@ -117,6 +133,7 @@ def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=
             t_step += time.perf_counter() - t1
         t1 = time.perf_counter()
         key = shared.get(id(cfg))
+        problem = problem_for(cfg)[1]
         if key is None:
             traj = predict_trajectory(problem, cfg)
         else:  # a shorter budget is an exact prefix of the longest one's trajectory

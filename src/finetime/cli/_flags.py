@@ -70,8 +70,12 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
     g.add_argument("--momentum", type=num("momentum", float), default=_D["momentum"],
                    help=f"momentum in [0, 1){many} (default: %(default)s)")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    g.add_argument("--betas", type=floats, default=None,
+                   help="adam/adamw: the two moment-averaging coefficients (default: 0.9,0.999)")
+    g.add_argument("--adam-eps", type=float, default=None, help="adam/adamw: eps beside sqrt(v) (default: 1e-08)")
     g.add_argument("--weight-decay", type=num("weight_decay", float), default=_D["weight_decay"],
-                   help=f"L2 weight decay{many} (default: %(default)s)")
+                   help=f"weight decay: L2 for sgd, decoupled for adamw, not predicted for adam{many} "
+                        "(default: %(default)s)")
     g.add_argument("--batch-size", type=num("batch_size", int), default=_D["batch_size"],
                    help=f"minibatch size; 0 for full-batch gradient descent{many} (default: %(default)s)")
     g.add_argument("--sampling", choices=[m.value for m in Sampling], default=_D["sampling"],
@@ -79,10 +83,12 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
     g.add_argument("--drop-last", action="store_true", help="drop the short last batch of each epoch")
     if "schedule" in lists:
         g.add_argument("--schedule", type=_listof(str), default=_D["schedule"],
-                       help="learning-rate schedules, comma list of constant, step, cosine (default: %(default)s)")
+                       help="learning-rate schedules, comma list of constant, step, cosine, linear (decay to 0) "
+                            "(default: %(default)s)")
     else:
         g.add_argument("--schedule", choices=list(SCHEDULES), default=_D["schedule"],
-                       help="learning-rate schedule (default: %(default)s)")
+                       help="learning-rate schedule; linear decays to 0 (the Hugging Face default) "
+                            "(default: %(default)s)")
     g.add_argument("--warmup-steps", type=int, default=_D["warmup_steps"], help="linear warm-up steps (default: %(default)s)")
     g.add_argument("--step-size", type=int, default=_D["step_size"],
                    help="step schedule: steps between decays (default: %(default)s)")

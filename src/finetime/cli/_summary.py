@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from ..optim import describe
+
 __all__ = ["print_summary", "print_validation", "print_sweep", "fmt_seconds"]
 
 
@@ -33,15 +35,12 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
     c = result["config"]
     pr = result["predicted"]
     n = c["classes"] * c["per_class"]
-    opt = "full-batch GD" if not c["batch_size"] else f"SGD batch {c['batch_size']} ({c['sampling']})"
-    mom = f", momentum {c['momentum']}{' (Nesterov)' if c['nesterov'] else ''}" if c["momentum"] else ""
-    wd = f", weight decay {c['weight_decay']}" if c["weight_decay"] else ""
     km = c["kernel"]
     print(f"model      {c['model']}{' (head only)' if c['freeze_backbone'] else ''}, "
           f"{c['trained_weights']:,} trained weights", file=out)
     print(f"data       {n} images, {c['classes']} classes ({', '.join(c['chosen_classes'])}), "
           f"{c['image_size']} px; {c['data_source']}", file=out)
-    print(f"optimizer  {opt}, lr {c['lr']:g}{mom}{wd}, {c['schedule']} schedule, {c['steps']} steps, {c['loss']} loss",
+    print(f"optimizer  {describe(c)}, {c['schedule']} schedule, {c['steps']} steps, {c['loss']} loss",
           file=out)
     print(f"kernel     {km['method']} ({100 * km['plan']['exact_weight_fraction']:.0f}% of weights exact), "
           f"{km['n']} x {km['classes']} outputs", file=out)
@@ -80,6 +79,10 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
 def _fmt_predictor(pr: dict) -> str:
     name = pr.get("predictor", pr["method"])
     rl = pr.get("relinearization")
+    if pr["method"] == "head":
+        return f"{name} (the trained linear head simulated in weight space: exact)"
+    if pr.get("preconditioned"):
+        return f"{name} (Adam on the preconditioned kernel J P J^T at the pretrained weights; README 'Adam')"
     if rl is None:
         return {"linear": "linear (exact simulation, one kernel at the pretrained weights)",
                 "paper": f"paper ({pr['method'].upper()} with the effective learning rate, one kernel)"}.get(name, name)

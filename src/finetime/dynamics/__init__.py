@@ -4,6 +4,8 @@
 * ``exact.py``: ``ExactStepper`` / ``simulate``: real training of the linearized model, batch by batch, with the
   optimizer's own function-space rule (``finetime.optim``); the default.
 * ``paper.py``: ``simulate_ode`` / ``simulate_sde``: the paper's gradient flow and SDE with the effective learning rate.
+* ``head.py``: ``simulate_head``: a linear head on frozen features trained in weight space by the optimizer's
+  ``torch.optim`` twin (exact for any optimizer; Adam with a frozen backbone).
 * ``closed_form.py``: ``mse_curve``: MSE loss from the kernel's spectrum.
 """
 
@@ -12,7 +14,8 @@ from ._problem import Problem
 from ._trajectory import Trajectory
 from .closed_form import mse_curve, spectral_projections
 from .exact import ExactStepper, resolve_plan, simulate
+from .head import HeadStepper, simulate_head
 from .paper import OdeStepper, SdeStepper, simulate_ode, simulate_sde
 
 __all__ = ["Problem", "Trajectory", "Recorder", "Stepper", "solve", "simulate", "ExactStepper", "resolve_plan",
-           "simulate_ode", "simulate_sde", "OdeStepper", "SdeStepper", "mse_curve", "spectral_projections"]
+           "simulate_head", "HeadStepper", "simulate_ode", "simulate_sde", "OdeStepper", "SdeStepper", "mse_curve", "spectral_projections"]

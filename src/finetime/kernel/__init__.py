@@ -2,7 +2,8 @@
 the projections, and the brute-force reference."""
 
 from ._kernel import Kernel, fingerprint_data, fingerprint_model
-from .engine import DEFAULT_PROJECTION_DIM, available_memory, compute_kernel, jacobian_weight_product
+from ._scales import GradientMoments, Scale, inverse_root_scale
+from .engine import DEFAULT_PROJECTION_DIM, available_memory, compute_kernel, gradient_moments, jacobian_weight_product
 from .projection import KernelMethod
 from .reference import brute_force_ntk, jacobian
 
@@ -10,6 +11,10 @@ __all__ = [
     "Kernel",
     "KernelMethod",
     "compute_kernel",
+    "gradient_moments",
+    "GradientMoments",
+    "Scale",
+    "inverse_root_scale",
     "jacobian_weight_product",
     "brute_force_ntk",
     "jacobian",

@@ -23,11 +23,12 @@ from ._capture import Capture
 from ._factors import Factors
 from ._fallback import install_fallback_hooks, module_per_sample_grads
 from ._kernel import Kernel, fingerprint_data, fingerprint_model
-from ._plan import KernelPlan, plan_kernel
+from ._plan import CHUNK_WORKING_SET, KernelPlan, plan_kernel
+from ._scales import GradientMoments, Scale, loss_gradient, scale_contribution
 from .projection import KernelMethod
 from .routes import ParamShape, Stores
 
-__all__ = ["compute_kernel", "KernelPlan", "available_memory", "jacobian_weight_product"]
+__all__ = ["compute_kernel", "gradient_moments", "KernelPlan", "available_memory", "jacobian_weight_product"]
 
 DEFAULT_PROJECTION_DIM = 4096
 
@@ -132,7 +133,7 @@ def _probe(model, probe, tracked, names, named):
     return shapes, owners, fallback, c, act_elems
 
 
-def _accumulate(model, xs, plan, tracked, owners, fallback, c, dtype, device, progress):
+def _accumulate(model, xs, plan, tracked, owners, fallback, c, dtype, device, progress, scales):
     """Every chunk through the routes; returns the filled shared stores and the outputs ``f`` ``(rows, C)``."""
     rows = xs.shape[0]
     zeros = lambda *s: torch.zeros(*s, dtype=dtype, device=device)  # noqa: E731
@@ -147,6 +148,8 @@ def _accumulate(model, xs, plan, tracked, owners, fallback, c, dtype, device, pr
         f_all[start:stop] = out
         for r in plan.routes:
             if (t := contrib.get(r.shape.name)) is not None:
+                if scales is not None and r.shape.name in scales:
+                    t = scale_contribution(t, scales[r.shape.name])
                 r.add(stores, t, start, stop, c)
         del contrib, out
         if progress is not None:
@@ -190,6 +193,7 @@ def compute_kernel(
     with_jw0: bool = False,
     progress: Callable[[int, int], None] | None = None,
     exact_flops: float | None = None,
+    scales: dict[str, Scale] | None = None,
 ) -> Kernel:
     """Empirical NTK of ``model`` on ``x`` (and the cross-kernel to ``x_test``).
 
@@ -208,6 +212,8 @@ def compute_kernel(
         progress: called as ``progress(samples_done, samples_total)``.
         exact_flops: for ``factored``, the flop budget of the exact routes (default: ``max(4 (NC)^2 k, 3e10)``);
             0 projects every weight.
+        scales: per-parameter ``sqrt(P)`` (``_scales.Scale``) for the preconditioned kernel ``J P J^T`` (Adam);
+            parameters without an entry are not scaled.
     """
     t_start = time.perf_counter()
     method = KernelMethod(method)
@@ -229,7 +235,8 @@ def compute_kernel(
         for r in plan.routes:
             r.prepare(projection_dim, seed, dtype, device)
         t_plan = time.perf_counter() - t_start
-        stores, f_all = _accumulate(model, xs, plan, tracked, owners, fallback, c, dtype, device, progress)
+        stores, f_all = _accumulate(model, xs, plan, tracked, owners, fallback, c, dtype, device, progress,
+                                     scales)
         t_chunks = time.perf_counter() - t_start - t_plan
         theta = _gram(plan, stores, rows, cols, c, dtype, device)
         nc = cols * c
@@ -246,10 +253,64 @@ def compute_kernel(
         "params": len(names), "weights": sum(named[n].numel() for n in names),
         "model_fingerprint": fingerprint_model(model), "data_fingerprint": fingerprint_data(x, x_test),
         "plan": plan.summary(), "seconds": time.perf_counter() - t_start,
+        "preconditioner": None if scales is None else "scaled",
         "phase_seconds": {"plan": round(t_plan, 3), "chunks": round(t_chunks, 3), "gram": round(t_gram, 3)},
     }
     return Kernel(theta_train, f_all[:cols].clone(), theta_test, f_all[cols:].clone() if x_test is not None else None,
                   jw0, jw0_test, meta)
+
+
+def gradient_moments(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    residuals: torch.Tensor,
+    *,
+    params: list[str] | None = None,
+    chunk_size: int | None = None,
+) -> GradientMoments:
+    """Mean and mean square over the samples of the per-sample loss gradients ``g_i = J_i^T r_i``, weight by weight.
+
+    Args:
+        model: as for ``compute_kernel`` (run in eval mode here).
+        x: inputs ``(N, ...)``.
+        residuals: ``r_i = dl(f_i, y_i) / df_i`` at the current outputs, ``(N, C)`` (``losses.residual``).
+        params: names of the trained parameters (default: those with ``requires_grad``).
+        chunk_size: samples per forward pass (default: sized to a few hundred MB of working memory).
+
+    One forward and ``C`` backward passes per chunk, as for the kernel; each parameter's per-sample gradient is
+    formed one chunk at a time in its contribution layout (the layout ``compute_kernel``'s ``scales`` use).
+    """
+    named = dict(model.named_parameters())
+    names = _trained_names(named, params)
+    tracked = {id(named[n]): n for n in names}
+    device, dtype = named[names[0]].device, named[names[0]].dtype
+    n = x.shape[0]
+    if n == 0:
+        raise KernelError("empty input: no samples to compute gradient moments on")
+    total: dict[str, torch.Tensor] = {}
+    squares: dict[str, torch.Tensor] = {}
+    layout: dict = {}
+    with eval_mode(model):
+        shapes, owners, fallback, c, act_elems = _probe(model, x[: min(2, n)].to(device), tracked, names, named)
+        if residuals.shape != (n, c):
+            raise KernelError(f"residuals must have shape {(n, c)} (samples, outputs), got {tuple(residuals.shape)}")
+        if chunk_size is None:
+            per_sample = _bytes(dtype) * (act_elems * (c + 1) + (c + 2) * max([s.dim for s in shapes] or [1]))
+            chunk_size = int(max(1, min(n, CHUNK_WORKING_SET // max(per_sample, 1))))
+        for start in range(0, n, chunk_size):
+            stop = min(n, start + chunk_size)
+            _, contrib = _contributions(model, x[start:stop].to(device), tracked, owners, fallback, c)
+            r = residuals[start:stop].to(device)
+            for name, t in contrib.items():
+                g, layout[name] = loss_gradient(t, r)
+                g = g.double()
+                if name in total:
+                    total[name] += g.sum(0)
+                    squares[name] += (g * g).sum(0)
+                else:
+                    total[name], squares[name] = g.sum(0), (g * g).sum(0)
+    return GradientMoments({k: (v / n).to(dtype) for k, v in total.items()},
+                           {k: (v / n).to(dtype) for k, v in squares.items()}, layout, n)
 
 
 def jacobian_weight_product(model: torch.nn.Module, x: torch.Tensor, names: list[str], chunk_size: int = 64):

@@ -52,7 +52,8 @@ class FunctionState:
     a: torch.Tensor | None = None
 
     def clone(self) -> "FunctionState":
-        return FunctionState(self.f.clone(), {k: v.clone() for k, v in self.slots.items()},
+        return FunctionState(self.f.clone(),
+                             {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.slots.items()},
                              None if self.a is None else self.a.clone())
 
 
@@ -62,7 +63,10 @@ class FunctionSpaceRule(Protocol):
     ``grad`` is the change of all outputs that a plain gradient step of size 1 makes, ``J g`` (``(R, N*C + M*C)``),
     ``coeff`` its coefficient vector (``g = J^T coeff``, ``(R, N*C)``; only given when ``state.a`` is tracked), and
     ``weights`` a callable returning ``J w`` (the function-space image of the current weights; weight decay needs it).
+    A rule with ``needs_coeff = True`` is given ``coeff`` at every step.
     """
+
+    needs_coeff: bool
 
     def init(self, f: torch.Tensor, nc: int, track: bool) -> FunctionState: ...
 
@@ -137,6 +141,16 @@ class Optimizer:
                 f"batch size {self.batch_size} is larger than the training set ({n} samples); "
                 "lower --batch-size or omit it for full-batch GD"
             )
+
+    @property
+    def preconditioned(self) -> bool:
+        """True when the simulator runs on a preconditioned kernel ``J P J^T`` whose ``P`` the optimizer builds from
+        the per-weight gradient moments at ``w0`` (``second_moments``; Adam) instead of on ``J J^T``."""
+        return False
+
+    def second_moments(self, mean: torch.Tensor, sq: torch.Tensor, n: int) -> torch.Tensor:
+        """For preconditioned optimizers: the per-weight statistic ``P`` is built from (see ``adam.Adam``)."""
+        raise NotImplementedError
 
     def torch_optimizer(self, params) -> torch.optim.Optimizer:
         raise NotImplementedError

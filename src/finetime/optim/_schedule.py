@@ -7,7 +7,7 @@ import math
 
 import torch
 
-__all__ = ["Constant", "StepDecay", "Cosine", "Schedule", "lr_factors", "SCHEDULES"]
+__all__ = ["Constant", "StepDecay", "Cosine", "Linear", "Schedule", "lr_factors", "SCHEDULES"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +42,20 @@ class Cosine:
         return 0.5 * (1.0 + math.cos(math.pi * t / max(total, 1)))
 
 
-Schedule = Constant | StepDecay | Cosine
+@dataclasses.dataclass(frozen=True)
+class Linear:
+    """Linear decay to zero over the run after the warm-up (Hugging Face's ``get_linear_schedule_with_warmup``,
+    the ``Trainer`` default): update ``t`` after warm-up uses ``1 - t / (steps - warmup)``."""
 
-SCHEDULES = {"constant": Constant, "step": StepDecay, "cosine": Cosine}
+    warmup_steps: int = 0
+
+    def _main(self, t: int, total: int) -> float:
+        return 1.0 - t / max(total, 1)
+
+
+Schedule = Constant | StepDecay | Cosine | Linear
+
+SCHEDULES = {"constant": Constant, "step": StepDecay, "cosine": Cosine, "linear": Linear}
 """Schedule names (``--schedule``) -> classes."""
 
 

@@ -58,6 +58,8 @@ class SGD(Optimizer):
 class _SGDRule:
     """SGD's update in function space (see the module docstring); in place on the state it is given."""
 
+    needs_coeff = False
+
     def __init__(self, opt: SGD):
         self.m = opt.momentum
         self.nesterov = opt.nesterov

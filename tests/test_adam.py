@@ -1,0 +1,178 @@
+"""Adam/AdamW: gradient moments and the preconditioned kernel against brute force; the function-space rule against
+real torch.optim where it is exact (the first update of full-batch Adam on a linear model)."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from finetime.config import RunConfig
+from finetime.dynamics import Problem, simulate
+from finetime.errors import ConfigError
+from finetime.kernel import compute_kernel, gradient_moments, inverse_root_scale, jacobian
+from finetime.losses import Loss, per_sample_loss, residual
+from finetime.optim import Adam, AdamW, Linear, lr_factors
+
+
+class TextLike(nn.Module):
+    """Embedding bag -> LayerNorm -> MLP: every parameter layout the engine factors or keeps dense."""
+
+    def __init__(self, vocab=13, d=6, c=3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.ln = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 5)
+        self.fc2 = nn.Linear(5, c)
+
+    def forward(self, ids):
+        h = self.ln(self.emb(ids).mean(1))
+        return self.fc2(torch.tanh(self.fc1(h)))
+
+
+def _setup(seed=0, n=7):
+    torch.manual_seed(seed)
+    model = TextLike().double().eval()
+    x = torch.randint(0, 13, (n, 4))
+    y = torch.randint(0, 3, (n,))
+    return model, x, y
+
+
+def _per_sample_grads(model, x, r):
+    j = jacobian(model, x)  # (N*C, D), parameters concatenated in order
+    n, c = r.shape
+    return (j.view(n, c, -1) * r.unsqueeze(-1)).sum(1)  # (N, D)
+
+
+def test_gradient_moments_match_brute_force():
+    model, x, y = _setup()
+    with torch.no_grad():
+        r = residual(model(x), y, Loss.CE)
+    mom = gradient_moments(model, x, r, chunk_size=3)
+    g = _per_sample_grads(model, x, r)
+    start = 0
+    for name, p in model.named_parameters():
+        block = g[:, start : start + p.numel()]
+        start += p.numel()
+        torch.testing.assert_close(mom.mean[name], block.mean(0), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(mom.sq[name], (block**2).mean(0), rtol=1e-10, atol=1e-12)
+    assert mom.layout["fc1.weight"] == (1, 5, 6) and mom.layout["emb.weight"] == (1, 13, 6)
+    assert mom.layout["fc1.bias"] is None and mom.layout["ln.weight"] is None
+
+
+def _diag_p(scales, model):
+    """The diagonal P the scales stand for, in parameter layout."""
+    out = []
+    for name, p in model.named_parameters():
+        s = scales[name]
+        root = s.dense if s.dense is not None else (s.left.reshape(-1, 1) * s.right.reshape(1, -1)).reshape(-1)
+        out.append(root**2)
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("method,kw", [("exact", {}), ("factored", {})])
+def test_preconditioned_kernel_matches_brute_force(method, kw):
+    model, x, y = _setup(1)
+    with torch.no_grad():
+        r = residual(model(x), y, Loss.CE)
+    mom = gradient_moments(model, x, r)
+    opt = AdamW(lr=1e-3, batch_size=3)
+    scales = {k: inverse_root_scale(opt.second_moments(mom.mean[k], mom.sq[k], mom.n), mom.layout[k], 1e-8)
+              for k in mom.mean}
+    p = _diag_p(scales, model)
+    j = jacobian(model, x)
+    ref = (j * p) @ j.T
+    k = compute_kernel(model, x, method=method, scales=scales, chunk_size=2, **kw)
+    torch.testing.assert_close(k.theta, ref, rtol=1e-9, atol=1e-12)
+    assert k.meta["preconditioner"] == "scaled"
+
+
+def test_preconditioned_projection_is_unbiased():
+    model, x, y = _setup(2)
+    with torch.no_grad():
+        r = residual(model(x), y, Loss.CE)
+    mom = gradient_moments(model, x, r)
+    scales = {k: inverse_root_scale(mom.sq[k], mom.layout[k], 1e-8) for k in mom.mean}
+    j = jacobian(model, x)
+    ref = (j * _diag_p(scales, model)) @ j.T
+    ests = torch.stack([compute_kernel(model, x, projection_dim=16, seed=s, exact_flops=0, scales=scales).theta
+                        for s in range(48)])
+    single = torch.stack([(e - ref).norm() / ref.norm() for e in ests]).mean()
+    assert single > 0.02
+    assert (ests.mean(0) - ref).norm() / ref.norm() < single / 3
+
+
+def test_rank_one_second_moments_factor_exactly():
+    v = torch.outer(torch.rand(4, dtype=torch.float64) + 0.1, torch.rand(5, dtype=torch.float64) + 0.1)
+    s = inverse_root_scale(v.reshape(-1), (1, 4, 5), eps=1e-14)
+    p = (s.left.reshape(-1, 1) * s.right.reshape(1, -1)) ** 2
+    torch.testing.assert_close(p, 1 / v.sqrt(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("opt_cls,wd", [(Adam, 0.0), (AdamW, 0.0), (AdamW, 0.3)])
+def test_first_update_matches_torch(opt_cls, wd):
+    """Full batch, first step: v_hat = g^2 and m_hat = g, so Adam is exactly a diagonal preconditioner of the
+    moments at w0 (dense parameters: a linear model's bias, and one sample for the rank-one weight)."""
+    torch.manual_seed(3)
+    n, d, c = 1, 4, 3
+    x, y = torch.randn(n, d, dtype=torch.float64), torch.randint(0, c, (n,))
+    model = nn.Linear(d, c).double()
+    opt = opt_cls(lr=0.05, weight_decay=wd, adam_eps=1e-12, betas=(0.8, 0.99))
+    with torch.no_grad():
+        f0 = model(x)
+    mom = gradient_moments(model, x, residual(f0, y, Loss.CE))
+    scales = {k: inverse_root_scale(opt.second_moments(mom.mean[k], mom.sq[k], mom.n), mom.layout[k], opt.adam_eps)
+              for k in mom.mean}
+    k = compute_kernel(model, x, scales=scales, with_jw0=bool(wd))
+    traj = simulate(Problem(k.theta, k.f0, y, Loss.CE, jw0=k.jw0), opt, steps=1)
+    real = opt.torch_optimizer(model.parameters())
+    loss = per_sample_loss(model(x), y, Loss.CE).mean()
+    loss.backward()
+    real.step()
+    with torch.no_grad():
+        after = per_sample_loss(model(x), y, Loss.CE).mean()
+    assert abs(traj.loss[0, 1].item() - after.item()) < 1e-6 * after.item()
+    assert abs(traj.loss[0, 1].item() - loss.item()) > 1e-3  # it moved
+
+
+def test_adam_settings_and_linear_schedule():
+    cfg = RunConfig.from_dict({"optimizer": "adamw", "lr": 3e-5, "batch_size": 16, "weight_decay": 0.01,
+                               "schedule": "linear", "warmup_steps": 4, "steps": 12, "betas": [0.9, 0.98]})
+    assert isinstance(cfg.optimizer, AdamW) and cfg.optimizer.betas == (0.9, 0.98)
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert not cfg.relinearizes  # Adam runs on one preconditioned kernel
+    torch.testing.assert_close(lr_factors(Linear(warmup_steps=4), 12)[3:].tolist(),
+                               [1.0] + [1 - t / 8 for t in range(8)])
+    with pytest.raises(ConfigError, match="momentum"):
+        RunConfig.from_dict({"optimizer": "adamw", "momentum": 0.9})
+    with pytest.raises(ConfigError, match="adamw"):
+        Adam(lr=1e-3, weight_decay=0.1)
+    with pytest.raises(ConfigError, match="betas"):
+        AdamW(lr=1e-3, betas=(0.9, 1.0))
+
+
+@pytest.mark.parametrize("opt_cls,wd,batch", [(AdamW, 0.05, 4), (Adam, 0.0, None)])
+def test_head_only_simulation_matches_real_adam(opt_cls, wd, batch):
+    """A trained head on a frozen backbone: the weight-space simulator reproduces torch.optim.Adam/AdamW run by
+    run, schedule included."""
+    from finetime.batches import batch_plan
+    from finetime.dynamics import simulate_head
+    from finetime.finetune import finetune
+    from finetime.network import linear_head
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    x, y = torch.randn(10, 5, dtype=torch.float64), torch.randint(0, 3, (10,))
+    trained = ["2.weight", "2.bias"]
+    opt = opt_cls(lr=0.05, weight_decay=wd, batch_size=batch, schedule=Linear(warmup_steps=3))
+    module, features = linear_head(model, trained, x)
+    assert module is model[2] and features.shape == (10, 8)
+    k = compute_kernel(model, x)
+    problem = Problem(k.theta, k.f0, y, Loss.CE)
+    plan = batch_plan(10, opt, 20, 1, torch.Generator().manual_seed(0)) if batch else None
+    traj = simulate_head(problem, features, module.weight, module.bias, opt, 20, plan=plan)
+    real_plan = plan if plan is not None else batch_plan(10, opt, 20, 1, torch.Generator())
+    real = finetune(model, x, y, opt, 20, real_plan, params=trained)
+    torch.testing.assert_close(traj.loss[0], real.loss, rtol=1e-10, atol=1e-12)
+    assert real.loss[-1] < 0.8 * real.loss[0]
+    assert linear_head(model, ["0.weight", "2.weight"], x) is None
