@@ -31,6 +31,7 @@ from finetime.predict import Task, kernel_for, preconditioner_name, prepare, pro
 from finetime.predictors import predict_trajectory, stability_ratio
 from finetime.runtime import tune_allocator
 from finetime.wallclock import seconds_per_step
+from finetime.zoo import is_text_data
 
 PREDICTION_KEYS = ("predictor", "relinearize", "reanchor", "linearity_tol")
 """Flat settings that choose how a prediction is made, not what is trained: left out of cell identities."""
@@ -225,7 +226,8 @@ def _matches(c: RunConfig, where: dict) -> bool:
 
 def _label(c: RunConfig) -> str:
     f = c.to_dict()
-    return f"{f['data']} {f['image_size']}px n={f['per_class']} s={f['seed']} {describe(f, short=True)} bn={f['bn']}"
+    size = f"{f['max_length']}tok" if is_text_data(f["data"]) else f"{f['image_size']}px"
+    return f"{f['data']} {size} n={f['per_class']} s={f['seed']} {describe(f, short=True)} bn={f['bn']}"
 
 
 if __name__ == "__main__":

@@ -365,3 +365,44 @@ def test_adamw_flags_and_their_errors(capsys, tmp_path):
                       (["--optimizer", "adamw", "--predictor", "paper"], "predicts SGD only")):
         code, _, err = run(capsys, "predict", *FAST, *args)
         assert code == 2 and msg in err, (args, err)
+
+
+def _tiny_hf_checkpoint(path):
+    """A random tiny BERT with a word-level tokenizer, saved as a Hugging Face checkpoint directory."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    words = ["good", "bad", "great", "awful", "tasty", "stale", "love", "hate", "it", "this"]
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(str(path))
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=15, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=12, max_position_embeddings=16)
+    transformers.BertModel(cfg).save_pretrained(str(path))
+    return words
+
+
+def test_text_model_and_csv_data(capsys, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    words = _tiny_hf_checkpoint(ckpt)
+    rows = ["text,label"] + [f"{words[i % 10]} {words[(3 * i) % 10]} it,{'great' if i % 2 else 'other'}"
+                             for i in range(40)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    common = ["--model", f"hf:{ckpt}", "--data", f"csv:{tmp_path / 't.csv'}", "--classes", "2", "--per-class", "6",
+              "--max-length", "8", "--steps", "15", "--quiet"]
+    path = tmp_path / "v.json"
+    code, out, err = run(capsys, "validate", *common, "--optimizer", "adamw", "--lr", "1e-2", "--batch-size", "4",
+                         "--json", str(path))
+    assert code == 0, err
+    assert "12 texts, 2 classes (great, other), at most 8 tokens" in out
+    r = json.loads(path.read_text())
+    assert r["config"]["max_length"] == 8 and len(r["actual"]["loss"]) == 16
+    for args, msg in ((["--model", f"hf:{tmp_path}"], "not a Hugging Face checkpoint"),
+                      (["--model", "models_for_tests:tiny_cnn"], "holds texts but --model"),
+                      (["--data", f"csv:{tmp_path / 'missing.csv'}"], "does not exist")):
+        code, _, err = run(capsys, "predict", *common, *args)
+        assert code == 2 and msg in err, (args, err)
+    (tmp_path / "bad.csv").write_text("sentence,label\nx,y\n")
+    code, _, err = run(capsys, "predict", *common, "--data", f"csv:{tmp_path / 'bad.csv'}")
+    assert code == 2 and "'text' and 'label' columns" in err

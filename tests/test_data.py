@@ -43,3 +43,24 @@ def test_mnist_5k():
 def test_full_fashion_mnist():
     raw = load_raw("fashion-mnist")
     assert raw.train_x.shape == (60000, 28, 28)
+
+
+def test_shipped_text_data_and_csv(tmp_path):
+    raw = load_raw("fine-foods")
+    assert raw.is_text and raw.class_names == ["great", "other"]
+    assert raw.train_x.shape == (4000,) and raw.test_x.shape == (1000,)
+
+    def encode(texts):  # a stand-in tokenizer: word counts; sample_task encodes train and test texts at once
+        return torch.tensor([[len(t.split())] for t in texts])
+
+    a = sample_task(raw, classes=2, per_class=5, test_per_class=2, seed=3, encode_text=encode)
+    b = sample_task(raw, classes=2, per_class=5, test_per_class=2, seed=3, encode_text=encode)
+    assert a.x.shape == (10, 1) and a.x_test.shape == (4, 1) and torch.equal(a.x, b.x)
+    assert a.x[0, 0] == len(raw.train_x[a.train_index[0]].split())
+    with pytest.raises(ConfigError, match="text model"):
+        sample_task(raw, classes=2, per_class=5)
+    path = tmp_path / "t.csv"
+    path.write_text('text,label\n"a, b",x\nc,y\nd,x\ne,y\nf,x\ng,y\nh,x\ni,y\nj,x\nk,y\n')
+    own = load_raw(f"csv:{path}")
+    assert own.class_names == ["x", "y"] and len(own.train_x) == 8 and len(own.test_x) == 2
+    assert "a, b" in list(own.train_x) + list(own.test_x)

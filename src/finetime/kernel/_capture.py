@@ -10,7 +10,7 @@ from torch.utils._pytree import tree_flatten
 
 import torch.nn.functional as F
 
-from ._ops import RULES, OpRecord, capture_call, zero_pad_info
+from ._ops import RULES, OpRecord, capture_call, expand_shared_input, zero_pad_info
 
 __all__ = ["Capture", "ModuleRecord"]
 
@@ -35,8 +35,10 @@ class Capture(TorchFunctionMode):
     recognizes in a differentiable way (``foreign``); their gradients must come from a module-level fallback.
     """
 
-    def __init__(self, tracked: dict[int, str], scan: bool = False, skip: frozenset[str] = frozenset()):
+    def __init__(self, tracked: dict[int, str], scan: bool = False, skip: frozenset[str] = frozenset(),
+                 batch: int = 0):
         super().__init__()
+        self.batch = batch  # samples in the forward pass: inputs shared by all of them are expanded to it
         self.tracked = tracked
         self.scan = scan
         self.skip = skip
@@ -55,6 +57,7 @@ class Capture(TorchFunctionMode):
                 self.padded[id(out)] = (out, *info)
             return out
         if func in RULES:
+            args, kwargs = expand_shared_input(func, args, kwargs, self.batch)
             rec = capture_call(func, args, kwargs, self.tracked, self.padded)
             if rec is not None and self.skip and set(rec.params.values()) & self.skip:
                 rec.params = {r: n for r, n in rec.params.items() if n not in self.skip}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..errors import KernelError
 from ._factors import Factors, IndexFactor
 
-__all__ = ["OpRecord", "RULES"]
+__all__ = ["expand_shared_input", "OpRecord", "RULES"]
 
 
 @dataclasses.dataclass
@@ -295,6 +295,30 @@ RULES: dict[Callable, tuple[list, Callable, Callable | None]] = {
     torch.embedding: (_SIG_TORCH_EMB, _capture_embedding, _torch_embedding),
 }
 """Functional op -> (signature, capture rule, argument adapter)."""
+
+
+_PER_POSITION = {F.linear: 0, F.embedding: 0, torch.embedding: 1}
+"""Ops that act position by position, with the index of their ``input`` argument."""
+
+
+def expand_shared_input(func, args, kwargs, batch: int):
+    """``(args, kwargs)`` with a per-position op's ``input`` expanded from a leading dimension of 1 to ``batch``.
+
+    Inputs shared by all samples (position ids of shape ``(1, L)`` in BERT) give outputs that later broadcast over
+    the batch: the gradient at such an output is the sum over samples, and per-sample gradients are lost. Expanded,
+    the output has one row per sample and the same values, so everything downstream computes the same numbers."""
+    pos = _PER_POSITION.get(func)
+    if pos is None or batch <= 1:
+        return args, kwargs
+    if len(args) > pos:
+        x = args[pos]
+        if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[0] == 1:
+            args = (*args[:pos], x.expand(batch, *x.shape[1:]), *args[pos + 1 :])
+    elif isinstance(kwargs.get("input"), torch.Tensor):
+        x = kwargs["input"]
+        if x.dim() >= 2 and x.shape[0] == 1:
+            kwargs = {**kwargs, "input": x.expand(batch, *x.shape[1:])}
+    return args, kwargs
 
 
 def capture_call(func, args, kwargs, tracked, padded=None) -> OpRecord | None:

@@ -63,7 +63,7 @@ def _merge(a, b, c):
 def _forward(model, x, tracked, owners, scan=False, skip=frozenset()):
     mrecs: list = []
     handles = install_fallback_hooks(model, owners, mrecs) if owners else []
-    cap = Capture(tracked, scan=scan, skip=skip)
+    cap = Capture(tracked, scan=scan, skip=skip, batch=x.shape[0])
     try:
         with torch.enable_grad(), (cap.track_modules(model) if scan else contextlib.nullcontext()), cap:
             out = model(x)

