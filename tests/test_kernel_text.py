@@ -64,3 +64,14 @@ def test_tiny_bert_preconditioned_kernel_matches_brute_force():
         p.append(root**2)
     k = compute_kernel(model, x, method="exact", scales=scales)
     torch.testing.assert_close(k.theta, (j * torch.cat(p)) @ j.T, rtol=1e-9, atol=1e-12)
+
+
+def test_tiny_bert_jacobian_weight_product():
+    """J w0 (for weight decay) by forward mode through attention, against the brute-force Jacobian."""
+    from finetime.kernel import jacobian_weight_product
+
+    model, x = _data(seed=2)
+    names = [n for n, _ in model.named_parameters()]
+    w0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    jw0 = jacobian_weight_product(model, x, names, chunk_size=2)
+    torch.testing.assert_close(jw0.reshape(-1), jacobian_loop(model, x) @ w0, rtol=1e-9, atol=1e-12)

@@ -320,7 +320,10 @@ def jacobian_weight_product(model: torch.nn.Module, x: torch.Tensor, names: list
     named = dict(model.named_parameters())
     primals = {n: named[n].detach() for n in names}
     outs = []
-    with eval_mode(model):
+    # Fused attention kernels have no forward-mode derivative; the math backend computes the same function.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with eval_mode(model), sdpa_kernel([SDPBackend.MATH]):
         for s in range(0, x.shape[0], chunk_size):
             xb = x[s : s + chunk_size]
             _, tangent_out = jvp(lambda p: functional_call(model, p, (xb,)), (primals,), (primals,))
