@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/benchmarks_md.py
 
-Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
+Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{text_suite}}, {{text_kernel}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
 {{testcurves}}; a missing results file renders as a note saying which command produces it.
 """
 
@@ -45,6 +45,34 @@ def adamw_suite():
     report.scatter(cells, ["linear"], RES / "adamw_scatter.png")
     names = sorted({p for c in cells for p in c["predictors"]}) + ["replay"]
     return report.render(cells, names) + "\n![predicted vs real training time, AdamW](bench/results/adamw_scatter.png)\n"
+
+
+def text_suite():
+    import report
+
+    path = RES / "text.jsonl"
+    if not path.exists():
+        return _missing("bench/suite.py --config bench/configs/text.toml")
+    cells = report.load([path])
+    names = sorted({p for c in cells for p in c["predictors"]}) + ["replay"]
+    return report.render(cells, names)
+
+
+def text_kernel():
+    path = RES / "text_kernel.json"
+    if not path.exists():
+        return _missing("bench/text_kernel_bench.py")
+    rows = json.loads(path.read_text())
+    lines = ["| kernel | samples x tokens | weights | routes | kernel seconds (phases) | peak memory | one step "
+             "(batch 16) | kernel / 200-step run |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        routes = ", ".join(f"{k} {v['weights'] / 1e6:.1f}M" for k, v in r["plan"]["strategies"].items())
+        phases = ", ".join(f"{k} {v:g}" for k, v in r["phase_seconds"].items())
+        name = "J P J^T (AdamW)" if r["optimizer"] == "adamw" else "J J^T (SGD)"
+        lines.append(f"| {name} | {r['n']} x {r['tokens']} | {r['weights'] / 1e6:.1f}M | {routes} | "
+                     f"{r['kernel_seconds']} ({phases}) | {r['peak_rss_gb']} GB | {r['seconds_per_step']} s | "
+                     f"1/{1 / r['kernel_over_run']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def kernel():
@@ -128,7 +156,8 @@ def testcurves():
 
 def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
-    for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("kernel", kernel), ("dynamics", dynamics),
+    for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
+                    ("text_kernel", text_kernel), ("kernel", kernel), ("dynamics", dynamics),
                     ("extrapolation", extrapolation), ("testcurves", testcurves)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
