@@ -22,40 +22,34 @@ def _missing(cmd):
     return f"_Not run yet: `{cmd}`._\n"
 
 
-def paper_suite():
+def _suite(stem: str, scatter: tuple[str, ...] = (), caption: str = "") -> str:
+    """The report of ``bench/results/<stem>.jsonl`` (every predictor found, plus replay), with a scatter plot of the
+    ``scatter`` predictors present."""
     import report
 
-    path = RES / "paper.jsonl"
+    path = RES / f"{stem}.jsonl"
     if not path.exists():
-        return _missing("bench/suite.py --config bench/configs/paper.toml")
+        return _missing(f"bench/suite.py --config bench/configs/{stem}.toml")
     cells = report.load([path])
-    report.scatter(cells, [p for p in ("linear", "paper", "adaptive")
-                           if any(p in c["predictors"] for c in cells)], RES / "paper_scatter.png")
     names = sorted({p for c in cells for p in c["predictors"]}) + ["replay"]
-    return report.render(cells, names) + "\n![predicted vs real training time](bench/results/paper_scatter.png)\n"
+    text = report.render(cells, names)
+    shown = [p for p in scatter if any(p in c["predictors"] for c in cells)]
+    if shown:
+        report.scatter(cells, shown, RES / f"{stem}_scatter.png")
+        text += f"\n![{caption}](bench/results/{stem}_scatter.png)\n"
+    return text
+
+
+def paper_suite():
+    return _suite("paper", ("linear", "paper", "adaptive"), "predicted vs real training time")
 
 
 def adamw_suite():
-    import report
-
-    path = RES / "adamw.jsonl"
-    if not path.exists():
-        return _missing("bench/suite.py --config bench/configs/adamw.toml")
-    cells = report.load([path])
-    report.scatter(cells, ["linear"], RES / "adamw_scatter.png")
-    names = sorted({p for c in cells for p in c["predictors"]}) + ["replay"]
-    return report.render(cells, names) + "\n![predicted vs real training time, AdamW](bench/results/adamw_scatter.png)\n"
+    return _suite("adamw", ("linear",), "predicted vs real training time, AdamW")
 
 
 def text_suite():
-    import report
-
-    path = RES / "text.jsonl"
-    if not path.exists():
-        return _missing("bench/suite.py --config bench/configs/text.toml")
-    cells = report.load([path])
-    names = sorted({p for c in cells for p in c["predictors"]}) + ["replay"]
-    return report.render(cells, names)
+    return _suite("text")
 
 
 def text_kernel():
