@@ -101,10 +101,11 @@ def batch_statistics_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def linear_head(model: nn.Module, trained: list[str], x: torch.Tensor, chunk: int = 256):
     """When exactly the weight (and bias) of one ``nn.Linear`` are trained and it sees one feature vector per sample:
     ``(module, features (n, d))`` with the features computed in eval mode; else ``None``."""
+    names = set(trained)
+    wanted = {id(p) for n, p in model.named_parameters() if n in names}
     owner = next((m for m in model.modules() if isinstance(m, nn.Linear)
-                  and {id(p) for p in m.parameters(recurse=False)} == {id(p) for n, p in model.named_parameters()
-                                                                     if n in set(trained)}), None)
-    if owner is None or len(trained) != len(list(owner.parameters(recurse=False))):
+                  and {id(p) for p in m.parameters(recurse=False)} == wanted), None)
+    if owner is None or len(trained) != len(wanted):
         return None
     seen = []
     handle = owner.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach()))

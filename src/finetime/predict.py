@@ -26,8 +26,8 @@ from .training_time import Threshold, TimeEstimate, steps_to_threshold, summariz
 from .wallclock import seconds_per_step
 from .zoo import Dataset, build_model, freeze_backbone, load_raw, sample_task
 
-__all__ = ["Task", "Prediction", "prepare", "kernel_for", "preconditioner_name", "preconditioner_scales", "network_of", "problem_from", "thresholds",
-           "training_times", "curve_summary", "predict", "tolist"]
+__all__ = ["Task", "Prediction", "prepare", "kernel_for", "preconditioner_name", "preconditioner_scales", "network_of",
+           "problem_from", "thresholds", "training_times", "curve_summary", "predict", "tolist"]
 
 
 @dataclasses.dataclass
@@ -80,6 +80,7 @@ def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=No
     opt = cfg.optimizer
     need_jw0 = opt.weight_decay > 0
     precond = preconditioner_name(opt)
+    start = scales = None  # outputs where the run starts, Adam's scales: computed only for a preconditioned kernel
     if kernel_in is not None:
         k = Kernel.load(kernel_in, model_fingerprint=fingerprint_model(model),
                         data_fingerprint=fingerprint_data(d.x, d.x_test),
@@ -89,7 +90,9 @@ def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=No
             raise ConfigError(f"{kernel_in} was saved without J w0; recompute it for --weight-decay")
     else:
         t0 = time.perf_counter()
-        scales = preconditioner_scales(task, model) if opt.preconditioned else None
+        if opt.preconditioned:
+            start = _start_outputs(task, model)
+            scales = preconditioner_scales(task, model, outputs=start)
         t_moments = time.perf_counter() - t0
         k = compute_kernel(model, d.x, x_test=d.x_test, method=kc.method, projection_dim=kc.projection_dim,
                            seed=cfg.task.seed, params=task.trained, max_memory=kc.max_memory_bytes,
@@ -99,7 +102,7 @@ def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=No
             k.meta["seconds"] += t_moments
             k.meta["phase_seconds"]["moments"] = round(t_moments, 3)
     if cfg.task.bn is BatchNormMode.BATCH:
-        k.f0 = batch_statistics_outputs(model, d.x)
+        k.f0 = start if start is not None else batch_statistics_outputs(model, d.x)
         k.meta["f0"] = "batch statistics over the training set"
     if kernel_out is not None:
         k.save(kernel_out)
@@ -124,13 +127,15 @@ def _start_outputs(task: Task, model: torch.nn.Module) -> torch.Tensor:
         return network_outputs(model, x)
 
 
-def preconditioner_scales(task: Task, model: torch.nn.Module | None = None) -> dict:
+def preconditioner_scales(task: Task, model: torch.nn.Module | None = None, *,
+                          outputs: torch.Tensor | None = None) -> dict:
     """``sqrt(P)`` per trained parameter for an optimizer that runs on ``J P J^T`` (Adam): the per-sample loss
     gradients' moments at the start (``kernel.gradient_moments``), the optimizer's minibatch second moments from them,
-    and their inverse root (``kernel.inverse_root_scale``)."""
+    and their inverse root (``kernel.inverse_root_scale``). ``outputs``: the training outputs where the run starts,
+    if already computed."""
     model = model if model is not None else task.model
     opt, d = task.config.optimizer, task.data
-    f = _start_outputs(task, model)
+    f = outputs if outputs is not None else _start_outputs(task, model)
     r = residual(f.double(), d.y, task.config.loss).to(f.dtype)
     mom = gradient_moments(model, d.x, r, params=task.trained)
     return {name: inverse_root_scale(opt.second_moments(mom.mean[name], mom.sq[name], mom.n), mom.layout[name],

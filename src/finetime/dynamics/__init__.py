@@ -18,4 +18,5 @@ from .head import HeadStepper, simulate_head
 from .paper import OdeStepper, SdeStepper, simulate_ode, simulate_sde
 
 __all__ = ["Problem", "Trajectory", "Recorder", "Stepper", "solve", "simulate", "ExactStepper", "resolve_plan",
-           "simulate_head", "HeadStepper", "simulate_ode", "simulate_sde", "OdeStepper", "SdeStepper", "mse_curve", "spectral_projections"]
+           "simulate_head", "HeadStepper", "simulate_ode", "simulate_sde", "OdeStepper", "SdeStepper", "mse_curve",
+           "spectral_projections"]

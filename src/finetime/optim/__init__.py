@@ -38,5 +38,6 @@ def describe(c: dict, short: bool = False) -> str:
         parts.append(f"weight decay {c['weight_decay']:g}")
     return ", ".join(parts)
 
-__all__ = ["Optimizer", "FunctionSpaceRule", "FunctionState", "Sampling", "SGD", "Adam", "AdamW", "OPTIMIZERS", "describe", "Constant",
-           "StepDecay", "Cosine", "Linear", "Schedule", "SCHEDULES", "lr_factors"]
+
+__all__ = ["Optimizer", "FunctionSpaceRule", "FunctionState", "Sampling", "SGD", "Adam", "AdamW", "OPTIMIZERS",
+           "describe", "Constant", "StepDecay", "Cosine", "Linear", "Schedule", "SCHEDULES", "lr_factors"]

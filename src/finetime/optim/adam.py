@@ -110,9 +110,8 @@ class _AdamRule:
     def init(self, f: torch.Tensor, nc: int, track: bool) -> FunctionState:
         if track:
             raise ValueError("coefficient tracking (re-linearization) is not available for Adam")
-        runs = f.shape[0]
-        zeros = torch.zeros(runs, dtype=f.dtype)
-        return FunctionState(f, {"m": torch.zeros_like(f), "q": zeros.clone(), "t": 0, "q_ref": None})
+        q = torch.zeros(f.shape[0], dtype=f.dtype)
+        return FunctionState(f, {"m": torch.zeros_like(f), "q": q, "t": 0, "q_ref": None})
 
     def step(self, state, grad, coeff, lr, weights):
         s = state.slots

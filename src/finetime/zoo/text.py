@@ -10,13 +10,13 @@ Needs ``pip install 'finetime[text]'`` (transformers).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from ..errors import ModelError
+from .models import _init_head
 
 __all__ = ["TextClassifier", "hf_text_classifier", "minilm_path"]
 
@@ -85,9 +85,5 @@ def hf_text_classifier(path: str | Path, num_classes: int, seed: int = 0) -> Tex
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the tokenizer in {path}: {exc}") from exc
     model = TextClassifier(encoder.float(), tokenizer, num_classes, str(path))
-    gen = torch.Generator().manual_seed(seed)
-    bound = 1.0 / math.sqrt(model.head.in_features)
-    with torch.no_grad():
-        model.head.weight.uniform_(-bound, bound, generator=gen)
-        model.head.bias.uniform_(-bound, bound, generator=gen)
+    _init_head(model.head, torch.Generator().manual_seed(seed))
     return model.eval()
