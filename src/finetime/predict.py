@@ -231,6 +231,14 @@ def extrapolated_times(problem: Problem, config: RunConfig, times_here: dict) ->
     }
 
 
+def _median_divergence(traj: Trajectory) -> int:
+    """Median step at which the runs diverged (runs that did not count as diverging after the last step)."""
+    at = traj.diverged_at.double()
+    at[at < 0] = math.inf
+    v = torch.quantile(at, 0.5, interpolation="lower").item()
+    return int(v) if math.isfinite(v) else traj.steps + 1
+
+
 @dataclasses.dataclass
 class Prediction:
     """What ``predict`` returns: the live objects and the numbers; ``to_dict()`` is the documented JSON."""
@@ -272,6 +280,7 @@ class Prediction:
             "total_seconds": round(cfg.steps * sps, 3),
             "diverged_fraction": traj.diverged_fraction,
             "diverged": self.diverged,
+            "diverged_step": _median_divergence(traj) if self.diverged else None,
             "sharpness": self.sharpness,
             "max_stable_lr": cfg.optimizer.stable_lr(self.sharpness),
             "method": traj.method,

@@ -1,5 +1,6 @@
 """finetime: predict fine-tuning time before training (predict), check it against real training (validate),
-rank many optimizer settings from one kernel (sweep), and draw the results (report)."""
+rank many optimizer settings from one kernel (sweep), draw the results (report), and refine a prediction with a
+training run's log (watch)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", type=Path, required=True, help="folder for report.html and its PNGs")
     pr.add_argument("--overwrite", action="store_true", help="allow replacing an existing report folder's files")
     pr.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.commands = {"predict": pp, "validate": pv, "sweep": ps, "report": pr}
+    pw = sub.add_parser("watch", help="refine a prediction with a running (or finished) training log",
+                        description="Read a training log (CSV or JSON lines with step and loss columns, or a Hugging "
+                                    "Face trainer_state.json) and the prediction JSON written by `predict --json`, "
+                                    "and print the refined training time to each threshold: steps and seconds left "
+                                    "with a 90%% interval (finetime.online.Refiner). Logged minibatch losses are "
+                                    "fine; --window says how many steps each logged loss averages.")
+    pw.add_argument("log", type=Path, help="training log: CSV / JSON lines (step, loss[, seconds]) or "
+                                           "trainer_state.json")
+    pw.add_argument("--prediction", type=Path, required=True, help="prediction JSON from `finetime predict --json`")
+    pw.add_argument("--steps", type=int, help="the run's total steps (default: the prediction's)")
+    pw.add_argument("--window", default="1", help="steps each logged loss averages: a number, or 'auto' (the gap "
+                                                  "to the previous record, as Trainer logs); default 1")
+    pw.add_argument("--follow", type=float, metavar="SECONDS",
+                    help="keep reading the log every SECONDS and print each new estimate (Ctrl-C stops)")
+    pw.add_argument("--json", type=Path, help="write the estimate as JSON")
+    pw.add_argument("--overwrite", action="store_true", help="allow replacing an existing --json file")
+    pw.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.commands = {"predict": pp, "validate": pv, "sweep": ps, "report": pr, "watch": pw}
     return p
 
 
@@ -137,7 +155,48 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"predict": cmd_predict, "validate": cmd_validate, "sweep": cmd_sweep, "report": cmd_report}
+def _watch_once(args, seen: int):
+    from ..online import Refiner
+    from ..online.logs import read_log
+
+    records = read_log(args.log)
+    if len(records) == seen:
+        return None, seen
+    kw = {"steps": args.steps} if args.steps else {}
+    refiner = Refiner.from_prediction(args.prediction, **kw)
+    prev = 0
+    for r in records:
+        window = max(r.step - prev, 1) if args.window == "auto" else int(args.window)
+        prev = r.step
+        if r.step > 0:
+            refiner.observe(r.step, r.loss, seconds=r.seconds, window=window)
+    return refiner.estimate(), len(records)
+
+
+def cmd_watch(args) -> int:
+    import time
+
+    from ._outputs import check_file, write_json
+
+    if args.window != "auto" and not (args.window.isdigit() and int(args.window) >= 1):
+        raise ConfigError(f"--window must be a positive number of steps or 'auto' (got {args.window!r})")
+    check_file(args.json, "--json", args.overwrite)
+    est, seen = _watch_once(args, 0)
+    print(est.summary())
+    if args.json:
+        write_json(est.to_dict(), args.json, overwrite=args.overwrite)
+    while args.follow:
+        time.sleep(args.follow)
+        new, seen = _watch_once(args, seen)
+        if new is not None:
+            print(new.summary())
+            if args.json:
+                write_json(new.to_dict(), args.json, overwrite=True)
+    return 0
+
+
+COMMANDS = {"predict": cmd_predict, "validate": cmd_validate, "sweep": cmd_sweep, "report": cmd_report,
+            "watch": cmd_watch}
 
 
 def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> None:

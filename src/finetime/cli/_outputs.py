@@ -13,10 +13,10 @@ from pathlib import Path
 from ..errors import ConfigError, FinetimeError
 from ..report import report_files
 
-__all__ = ["check_outputs", "check_report_out", "write_outputs", "write_json"]
+__all__ = ["check_outputs", "check_report_out", "check_file", "write_outputs", "write_json"]
 
 
-def _check_file(path: Path | None, flag: str, overwrite: bool) -> None:
+def check_file(path: Path | None, flag: str, overwrite: bool) -> None:
     if path is None:
         return
     if path.is_dir():
@@ -53,9 +53,9 @@ def check_report_out(out: Path, overwrite: bool, kind: dict | str) -> None:
 def check_outputs(args) -> None:
     """Every output path of a predict / validate / sweep command, before any work."""
     overwrite = args.overwrite
-    _check_file(getattr(args, "json", None), "--json", overwrite)
-    _check_file(getattr(args, "plot", None), "--plot", overwrite)
-    _check_file(getattr(args, "kernel_out", None), "--kernel-out", False)
+    check_file(getattr(args, "json", None), "--json", overwrite)
+    check_file(getattr(args, "plot", None), "--plot", overwrite)
+    check_file(getattr(args, "kernel_out", None), "--kernel-out", False)
     paths = [p.resolve() for p in (getattr(args, "json", None), getattr(args, "plot", None),
                                    getattr(args, "kernel_out", None)) if p is not None]
     if len(set(paths)) < len(paths):

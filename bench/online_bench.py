@@ -1,0 +1,255 @@
+"""Online refinement benchmark: training-time error as a function of the fraction of the real run observed.
+
+    .venv/bin/python bench/online_bench.py [--calibrate] [--out bench/results/online.json]
+
+For every cell of the stored suites (bench/results/paper.jsonl with the `adaptive` prediction, adamw.jsonl with
+`linear`, text.jsonl with `adaptive`: the default predictor of each) and every observed fraction f in 0, 5, 10, 20,
+40% of the run, the real whole-training-set losses of steps 0..fT are given to
+
+* `refiner`: `finetime.online.refine_curve` (time-warp posterior of the prediction; kernel-free fallback),
+* `open-loop`: the prediction alone (what `finetime predict` said before training),
+* `exponential` and `power-law`: kernel-free fits to the observed points only (need >= 6 points),
+
+and the training time read off each estimated curve is scored against the real one with the README's definitions
+(relative error, divergence mismatches 100%, cells with real TT(eps=0.4) < 10 left out as in the suite tables).
+
+Intervals: the refiner's 90% interval is its posterior's 5-95% band widened by a margin (log steps) per observed
+fraction. `--calibrate` fits the margins on all cells (split-conformal 90% quantile of the extra margin each row
+needs) and writes `src/finetime/online/calibration.json`; the coverage reported is held out: each group
+(suite x dataset x resolution) is scored with margins fitted on the other groups only. No real run is trained here:
+the real curves are the suites' stored ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+from finetime.online import refine_curve, time_interval  # noqa: E402
+from finetime.online._fit import MIN_POINTS_FOR_FIT, Refined, fit_exponential, fit_power_law  # noqa: E402
+from finetime.online.refiner import LEVEL  # noqa: E402
+from finetime.training_time import Threshold, relative_error  # noqa: E402
+from report import MIN_REAL_TT, load, quantile  # noqa: E402
+
+SUITES = (("paper", "adaptive"), ("adamw", "linear"), ("text", "adaptive"))
+FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.4)
+EPS = (0.01, 0.1, 0.4)
+METHODS = ("refiner", "open-loop", "exponential", "power-law")
+CALIBRATION = HERE.parent / "src" / "finetime" / "online" / "calibration.json"
+
+
+def _curve(values):
+    return torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
+
+
+def practitioner(cfg) -> bool:
+    """The issue's practitioner slice: SGD lr 1e-3 with momentum 0.9, or BatchNorm batch statistics."""
+    return cfg.get("bn") == "batch" or (cfg.get("optimizer", "sgd") == "sgd" and cfg["lr"] == 1e-3
+                                       and cfg.get("momentum", 0.0) == 0.9)
+
+
+def estimates(prior, real, T, f):
+    """{method: Refined or None (cannot estimate)} from the first round(f T) steps of the real curve."""
+    m = int(round(f * T))
+    t = torch.arange(m + 1, dtype=torch.float64)
+    y = real[: m + 1]
+    out = {"refiner": refine_curve(prior, t, y, T),
+           "open-loop": refine_curve(prior, t[:1], y[:1], T)}
+    for name, fit in (("exponential", fit_exponential), ("power-law", fit_power_law)):
+        if m + 1 < MIN_POINTS_FOR_FIT:
+            out[name] = None
+        elif out["refiner"].diverged:
+            out[name] = out["refiner"]
+        else:
+            out[name] = Refined(fit(t, y, T).unsqueeze(0), torch.ones(1, dtype=torch.float64), name)
+    return out
+
+
+def collect(cells):
+    rows = []
+    for c in cells:
+        real = c["real"]
+        if (real["training_time"].get("eps=0.4", {}).get("step") or 0) < MIN_REAL_TT and not real["diverged"]:
+            continue
+        prior = _curve(c["predictors"][c["_prior"]]["loss"])
+        if c["predictors"][c["_prior"]]["diverged_fraction"] > 0.5:  # what Refiner.from_prediction does
+            bad = torch.nonzero(~torch.isfinite(prior))
+            prior[int(bad[0]) if len(bad) else 0:] = math.nan
+        rc = _curve(real["loss"])
+        T = rc.shape[0] - 1
+        cfg = c["config"]
+        group = f"{c['_suite']} {cfg['data']} {cfg['image_size']}px"
+        for f in FRACTIONS:
+            for name, r in estimates(prior, rc, T, f).items():
+                for e in EPS:
+                    actual = real["training_time"][f"eps={e}"]["step"]
+                    row = {"cell": c["id"], "suite": c["_suite"], "group": group, "fraction": f, "method": name,
+                           "eps": e, "actual": actual, "practitioner": practitioner(cfg)}
+                    if r is None:
+                        row.update(error=None)
+                    else:
+                        med, lo, hi, _ = time_interval(r, Threshold.eps(e), T, None, LEVEL)
+                        row.update(predicted=med, low=lo, high=hi, diverged=r.diverged,
+                                   error=relative_error(med, actual, predicted_diverged=r.diverged,
+                                                        actual_diverged=real["diverged"]))
+                    rows.append(row)
+    return rows
+
+
+def needed_margin(r) -> float | None:
+    """Extra log-margin the row's posterior band needs to contain the real time (None: not scorable)."""
+    if r["method"] != "refiner" or r["error"] is None or r.get("diverged") or r["actual"] is None \
+            or r["predicted"] is None:
+        return None
+    a = math.log(r["actual"] + 1)
+    lo = math.log(r["low"] + 1)
+    hi = math.inf if r["high"] is None else math.log(r["high"] + 1)
+    return max(lo - a, a - hi, 0.0)
+
+
+def conformal(scores, level=LEVEL):
+    s = sorted(scores)
+    if not s:
+        return 0.0
+    k = min(math.ceil((len(s) + 1) * level), len(s))
+    return s[k - 1]
+
+
+def fit_margins(rows):
+    by = defaultdict(list)
+    for r in rows:
+        s = needed_margin(r)
+        if s is not None:
+            by[r["fraction"]].append(s)
+    return {f: conformal(by[f]) for f in FRACTIONS}
+
+
+def heldout_coverage(rows):
+    groups = sorted({r["group"] for r in rows})
+    hit, tot = defaultdict(int), defaultdict(int)
+    for g in groups:
+        margins = fit_margins([r for r in rows if r["group"] != g])
+        for r in rows:
+            if r["group"] != g:
+                continue
+            s = needed_margin(r)
+            if s is None:
+                continue
+            tot[r["fraction"]] += 1
+            hit[r["fraction"]] += s <= margins[r["fraction"]] + 1e-12
+    return {f: (hit[f] / tot[f] if tot[f] else math.nan, tot[f]) for f in FRACTIONS}
+
+
+def table(rows, keep=lambda r: True):
+    out = {}
+    for m in METHODS:
+        for f in FRACTIONS:
+            errs = [r["error"] for r in rows if r["method"] == m and r["fraction"] == f and keep(r)]
+            if errs and all(e is not None for e in errs):
+                out[(m, f)] = (statistics.median(errs), quantile(errs, 0.95), len(errs))
+            else:
+                out[(m, f)] = None
+    return out
+
+
+def render(result) -> str:
+    lines = ["| estimate | " + " | ".join(f"{int(100 * f)}% observed: median / p95" for f in FRACTIONS) + " |",
+             "|---|" + "---|" * len(FRACTIONS)]
+    for name, tab in result["tables"].items():
+        lines.append(f"| **{name}** |" + "|" * len(FRACTIONS))
+        for m in METHODS:
+            cells = []
+            for f in FRACTIONS:
+                v = tab.get(f"{m}@{f}")
+                cells.append("n/a" if v is None else f"{100 * v[0]:.1f}% / {100 * v[1]:.1f}%")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append("")
+    cov = result["coverage"]
+    lines.append("| observed | " + " | ".join(f"{int(100 * f)}%" for f in FRACTIONS) + " |")
+    lines.append("|---|" + "---|" * len(FRACTIONS))
+    lines.append("| margin (log steps, all cells) | " + " | ".join(f"{result['margins'][str(f)]:.2f}"
+                                                           for f in FRACTIONS) + " |")
+    lines.append("| 90% interval coverage, held out | " + " | ".join(
+        f"{100 * cov[str(f)][0]:.1f}% ({cov[str(f)][1]})" for f in FRACTIONS) + " |")
+    lines.append("| posterior band alone, coverage | " + " | ".join(
+        f"{100 * result['raw_coverage'][str(f)]:.1f}%" for f in FRACTIONS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tab = result["tables"]["whole suite"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, i, title in ((axes[0], 0, "median TT error"), (axes[1], 1, "p95 TT error")):
+        for m in METHODS:
+            xs = [100 * f for f in FRACTIONS if tab.get(f"{m}@{f}")]
+            ys = [100 * tab[f"{m}@{f}"][i] for f in FRACTIONS if tab.get(f"{m}@{f}")]
+            ax.plot(xs, ys, marker="o", label=m)
+        ax.set_xlabel("% of the real run observed")
+        ax.set_ylabel("%")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "online.json")
+    ap.add_argument("--calibrate", action="store_true", help=f"write the fitted margins to {CALIBRATION}")
+    args = ap.parse_args(argv)
+    cells = []
+    for stem, prior in SUITES:
+        for c in load([HERE / "results" / f"{stem}.jsonl"]):
+            c["_suite"], c["_prior"] = stem, prior
+            cells.append(c)
+    rows = collect(cells)
+    margins = fit_margins(rows)
+    raw = defaultdict(list)
+    for r in rows:
+        s = needed_margin(r)
+        if s is not None:
+            raw[r["fraction"]].append(s == 0.0)
+    slices = {"whole suite": lambda r: True, "practitioner slice": lambda r: r["practitioner"],
+              "paper suite": lambda r: r["suite"] == "paper", "AdamW (images)": lambda r: r["suite"] == "adamw",
+              "text": lambda r: r["suite"] == "text"}
+    result = {
+        "cells": len({r["cell"] for r in rows}),
+        "pairs_per_method_and_fraction": sum(1 for r in rows if r["method"] == "refiner" and r["fraction"] == 0),
+        "tables": {name: {f"{m}@{f}": v for (m, f), v in table(rows, keep).items()} for name, keep in
+                   slices.items()},
+        "margins": {str(f): v for f, v in margins.items()},
+        "coverage": {str(f): v for f, v in heldout_coverage(rows).items()},
+        "raw_coverage": {str(f): (sum(v) / len(v) if v else math.nan) for f, v in raw.items()},
+    }
+    args.out.write_text(json.dumps(result, indent=1))
+    print(render(result))
+    try:
+        plot(result, args.out.with_suffix(".png"))
+    except ImportError:
+        print("matplotlib missing: no plot")
+    if args.calibrate:
+        CALIBRATION.write_text(json.dumps({
+            "fractions": list(FRACTIONS), "margins": [round(margins[f], 4) for f in FRACTIONS], "level": LEVEL,
+            "source": "bench/online_bench.py --calibrate: split-conformal margins over "
+                      f"{result['cells']} suite cells (paper, adamw, text)"}, indent=1) + "\n")
+        print(f"wrote {CALIBRATION}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Refining a predicted loss curve with the losses a run has logged so far (pure functions over tensors).
+
+The predicted curve ``p(t)``, ``t = 0..T``, is the prior. A real run that is ``a`` times faster than predicted (the
+kernel is ``a`` times larger than the one at ``w0``, the usual way the linear model is off) follows ``p(a t)``. So the
+refined curve is a **time-warp** of the prediction, with a posterior over the speed ``a``:
+
+* prior ``log a ~ N(0, tau^2)`` (at ``a = 1`` the prediction is kept: with nothing observed the refiner is the
+  open-loop prediction);
+* likelihood from the log-loss residuals ``log y_i - log p(a t_i)`` of the observed points, with their scale
+  profiled out (``(RSS/k)^(-k/2)`` over the ``k`` observed steps after 0), so no noise level needs to be known and logged minibatch losses work as well
+  as whole-training-set ones;
+* up to the last observed step the refined curve is the observed one; beyond it each warped curve is scaled to meet
+  the last observed loss (the level the run has reached is known; the warp gives the shape from there on).
+
+The prediction beyond its last step (needed where ``a > 1``) continues with the geometric decay of its last
+quarter (an exponential tail).
+
+Where the prediction diverges at step ``d``, its curve stands above the divergence line from ``d`` on and is warped
+like any other: warps under which the run would already have diverged lose their weight, and the estimate is
+divergence when the curves that still diverge within the run weigh more than half. Without a prediction (or one
+that diverged at once) the refiner falls back to the kernel-free fit of an exponential ``c + b exp(-k t)``. Where the run itself has diverged
+(non-finite, or above ``DIVERGENCE_FACTOR * loss[0]``), the refined estimate is divergence.
+
+``fit_exponential`` and ``fit_power_law`` (``c + b (t + s)^-d``) are also the kernel-free baselines of
+``bench/online_bench.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ..training_time import DIVERGENCE_FACTOR
+
+__all__ = ["Refined", "extend_curve", "warp_posterior", "fit_exponential", "fit_power_law", "refine_curve",
+           "divergence_step", "LOG_SPEEDS", "SPEED_PRIOR_SD"]
+
+LOG_SPEEDS = torch.linspace(-3.0, 3.0, 301, dtype=torch.float64)
+"""Grid of ``log a``: runs from 20x slower to 20x faster than predicted."""
+
+SPEED_PRIOR_SD = 0.5
+"""``tau``, the prior's standard deviation of ``log a``. Chosen on the benchmark suite among 0.5, 1 and 2 (the
+intervals are calibrated after this choice, on held-out cells; ``bench/online_bench.py``)."""
+
+_TINY = 1e-12
+
+
+@dataclasses.dataclass
+class Refined:
+    """Refined loss curves ``(K, H+1)`` with posterior weights ``(K,)`` (sum 1); ``method`` names how they were
+    obtained (``"prior"``, ``"warp"``, ``"exponential"``, ``"diverged"``); ``speed`` is the posterior-median warp
+    factor ``a`` (``None`` without a warp); ``diverged_weight`` the posterior weight of curves that diverge (their
+    values are NaN from the divergence on)."""
+
+    curves: torch.Tensor
+    weights: torch.Tensor
+    method: str
+    speed: float | None = None
+    diverged_weight: float = 0.0
+
+    @property
+    def diverged(self) -> bool:
+        return self.method == "diverged"
+
+    def median_curve(self) -> torch.Tensor:
+        """Pointwise weighted median over the curves."""
+        order = torch.argsort(self.curves, dim=0)
+        cw = torch.cumsum(self.weights[order], dim=0)
+        idx = torch.searchsorted(cw.T.contiguous(), torch.full((cw.shape[1], 1), 0.5, dtype=cw.dtype)).squeeze(1)
+        idx = idx.clamp_max(self.curves.shape[0] - 1)
+        rows = order.gather(0, idx.unsqueeze(0)).squeeze(0)
+        return self.curves[rows, torch.arange(self.curves.shape[1])]
+
+
+def divergence_step(curve: torch.Tensor, loss0: float | None = None) -> int | None:
+    """First index where ``curve`` is non-finite or above ``DIVERGENCE_FACTOR * loss0`` (default ``curve[0]``)."""
+    curve = torch.as_tensor(curve, dtype=torch.float64)
+    l0 = float(curve[0]) if loss0 is None else loss0
+    bad = ~torch.isfinite(curve) | (curve > DIVERGENCE_FACTOR * l0)
+    hit = torch.nonzero(bad)
+    return int(hit[0]) if len(hit) else None
+
+
+def extend_curve(curve: torch.Tensor, horizon: int) -> torch.Tensor:
+    """``curve`` (``T+1`` points) continued to ``horizon + 1`` points with the geometric decay of the differences of
+    its last quarter (flat where it no longer falls)."""
+    p = torch.as_tensor(curve, dtype=torch.float64)
+    T = p.shape[0] - 1
+    if horizon <= T:
+        return p[: horizon + 1].clone()
+    d = torch.diff(p)
+    tail = d[-max(T // 4, 2):]
+    den = float((tail[:-1] ** 2).sum())
+    r = float((tail[1:] * tail[:-1]).sum()) / den if den > 0 else 0.0
+    r = min(max(r, 0.0), 0.995)
+    n = torch.arange(1, horizon - T + 1, dtype=torch.float64)
+    last = float(d[-1]) if T > 0 else 0.0
+    if last < 0 and r > 0:
+        ext = p[-1] + last * r * (1 - r ** n) / (1 - r)
+    else:
+        ext = p[-1].expand(n.shape[0]).clone()
+    return torch.cat([p, ext])
+
+
+def _interp(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of ``p`` (values at ``0..len-1``) at real positions ``x`` (clamped to the ends)."""
+    x = x.clamp(0, p.shape[0] - 1)
+    lo = x.floor().long().clamp_max(p.shape[0] - 2) if p.shape[0] > 1 else x.floor().long()
+    if p.shape[0] == 1:
+        return p[0].expand_as(x).clone()
+    frac = x - lo
+    return p[lo] * (1 - frac) + p[lo + 1] * frac
+
+
+def _observed_curve(t: torch.Tensor, y: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """The observed losses at the integer steps ``at`` (linear between observations, the first one before it)."""
+    order = torch.argsort(t)
+    t, y = t[order], y[order]
+    j = torch.searchsorted(t, at).clamp(1, max(t.shape[0] - 1, 1))
+    if t.shape[0] == 1:
+        return y[0].expand(at.shape[0]).clone()
+    t0, t1, y0, y1 = t[j - 1], t[j], y[j - 1], y[j]
+    w = ((at - t0) / (t1 - t0).clamp_min(_TINY)).clamp(0, 1)
+    return y0 * (1 - w) + y1 * w
+
+
+def warp_posterior(prior: torch.Tensor, steps: torch.Tensor, losses: torch.Tensor, horizon: int, *,
+                   tau: float = SPEED_PRIOR_SD, log_speeds: torch.Tensor = LOG_SPEEDS) -> Refined:
+    """Posterior over the time-warps ``p(a t)`` of the ``prior`` curve given observed ``(steps, losses)``; the
+    curves run to ``horizon`` and are scaled to pass through the last observation (see the module docstring)."""
+    prior = torch.as_tensor(prior, dtype=torch.float64)
+    t = torch.as_tensor(steps, dtype=torch.float64)
+    y = torch.as_tensor(losses, dtype=torch.float64)
+    speeds = log_speeds.exp()
+    reach = int(math.ceil(horizon * float(speeds.max()))) + 2
+    p = extend_curve(prior, reach).clamp_min(_TINY)
+    grid = torch.arange(horizon + 1, dtype=torch.float64)
+    curves = _interp(p, speeds[:, None] * grid[None, :])  # (K, H+1)
+    log_post = -0.5 * (log_speeds / tau) ** 2
+    m = t.shape[0]
+    if m > 0 and float(t.max()) > 0:
+        q = _interp(p, speeds[:, None] * t[None, :])  # (K, m)
+        r = torch.log(y.clamp_min(_TINY))[None, :] - torch.log(q)
+        informative = t > 0  # step 0 is the shared starting point, not evidence about the speed
+        k = int(informative.sum())
+        rss = (r[:, informative] ** 2).sum(1)
+        if k > 0:
+            log_post = log_post - 0.5 * k * torch.log(rss / k + 1e-6)
+        last = int(torch.argmax(t))
+        ratio = y[last].clamp_min(_TINY) / q[:, last]
+        after = grid > t[last]
+        seen = _observed_curve(t, y, grid[~after])
+        curves = torch.cat([seen.expand(curves.shape[0], -1), (curves * ratio[:, None])[:, after]], 1)
+    w = torch.softmax(log_post, 0)
+    order = torch.argsort(log_speeds)
+    cw = torch.cumsum(w[order], 0)
+    med = float(speeds[order][int(torch.searchsorted(cw, torch.tensor([0.5], dtype=cw.dtype)).clamp_max(len(cw) - 1))])
+    return Refined(curves, w, "warp" if m > 0 and float(t.max()) > 0 else "prior", med)
+
+
+def _two_param_fits(y: torch.Tensor, basis: torch.Tensor):
+    """Least squares ``y ~ c + b z`` for each row ``z`` of ``basis`` (``(K, m)``), with ``c >= 0``. Returns
+    ``(c, b, rss)``."""
+    zm = basis.mean(1)
+    ym = y.mean()
+    zc = basis - zm[:, None]
+    var = (zc ** 2).sum(1).clamp_min(_TINY)
+    b = (zc * (y - ym)[None, :]).sum(1) / var
+    c = ym - b * zm
+    neg = c < 0
+    b0 = (basis * y[None, :]).sum(1) / (basis ** 2).sum(1).clamp_min(_TINY)
+    b = torch.where(neg, b0, b)
+    c = torch.where(neg, torch.zeros_like(c), c)
+    rss = ((c[:, None] + b[:, None] * basis - y[None, :]) ** 2).sum(1)
+    return c, b, rss
+
+
+def fit_exponential(steps: torch.Tensor, losses: torch.Tensor, horizon: int) -> torch.Tensor:
+    """Kernel-free fit ``c + b exp(-k t)`` (``c >= 0``; ``k`` on a log grid 1e-4..2) to the observations; the
+    fitted curve at ``0..horizon``."""
+    t = torch.as_tensor(steps, dtype=torch.float64)
+    y = torch.as_tensor(losses, dtype=torch.float64)
+    ks = torch.logspace(-4, math.log10(2.0), 200, dtype=torch.float64)
+    c, b, rss = _two_param_fits(y, torch.exp(-ks[:, None] * t[None, :]))
+    i = int(torch.argmin(rss))
+    grid = torch.arange(horizon + 1, dtype=torch.float64)
+    return c[i] + b[i] * torch.exp(-ks[i] * grid)
+
+
+def fit_power_law(steps: torch.Tensor, losses: torch.Tensor, horizon: int) -> torch.Tensor:
+    """Kernel-free fit ``c + b (t + s)^-d`` (``c >= 0``; ``d`` on a log grid 0.05..5, ``s`` in 1, 3, 10, 30)."""
+    t = torch.as_tensor(steps, dtype=torch.float64)
+    y = torch.as_tensor(losses, dtype=torch.float64)
+    ds = torch.logspace(math.log10(0.05), math.log10(5.0), 100, dtype=torch.float64)
+    ss = torch.tensor([1.0, 3.0, 10.0, 30.0], dtype=torch.float64)
+    d, s = torch.meshgrid(ds, ss, indexing="ij")
+    d, s = d.reshape(-1), s.reshape(-1)
+    c, b, rss = _two_param_fits(y, (t[None, :] + s[:, None]) ** (-d[:, None]))
+    i = int(torch.argmin(rss))
+    grid = torch.arange(horizon + 1, dtype=torch.float64)
+    return c[i] + b[i] * (grid + s[i]) ** (-d[i])
+
+
+MIN_POINTS_FOR_FIT = 6
+"""Observed points the kernel-free fallback needs."""
+
+
+def _point(curve: torch.Tensor, method: str) -> Refined:
+    return Refined(curve.unsqueeze(0), torch.ones(1, dtype=torch.float64), method)
+
+
+def refine_curve(prior: torch.Tensor | None, steps: torch.Tensor, losses: torch.Tensor, horizon: int, *,
+                 tau: float = SPEED_PRIOR_SD) -> Refined:
+    """The refined curves to ``horizon`` from a predicted curve (``None`` or diverged: no usable prior) and the
+    observations so far (``steps`` ascending, ``steps[0] == 0`` when the starting loss is known)."""
+    t = torch.as_tensor(steps, dtype=torch.float64)
+    y = torch.as_tensor(losses, dtype=torch.float64)
+    loss0 = float(y[0]) if t.numel() and float(t[0]) == 0 else (float(prior[0]) if prior is not None else None)
+    nan = torch.full((horizon + 1,), math.nan, dtype=torch.float64)
+    if y.numel() and divergence_step(y, loss0) is not None:
+        return _point(nan, "diverged")
+    if prior is not None:
+        prior = torch.as_tensor(prior, dtype=torch.float64)
+        d = divergence_step(prior)
+        if d is None:
+            return warp_posterior(prior, t, y, horizon, tau=tau)
+        if d > 1:
+            return _diverging_warp(prior, d, t, y, horizon, tau)
+    if t.numel() >= MIN_POINTS_FOR_FIT:
+        return _point(fit_exponential(t, y, horizon), "exponential")
+    if prior is None:
+        raise ValueError(f"no prediction to refine and {t.numel()} observed losses: the kernel-free fit needs "
+                         f"{MIN_POINTS_FOR_FIT}")
+    return _point(nan, "diverged")  # the prediction diverged at once and the run has not yet said otherwise
+
+
+def _diverging_warp(prior: torch.Tensor, d: int, t, y, horizon: int, tau: float) -> Refined:
+    """Warp posterior of a prediction that diverges at step ``d``: after ``d`` it stands above the divergence line,
+    so warps under which the run would already have diverged are unlikely; each refined curve that crosses the line
+    diverges there (NaN after it), and the estimate is divergence when those curves weigh more than half."""
+    line = DIVERGENCE_FACTOR * float(prior[0])
+    p = prior.clone()
+    p[d:] = 2 * line
+    r = warp_posterior(p, t, y, horizon, tau=tau)
+    over = r.curves > line
+    crossed = torch.cumsum(over.long(), 1) > 0
+    curves = torch.where(crossed, torch.full_like(r.curves, math.nan), r.curves)
+    w_div = float(r.weights[crossed[:, -1]].sum())
+    return Refined(curves, r.weights, "diverged" if w_div > 0.5 else "warp", r.speed, w_div)

@@ -1,0 +1,279 @@
+"""``Refiner``: the prediction made before training, sharpened by every loss the run logs.
+
+    refiner = Refiner.from_prediction(prediction)        # a Prediction, or the JSON `finetime predict` wrote
+    for step, batch in enumerate(loader, 1):
+        ...; optimizer.step()
+        refiner.observe(step, loss.item())
+    print(refiner.estimate().summary())                  # remaining steps and seconds, with a 90% interval
+
+The method is ``finetime.online._fit`` (time-warp posterior of the predicted curve); the 90% intervals are that
+posterior's spread widened by a margin calibrated on the benchmark suite for the fraction of the run observed
+(``calibration.json``, written by ``bench/online_bench.py --calibrate``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, DataError
+from ..training_time import DEFAULT_EPSILONS, Threshold, steps_to_threshold
+from ._fit import Refined, refine_curve
+
+__all__ = ["Refiner", "Estimate", "ThresholdEstimate", "Calibration", "refine", "load_calibration", "time_interval"]
+
+LEVEL = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Extra half-width (in log steps) added to the posterior's, by observed fraction of the run (interpolated)."""
+
+    fractions: tuple[float, ...]
+    margins: tuple[float, ...]
+    level: float = LEVEL
+    source: str = ""
+
+    def margin(self, fraction: float) -> float:
+        return float(_lerp(self.fractions, self.margins, min(max(fraction, self.fractions[0]), self.fractions[-1])))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _lerp(xs, ys, x):
+    for i in range(len(xs) - 1):
+        if xs[i] <= x <= xs[i + 1]:
+            w = (x - xs[i]) / (xs[i + 1] - xs[i]) if xs[i + 1] > xs[i] else 0.0
+            return ys[i] * (1 - w) + ys[i + 1] * w
+    return ys[-1]
+
+
+def load_calibration(path: str | Path | None = None) -> Calibration | None:
+    """The calibration shipped with finetime (or the one at ``path``); ``None`` when there is none."""
+    try:
+        text = Path(path).read_text() if path else \
+            resources.files("finetime.online").joinpath("calibration.json").read_text()
+    except FileNotFoundError:
+        return None
+    d = json.loads(text)
+    return Calibration(tuple(d["fractions"]), tuple(d["margins"]), d.get("level", LEVEL), d.get("source", ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdEstimate:
+    """Training time to one threshold: the refined step (median), its interval, and what is left of it."""
+
+    key: str
+    step: int | None
+    low: int | None
+    high: int | None
+    remaining_steps: int | None
+    remaining_seconds: float | None
+    remaining_seconds_low: float | None
+    remaining_seconds_high: float | None
+    reached_probability: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """What ``Refiner.estimate()`` returns."""
+
+    observed_step: int
+    observed_fraction: float
+    steps: int
+    method: str
+    speed: float | None
+    diverged: bool
+    seconds_per_step: float | None
+    seconds_per_step_source: str
+    thresholds: dict[str, ThresholdEstimate]
+    loss: list[float | None]
+    calibrated: bool
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["thresholds"] = {k: v.to_dict() for k, v in self.thresholds.items()}
+        return d
+
+    def summary(self) -> str:
+        head = (f"finetime: step {self.observed_step} of {self.steps} observed ({100 * self.observed_fraction:.0f}%), "
+                f"{self.method}" + (f" (run {self.speed:.2g}x the predicted speed)" if self.speed else ""))
+        if self.diverged:
+            return head + "\n  the run has diverged (or is predicted to): no training time"
+        lines = [head]
+        pct = int(round(100 * LEVEL))
+        for key, e in self.thresholds.items():
+            if e.step is None:
+                lines.append(f"  {key:<12} not reached within {self.steps} steps "
+                             f"(probability reached {e.reached_probability:.0%})")
+                continue
+            band = f"({pct}%: {e.low}-{e.high if e.high is not None else '>' + str(self.steps)})" \
+                if self.calibrated else f"(posterior 5-95%: {e.low}-{e.high})"
+            left = f"{e.remaining_steps} steps left"
+            if e.remaining_seconds is not None:
+                left += f", about {_fmt_s(e.remaining_seconds)}"
+            lines.append(f"  {key:<12} step {e.step}  {band}  {left}")
+        return "\n".join(lines)
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def _weighted_quantile(values: torch.Tensor, weights: torch.Tensor, q: float) -> float:
+    order = torch.argsort(values)
+    cw = torch.cumsum(weights[order], 0)
+    i = int(torch.searchsorted(cw, torch.tensor([q * float(cw[-1])], dtype=cw.dtype)).clamp_max(len(cw) - 1))
+    return float(values[order][i])
+
+
+def time_interval(refined: Refined, threshold: Threshold, steps: int, margin: float | None,
+                  level: float = LEVEL) -> tuple[int | None, int | None, int | None, float]:
+    """``(median, low, high, reached_probability)`` of the training time to ``threshold`` over the refined curves,
+    the band widened by ``margin`` (log steps; ``None``: the posterior's 5-95% band alone)."""
+    curves = refined.curves[:, : steps + 1]
+    tt = steps_to_threshold(curves, threshold).double()
+    reached = tt >= 0
+    w = refined.weights
+    p_reached = float(w[reached].sum())
+    tt = torch.where(reached, tt, torch.full_like(tt, math.inf))
+    med = _weighted_quantile(tt, w, 0.5)
+    if not math.isfinite(med):
+        return None, None, None, p_reached
+    tail = (1 - level) / 2
+    lo, hi = _weighted_quantile(tt, w, tail), _weighted_quantile(tt, w, 1 - tail)
+    if margin is not None:
+        lo = (lo + 1) * math.exp(-margin) - 1
+        hi = (hi + 1) * math.exp(margin) - 1 if math.isfinite(hi) else hi
+    low = max(int(math.floor(lo)), 0)
+    high = None if not math.isfinite(hi) or hi > steps else int(math.ceil(hi))
+    return int(med), low, high, p_reached
+
+
+def refine(prior: torch.Tensor | None, steps, losses, horizon: int) -> Refined:
+    """Pure entry point: ``refine_curve`` on plain sequences."""
+    return refine_curve(prior, torch.as_tensor(steps, dtype=torch.float64),
+                        torch.as_tensor(losses, dtype=torch.float64), horizon)
+
+
+class Refiner:
+    """Online estimate of the remaining training time from a prediction and the losses observed so far.
+
+    ``prior``: the predicted loss curve ``(T+1,)`` (``None``: no prediction; curve fits only). ``steps``: the run's
+    planned number of steps ``T``. ``thresholds``: ``Threshold`` objects or keys (``"eps=0.1"``, ``"target=0.5"``).
+    ``seconds_per_step``: the predicted step time; replaced by the run's own once ``observe`` gets wall-clock times.
+    Observed losses may be whole-training-set losses (as finetime defines the curve) or logged minibatch losses;
+    ``window`` says how many steps a logged loss averages (it is placed at the middle of that window).
+    """
+
+    def __init__(self, prior=None, *, steps: int, thresholds=None, seconds_per_step: float | None = None,
+                 loss0: float | None = None, calibration: Calibration | None | str = "default"):
+        if steps < 1:
+            raise ConfigError(f"steps must be >= 1 (got {steps})")
+        self.steps = int(steps)
+        self.prior = None if prior is None else torch.as_tensor(
+            [math.nan if v is None else v for v in prior] if isinstance(prior, list) else prior, dtype=torch.float64)
+        ths = thresholds if thresholds is not None else [Threshold.eps(e) for e in DEFAULT_EPSILONS]
+        self.thresholds = [Threshold.parse(t) if isinstance(t, str) else t for t in ths]
+        self.predicted_seconds_per_step = seconds_per_step
+        self.calibration = load_calibration() if calibration == "default" else calibration
+        self._steps: list[float] = []
+        self._losses: list[float] = []
+        self._clock: list[tuple[float, float]] = []
+        start = loss0 if loss0 is not None else (float(self.prior[0]) if self.prior is not None else None)
+        if start is not None:
+            self.observe(0, start)
+
+    @classmethod
+    def from_prediction(cls, prediction, **kw) -> "Refiner":
+        """From a ``finetime.Prediction`` or the dict / JSON file ``finetime predict --json`` wrote."""
+        if isinstance(prediction, (str, Path)):
+            path = Path(prediction)
+            try:
+                prediction = json.loads(path.read_text())
+            except FileNotFoundError:
+                raise DataError(f"prediction file not found: {path}") from None
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} is not a prediction JSON: {e}") from None
+        if not isinstance(prediction, dict):
+            prediction = prediction.to_dict()
+        pred = prediction.get("predicted")
+        if not isinstance(pred, dict) or "loss" not in pred:
+            raise DataError("not a finetime prediction: it has no 'predicted' loss curve "
+                            "(write one with `finetime predict --json FILE`)")
+        curve = pred["loss"]
+        if pred.get("diverged"):
+            at = pred.get("diverged_step")
+            if at is None:
+                at = next((i for i, v in enumerate(curve) if v is None), 0)
+            curve = [v if i < at else math.nan for i, v in enumerate(curve)]
+        kw.setdefault("steps", len(curve) - 1)
+        kw.setdefault("thresholds", list(pred.get("training_time", {})) or None)
+        kw.setdefault("seconds_per_step", pred.get("seconds_per_step"))
+        return cls(curve, **kw)
+
+    def observe(self, step: float, loss: float, *, seconds: float | None = None, window: int = 1) -> None:
+        """Record the loss after ``step`` updates (``window`` > 1: a mean over the ``window`` steps ending at
+        ``step``), and optionally the wall-clock seconds since training started."""
+        loss = float(loss)
+        at = float(step) - (window - 1) / 2 if window > 1 else float(step)
+        if at < 0:
+            raise DataError(f"step must be >= 0 (got {step})")
+        if self._steps and at < self._steps[-1]:
+            raise DataError(f"steps must be observed in order: {step} after {self._steps[-1]:g}")
+        if self._steps and at == self._steps[-1]:
+            self._losses[-1] = loss
+        else:
+            self._steps.append(at)
+            self._losses.append(loss)
+        if seconds is not None:
+            self._clock.append((float(step), float(seconds)))
+
+    @property
+    def observed_step(self) -> int:
+        return int(self._steps[-1]) if self._steps else 0
+
+    def seconds_per_step(self) -> tuple[float | None, str]:
+        """The run's own step time (slope of its wall clock over at least 3 points), else the predicted one."""
+        if len(self._clock) >= 3:
+            s = torch.tensor(self._clock, dtype=torch.float64)
+            x, y = s[:, 0] - s[:, 0].mean(), s[:, 1] - s[:, 1].mean()
+            den = float((x * x).sum())
+            if den > 0:
+                return float((x * y).sum()) / den, "observed"
+        return self.predicted_seconds_per_step, "predicted"
+
+    def refined(self) -> Refined:
+        if not self._steps and self.prior is None:
+            raise DataError("nothing to estimate from: no prediction and no observed loss")
+        return refine(self.prior, self._steps, self._losses, self.steps)
+
+    def estimate(self) -> Estimate:
+        """Remaining steps and seconds to every threshold, with calibrated intervals."""
+        r = self.refined()
+        now = self.observed_step
+        fraction = min(now / self.steps, 1.0)
+        margin = self.calibration.margin(fraction) if self.calibration else None
+        sps, source = self.seconds_per_step()
+        out = {}
+        for th in self.thresholds:
+            if r.diverged:
+                out[th.key] = ThresholdEstimate(th.key, None, None, None, None, None, None, None, 0.0)
+                continue
+            med, lo, hi, p = time_interval(r, th, self.steps, margin)
+            left = None if med is None else max(med - now, 0)
+            sec = lambda s: None if s is None or sps is None else round(max(s - now, 0) * sps, 3)  # noqa: E731
+            out[th.key] = ThresholdEstimate(th.key, med, lo, hi, left, sec(med), sec(lo), sec(hi), p)
+        curve = r.median_curve()[: self.steps + 1]
+        loss = [None if not math.isfinite(v) else float(f"{v:.6g}") for v in curve.tolist()]
+        return Estimate(now, fraction, self.steps, r.method, r.speed, r.diverged, sps, source, out, loss,
+                        margin is not None)

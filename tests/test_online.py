@@ -1,0 +1,306 @@
+"""finetime.online: the refiner against exact answers (warped curves, exact priors), its inputs, the log reader and
+`finetime watch`, and the HF / Lightning callbacks in real trainer runs."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from finetime import RunConfig, validate
+from finetime.cli import main
+from finetime.errors import DataError
+from finetime.online import (Calibration, Refiner, extend_curve, fit_exponential, fit_power_law, refine_curve,
+                             warp_posterior)
+from finetime.online.logs import read_log
+from finetime.training_time import Threshold, steps_to_threshold
+
+T = 150
+
+
+def curve(rate, floor=0.05, top=1.6, steps=T):
+    t = torch.arange(steps + 1, dtype=torch.float64)
+    return floor + top * torch.exp(-rate * t)
+
+
+def real_times(c):
+    return {e: int(steps_to_threshold(c.unsqueeze(0), Threshold.eps(e))[0]) for e in (0.01, 0.1, 0.4)}
+
+
+@pytest.mark.parametrize("speed", [0.5, 1.0, 2.0, 3.0])
+def test_a_run_that_is_a_time_warp_of_the_prediction_is_recovered(speed):
+    prior, real = curve(0.02), curve(0.02 * speed)
+    r = Refiner(prior, steps=T, calibration=None)
+    for s in range(1, 16):
+        r.observe(s, float(real[s]))
+    est = r.estimate()
+    assert est.method == "warp" and est.speed == pytest.approx(speed, rel=0.03)
+    for e, step in real_times(real).items():
+        assert abs(est.thresholds[f"eps={e}"].step - step) <= max(1, 0.02 * step)
+
+
+def test_nothing_observed_is_the_prediction_and_an_exact_prior_is_kept():
+    prior = curve(0.03)
+    r = Refiner(prior, steps=T, calibration=None)
+    est = r.estimate()
+    assert est.method == "prior" and est.observed_step == 0
+    assert {int(k[4:] == k[4:]) for k in est.thresholds} and all(
+        est.thresholds[f"eps={e}"].step == s for e, s in real_times(prior).items())
+    for s in range(1, 40):
+        r.observe(s, float(prior[s]))
+    est = r.estimate()
+    assert est.speed == pytest.approx(1.0, abs=0.02)
+    assert all(est.thresholds[f"eps={e}"].step == s for e, s in real_times(prior).items())
+
+
+def test_exact_prediction_of_a_real_run_is_kept_by_the_refiner():
+    """Head-only fine-tuning is its own linearization: the prediction is the real run, so observing 30% of the real
+    run must leave the training times where the real run has them."""
+    cfg = RunConfig.from_dict(dict(data="fashion-mnist-mini", model="models_for_tests:tiny_cnn", classes=3,
+                                   per_class=4, image_size=12, steps=40, runs=1, lr=0.1, freeze_backbone=True))
+    val = validate(cfg)
+    real = val.real.loss.double()
+    r = Refiner.from_prediction(val.prediction, calibration=None)
+    for s in range(1, 13):
+        r.observe(s, float(real[s]))
+    est = r.estimate()
+    assert est.speed == pytest.approx(1.0, abs=0.03)
+    for key, th in est.thresholds.items():
+        assert abs(th.step - int(steps_to_threshold(real.unsqueeze(0), Threshold.parse(key))[0])) <= 1
+
+
+def test_divergence_observed_and_predicted():
+    prior = curve(0.02)
+    r = Refiner(prior, steps=T, calibration=None)
+    for s, v in ((1, 1.7), (2, 5.0), (3, 40.0)):
+        r.observe(s, v)
+    est = r.estimate()
+    assert est.diverged and all(t.step is None for t in est.thresholds.values())
+    assert "diverged" in est.summary()
+    # a prediction that diverges at step 30: a run that follows it is predicted to diverge; a run 10x slower (which
+    # would diverge at step 300 of 150) is not
+    blowing = curve(0.02)
+    blowing[30:] = math.nan
+    follows = Refiner(blowing, steps=T, calibration=None)
+    slow = Refiner(blowing, steps=T, calibration=None)
+    slower_curve = curve(0.002)
+    for s in range(1, 16):
+        follows.observe(s, float(blowing[s]))
+        slow.observe(s, float(slower_curve[s]))
+    assert follows.estimate().diverged
+    assert not slow.estimate().diverged
+
+
+def test_kernel_free_fits_recover_their_own_families():
+    t = torch.arange(0, 30, dtype=torch.float64)
+    expo = 0.2 + 1.4 * torch.exp(-0.05 * torch.arange(101, dtype=torch.float64))
+    got = fit_exponential(t, expo[:30], 100)
+    torch.testing.assert_close(got, expo, rtol=2e-2, atol=1e-3)
+    power = 0.1 + 2.0 * (torch.arange(101, dtype=torch.float64) + 10.0) ** -0.5
+    torch.testing.assert_close(fit_power_law(t, power[:30], 100), power, rtol=2e-2, atol=1e-3)
+    # without a prediction the refiner uses the exponential fit
+    r = refine_curve(None, t, expo[:30], 100)
+    assert r.method == "exponential"
+
+
+def test_exponential_tail_extension_is_exact_for_an_exponential():
+    c = curve(0.03, steps=400)
+    torch.testing.assert_close(extend_curve(c[:151], 400), c, rtol=1e-9, atol=1e-12)
+    flat = torch.ones(20, dtype=torch.float64)
+    assert torch.equal(extend_curve(flat, 40), torch.ones(41, dtype=torch.float64))
+
+
+def test_posterior_weights_and_refined_curve_pass_through_the_observations():
+    prior, real = curve(0.02), curve(0.03)
+    t = torch.arange(11, dtype=torch.float64)
+    r = warp_posterior(prior, t, real[:11], T)
+    assert r.weights.sum().item() == pytest.approx(1.0)
+    torch.testing.assert_close(r.curves[:, :11], real[:11].expand(r.curves.shape[0], -1))
+    med = r.median_curve()
+    assert med.shape == (T + 1,) and med[11:].le(real[10] + 1e-12).all()
+
+
+def test_calibrated_intervals_contain_the_median_and_widen_with_the_margin():
+    prior, real = curve(0.02), curve(0.025)
+    narrow = Refiner(prior, steps=T, calibration=Calibration((0.0, 1.0), (0.0, 0.0)))
+    wide = Refiner(prior, steps=T, calibration=Calibration((0.0, 1.0), (0.5, 0.5)))
+    for r in (narrow, wide):
+        for s in range(1, 11):
+            r.observe(s, float(real[s]))
+    a, b = narrow.estimate(), wide.estimate()
+    for key in a.thresholds:
+        n, w = a.thresholds[key], b.thresholds[key]
+        assert n.step == w.step and w.low <= n.low <= n.step and n.step <= (n.high or T + 1) <= (w.high or T + 1)
+        assert w.low <= math.floor((n.low + 1) * math.exp(-0.5))
+    assert "(90%:" in b.summary()
+    shipped = Refiner(prior, steps=T)
+    assert shipped.calibration is not None and shipped.estimate().calibrated
+
+
+def test_observe_checks_its_input_and_measures_the_step_time():
+    r = Refiner(curve(0.02), steps=T, seconds_per_step=1.0, calibration=None)
+    assert r.seconds_per_step() == (1.0, "predicted")
+    for s in range(1, 6):
+        r.observe(s, float(curve(0.02)[s]), seconds=0.25 * s + 3)
+    assert r.seconds_per_step()[0] == pytest.approx(0.25) and r.seconds_per_step()[1] == "observed"
+    est = r.estimate()
+    e = est.thresholds["eps=0.1"]
+    assert e.remaining_seconds == pytest.approx(0.25 * e.remaining_steps, abs=1e-3)
+    with pytest.raises(DataError, match="in order"):
+        r.observe(2, 1.0)
+    with pytest.raises(DataError, match=">= 0"):
+        r.observe(-1, 1.0)
+    with pytest.raises(DataError, match="prediction"):
+        Refiner.from_prediction({"config": {}})
+
+
+def _prediction_json(path, prior, sps=0.1):
+    path.write_text(json.dumps({"predicted": {
+        "loss": [float(v) for v in prior], "seconds_per_step": sps, "diverged": False,
+        "training_time": {"eps=0.1": {}, "target=0.5": {}}}}))
+
+
+def test_log_formats(tmp_path):
+    csv = tmp_path / "log.csv"
+    csv.write_text("Step,Loss,seconds\n10,1.2,1.0\n5,1.4,0.5\n")
+    assert [(r.step, r.loss, r.seconds) for r in read_log(csv)] == [(5, 1.4, 0.5), (10, 1.2, 1.0)]
+    jl = tmp_path / "log.jsonl"
+    jl.write_text('{"step": 1, "loss": 1.5}\n{"step": 2, "eval_loss": 9}\n{"global_step": 3, "train_loss": 1.1}\n')
+    assert [(r.step, r.loss) for r in read_log(jl)] == [(1, 1.5), (3, 1.1)]
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps({"log_history": [{"loss": 1.3, "step": 10}, {"eval_loss": 1, "step": 10},
+                                                 {"loss": 1.0, "step": 20}]}))
+    assert [(r.step, r.loss) for r in read_log(state)] == [(10, 1.3), (20, 1.0)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("epoch,acc\n1,0.5\n")
+    with pytest.raises(DataError, match="no record with a step and a loss"):
+        read_log(bad)
+    with pytest.raises(DataError, match="not found"):
+        read_log(tmp_path / "missing.csv")
+
+
+def test_watch_command(capsys, tmp_path):
+    prior, real = curve(0.02), curve(0.03)
+    pred = tmp_path / "p.json"
+    _prediction_json(pred, prior)
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss\n" + "".join(f"{s},{float(real[s])}\n" for s in range(1, 31)))
+    out = tmp_path / "est.json"
+    assert main(["watch", str(log), "--prediction", str(pred), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "step 30 of 150 observed (20%)" in text and "eps=0.1" in text and "target=0.5" in text
+    est = json.loads(out.read_text())
+    real_tt = real_times(real)[0.1]
+    assert abs(est["thresholds"]["eps=0.1"]["step"] - real_tt) <= 2 and est["speed"] == pytest.approx(1.5, rel=0.03)
+    assert est["seconds_per_step_source"] == "predicted"
+    # never overwrites silently; a bad --window is one clear line
+    assert main(["watch", str(log), "--prediction", str(pred), "--json", str(out)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert main(["watch", str(log), "--prediction", str(pred), "--window", "0"]) == 2
+    assert "--window" in capsys.readouterr().err
+    assert main(["watch", str(log), "--prediction", str(tmp_path / "none.json")]) == 2
+    assert "prediction file not found" in capsys.readouterr().err
+
+
+# -- callbacks in real trainer runs: full-batch SGD on a linear softmax model, whose curve is deterministic; the
+# prediction is that curve (computed here by a plain loop), so the refiner must keep speed 1 and the real times.
+
+N, D, C, STEPS, LR = 32, 6, 3, 40, 0.5
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, D, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return x, y
+
+
+class Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.fc = torch.nn.Linear(D, C)
+
+    def forward(self, x, labels=None):
+        logits = self.fc(x)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = torch.nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def _plain_curve():
+    x, y = _data()
+    m = Linear()
+    opt = torch.optim.SGD(m.parameters(), lr=LR)
+    losses = []
+    for _ in range(STEPS):
+        loss = m(x, y)["loss"]
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    losses.append(float(m(x, y)["loss"]))
+    return torch.tensor(losses, dtype=torch.float64)
+
+
+def test_hugging_face_trainer_callback(tmp_path):
+    pytest.importorskip("accelerate")
+    transformers = pytest.importorskip("transformers")
+    from finetime.online.hf import FinetimeCallback
+
+    prior = _plain_curve()
+    x, y = _data()
+    ds = [{"x": x[i], "labels": int(y[i])} for i in range(N)]
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=STEPS, per_device_train_batch_size=N, learning_rate=LR, optim="sgd",
+        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0, logging_steps=5, report_to="none",
+        save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
+    trainer = transformers.Trainer(model=Linear(), args=args, train_dataset=ds)
+    cb = FinetimeCallback.attach(trainer, Refiner(prior, steps=STEPS, thresholds=["eps=0.1", "eps=0.4"],
+                                                 seconds_per_step=0.01, calibration=None))
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == STEPS // 5
+    # the Trainer's logged losses are the plain run's, averaged over each window of 5 steps
+    for h in logged:
+        s = h["step"]
+        assert h["loss"] == pytest.approx(float(prior[s - 5:s].mean()), rel=1e-4)
+        assert {"finetime/remaining_steps", "finetime/eta_seconds", "finetime/eta_seconds_low"} <= set(h)
+    est = cb.estimate
+    assert est.speed == pytest.approx(1.0, abs=0.03)
+    for key, th in est.thresholds.items():
+        assert abs(th.step - int(steps_to_threshold(prior.unsqueeze(0), Threshold.parse(key))[0])) <= 1
+    assert est.seconds_per_step_source == "observed"
+
+
+def test_lightning_callback(tmp_path):
+    lightning = pytest.importorskip("lightning")
+    from finetime.online.lightning import FinetimeCallback
+
+    prior = _plain_curve()
+    x, y = _data()
+
+    class Module(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = Linear()
+
+        def training_step(self, batch, idx):
+            return self.net(*batch)["loss"]
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=LR)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=N)
+    cb = FinetimeCallback(Refiner(prior, steps=STEPS, thresholds=["eps=0.1"], calibration=None), every=10)
+    trainer = lightning.Trainer(max_steps=STEPS, callbacks=[cb], accelerator="cpu", logger=False,
+                                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                                default_root_dir=str(tmp_path))
+    trainer.fit(Module(), loader)
+    r = cb.refiner
+    assert r._steps == list(range(STEPS))  # the start from the prediction, then the losses after 1..STEPS-1
+    torch.testing.assert_close(torch.tensor(r._losses[1:], dtype=torch.float64), prior[1:STEPS], rtol=1e-5,
+                               atol=1e-6)
+    assert "finetime/remaining_steps" in trainer.callback_metrics
+    assert cb.estimate.speed == pytest.approx(1.0, abs=0.02)
