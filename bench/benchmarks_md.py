@@ -3,7 +3,7 @@
     .venv/bin/python bench/benchmarks_md.py
 
 Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{text_suite}}, {{text_kernel}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
-{{testcurves}}; a missing results file renders as a note saying which command produces it.
+{{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}; a missing results file renders as a note saying which command produces it.
 """
 
 from __future__ import annotations
@@ -148,11 +148,73 @@ def testcurves():
     return "\n".join(lines) + "\n"
 
 
+def online():
+    import online_bench
+
+    path = RES / "online.json"
+    if not path.exists():
+        return _missing("bench/online_bench.py --calibrate")
+    r = json.loads(path.read_text())
+    return (f"{r['cells']} cells, {r['pairs_per_method_and_fraction']} (cell, eps) pairs per estimate and observed "
+            f"fraction.\n\n" + online_bench.render(r) + "\n![TT error against the fraction of the run observed]"
+            "(bench/results/online.png)\n")
+
+
+def online_relin():
+    import online_relin_bench
+
+    path = RES / "online_relin.jsonl"
+    if not path.exists():
+        return _missing("bench/online_relin_bench.py")
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return online_relin_bench.render(rows)
+
+
+def gpu():
+    path = RES / "gpu.json"
+    if not path.exists():
+        return ("_Not run: no CUDA machine has been available to the sessions that built `--device`. The prepared "
+                "script is `bench/gpu_bench.py` (`.venv/bin/python bench/gpu_bench.py` on a CUDA machine writes "
+                "`bench/results/gpu.json`; `--device cpu --smoke` runs the same code at tiny sizes)._\n")
+    r = json.loads(path.read_text())
+    lines = [f"Device: {r['device']}, torch {r['torch']}.", "",
+             "| settings | precision | TT error eps 0.01 / 0.1 / 0.4 | s/step predicted / real (error) | "
+             "prediction s | real training s | cost ratio | peak GPU GB |", "|---|---|---|---|---|---|---|---|"]
+    for v in r["validate"]:
+        e = " / ".join(f"{100 * x:.0f}%" if x is not None else "-" for x in v["error"].values())
+        s_ = v["seconds_per_step"]
+        err = "-" if s_["relative_error"] is None else f"{100 * s_['relative_error']:.0f}%"
+        lines.append(f"| {v['settings']} | {v['precision']} | {e} | {s_['predicted']} / {s_['real']} ({err}) | "
+                     f"{v['prediction_seconds']['total']} | {v['real_train_seconds']} | {v['cost_ratio']} | "
+                     f"{v['peak_gpu_gb']} |")
+    lines += ["", "| kernel | seconds | floor (1 forward + C backward) | ratio | peak GPU GB |", "|---|---|---|---|---|"]
+    for k in r["kernel"]:
+        lines.append(f"| N={k['n']}, {k['image_size']} px | {k['kernel_seconds']} | {k['floor_seconds']} | "
+                     f"{k['kernel_over_floor']} | {k['peak_gpu_gb']} |")
+    return "\n".join(lines) + "\n"
+
+
+def distributed():
+    path = RES / "distributed.json"
+    if not path.exists():
+        return _missing("bench/distributed_bench.py")
+    r = json.loads(path.read_text())
+    lines = [f"EfficientNet-Lite0, N = {next(iter(r['runs'].values()))['n']} images at {r['image_size']} px, "
+             f"{r['cores']} cores, `--predictor linear`.", "",
+             "| run | ranks x threads | kernel s | prediction s | TT eps 0.01 / 0.1 / 0.4 |", "|---|---|---|---|---|"]
+    for name, v in r["runs"].items():
+        tt = " / ".join(str(x) for x in v["training_time"].values())
+        lines.append(f"| {name} | {v['ranks']} x {v['threads']} | {v['kernel_seconds']} | {v['total_seconds']} | "
+                     f"{tt} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
     for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
                     ("text_kernel", text_kernel), ("kernel", kernel), ("dynamics", dynamics),
-                    ("extrapolation", extrapolation), ("testcurves", testcurves)):
+                    ("extrapolation", extrapolation), ("testcurves", testcurves), ("online", online),
+                    ("online_relin", online_relin), ("gpu", gpu), ("distributed", distributed)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
     print("wrote BENCHMARKS.md")

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from finetime.cli import main
 
@@ -406,3 +407,46 @@ def test_text_model_and_csv_data(capsys, tmp_path):
     (tmp_path / "bad.csv").write_text("sentence,label\nx,y\n")
     code, _, err = run(capsys, "predict", *common, "--data", f"csv:{tmp_path / 'bad.csv'}")
     assert code == 2 and "'text' and 'label' columns" in err
+
+
+def test_device_and_precision_flags(capsys, tmp_path):
+    path = tmp_path / "p.json"
+    code, out, _ = run(capsys, "predict", *FAST, "--lr", "0.05", "--device", "cpu", "--precision", "bf16",
+                       "--json", str(path))
+    assert code == 0 and "device     cpu, steps in bf16" in out
+    r = json.loads(path.read_text())
+    assert r["config"]["device"] == "cpu" and r["config"]["precision"] == "bf16"
+    assert r["runtime"]["device"] == "cpu" and r["runtime"]["ranks"] == 1
+    code, _, err = run(capsys, "predict", *FAST, "--device", "gpu")
+    assert code == 2 and "--device must be auto, cpu, cuda or cuda:I" in err
+    if not torch.cuda.is_available():
+        code, _, err = run(capsys, "predict", *FAST, "--device", "cuda")
+        assert code == 2 and "no CUDA device is available" in err
+
+
+def test_validate_trains_in_the_requested_precision(capsys, tmp_path):
+    """bf16 autocast on the CPU: the real run's curve is close to, but not bit-equal to, the fp32 one."""
+    curves = {}
+    for precision in ("fp32", "bf16", "fp16"):
+        path = tmp_path / f"{precision}.json"
+        code, _, err = run(capsys, "validate", *FAST, "--freeze-backbone", "--lr", "0.05", "--runs", "1",
+                           "--precision", precision, "--json", str(path))
+        assert code == 0, err
+        curves[precision] = json.loads(path.read_text())["actual"]["loss"]
+    for p in ("bf16", "fp16"):
+        diff = max(abs(a - b) for a, b in zip(curves[p], curves["fp32"]))
+        assert 0 < diff < 0.05, (p, diff)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_prediction_matches_the_cpu_one(capsys, tmp_path):
+    out = {}
+    for dev in ("cpu", "cuda"):
+        path = tmp_path / f"{dev}.json"
+        code, _, err = run(capsys, "predict", *FAST, "--lr", "0.05", "--predictor", "linear", "--device", dev,
+                           "--json", str(path))
+        assert code == 0, err
+        out[dev] = json.loads(path.read_text())["predicted"]
+    assert out["cuda"]["training_time"]["eps=0.1"]["step"] == out["cpu"]["training_time"]["eps=0.1"]["step"]
+    for a, b in zip(out["cuda"]["loss"], out["cpu"]["loss"]):
+        assert a == pytest.approx(b, rel=1e-3)

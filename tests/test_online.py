@@ -9,7 +9,7 @@ import torch
 
 from finetime import RunConfig, validate
 from finetime.cli import main
-from finetime.errors import DataError
+from finetime.errors import ConfigError, DataError
 from finetime.online import (Calibration, Refiner, extend_curve, fit_exponential, fit_power_law, refine_curve,
                              warp_posterior)
 from finetime.online.logs import read_log
@@ -240,7 +240,7 @@ def _plain_curve():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    losses.append(float(m(x, y)["loss"]))
+    losses.append(float(m(x, y)["loss"].detach()))
     return torch.tensor(losses, dtype=torch.float64)
 
 
@@ -304,3 +304,46 @@ def test_lightning_callback(tmp_path):
                                atol=1e-6)
     assert "finetime/remaining_steps" in trainer.callback_metrics
     assert cb.estimate.speed == pytest.approx(1.0, abs=0.02)
+
+
+def test_relinearizing_at_the_real_weights_continues_the_real_run_exactly():
+    """Head-only full-batch SGD with momentum is its own linearization: the continuation from the real weights and
+    momentum after step 12 must be the real run's remaining curve, and the refiner must then predict its times."""
+    from finetime.finetune import finetune
+    from finetime.batches import batch_plan
+    from finetime.network import eval_mode
+    from finetime.online.relinearize import continuation
+
+    cfg = RunConfig.from_dict(dict(data="fashion-mnist-mini", model="models_for_tests:tiny_cnn", classes=3,
+                                   per_class=4, image_size=12, steps=40, runs=1, lr=0.05, momentum=0.9,
+                                   freeze_backbone=True))
+    from finetime import predict
+
+    pred = predict(cfg)
+    task = pred.task
+    refiner = Refiner.from_prediction(pred, calibration=None)
+    got = {}
+
+    def hook(t, model, opt):
+        if t < 12:  # the run's whole-training-set loss after t updates, as a training loop would log it
+            with torch.no_grad(), eval_mode(model):
+                refiner.observe(t, float(torch.nn.functional.cross_entropy(model(task.data.x), task.data.y)))
+        if t == 12:
+            got["traj"], _ = continuation(pred, model, t, optimizer=opt)
+            got["no_momentum"], _ = continuation(pred, model, t)
+            refiner.relinearize(model, t, optimizer=opt)
+
+    plan = batch_plan(task.data.x.shape[0], cfg.optimizer, cfg.steps, 1, torch.Generator().manual_seed(0))
+    real = finetune(task.model, task.data.x, task.data.y, cfg.optimizer, cfg.steps, plan, params=task.trained,
+                    on_step=hook)
+    tail = got["traj"].loss[0]
+    torch.testing.assert_close(tail, real.loss[12:].to(tail.dtype), rtol=2e-5, atol=1e-6)
+    # the momentum carried over is what makes it exact: restarted from zero velocity the curve is another one
+    assert (got["no_momentum"].loss[0] - tail).abs().max() > 1e-2
+    torch.testing.assert_close(torch.tensor(refiner._losses[1:12]), real.loss[1:12].float(), rtol=1e-5, atol=1e-6)
+    est = refiner.estimate()
+    assert "re-linearized at step 12" in est.method
+    for key, th in est.thresholds.items():
+        assert th.step == int(steps_to_threshold(real.loss.unsqueeze(0), Threshold.parse(key))[0])
+    with pytest.raises(ConfigError, match="live Prediction"):
+        Refiner(curve(0.02), steps=T).relinearize(task.model, 3)

@@ -9,6 +9,7 @@ import dataclasses
 import enum
 import math
 
+from .device import Precision, check_device_spec
 from .errors import ConfigError
 from .kernel.projection import KernelMethod
 from .losses import Loss
@@ -151,10 +152,18 @@ class RunConfig:
     kernel: KernelConfig = KernelConfig()
     predictor: PredictorConfig = PRESETS["adaptive"]
     extrapolate_to: int = 0
+    device: str = "auto"  # where the network runs (finetime.device); not part of what is predicted
+    precision: Precision = Precision.FP32  # how the real steps run (step timing, validate's fine-tuning)
 
     def __post_init__(self):
         def bad(msg):
             raise ConfigError(msg)
+
+        check_device_spec(self.device)
+        try:
+            object.__setattr__(self, "precision", Precision(self.precision))
+        except ValueError:
+            bad(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
 
         try:
             object.__setattr__(self, "loss", Loss(self.loss))
@@ -215,7 +224,8 @@ class RunConfig:
         d["step_size"] = sched.step_size if isinstance(sched, StepDecay) else StepDecay().step_size
         d["gamma"] = sched.gamma if isinstance(sched, StepDecay) else StepDecay().gamma
         d.update(steps=self.steps, loss=self.loss.value, target_loss=self.target_loss, epsilon=self.epsilon,
-                 runs=self.runs, extrapolate_to=self.extrapolate_to)
+                 runs=self.runs, extrapolate_to=self.extrapolate_to, device=self.device,
+                 precision=self.precision.value)
         for flat, name in _KERNEL.items():
             v = getattr(k, name)
             d[flat] = v.value if isinstance(v, enum.Enum) else v
@@ -229,7 +239,7 @@ class RunConfig:
     def flat_keys(cls) -> set[str]:
         """Every key ``from_dict`` accepts, for every optimizer."""
         keys = set(_TASK) | set(_SCHEDULE_KEYS) | set(_KERNEL) | set(_PREDICTOR) | {
-            "optimizer", "steps", "loss", "target_loss", "epsilon", "runs", "extrapolate_to"}
+            "optimizer", "steps", "loss", "target_loss", "epsilon", "runs", "extrapolate_to", "device", "precision"}
         for opt in OPTIMIZERS.values():
             keys |= {f.name for f in dataclasses.fields(opt)} - {"schedule"}
         return keys
@@ -291,7 +301,8 @@ class RunConfig:
                                        if flat != "predictor"}, kind=base.kind)
         return cls(task=task, optimizer=optimizer, steps=get("steps"), loss=get("loss"),
                    target_loss=get("target_loss"), epsilon=get("epsilon"), runs=get("runs"), kernel=kernel,
-                   predictor=predictor, extrapolate_to=get("extrapolate_to"))
+                   predictor=predictor, extrapolate_to=get("extrapolate_to"), device=get("device"),
+                   precision=get("precision"))
 
     def replace(self, **flat_changes) -> "RunConfig":
         """A copy with some flat settings changed (``cfg.replace(lr=1e-2, batch_size=32)``)."""

@@ -17,19 +17,40 @@ import torch
 import torch.nn as nn
 
 from .batches import BatchPlan
+from .device import Precision, autocast, grad_scaler, model_device, synchronize
 from .errors import ConfigError
 from .losses import Loss, accuracy, one_hot
 from .network import BatchNormMode, network_outputs, set_train_mode
 from .optim import Optimizer
 from .training_time import DIVERGENCE_FACTOR
 
-__all__ = ["RealRun", "finetune", "batch_loss"]
+__all__ = ["RealRun", "finetune", "batch_loss", "train_step"]
 
 def batch_loss(logits: torch.Tensor, y: torch.Tensor, loss: Loss) -> torch.Tensor:
     """Mean loss over a batch (the same definition as ``losses.per_sample_loss``)."""
     if Loss(loss) is Loss.CE:
         return nn.functional.cross_entropy(logits, y)
     return nn.functional.mse_loss(logits, one_hot(y, logits.shape[1], logits.dtype))
+
+
+def train_step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, opt: torch.optim.Optimizer, loss: Loss,
+               precision: Precision | str = Precision.FP32, scaler=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One real update on a batch already on the model's device: forward (under ``torch.autocast`` for bf16 / fp16;
+    the loss in the weights' dtype), backward (scaled by ``scaler`` for fp16), step. Returns ``(logits, loss)``."""
+    opt.zero_grad(set_to_none=True)
+    with autocast(xb.device, precision):
+        logits = model(xb)
+    if Precision(precision) is not Precision.FP32:
+        logits = logits.to(next(model.parameters()).dtype)
+    lval = batch_loss(logits, yb, loss)
+    if scaler is not None:
+        scaler.scale(lval).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        lval.backward()
+        opt.step()
+    return logits, lval
 
 
 @dataclasses.dataclass
@@ -68,14 +89,19 @@ def finetune(
     y_test: torch.Tensor | None = None,
     bn: BatchNormMode = BatchNormMode.FROZEN,
     dropout: bool = False,
+    precision: Precision | str = Precision.FP32,
     eval_chunk: int = 256,
     progress: Callable[[int, int], None] | None = None,
+    on_step: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
 ) -> RealRun:
     """Fine-tune ``model`` in place for ``steps`` updates with the first run of ``plan``.
 
     ``params``: names of the trained parameters (default: all with ``requires_grad``). Curves are evaluated in the
     training mode's BatchNorm setting with dropout off; with ``bn=BATCH`` the curve uses batch statistics over the
-    whole training set (recorded as such by the caller).
+    whole training set (recorded as such by the caller). ``on_step(t, model, torch_optimizer)`` runs after update
+    ``t``, e.g. to refine a prediction from the live weights; it must leave them as it found them. The model runs on
+    its own device (batches move there); ``precision`` bf16 / fp16 runs the forward pass under ``torch.autocast``
+    (fp16 with a ``GradScaler``).
     """
     named = dict(model.named_parameters())
     names = [n for n, p in named.items() if p.requires_grad] if params is None else params
@@ -84,6 +110,8 @@ def finetune(
         raise ConfigError("no trainable parameters")
     opt = optimizer.torch_optimizer(trained)
     sched = optimizer.scheduler(opt, steps)
+    dev = model_device(model)
+    scaler = grad_scaler(dev, precision)
     curve = torch.full((steps + 1,), math.nan, dtype=torch.float64)
     acc = torch.full_like(curve, math.nan)
     tcurve = torch.full_like(curve, math.nan) if x_test is not None else None
@@ -119,22 +147,21 @@ def finetune(
         idx = plan.batch(0, t)
         t0 = time.perf_counter()
         set_train_mode(model, bn, dropout)
-        opt.zero_grad(set_to_none=True)
-        logits = model(x[idx])
-        lval = batch_loss(logits, y[idx], loss)
-        lval.backward()
-        opt.step()
+        logits, lval = train_step(model, x[idx].to(dev), y[idx].to(dev), opt, loss, precision, scaler)
         sched.step()
+        synchronize(dev)
         train_s += time.perf_counter() - t0
         if progress is not None:
             progress(t + 1, steps)
         if reuse:  # the full batch is in sample order
-            curve[t], acc[t] = float(lval.detach()), float(accuracy(logits.detach(), y[idx]))
+            curve[t], acc[t] = float(lval.detach()), float(accuracy(logits.detach().cpu(), y[idx]))
             if check(t):
                 break
         if not reuse or t + 1 == steps:
             evaluate(t + 1)
             if check(t + 1):
                 break
+        if on_step is not None:
+            on_step(t + 1, model, opt)
     model.eval()
     return RealRun(curve, acc, tcurve, tacc, diverged_at, train_s, eval_s)

@@ -11,7 +11,7 @@ import enum
 import torch
 import torch.nn as nn
 
-__all__ = ["BatchNormMode", "set_train_mode", "eval_mode", "recalibrate_batchnorm", "network_outputs",
+__all__ = ["BatchNormMode", "set_train_mode", "eval_mode", "recalibrate_batchnorm", "network_outputs", "on_model",
            "batch_statistics_outputs", "linear_head"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -53,10 +53,17 @@ def eval_mode(model: nn.Module):
         model.train(was)
 
 
+def on_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` moved to the device of ``model``'s parameters (data stay on the CPU until a chunk is used)."""
+    p = next(model.parameters(), None)
+    return x if p is None or x.device == p.device else x.to(p.device)
+
+
 @torch.no_grad()
 def network_outputs(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """``model(x)`` in chunks of ``chunk`` samples, without a graph, in the model's current mode."""
-    return torch.cat([model(x[s : s + chunk]) for s in range(0, x.shape[0], chunk)])
+    """``model(x)`` in chunks of ``chunk`` samples, without a graph, in the model's current mode; on ``x``'s
+    device."""
+    return torch.cat([model(on_model(model, x[s : s + chunk])).to(x.device) for s in range(0, x.shape[0], chunk)])
 
 
 @torch.no_grad()
@@ -77,7 +84,7 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
     hooks = [m.register_forward_pre_hook(lambda mod, inp: counts.__setitem__(id(mod), inp[0].numel() //
                                                                              inp[0].shape[1])) for m in bns]
     try:
-        model(x)
+        model(on_model(model, x))
     finally:
         for h in hooks:
             h.remove()
@@ -94,7 +101,7 @@ def batch_statistics_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     how its curve is evaluated); ``model`` is not modified."""
     m = recalibrate_batchnorm(copy.deepcopy(model), x)
     with torch.no_grad():
-        return m(x)
+        return m(on_model(m, x)).to(x.device)
 
 
 @torch.no_grad()
@@ -116,4 +123,4 @@ def linear_head(model: nn.Module, trained: list[str], x: torch.Tensor, chunk: in
         handle.remove()
     if len(seen) != -(-x.shape[0] // chunk) or any(f.dim() != 2 for f in seen):
         return None  # the head runs more than once per sample, or over positions
-    return owner, torch.cat(seen)
+    return owner, torch.cat(seen).to(x.device)

@@ -14,9 +14,11 @@ from typing import Callable
 import torch
 
 from .config import RunConfig
+from .device import resolve_device
 from .dynamics import Problem, Trajectory, mse_curve, spectral_projections
 from .errors import ConfigError
 from .kernel import Kernel, compute_kernel, fingerprint_data, fingerprint_model, gradient_moments, inverse_root_scale
+from .kernel.distributed import broadcast_value, is_main
 from .losses import residual
 from .network import BatchNormMode, batch_statistics_outputs, eval_mode, network_outputs
 from .predictors import predict_trajectory
@@ -61,7 +63,7 @@ def prepare(config: RunConfig) -> Task:
         trained = freeze_backbone(model)
     else:
         trained = [n for n, p in model.named_parameters() if p.requires_grad]
-    return Task(config, data, model, trained)
+    return Task(config, data, model.to(resolve_device(config.device)), trained)
 
 
 def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=None, kernel_out=None,
@@ -157,7 +159,7 @@ def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype | None = None) -
     d = task.data
     if dtype is None:
         dtype = torch.float64 if kernel.theta.shape[0] <= 2000 else torch.float32
-    cvt = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
+    cvt = lambda t: None if t is None else t.detach().to("cpu", dtype)  # noqa: E731  (the simulator's device)
     return Problem(cvt(kernel.theta), cvt(kernel.f0), d.y, task.config.loss, cvt(kernel.theta_test),
                    cvt(kernel.f0_test), d.y_test, cvt(kernel.jw0), cvt(kernel.jw0_test))
 
@@ -315,8 +317,11 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
     sharp = sharpness(problem.theta, problem.f0, problem.loss)
     t_sim = time.perf_counter() - t1
     t2 = time.perf_counter()
-    sps = seconds_per_step(task.model, task.data.x, task.data.y, config.optimizer, loss=config.loss,
-                           params=task.trained, bn=config.task.bn)
+    sps = None
+    if is_main():  # with several ranks, rank 0 times the step while the others wait
+        sps = seconds_per_step(task.model, task.data.x, task.data.y, config.optimizer, loss=config.loss,
+                               params=task.trained, bn=config.task.bn, precision=config.precision)
+    sps = broadcast_value(sps)
     t_step = time.perf_counter() - t2
     times = {th.key: summarize_times(steps_to_threshold(traj.loss, th)) for th in thresholds(config)}
     t_relin = (traj.info["kernel_seconds"] + traj.info["network_seconds"]) if traj.info else 0.0

@@ -26,7 +26,7 @@ from .dynamics import ExactStepper, Problem, Recorder, Trajectory, resolve_plan,
 from .errors import ConfigError
 from .kernel import Kernel
 from .losses import mean_loss_and_accuracy
-from .network import eval_mode, network_outputs
+from .network import eval_mode, network_outputs, on_model
 from .optim import FunctionState, Optimizer
 
 __all__ = ["apply_coefficients", "relinearized", "checkpoint_schedule", "first_checkpoint", "RelinearizationInfo",
@@ -102,8 +102,9 @@ def apply_coefficients(model: torch.nn.Module, x: torch.Tensor, a: torch.Tensor,
     grads = [torch.zeros_like(p) for p in trained]
     with eval_mode(model):
         for s in range(0, x.shape[0], chunk):
-            out = model(x[s : s + chunk])
-            gs = torch.autograd.grad((out * a[s : s + chunk].to(out.dtype)).sum(), trained, allow_unused=True)
+            out = model(on_model(model, x[s : s + chunk]))
+            gs = torch.autograd.grad((out * a[s : s + chunk].to(out.device, out.dtype)).sum(), trained,
+                                     allow_unused=True)
             for acc, g in zip(grads, gs):
                 if g is not None:
                     acc += g

@@ -19,6 +19,7 @@ import torch
 
 from .config import Predictor, RunConfig
 from .errors import ConfigError
+from .kernel.distributed import broadcast_value, is_main
 from .losses import per_sample_loss
 from .predict import kernel_for, preconditioner_name, prepare, problem_from
 from .predictors import predict_trajectory
@@ -128,8 +129,11 @@ def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=
         b = n if opt.is_full_batch(n) else opt.batch_size
         if b not in sps_by_batch:
             t1 = time.perf_counter()
-            sps_by_batch[b] = seconds_per_step(task.model, task.data.x, task.data.y, opt, loss=cfg.loss,
-                                               params=task.trained, bn=cfg.task.bn)
+            sps = None
+            if is_main():  # with several ranks, rank 0 times the step while the others wait
+                sps = seconds_per_step(task.model, task.data.x, task.data.y, opt, loss=cfg.loss,
+                                       params=task.trained, bn=cfg.task.bn, precision=cfg.precision)
+            sps_by_batch[b] = broadcast_value(sps)
             t_step += time.perf_counter() - t1
         t1 = time.perf_counter()
         key = shared.get(id(cfg))

@@ -116,6 +116,6 @@ def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
         else:
             replay = predict_trajectory(problem, config, task, plan=plan)
     real = finetune(task.model, task.data.x, task.data.y, opt, config.steps, plan, loss=config.loss,
-                    params=task.trained, x_test=task.data.x_test, y_test=task.data.y_test, bn=config.task.bn,
+                    params=task.trained, precision=config.precision, x_test=task.data.x_test, y_test=task.data.y_test, bn=config.task.bn,
                     progress=(lambda d, t: progress("fine-tuning", d, t)) if progress else None)
     return Validation(pred, real, replay)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
 from ..errors import ConfigError, FinetimeError
+from ..kernel.distributed import init_from_env, is_main
 from ..progress import TerminalProgress
 from ..runtime import configure_threads, tune_allocator
 from ..sweep import SWEEPABLE
@@ -75,11 +77,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _start(args):
-    """Set up the process for a heavy command and check every output path before any work."""
+    """Set up the process for a heavy command and check every output path before any work. Under torchrun (several
+    ranks) the kernel is sharded over the ranks (``finetime.kernel.distributed``), each rank takes its share of the
+    cores, and only rank 0 prints and writes."""
     config = config_from_args(args)
+    threads = args.threads
+    if init_from_env():
+        if args.command == "validate":
+            raise ConfigError("validate fine-tunes for real in one process; run it without torchrun")
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        threads = threads or max(1, len(os.sched_getaffinity(0)) // max(local, 1))
+        if not is_main():
+            args.quiet = True
+            for out in ("json", "report", "plot", "kernel_out"):
+                if hasattr(args, out):
+                    setattr(args, out, None)
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (rank 0 prints)
     check_outputs(args)
     tune_allocator()
-    return config, configure_threads(args.threads)
+    return config, configure_threads(threads)
+
+
+def _runtime(threads, task) -> dict:
+    """Threads, device, precision and ranks of this run (the result's ``runtime`` section)."""
+    from ..device import describe, model_device
+    from ..kernel.distributed import world_size
+
+    return {**threads.to_dict(), "device": describe(model_device(task.model)),
+            "precision": task.config.precision.value, "ranks": world_size()}
 
 
 def cmd_predict(args) -> int:
@@ -88,7 +113,7 @@ def cmd_predict(args) -> int:
     cfg, threads = _start(args)
     pred = predict(cfg, kernel_in=args.kernel_in, kernel_out=args.kernel_out, progress=TerminalProgress(args.quiet),
                    diagnostics=args.report is not None or args.json is not None)
-    pred.runtime = threads.to_dict()
+    pred.runtime = _runtime(threads, pred.task)
     result = pred.to_dict()
     print_summary(result, threads=threads.describe())
     return write_outputs(result, args)
@@ -100,7 +125,7 @@ def cmd_validate(args) -> int:
     cfg, threads = _start(args)
     val = validate(cfg, kernel_in=args.kernel_in, kernel_out=args.kernel_out, progress=TerminalProgress(args.quiet),
                    diagnostics=args.report is not None or args.json is not None)
-    val.prediction.runtime = threads.to_dict()
+    val.prediction.runtime = _runtime(threads, val.prediction.task)
     result = val.to_dict()
     print_summary(result, threads=threads.describe())
     print_validation(result)

@@ -137,6 +137,12 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                    help="sketch dimension of the projected kernel routes (default: %(default)s)")
     g.add_argument("--max-memory", type=float, default=None, dest="max_memory_gb",
                    help="memory budget of the kernel engine in GB (default: half the available memory)")
+    g.add_argument("--device", default=_D["device"], metavar="auto|cpu|cuda|cuda:I",
+                   help="where the network runs: kernel, re-linearization, step timing and validate's fine-tuning "
+                        "(auto: CUDA when there is one; the simulator runs on the CPU) (default: %(default)s)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=_D["precision"],
+                   help="how the real steps run: step timing and validate's fine-tuning under torch.autocast (fp16 "
+                        "with a GradScaler); the kernel stays in the model's dtype (default: %(default)s)")
     g.add_argument("--kernel-in", type=Path, help="reuse a kernel saved by --kernel-out (checked against model and data)")
     g.add_argument("--kernel-out", type=Path, help="save the kernel for later runs (never overwrites)")
     g = p.add_argument_group("output")

@@ -50,6 +50,10 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
     print(f"predictor  {_fmt_predictor(pr)}" + (f", {c['runs']} batch orders" if c["batch_size"] else ""), file=out)
     if threads:
         print(f"threads    {threads}", file=out)
+    rt = result.get("runtime") or {}
+    if "device" in rt:
+        ranks = f", kernel sharded over {rt['ranks']} ranks" if rt.get("ranks", 1) > 1 else ""
+        print(f"device     {rt['device']}, steps in {rt['precision']}{ranks}", file=out)
     print("", file=out)
     print(f"predicted training loss   {_fmt_curve(pr['loss'], c['steps'])}", file=out)
     print(f"predicted train accuracy  {_fmt_curve(pr['accuracy'], c['steps'])}", file=out)

@@ -31,9 +31,10 @@ class HeadStepper:
                  optimizer: Optimizer, steps: int, plan: BatchPlan | None):
         self.problem, self.optimizer, self.steps, self.plan = problem, optimizer, steps, plan
         dt = problem.theta.dtype
-        self.features = features.to(dt)
-        self.w0 = weight.detach().to(dt)
-        self.b0 = None if bias is None else bias.detach().to(dt)
+        dev = problem.theta.device
+        self.features = features.to(dev, dt)
+        self.w0 = weight.detach().to(dev, dt)
+        self.b0 = None if bias is None else bias.detach().to(dev, dt)
         if self.features.shape[0] != problem.n + (problem.f0_test.shape[0] if problem.has_test else 0):
             raise ValueError("head features do not match the problem's samples")
 

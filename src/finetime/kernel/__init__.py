@@ -3,7 +3,8 @@ the projections, and the brute-force reference."""
 
 from ._kernel import Kernel, fingerprint_data, fingerprint_model
 from ._scales import GradientMoments, Scale, inverse_root_scale
-from .engine import DEFAULT_PROJECTION_DIM, available_memory, compute_kernel, gradient_moments, jacobian_weight_product
+from .engine import (DEFAULT_PROJECTION_DIM, available_memory, compute_kernel, gradient_moments,
+                     jacobian_vector_product, jacobian_weight_product)
 from .projection import KernelMethod
 from .reference import brute_force_ntk, jacobian, jacobian_loop
 
@@ -15,7 +16,7 @@ __all__ = [
     "GradientMoments",
     "Scale",
     "inverse_root_scale",
-    "jacobian_weight_product",
+    "jacobian_weight_product", "jacobian_vector_product",
     "brute_force_ntk",
     "jacobian",
     "jacobian_loop",

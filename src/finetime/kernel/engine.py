@@ -25,10 +25,12 @@ from ._fallback import install_fallback_hooks, module_per_sample_grads
 from ._kernel import Kernel, fingerprint_data, fingerprint_model
 from ._plan import CHUNK_WORKING_SET, KernelPlan, plan_kernel
 from ._scales import GradientMoments, Scale, loss_gradient, scale_contribution
+from .distributed import Shard, all_reduce_sum, current_shard, sample_span
 from .projection import KernelMethod
 from .routes import ParamShape, Stores
 
-__all__ = ["compute_kernel", "gradient_moments", "KernelPlan", "available_memory", "jacobian_weight_product"]
+__all__ = ["compute_kernel", "gradient_moments", "KernelPlan", "available_memory", "jacobian_weight_product",
+           "jacobian_vector_product"]
 
 DEFAULT_PROJECTION_DIM = 4096
 
@@ -133,17 +135,19 @@ def _probe(model, probe, tracked, names, named):
     return shapes, owners, fallback, c, act_elems
 
 
-def _accumulate(model, xs, plan, tracked, owners, fallback, c, dtype, device, progress, scales):
-    """Every chunk through the routes; returns the filled shared stores and the outputs ``f`` ``(rows, C)``."""
+def _accumulate(model, xs, plan, tracked, owners, fallback, c, dtype, device, progress, scales, span=None):
+    """Every chunk of the samples ``span`` (``[lo, hi)``, default all) through the routes; returns the shared stores
+    and the outputs ``f`` ``(rows, C)`` (rows outside the span stay zero)."""
     rows = xs.shape[0]
+    lo, hi = span if span is not None else (0, rows)
     zeros = lambda *s: torch.zeros(*s, dtype=dtype, device=device)  # noqa: E731
     stores = Stores(zeros(rows * c, plan.feature_dims) if plan.feature_dims else None,
                     zeros(rows * c, plan.projection_dim) if plan.sketched else None)
     for r in plan.routes:
         r.allocate(rows, c, dtype, device)
     f_all = zeros(rows, c)
-    for start in range(0, rows, plan.chunk_size):
-        stop = min(rows, start + plan.chunk_size)
+    for start in range(lo, hi, plan.chunk_size):
+        stop = min(hi, start + plan.chunk_size)
         out, contrib = _contributions(model, xs[start:stop].to(device), tracked, owners, fallback, c)
         f_all[start:stop] = out
         for r in plan.routes:
@@ -153,7 +157,7 @@ def _accumulate(model, xs, plan, tracked, owners, fallback, c, dtype, device, pr
                 r.add(stores, t, start, stop, c)
         del contrib, out
         if progress is not None:
-            progress(stop, rows)
+            progress(stop - lo, hi - lo)
     return stores, f_all
 
 
@@ -194,6 +198,7 @@ def compute_kernel(
     progress: Callable[[int, int], None] | None = None,
     exact_flops: float | None = None,
     scales: dict[str, Scale] | None = None,
+    shard: "Shard | None | str" = "auto",
 ) -> Kernel:
     """Empirical NTK of ``model`` on ``x`` (and the cross-kernel to ``x_test``).
 
@@ -214,6 +219,8 @@ def compute_kernel(
             0 projects every weight.
         scales: per-parameter ``sqrt(P)`` (``_scales.Scale``) for the preconditioned kernel ``J P J^T`` (Adam);
             parameters without an entry are not scaled.
+        shard: this process's share of the samples (``kernel.distributed``); ``"auto"``: the initialized
+            ``torch.distributed`` group's, if it has several ranks. Every rank returns the same kernel.
     """
     t_start = time.perf_counter()
     method = KernelMethod(method)
@@ -235,8 +242,11 @@ def compute_kernel(
         for r in plan.routes:
             r.prepare(projection_dim, seed, dtype, device)
         t_plan = time.perf_counter() - t_start
+        shard = current_shard(rows) if shard == "auto" else shard
         stores, f_all = _accumulate(model, xs, plan, tracked, owners, fallback, c, dtype, device, progress,
-                                     scales)
+                                     scales, sample_span(rows, shard))
+        if shard is not None:  # every rank filled its own rows: the sum is every sample's
+            all_reduce_sum([stores.feats, stores.sketch, f_all, *(t for r in plan.routes for t in r.row_stores())])
         t_chunks = time.perf_counter() - t_start - t_plan
         theta = _gram(plan, stores, rows, cols, c, dtype, device)
         nc = cols * c
@@ -252,12 +262,13 @@ def compute_kernel(
         "dtype": str(dtype).replace("torch.", ""), "n": cols, "n_test": rows - cols, "classes": c,
         "params": len(names), "weights": sum(named[n].numel() for n in names),
         "model_fingerprint": fingerprint_model(model), "data_fingerprint": fingerprint_data(x, x_test),
-        "plan": plan.summary(), "seconds": time.perf_counter() - t_start,
+        "plan": plan.summary(), "seconds": time.perf_counter() - t_start, "ranks": 1 if shard is None else shard.world,
         "preconditioner": None if scales is None else "scaled",
         "phase_seconds": {"plan": round(t_plan, 3), "chunks": round(t_chunks, 3), "gram": round(t_gram, 3)},
     }
-    return Kernel(theta_train, f_all[:cols].clone(), theta_test, f_all[cols:].clone() if x_test is not None else None,
-                  jw0, jw0_test, meta)
+    cpu = lambda t: None if t is None else t.cpu()  # noqa: E731  (computed on the model's device, kept on the CPU)
+    return Kernel(cpu(theta_train), cpu(f_all[:cols].clone()), cpu(theta_test),
+                  cpu(f_all[cols:].clone()) if x_test is not None else None, cpu(jw0), cpu(jw0_test), meta)
 
 
 def gradient_moments(
@@ -297,8 +308,10 @@ def gradient_moments(
         if chunk_size is None:
             per_sample = _bytes(dtype) * (act_elems * (c + 1) + (c + 2) * max([s.dim for s in shapes] or [1]))
             chunk_size = int(max(1, min(n, CHUNK_WORKING_SET // max(per_sample, 1))))
-        for start in range(0, n, chunk_size):
-            stop = min(n, start + chunk_size)
+        shard = current_shard(n)
+        lo, hi = sample_span(n, shard)
+        for start in range(lo, hi, chunk_size):
+            stop = min(hi, start + chunk_size)
             _, contrib = _contributions(model, x[start:stop].to(device), tracked, owners, fallback, c)
             r = residuals[start:stop].to(device)
             for name, t in contrib.items():
@@ -309,23 +322,34 @@ def gradient_moments(
                     squares[name] += (g * g).sum(0)
                 else:
                     total[name], squares[name] = g.sum(0), (g * g).sum(0)
+        if shard is not None:  # the same parameters in the same order on every rank
+            all_reduce_sum([*total.values(), *squares.values()])
     return GradientMoments({k: (v / n).to(dtype) for k, v in total.items()},
                            {k: (v / n).to(dtype) for k, v in squares.items()}, layout, n)
 
 
 def jacobian_weight_product(model: torch.nn.Module, x: torch.Tensor, names: list[str], chunk_size: int = 64):
     """``J w0``: forward-mode product of the Jacobian (w.r.t. the trained parameters) with their current values."""
+    named = dict(model.named_parameters())
+    return jacobian_vector_product(model, x, {n: named[n].detach() for n in names}, chunk_size)
+
+
+def jacobian_vector_product(model: torch.nn.Module, x: torch.Tensor, tangents: dict[str, torch.Tensor],
+                            chunk_size: int = 64) -> torch.Tensor:
+    """``J v`` (``(N, C)``) at the current weights in eval mode: forward-mode product of the Jacobian w.r.t. the
+    parameters named in ``tangents`` with those tangents (e.g. an optimizer's momentum buffers)."""
     from torch.func import functional_call, jvp
 
     named = dict(model.named_parameters())
-    primals = {n: named[n].detach() for n in names}
+    primals = {n: named[n].detach() for n in tangents}
+    tangents = {n: t.detach().to(primals[n].dtype) for n, t in tangents.items()}
     outs = []
     # Fused attention kernels have no forward-mode derivative; the math backend computes the same function.
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with eval_mode(model), sdpa_kernel([SDPBackend.MATH]):
         for s in range(0, x.shape[0], chunk_size):
-            xb = x[s : s + chunk_size]
-            _, tangent_out = jvp(lambda p: functional_call(model, p, (xb,)), (primals,), (primals,))
+            xb = x[s : s + chunk_size].to(named[next(iter(tangents))].device)
+            _, tangent_out = jvp(lambda p: functional_call(model, p, (xb,)), (primals,), (tangents,))
             outs.append(tangent_out.detach())
     return torch.cat(outs)

@@ -34,7 +34,7 @@ import torch
 
 from ..training_time import DIVERGENCE_FACTOR
 
-__all__ = ["Refined", "extend_curve", "warp_posterior", "fit_exponential", "fit_power_law", "refine_curve",
+__all__ = ["Refined", "extend_curve", "observed_curve", "warp_posterior", "fit_exponential", "fit_power_law", "refine_curve",
            "divergence_step", "LOG_SPEEDS", "SPEED_PRIOR_SD"]
 
 LOG_SPEEDS = torch.linspace(-3.0, 3.0, 301, dtype=torch.float64)
@@ -114,7 +114,7 @@ def _interp(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return p[lo] * (1 - frac) + p[lo + 1] * frac
 
 
-def _observed_curve(t: torch.Tensor, y: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+def observed_curve(t: torch.Tensor, y: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     """The observed losses at the integer steps ``at`` (linear between observations, the first one before it)."""
     order = torch.argsort(t)
     t, y = t[order], y[order]
@@ -151,7 +151,7 @@ def warp_posterior(prior: torch.Tensor, steps: torch.Tensor, losses: torch.Tenso
         last = int(torch.argmax(t))
         ratio = y[last].clamp_min(_TINY) / q[:, last]
         after = grid > t[last]
-        seen = _observed_curve(t, y, grid[~after])
+        seen = observed_curve(t, y, grid[~after])
         curves = torch.cat([seen.expand(curves.shape[0], -1), (curves * ratio[:, None])[:, after]], 1)
     w = torch.softmax(log_post, 0)
     order = torch.argsort(log_speeds)

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..training_time import DEFAULT_EPSILONS, Threshold, steps_to_threshold
-from ._fit import Refined, refine_curve
+from ._fit import Refined, observed_curve, refine_curve
 
 __all__ = ["Refiner", "Estimate", "ThresholdEstimate", "Calibration", "refine", "load_calibration", "time_interval"]
 
@@ -159,10 +159,23 @@ def time_interval(refined: Refined, threshold: Threshold, steps: int, margin: fl
     return int(med), low, high, p_reached
 
 
-def refine(prior: torch.Tensor | None, steps, losses, horizon: int) -> Refined:
-    """Pure entry point: ``refine_curve`` on plain sequences."""
-    return refine_curve(prior, torch.as_tensor(steps, dtype=torch.float64),
-                        torch.as_tensor(losses, dtype=torch.float64), horizon)
+def refine(prior: torch.Tensor | None, steps, losses, horizon: int, origin: int = 0) -> Refined:
+    """``refine_curve`` on plain sequences. ``origin > 0``: ``prior`` is the predicted curve from step ``origin`` on
+    (a re-linearization there); observations before it make the refined curve's start and only those from
+    ``origin`` on inform the warp."""
+    t = torch.as_tensor(steps, dtype=torch.float64)
+    y = torch.as_tensor(losses, dtype=torch.float64)
+    if origin == 0:
+        return refine_curve(prior, t, y, horizon)
+    keep = t >= origin
+    tt, yy = t[keep] - origin, y[keep]
+    if not (tt.numel() and float(tt[0]) == 0):
+        tt = torch.cat([torch.zeros(1, dtype=torch.float64), tt])
+        yy = torch.cat([torch.as_tensor(prior, dtype=torch.float64)[:1], yy])
+    r = refine_curve(prior, tt, yy, horizon - origin)
+    before = observed_curve(t, y, torch.arange(origin, dtype=torch.float64))
+    curves = torch.cat([before.expand(r.curves.shape[0], -1), r.curves], 1)
+    return Refined(curves, r.weights, r.method, r.speed, r.diverged_weight)
 
 
 class Refiner:
@@ -189,6 +202,8 @@ class Refiner:
         self._steps: list[float] = []
         self._losses: list[float] = []
         self._clock: list[tuple[float, float]] = []
+        self.origin = 0  # the step the prior starts at (> 0 after a re-linearization at the real weights)
+        self.prediction = None  # the live Prediction, which re-linearization needs
         start = loss0 if loss0 is not None else (float(self.prior[0]) if self.prior is not None else None)
         if start is not None:
             self.observe(0, start)
@@ -204,8 +219,9 @@ class Refiner:
                 raise DataError(f"prediction file not found: {path}") from None
             except json.JSONDecodeError as e:
                 raise DataError(f"{path} is not a prediction JSON: {e}") from None
+        live = None
         if not isinstance(prediction, dict):
-            prediction = prediction.to_dict()
+            live, prediction = prediction, prediction.to_dict()
         pred = prediction.get("predicted")
         if not isinstance(pred, dict) or "loss" not in pred:
             raise DataError("not a finetime prediction: it has no 'predicted' loss curve "
@@ -219,7 +235,9 @@ class Refiner:
         kw.setdefault("steps", len(curve) - 1)
         kw.setdefault("thresholds", list(pred.get("training_time", {})) or None)
         kw.setdefault("seconds_per_step", pred.get("seconds_per_step"))
-        return cls(curve, **kw)
+        refiner = cls(curve, **kw)
+        refiner.prediction = live
+        return refiner
 
     def observe(self, step: float, loss: float, *, seconds: float | None = None, window: int = 1) -> None:
         """Record the loss after ``step`` updates (``window`` > 1: a mean over the ``window`` steps ending at
@@ -252,10 +270,32 @@ class Refiner:
                 return float((x * y).sum()) / den, "observed"
         return self.predicted_seconds_per_step, "predicted"
 
+    def relinearize(self, model: torch.nn.Module, step: int, *, optimizer: torch.optim.Optimizer | None = None,
+                    loss: float | None = None) -> None:
+        """Re-linearize at the run's real weights after ``step`` updates: the rest of the run is predicted afresh
+        from the kernel and outputs of ``model`` there (``finetime.online.relinearize``; one kernel's cost) and
+        becomes the prior from ``step`` on. ``optimizer``: the run's ``torch.optim`` optimizer (SGD momentum is
+        carried over). The network's whole-training-set loss there is recorded as an observation (``loss``
+        overrides it). Needs a refiner made by ``from_prediction`` from a live ``Prediction``."""
+        from .relinearize import continuation
+
+        if self.prediction is None:
+            raise ConfigError("re-linearization needs the live Prediction (Refiner.from_prediction(predict(...))), "
+                              "not a curve or a prediction JSON")
+        if step < self.observed_step:
+            raise DataError(f"re-linearization at step {step} is before the last observed step {self.observed_step}")
+        traj, _ = continuation(self.prediction, model, int(step), optimizer=optimizer)
+        curves = traj.loss.double()
+        alive = torch.isfinite(curves)
+        mean = torch.where(alive, curves, torch.zeros_like(curves)).sum(0) / alive.sum(0).clamp_min(1)
+        mean[(alive.sum(0) == 0) | (alive.double().mean(0) < 0.5)] = math.nan  # most runs diverged: divergence
+        self.prior, self.origin = mean, int(step)
+        self.observe(step, float(mean[0]) if loss is None else loss)
+
     def refined(self) -> Refined:
         if not self._steps and self.prior is None:
             raise DataError("nothing to estimate from: no prediction and no observed loss")
-        return refine(self.prior, self._steps, self._losses, self.steps)
+        return refine(self.prior, self._steps, self._losses, self.steps, self.origin)
 
     def estimate(self) -> Estimate:
         """Remaining steps and seconds to every threshold, with calibrated intervals."""
@@ -275,5 +315,6 @@ class Refiner:
             out[th.key] = ThresholdEstimate(th.key, med, lo, hi, left, sec(med), sec(lo), sec(hi), p)
         curve = r.median_curve()[: self.steps + 1]
         loss = [None if not math.isfinite(v) else float(f"{v:.6g}") for v in curve.tolist()]
-        return Estimate(now, fraction, self.steps, r.method, r.speed, r.diverged, sps, source, out, loss,
+        method = r.method + (f", re-linearized at step {self.origin}" if self.origin else "")
+        return Estimate(now, fraction, self.steps, method, r.speed, r.diverged, sps, source, out, loss,
                         margin is not None)

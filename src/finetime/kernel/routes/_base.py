@@ -116,6 +116,11 @@ class Route:
     def gram(self, theta: torch.Tensor, rows: int, cols: int, c: int) -> None:
         """Add what its own store gives to ``theta`` ``(rows*C, cols*C)``."""
 
+    def row_stores(self) -> list[torch.Tensor]:
+        """Its own store's tensors indexed by sample along the first axis (summed over ranks when the samples are
+        sharded; ``kernel.distributed``)."""
+        return []
+
 
 ROUTES: dict[str, type[Route]] = {}
 """Registered routes by name, in registration order (the order ties between exact routes are broken in)."""

@@ -34,6 +34,9 @@ class Ghost(Route):
         self.left = torch.zeros(rows, c, s.positions, s.d_left, dtype=dtype, device=device)
         self.right = torch.zeros(rows, 1, s.positions, s.d_right, dtype=dtype, device=device)
 
+    def row_stores(self):
+        return [self.left, self.right]
+
     def add(self, stores, t, start, stop, c):
         self.left[start:stop] = t.left[:, :, 0].expand(-1, c, -1, -1)
         self.right[start:stop] = t.right[:, :1, 0]
