@@ -135,6 +135,28 @@ def table(rs_by_pred, key, title):
     return "\n".join(lines) + "\n"
 
 
+def divergence_table(cells, predictors) -> str:
+    """Per predictor, over every cell: how often a real divergence was predicted (recall) and how often a predicted
+    divergence was real (precision)."""
+    lines = ["#### divergence: predicted against real, per cell\n",
+             "| predictor | both diverge | predicted only | real only | neither | recall | precision |",
+             "|---|---|---|---|---|---|---|"]
+    for p in predictors:
+        tp = fp = fn = tn = 0
+        for c in cells:
+            if p not in c["predictors"]:
+                continue
+            pred, real = c["predictors"][p]["diverged_fraction"] > 0.5, c["real"]["diverged"]
+            tp += pred and real
+            fp += pred and not real
+            fn += real and not pred
+            tn += not pred and not real
+        rec = f"{100 * tp / (tp + fn):.0f}%" if tp + fn else "-"
+        prec = f"{100 * tp / (tp + fp):.0f}%" if tp + fp else "-"
+        lines.append(f"| {p} | {tp} | {fp} | {fn} | {tn} | {rec} | {prec} |")
+    return "\n".join(lines) + "\n"
+
+
 def cost_lines(cells, predictors):
     """Real fine-tuning seconds over prediction seconds (kernel + step timing + that predictor's simulation)."""
     ratios = defaultdict(list)
@@ -241,6 +263,7 @@ def render(cells, predictors, include_fast=False) -> str:
                 kinds[f"{r['regime']} n={r['per_class']} {r['image_size']}px"] += 1
             out.append(f"Divergence mismatches of `{p}` (real and predicted disagree on divergence; counted as 100%): "
                        + ", ".join(f"{k} (x{v})" for k, v in sorted(kinds.items())) + "\n")
+    out.append(divergence_table(cells, [p for p in predictors if p != "replay"]))
     out.append("#### cost\n")
     out.append(cost_lines(cells, [p for p in predictors if p != "replay"]))
     nf = noise_floor(cells)
