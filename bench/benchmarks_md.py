@@ -157,7 +157,9 @@ def online():
     r = json.loads(path.read_text())
     return (f"{r['cells']} cells, {r['pairs_per_method_and_fraction']} (cell, eps) pairs per estimate and observed "
             f"fraction.\n\n" + online_bench.render(r) + "\n![TT error against the fraction of the run observed]"
-            "(bench/results/online.png)\n")
+            "(bench/results/online.png)\n\nThe open-loop prediction's own 90% interval (`predict`'s "
+            "`training_time[key][\"interval\"]`, `finetime.intervals`), by the linearity check's loss gap:\n\n"
+            + online_bench.render_open_loop(r))
 
 
 def online_relin():

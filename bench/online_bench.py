@@ -35,6 +35,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
+from finetime import intervals  # noqa: E402
 from finetime.online import refine_curve, time_interval  # noqa: E402
 from finetime.online._fit import MIN_POINTS_FOR_FIT, Refined, fit_exponential, fit_power_law  # noqa: E402
 from finetime.online.refiner import LEVEL  # noqa: E402
@@ -162,6 +163,72 @@ def table(rows, keep=lambda r: True):
     return out
 
 
+GAP_BINS = (0.01, 0.1)
+"""Bins of the linearity check's loss gap that condition the open-loop interval (finetime.intervals)."""
+
+
+def gap_bin(c) -> str:
+    """The calibration bin of a cell's default prediction (``finetime.intervals.gap_bin``, as ``predict`` uses)."""
+    gaps = (c["predictors"][c["_prior"]].get("info") or {}).get("loss_gaps")
+    return intervals.gap_bin(gaps[0] if gaps else None, GAP_BINS)
+
+
+def open_loop_rows(cells):
+    """Per (cell, eps) of the measured cells: the prediction's own training time (what `predict` prints) against
+    the real one, with the prediction's linearity-check bin. ``score``: the log-margin an interval around the
+    prediction needs to contain the real time; ``None`` where no finite interval can (the prediction diverged or
+    never reaches the threshold while the real run does)."""
+    rows = []
+    for c in cells:
+        real = c["real"]
+        if (real["training_time"].get("eps=0.4", {}).get("step") or 0) < MIN_REAL_TT and not real["diverged"]:
+            continue
+        pred = c["predictors"][c["_prior"]]
+        cfg = c["config"]
+        for e in EPS:
+            a = real["training_time"][f"eps={e}"]["step"]
+            if a is None or real["diverged"]:
+                continue  # an interval of steps has nothing to cover
+            p = None if pred["diverged_fraction"] > 0.5 else pred["training_time"][f"eps={e}"]["step"]
+            rows.append({"group": f"{c['_suite']} {cfg['data']} {cfg['image_size']}px", "bin": gap_bin(c),
+                         "score": None if p is None else abs(math.log((a + 1) / (p + 1)))})
+    return rows
+
+
+def open_loop_margins(rows):
+    bins = sorted({r["bin"] for r in rows})
+    return {b: conformal([r["score"] if r["score"] is not None else math.inf for r in rows if r["bin"] == b])
+            for b in bins}
+
+
+def open_loop_coverage(rows):
+    """Held-out coverage per bin and overall: each group scored with margins fitted on the other groups."""
+    hit, tot = defaultdict(int), defaultdict(int)
+    for g in sorted({r["group"] for r in rows}):
+        margins = open_loop_margins([r for r in rows if r["group"] != g])
+        for r in rows:
+            if r["group"] != g:
+                continue
+            m = margins.get(r["bin"], math.inf)
+            ok = r["score"] is not None and r["score"] <= m + 1e-12
+            for key in (r["bin"], "all"):
+                tot[key] += 1
+                hit[key] += ok
+    return {k: (hit[k] / tot[k], tot[k]) for k in tot}
+
+
+def render_open_loop(result) -> str:
+    ol = result["open_loop"]
+    lines = ["| linearity check (loss gap at step T/15) | margin (log steps) | 90% interval coverage, held out |",
+             "|---|---|---|"]
+    for b, m in ol["margins"].items():
+        cov, n = ol["coverage"][b]
+        lines.append(f"| {b} | {'none' if m is None else f'{m:.2f}'} | {100 * cov:.1f}% ({n}) |")
+    cov, n = ol["coverage"]["all"]
+    lines.append(f"| all | | **{100 * cov:.1f}%** ({n}) |")
+    return "\n".join(lines) + "\n"
+
+
 def render(result) -> str:
     lines = ["| estimate | " + " | ".join(f"{int(100 * f)}% observed: median / p95" for f in FRACTIONS) + " |",
              "|---|" + "---|" * len(FRACTIONS)]
@@ -237,8 +304,13 @@ def main(argv=None):
         "coverage": {str(f): v for f, v in heldout_coverage(rows).items()},
         "raw_coverage": {str(f): (sum(v) / len(v) if v else math.nan) for f, v in raw.items()},
     }
+    ol_rows = open_loop_rows(cells)
+    ol_margins = open_loop_margins(ol_rows)
+    result["open_loop"] = {"margins": {b: (None if math.isinf(m) else m) for b, m in ol_margins.items()},
+                           "coverage": open_loop_coverage(ol_rows)}
     args.out.write_text(json.dumps(result, indent=1))
     print(render(result))
+    print(render_open_loop(result))
     try:
         plot(result, args.out.with_suffix(".png"))
     except ImportError:
@@ -246,6 +318,8 @@ def main(argv=None):
     if args.calibrate:
         CALIBRATION.write_text(json.dumps({
             "fractions": list(FRACTIONS), "margins": [round(margins[f], 4) for f in FRACTIONS], "level": LEVEL,
+            "open_loop": {"gap_bins": list(GAP_BINS), "margins": {b: (None if math.isinf(m) else round(m, 4))
+                                                                  for b, m in ol_margins.items()}},
             "source": "bench/online_bench.py --calibrate: split-conformal margins over "
                       f"{result['cells']} suite cells (paper, adamw, text)"}, indent=1) + "\n")
         print(f"wrote {CALIBRATION}")

@@ -29,7 +29,10 @@ def test_predict_json_has_the_contract_fields(capsys, tmp_path):
         assert key in p
     assert len(p["loss"]) == 31 and p["loss_low"][10] <= p["loss"][10] <= p["loss_high"][10]
     assert set(p["training_time"]) == {"eps=0.01", "eps=0.1", "eps=0.4", "target=0.9"}
-    assert {"step", "low", "high"} <= set(p["training_time"]["eps=0.1"])
+    assert {"step", "low", "high", "interval"} <= set(p["training_time"]["eps=0.1"])
+    iv = p["training_time"]["eps=0.1"]["interval"]
+    assert iv[0] <= p["training_time"]["eps=0.1"]["step"] <= (iv[1] if iv[1] is not None else 31)
+    assert "(90%: " in out
     assert set(r["cost_seconds"]) >= {"kernel", "simulation", "total"}
     c = r["config"]
     assert c["lr"] == 0.05 and len(c["chosen_classes"]) == 3 and len(c["train_indices"]) == 12

@@ -33,3 +33,16 @@ def test_summary_median_band_and_unreached():
 def test_first_crossing_broadcast_threshold():
     c = torch.tensor([[1.0, 0.5], [1.0, 0.9]])
     assert first_crossing(c, torch.tensor([0.6, 0.95])).tolist() == [1, 1]
+
+
+def test_model_error_intervals_follow_the_calibration():
+    from finetime.intervals import gap_bin, model_interval, open_loop_margin
+
+    assert gap_bin(None) == "no check" and gap_bin(0.004) == "0-0.01" and gap_bin(0.05) == "0.01-0.1"
+    assert gap_bin(2.0) == ">= 0.1"
+    small, large = open_loop_margin(0.001), open_loop_margin(0.5)
+    assert 0 < small < large  # a failed linearity check means a wider interval
+    lo, hi = model_interval(40, small, 150)
+    assert lo <= 40 <= hi and lo == max(int(math.floor(41 * math.exp(-small) - 1)), 0)
+    assert model_interval(140, large, 150)[1] is None  # beyond the run
+    assert model_interval(None, small, 150) is None

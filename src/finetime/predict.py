@@ -18,6 +18,7 @@ from .device import resolve_device
 from .dynamics import Problem, Trajectory, mse_curve, spectral_projections
 from .errors import ConfigError
 from .kernel import Kernel, compute_kernel, fingerprint_data, fingerprint_model, gradient_moments, inverse_root_scale
+from .intervals import gap_bin, model_interval, open_loop_margin
 from .kernel.distributed import broadcast_value, is_main
 from .losses import residual
 from .network import BatchNormMode, batch_statistics_outputs, eval_mode, network_outputs
@@ -268,10 +269,14 @@ class Prediction:
 
     def to_dict(self) -> dict:
         sps = self.seconds_per_step
+        info = self.trajectory.info or {}
+        gap = info["loss_gaps"][0] if info.get("loss_gaps") else None
+        margin = open_loop_margin(gap)
         times = {}
         for k, est in self.times.items():
             v = est.to_dict()
             v["seconds"] = None if v["step"] is None else round(v["step"] * sps, 3)
+            v["interval"] = None if self.diverged else model_interval(v["step"], margin, self.config.steps)
             times[k] = v
         traj, cfg = self.trajectory, self.config
         predicted = curve_summary(traj)
@@ -285,6 +290,7 @@ class Prediction:
             "diverged_step": _median_divergence(traj) if self.diverged else None,
             "sharpness": self.sharpness,
             "max_stable_lr": cfg.optimizer.stable_lr(self.sharpness),
+            "interval_note": f"90% model-error interval, linearity-check bin {gap_bin(gap)} (finetime.intervals)",
             "method": traj.method,
             "predictor": cfg.predictor_name,
             "preconditioned": cfg.optimizer.preconditioned,

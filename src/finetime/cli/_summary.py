@@ -15,7 +15,9 @@ def _fmt_step(v: dict) -> str:
         return "not reached within T"
     band = f" [{v['low'] if v['low'] is not None else '>T'}, {v['high'] if v['high'] is not None else '>T'}]"
     secs = f"  ~{fmt_seconds(v['seconds'])}" if v.get("seconds") is not None else ""
-    return f"step {v['step']}{band if v['low'] != v['high'] else ''}{secs}"
+    iv = v.get("interval")
+    model = f"  (90%: {iv[0]}-{iv[1] if iv[1] is not None else '>T'})" if iv else ""
+    return f"step {v['step']}{band if v['low'] != v['high'] else ''}{model}{secs}"
 
 
 def fmt_seconds(s: float) -> str:
@@ -67,7 +69,7 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
     rl = pr.get("relinearization")
     if rl:
         print(_fmt_relinearization(rl), file=out)
-    print("training time (steps; 5-95% band over batch orders):", file=out)
+    print("training time (steps; [5-95% band over batch orders]; (90% model-error interval)):", file=out)
     for k, v in pr["training_time"].items():
         print(f"  {k:<14} {_fmt_step(v)}", file=out)
     if "extrapolated" in pr:

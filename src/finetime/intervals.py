@@ -1,0 +1,58 @@
+"""Model-error intervals of a prediction made before training (``training_time[key]["interval"]``).
+
+The 5-95% band of a prediction covers batch-order noise only. How far the real run lands from the prediction
+depends on what the prediction can tell about itself: the loss gap of the ``adaptive`` predictor's linearity check
+(the network moved to the linear model's weights at step T/15 against the linear model there). The margin of each
+gap bin (and of predictions without the check: Adam, ``--predictor linear``, weight decay) is the split-conformal
+90% quantile of ``|log((TT_real + 1) / (TT_pred + 1))|`` over the benchmark suites, written by
+``bench/online_bench.py --calibrate`` into ``finetime/online/calibration.json`` (``open_loop``); its held-out
+coverage is in BENCHMARKS.md, section 8.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from importlib import resources
+
+__all__ = ["open_loop_margin", "model_interval", "gap_bin"]
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict | None:
+    try:
+        d = json.loads(resources.files("finetime.online").joinpath("calibration.json").read_text())
+    except FileNotFoundError:
+        return None
+    return d.get("open_loop")
+
+
+def gap_bin(gap: float | None, bins=(0.01, 0.1)) -> str:
+    """The calibration bin of a linearity-check loss gap (``None``: no check was made)."""
+    if gap is None or not math.isfinite(gap):
+        return "no check"
+    lo = 0.0
+    for hi in bins:
+        if gap < hi:
+            return f"{lo:g}-{hi:g}"
+        lo = hi
+    return f">= {lo:g}"
+
+
+def open_loop_margin(gap: float | None) -> float | None:
+    """The calibrated half-width (log steps) for a prediction with this linearity-check gap; ``None`` when finetime
+    has no calibration for it."""
+    t = _table()
+    if not t:
+        return None
+    return t["margins"].get(gap_bin(gap, tuple(t.get("gap_bins", (0.01, 0.1)))))
+
+
+def model_interval(step: int | None, margin: float | None, steps: int) -> list | None:
+    """``[low, high]`` around a predicted training time (``high`` ``None``: beyond the run's ``steps``)."""
+    if step is None or margin is None:
+        return None
+    low = max(int(math.floor((step + 1) * math.exp(-margin) - 1)), 0)
+    high = int(math.ceil((step + 1) * math.exp(margin) - 1))
+    return [low, None if high > steps else high]
