@@ -3,7 +3,7 @@
     .venv/bin/python bench/benchmarks_md.py
 
 Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{text_suite}}, {{text_kernel}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
-{{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}; a missing results file renders as a note saying which command produces it.
+{{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}, {{floor}}; a missing results file renders as a note saying which command produces it.
 """
 
 from __future__ import annotations
@@ -211,12 +211,27 @@ def distributed():
     return "\n".join(lines) + "\n"
 
 
+def floor():
+    path = RES / "floor.json"
+    if not path.exists():
+        return _missing("bench/floor_bench.py")
+    rows = json.loads(path.read_text())
+    lines = ["| N | resolution | floor s (1 forward + 5 backward) | kernel s (factored) | kernel / floor | "
+             "kernel phases s | weights exact |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ph = ", ".join(f"{k} {v:g}" for k, v in r["phase_seconds"].items())
+        lines.append(f"| {r['n']} | {r['image_size']} px | {r['floor_seconds']} | {r['kernel_seconds']} | "
+                     f"**{r['ratio']}** | {ph} | {100 * r['exact_weight_fraction']:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
     for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
                     ("text_kernel", text_kernel), ("kernel", kernel), ("dynamics", dynamics),
                     ("extrapolation", extrapolation), ("testcurves", testcurves), ("online", online),
-                    ("online_relin", online_relin), ("gpu", gpu), ("distributed", distributed)):
+                    ("online_relin", online_relin), ("gpu", gpu), ("distributed", distributed),
+                    ("floor", floor)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
     print("wrote BENCHMARKS.md")

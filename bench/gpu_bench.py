@@ -25,10 +25,12 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
 from finetime import RunConfig, validate  # noqa: E402
 from finetime.device import describe, resolve_device, synchronize  # noqa: E402
 from finetime.kernel import compute_kernel  # noqa: E402
 from finetime.predict import prepare  # noqa: E402
+from floor_bench import floor_seconds  # noqa: E402
 
 VALIDATE = [
     {"per_class": 20, "image_size": 64, "lr": 1e-3, "steps": 150},
@@ -78,19 +80,6 @@ def validate_rows(device: str, cells, precisions):
     return rows
 
 
-def _floor_seconds(model, x, c, dev):
-    """One forward and C backward passes over the samples, in chunks of 32 (what a per-sample kernel must do)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    synchronize(dev)
-    t0 = time.perf_counter()
-    for s in range(0, x.shape[0], 32):
-        out = model(x[s:s + 32].to(dev))
-        for k in range(c):
-            torch.autograd.grad(out[:, k].sum(), params, retain_graph=k < c - 1)
-    synchronize(dev)
-    return time.perf_counter() - t0
-
-
 def kernel_rows(device: str, sizes):
     rows = []
     dev = resolve_device(device)
@@ -98,8 +87,7 @@ def kernel_rows(device: str, sizes):
         cfg = RunConfig.from_dict({"data": "fashion-mnist", "per_class": n // 5, "image_size": px, "device": device})
         task = prepare(cfg)
         model, x = task.model, task.data.x
-        model.eval()
-        floor = _floor_seconds(model, x, cfg.task.classes, dev)
+        floor = floor_seconds(model, x, cfg.task.classes)
         _peak_reset(dev)
         synchronize(dev)
         t0 = time.perf_counter()
