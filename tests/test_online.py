@@ -347,3 +347,17 @@ def test_relinearizing_at_the_real_weights_continues_the_real_run_exactly():
         assert th.step == int(steps_to_threshold(real.loss.unsqueeze(0), Threshold.parse(key))[0])
     with pytest.raises(ConfigError, match="live Prediction"):
         Refiner(curve(0.02), steps=T).relinearize(task.model, 3)
+
+
+def test_watch_reads_a_trainer_state_like_the_callback(capsys, tmp_path):
+    """`watch --window auto` on Trainer's log_history places each logged mean where the HF callback does: the same
+    curve logged every 5 steps gives the speed of the exact warp."""
+    prior, real = curve(0.02), curve(0.03)
+    pred = tmp_path / "p.json"
+    _prediction_json(pred, prior)
+    state = tmp_path / "trainer_state.json"
+    hist = [{"loss": float(real[s - 5:s].mean()), "step": s} for s in range(5, 41, 5)]
+    state.write_text(json.dumps({"log_history": hist}))
+    out = tmp_path / "e.json"
+    assert main(["watch", str(state), "--prediction", str(pred), "--window", "auto", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["speed"] == pytest.approx(1.5, rel=0.05)

@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "trainer_state.json")
     pw.add_argument("--prediction", type=Path, required=True, help="prediction JSON from `finetime predict --json`")
     pw.add_argument("--steps", type=int, help="the run's total steps (default: the prediction's)")
-    pw.add_argument("--window", default="1", help="steps each logged loss averages: a number, or 'auto' (the gap "
-                                                  "to the previous record, as Trainer logs); default 1")
+    pw.add_argument("--window", default="1", help="steps each logged loss averages, ending at its step: a number, or "
+                                                  "'auto' (Trainer's logs: the mean of the batch losses since the "
+                                                  "previous record, each taken before its update); default 1")
     pw.add_argument("--follow", type=float, metavar="SECONDS",
                     help="keep reading the log every SECONDS and print each new estimate (Ctrl-C stops)")
     pw.add_argument("--json", type=Path, help="write the estimate as JSON")
@@ -191,10 +192,13 @@ def _watch_once(args, seen: int):
     refiner = Refiner.from_prediction(args.prediction, **kw)
     prev = 0
     for r in records:
-        window = max(r.step - prev, 1) if args.window == "auto" else int(args.window)
+        if args.window == "auto":  # Trainer's convention: the mean of the batch losses since the previous log, each
+            window, at = max(r.step - prev, 1), r.step - 1  # computed before its update
+        else:
+            window, at = int(args.window), r.step
         prev = r.step
-        if r.step > 0:
-            refiner.observe(r.step, r.loss, seconds=r.seconds, window=window)
+        if at > 0:
+            refiner.observe(at, r.loss, seconds=r.seconds, window=window)
     return refiner.estimate(), len(records)
 
 
