@@ -59,6 +59,13 @@ def practitioner(cfg) -> bool:
                                        and cfg.get("momentum", 0.0) == 0.9)
 
 
+def measurable(c) -> bool:
+    """The suite tables' rule: cells whose real TT(eps=0.4) is below ``MIN_REAL_TT`` steps are left out, unless the
+    real run diverged."""
+    real = c["real"]
+    return real["diverged"] or (real["training_time"].get("eps=0.4", {}).get("step") or 0) >= MIN_REAL_TT
+
+
 def estimates(prior, real, T, f):
     """{method: Refined or None (cannot estimate)} from the first round(f T) steps of the real curve."""
     m = int(round(f * T))
@@ -79,9 +86,9 @@ def estimates(prior, real, T, f):
 def collect(cells):
     rows = []
     for c in cells:
-        real = c["real"]
-        if (real["training_time"].get("eps=0.4", {}).get("step") or 0) < MIN_REAL_TT and not real["diverged"]:
+        if not measurable(c):
             continue
+        real = c["real"]
         prior = _curve(c["predictors"][c["_prior"]]["loss"])
         if c["predictors"][c["_prior"]]["diverged_fraction"] > 0.5:  # what Refiner.from_prediction does
             bad = torch.nonzero(~torch.isfinite(prior))
@@ -180,9 +187,9 @@ def open_loop_rows(cells):
     never reaches the threshold while the real run does)."""
     rows = []
     for c in cells:
-        real = c["real"]
-        if (real["training_time"].get("eps=0.4", {}).get("step") or 0) < MIN_REAL_TT and not real["diverged"]:
+        if not measurable(c):
             continue
+        real = c["real"]
         pred = c["predictors"][c["_prior"]]
         cfg = c["config"]
         for e in EPS:

@@ -36,8 +36,8 @@ from finetime.online import Refiner  # noqa: E402
 from finetime.predict import prepare  # noqa: E402
 from finetime.runtime import tune_allocator  # noqa: E402
 from finetime.training_time import relative_error  # noqa: E402
-from online_bench import SUITES, practitioner  # noqa: E402
-from report import MIN_REAL_TT, load, quantile  # noqa: E402
+from online_bench import SUITES, measurable, practitioner  # noqa: E402
+from report import load, quantile  # noqa: E402
 
 FRACTIONS = (0.1, 0.2)
 EPS = (0.01, 0.1, 0.4)
@@ -46,10 +46,10 @@ EPS = (0.01, 0.1, 0.4)
 def selected(cells):
     out, other = [], 0
     for c in cells:
-        cfg, real = c["config"], c["real"]
+        cfg = c["config"]
         if c["_suite"] == "text":
             continue  # a text kernel per checkpoint costs more than this bench's budget (BENCHMARKS, section 7)
-        if (real["training_time"].get("eps=0.4", {}).get("step") or 0) < MIN_REAL_TT and not real["diverged"]:
+        if not measurable(c):
             continue
         opt = cfg.get("optimizer", "sgd")
         hard = practitioner(cfg) or (opt == "sgd" and cfg["lr"] >= 1e-2) or (opt != "sgd" and cfg["lr"] >= 1e-4)

@@ -11,21 +11,18 @@ coverage is in BENCHMARKS.md, section 8.
 
 from __future__ import annotations
 
-import json
 import math
 from functools import lru_cache
-from importlib import resources
 
 __all__ = ["open_loop_margin", "model_interval", "gap_bin"]
 
 
 @lru_cache(maxsize=1)
 def _table() -> dict | None:
-    try:
-        d = json.loads(resources.files("finetime.online").joinpath("calibration.json").read_text())
-    except FileNotFoundError:
-        return None
-    return d.get("open_loop")
+    from .online.refiner import load_calibration
+
+    cal = load_calibration()
+    return cal.open_loop if cal else None
 
 
 def gap_bin(gap: float | None, bins=(0.01, 0.1)) -> str:

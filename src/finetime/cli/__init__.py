@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, FinetimeError
+from ..device import resolve_device
 from ..kernel.distributed import init_from_env, is_main
 from ..progress import TerminalProgress
 from ..runtime import configure_threads, tune_allocator
@@ -83,7 +84,7 @@ def _start(args):
     cores, and only rank 0 prints and writes."""
     config = config_from_args(args)
     threads = args.threads
-    if init_from_env():
+    if init_from_env(str(resolve_device(config.device))):
         if args.command == "validate":
             raise ConfigError("validate fine-tunes for real in one process; run it without torchrun")
         local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))

@@ -35,7 +35,7 @@ import torch
 from ..training_time import DIVERGENCE_FACTOR
 
 __all__ = ["Refined", "extend_curve", "observed_curve", "warp_posterior", "fit_exponential", "fit_power_law", "refine_curve",
-           "divergence_step", "LOG_SPEEDS", "SPEED_PRIOR_SD"]
+           "divergence_step", "weighted_quantile", "LOG_SPEEDS", "SPEED_PRIOR_SD"]
 
 LOG_SPEEDS = torch.linspace(-3.0, 3.0, 301, dtype=torch.float64)
 """Grid of ``log a``: runs from 20x slower to 20x faster than predicted."""
@@ -72,6 +72,14 @@ class Refined:
         idx = idx.clamp_max(self.curves.shape[0] - 1)
         rows = order.gather(0, idx.unsqueeze(0)).squeeze(0)
         return self.curves[rows, torch.arange(self.curves.shape[1])]
+
+
+def weighted_quantile(values: torch.Tensor, weights: torch.Tensor, q: float) -> float:
+    """The ``q`` quantile of ``values`` under ``weights`` (the smallest value whose cumulative weight reaches it)."""
+    order = torch.argsort(values)
+    cw = torch.cumsum(weights[order], 0)
+    i = int(torch.searchsorted(cw, torch.tensor([q * float(cw[-1])], dtype=cw.dtype)).clamp_max(len(cw) - 1))
+    return float(values[order][i])
 
 
 def divergence_step(curve: torch.Tensor, loss0: float | None = None) -> int | None:
@@ -154,9 +162,7 @@ def warp_posterior(prior: torch.Tensor, steps: torch.Tensor, losses: torch.Tenso
         seen = observed_curve(t, y, grid[~after])
         curves = torch.cat([seen.expand(curves.shape[0], -1), (curves * ratio[:, None])[:, after]], 1)
     w = torch.softmax(log_post, 0)
-    order = torch.argsort(log_speeds)
-    cw = torch.cumsum(w[order], 0)
-    med = float(speeds[order][int(torch.searchsorted(cw, torch.tensor([0.5], dtype=cw.dtype)).clamp_max(len(cw) - 1))])
+    med = weighted_quantile(speeds, w, 0.5)
     return Refined(curves, w, "warp" if m > 0 and float(t.max()) > 0 else "prior", med)
 
 

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..training_time import DEFAULT_EPSILONS, Threshold, steps_to_threshold
-from ._fit import Refined, observed_curve, refine_curve
+from ._fit import Refined, observed_curve, refine_curve, weighted_quantile
 
 __all__ = ["Refiner", "Estimate", "ThresholdEstimate", "Calibration", "refine", "load_calibration", "time_interval"]
 
@@ -38,6 +38,7 @@ class Calibration:
     margins: tuple[float, ...]
     level: float = LEVEL
     source: str = ""
+    open_loop: dict | None = None  # margins of predictions before training, by linearity-check bin
 
     def margin(self, fraction: float) -> float:
         return float(_lerp(self.fractions, self.margins, min(max(fraction, self.fractions[0]), self.fractions[-1])))
@@ -62,7 +63,8 @@ def load_calibration(path: str | Path | None = None) -> Calibration | None:
     except FileNotFoundError:
         return None
     d = json.loads(text)
-    return Calibration(tuple(d["fractions"]), tuple(d["margins"]), d.get("level", LEVEL), d.get("source", ""))
+    return Calibration(tuple(d["fractions"]), tuple(d["margins"]), d.get("level", LEVEL), d.get("source", ""),
+                       d.get("open_loop"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,13 +131,6 @@ def _fmt_s(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
-def _weighted_quantile(values: torch.Tensor, weights: torch.Tensor, q: float) -> float:
-    order = torch.argsort(values)
-    cw = torch.cumsum(weights[order], 0)
-    i = int(torch.searchsorted(cw, torch.tensor([q * float(cw[-1])], dtype=cw.dtype)).clamp_max(len(cw) - 1))
-    return float(values[order][i])
-
-
 def time_interval(refined: Refined, threshold: Threshold, steps: int, margin: float | None,
                   level: float = LEVEL) -> tuple[int | None, int | None, int | None, float]:
     """``(median, low, high, reached_probability)`` of the training time to ``threshold`` over the refined curves,
@@ -146,11 +141,11 @@ def time_interval(refined: Refined, threshold: Threshold, steps: int, margin: fl
     w = refined.weights
     p_reached = float(w[reached].sum())
     tt = torch.where(reached, tt, torch.full_like(tt, math.inf))
-    med = _weighted_quantile(tt, w, 0.5)
+    med = weighted_quantile(tt, w, 0.5)
     if not math.isfinite(med):
         return None, None, None, p_reached
     tail = (1 - level) / 2
-    lo, hi = _weighted_quantile(tt, w, tail), _weighted_quantile(tt, w, 1 - tail)
+    lo, hi = weighted_quantile(tt, w, tail), weighted_quantile(tt, w, 1 - tail)
     if margin is not None:
         lo = (lo + 1) * math.exp(-margin) - 1
         hi = (hi + 1) * math.exp(margin) - 1 if math.isfinite(hi) else hi
