@@ -194,7 +194,8 @@ class Refiner:
         self.thresholds = [Threshold.parse(t) if isinstance(t, str) else t for t in ths]
         self.predicted_seconds_per_step = seconds_per_step
         self.calibration = load_calibration() if calibration == "default" else calibration
-        self._steps: list[float] = []
+        self._steps: list[float] = []  # where each observation sits (the middle of its window)
+        self._now = 0  # the last step observed (the end of the last window)
         self._losses: list[float] = []
         self._clock: list[tuple[float, float]] = []
         self.origin = 0  # the step the prior starts at (> 0 after a re-linearization at the real weights)
@@ -243,6 +244,7 @@ class Refiner:
             raise DataError(f"step must be >= 0 (got {step})")
         if self._steps and at < self._steps[-1]:
             raise DataError(f"steps must be observed in order: {step} after {self._steps[-1]:g}")
+        self._now = max(self._now, int(step))
         if self._steps and at == self._steps[-1]:
             self._losses[-1] = loss
         else:
@@ -253,7 +255,8 @@ class Refiner:
 
     @property
     def observed_step(self) -> int:
-        return int(self._steps[-1]) if self._steps else 0
+        """The last step observed (the end of the last logged window)."""
+        return self._now
 
     def seconds_per_step(self) -> tuple[float | None, str]:
         """The run's own step time (slope of its wall clock over at least 3 points), else the predicted one."""
