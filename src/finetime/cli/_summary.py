@@ -16,7 +16,7 @@ def _fmt_step(v: dict) -> str:
     band = f" [{v['low'] if v['low'] is not None else '>T'}, {v['high'] if v['high'] is not None else '>T'}]"
     secs = f"  ~{fmt_seconds(v['seconds'])}" if v.get("seconds") is not None else ""
     iv = v.get("interval")
-    model = f"  (90%: {iv[0]}-{iv[1] if iv[1] is not None else '>T'})" if iv else ""
+    model = "" if not iv else f"  (90%: {iv[0]}-{iv[1]})" if iv[1] is not None else f"  (90%: {iv[0]} to >T)"
     return f"step {v['step']}{band if v['low'] != v['high'] else ''}{model}{secs}"
 
 

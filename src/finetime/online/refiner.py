@@ -118,8 +118,8 @@ class Estimate:
                 lines.append(f"  {key:<12} not reached within {self.steps} steps "
                              f"(probability reached {e.reached_probability:.0%})")
                 continue
-            band = f"({pct}%: {e.low}-{e.high if e.high is not None else '>' + str(self.steps)})" \
-                if self.calibrated else f"(posterior 5-95%: {e.low}-{e.high})"
+            span = f"{e.low}-{e.high}" if e.high is not None else f"{e.low} to >{self.steps}"
+            band = f"({pct}%: {span})" if self.calibrated else f"(posterior 5-95%: {span})"
             left = f"{e.remaining_steps} steps left"
             if e.remaining_seconds is not None:
                 left += f", about {_fmt_s(e.remaining_seconds)}"
@@ -128,7 +128,7 @@ class Estimate:
 
 
 def _fmt_s(s: float) -> str:
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+    return f"{s:.3g} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 def time_interval(refined: Refined, threshold: Threshold, steps: int, margin: float | None,
