@@ -30,7 +30,7 @@ from .wallclock import seconds_per_step
 from .zoo import Dataset, build_model, freeze_backbone, load_raw, sample_task
 
 __all__ = ["Task", "Prediction", "prepare", "kernel_for", "preconditioner_name", "preconditioner_scales", "network_of",
-           "problem_from", "thresholds", "training_times", "curve_summary", "predict", "tolist"]
+           "problem_from", "thresholds", "training_times", "curve_summary", "alive_mean", "predict", "tolist"]
 
 
 @dataclasses.dataclass
@@ -183,10 +183,16 @@ def tolist(t: torch.Tensor | None):
     return [None if not math.isfinite(v) else float(f"{v:.8g}") for v in t.tolist()]
 
 
-def _band(curves: torch.Tensor):
+def alive_mean(curves: torch.Tensor) -> torch.Tensor:
+    """Mean over the runs ``(R, T+1)`` still alive at each step (diverged runs are NaN there); NaN where none is."""
     alive = torch.isfinite(curves)
     mean = torch.where(alive, curves, torch.zeros_like(curves)).sum(0) / alive.sum(0).clamp_min(1)
     mean[alive.sum(0) == 0] = math.nan
+    return mean
+
+
+def _band(curves: torch.Tensor):
+    mean = alive_mean(curves)
     lo = torch.nanquantile(curves, 0.05, dim=0)
     hi = torch.nanquantile(curves, 0.95, dim=0)
     return mean, lo, hi

@@ -275,6 +275,7 @@ class Refiner:
         becomes the prior from ``step`` on. ``optimizer``: the run's ``torch.optim`` optimizer (SGD momentum is
         carried over). The network's whole-training-set loss there is recorded as an observation (``loss``
         overrides it). Needs a refiner made by ``from_prediction`` from a live ``Prediction``."""
+        from ..predict import alive_mean
         from .relinearize import continuation
 
         if self.prediction is None:
@@ -284,9 +285,8 @@ class Refiner:
             raise DataError(f"re-linearization at step {step} is before the last observed step {self.observed_step}")
         traj, _ = continuation(self.prediction, model, int(step), optimizer=optimizer)
         curves = traj.loss.double()
-        alive = torch.isfinite(curves)
-        mean = torch.where(alive, curves, torch.zeros_like(curves)).sum(0) / alive.sum(0).clamp_min(1)
-        mean[(alive.sum(0) == 0) | (alive.double().mean(0) < 0.5)] = math.nan  # most runs diverged: divergence
+        mean = alive_mean(curves)
+        mean[torch.isfinite(curves).double().mean(0) < 0.5] = math.nan  # most runs diverged: divergence
         self.prior, self.origin = mean, int(step)
         self.observe(step, float(mean[0]) if loss is None else loss)
 
