@@ -1,7 +1,7 @@
 import torch
 
 from finetime.dynamics import mse_curve, spectral_projections
-from finetime.extrapolate import extrapolate_spectrum, mse_loss_at
+from finetime.extrapolate import extrapolate_spectrum, mse_loss_at, size_time_map
 from finetime.spectrum import fit_power_law
 
 
@@ -40,3 +40,21 @@ def test_extrapolation_keeps_the_subset_curve_and_adds_slow_modes():
     assert bigger.mu.numel() == 1200
     # more samples: more slow modes, so the loss decays more slowly
     assert mse_loss_at(bigger, 0.5, 50)[-1] > mse_loss_at(same, 0.5, 50)[-1] * 0.99
+
+
+def test_time_map_slows_the_subset_down_on_a_larger_set():
+    theta, f0, y = _kernel_with_spectrum(40, 3, 1.5, 1.3, 0)
+    at = size_time_map(theta, f0, y, 400, 0.5, 60)
+    assert at[0] == 0 and bool((at[1:] >= at[:-1]).all()) and bool((at <= torch.arange(61)).all())
+    assert at[-1] < 59  # more samples: the late, slow modes hold the whole set back
+
+
+def test_conserving_extrapolation_keeps_the_per_sample_trace_and_residual():
+    theta, f0, y = _kernel_with_spectrum(40, 3, 1.5, 1.3, 0)
+    lam, proj = spectral_projections(theta, f0, y)
+    plain = extrapolate_spectrum(theta, f0, y, 400)
+    kept = extrapolate_spectrum(theta, f0, y, 400, conserve=True)
+    torch.testing.assert_close(kept.mu.sum(), lam.clamp_min(0).sum() / 40)
+    torch.testing.assert_close(kept.q.sum(), proj.sum() / 40)
+    assert plain.q.sum() > 1.1 * kept.q.sum()  # power-law tails to 1200 ranks add residual that is not there
+    torch.testing.assert_close(kept.mu[: kept.k_fit], plain.mu[: plain.k_fit])

@@ -152,6 +152,7 @@ class RunConfig:
     kernel: KernelConfig = KernelConfig()
     predictor: PredictorConfig = PRESETS["adaptive"]
     extrapolate_to: int = 0
+    kernel_samples: int | str = "auto"  # the kernel on a class-balanced subset of this many samples (finetime.subset)
     device: str = "auto"  # where the network runs (finetime.device); not part of what is predicted
     precision: Precision = Precision.FP32  # how the real steps run (step timing, validate's fine-tuning)
 
@@ -183,6 +184,14 @@ class RunConfig:
                 bad(f"--target-loss must be positive, got {t}")
         if self.extrapolate_to < 0:
             bad(f"--extrapolate-to must be a number of samples (or 0), got {self.extrapolate_to}")
+        ks = self.kernel_samples
+        if isinstance(ks, str) and ks.strip().isdigit():
+            ks = int(ks)
+            object.__setattr__(self, "kernel_samples", ks)
+        if not (ks in ("auto", "all") or (isinstance(ks, int) and not isinstance(ks, bool) and ks >= 2)):
+            bad(f"--kernel-samples must be auto, all or a number of samples >= 2, got {ks!r}")
+        if self.extrapolate_to and ks not in ("auto", "all"):
+            bad("--extrapolate-to and --kernel-samples both extrapolate from a subset; give one of them")
         w = self.optimizer.schedule.warmup_steps
         if w >= self.steps and w > 0:
             bad(f"--warmup-steps ({w}) must be fewer than --steps ({self.steps})")
@@ -224,7 +233,8 @@ class RunConfig:
         d["step_size"] = sched.step_size if isinstance(sched, StepDecay) else StepDecay().step_size
         d["gamma"] = sched.gamma if isinstance(sched, StepDecay) else StepDecay().gamma
         d.update(steps=self.steps, loss=self.loss.value, target_loss=self.target_loss, epsilon=self.epsilon,
-                 runs=self.runs, extrapolate_to=self.extrapolate_to, device=self.device,
+                 runs=self.runs, extrapolate_to=self.extrapolate_to, kernel_samples=self.kernel_samples,
+                 device=self.device,
                  precision=self.precision.value)
         for flat, name in _KERNEL.items():
             v = getattr(k, name)
@@ -239,7 +249,8 @@ class RunConfig:
     def flat_keys(cls) -> set[str]:
         """Every key ``from_dict`` accepts, for every optimizer."""
         keys = set(_TASK) | set(_SCHEDULE_KEYS) | set(_KERNEL) | set(_PREDICTOR) | {
-            "optimizer", "steps", "loss", "target_loss", "epsilon", "runs", "extrapolate_to", "device", "precision"}
+            "optimizer", "steps", "loss", "target_loss", "epsilon", "runs", "extrapolate_to", "kernel_samples", "device",
+            "precision"}
         for opt in OPTIMIZERS.values():
             keys |= {f.name for f in dataclasses.fields(opt)} - {"schedule"}
         return keys
@@ -301,7 +312,8 @@ class RunConfig:
                                        if flat != "predictor"}, kind=base.kind)
         return cls(task=task, optimizer=optimizer, steps=get("steps"), loss=get("loss"),
                    target_loss=get("target_loss"), epsilon=get("epsilon"), runs=get("runs"), kernel=kernel,
-                   predictor=predictor, extrapolate_to=get("extrapolate_to"), device=get("device"),
+                   predictor=predictor, extrapolate_to=get("extrapolate_to"), kernel_samples=get("kernel_samples"),
+                   device=get("device"),
                    precision=get("precision"))
 
     def replace(self, **flat_changes) -> "RunConfig":

@@ -57,8 +57,14 @@ def _binned_power_law(values: torch.Tensor, lo: int, hi: int, bins: int = 12) ->
     return float(coef[0].exp()), float(-coef[1])
 
 
-def extrapolate_spectrum(theta: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, n_target: int) -> ExtrapolatedSpectrum:
-    """Spectrum at ``n_target`` samples from the kernel of ``n' = f0.shape[0]`` samples (MSE residuals)."""
+def extrapolate_spectrum(theta: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, n_target: int, *,
+                         conserve: bool = False) -> ExtrapolatedSpectrum:
+    """Spectrum at ``n_target`` samples from the kernel of ``n' = f0.shape[0]`` samples (MSE residuals).
+
+    ``conserve``: rescale the fitted tail (the ranks past the kept ones) so that ``sum mu`` and ``sum q`` stay the
+    subset's. Both sums are per-sample means (the kernel's trace over N, the squared residual over N) whose
+    expectation does not depend on N; power-law tails extended to ``n_target * C`` ranks otherwise add mass that is
+    not there (``--kernel-samples`` uses it; ``--extrapolate-to`` keeps the plain fits it was benchmarked with)."""
     n, c = f0.shape
     lam, proj = spectral_projections(theta.double(), f0.double(), y)
     mu, q = lam.clamp_min(0) / n, proj / n
@@ -72,6 +78,9 @@ def extrapolate_spectrum(theta: torch.Tensor, f0: torch.Tensor, y: torch.Tensor,
     keep = min(hi, mu.numel(), k_total)
     mu_n[:keep] = mu[:keep]
     q_n[:keep] = q[:keep]
+    if conserve and k_total > keep:
+        mu_n[keep:] *= mu[keep:].sum() / mu_n[keep:].sum().clamp_min(1e-300)
+        q_n[keep:] *= q[keep:].sum() / q_n[keep:].sum().clamp_min(1e-300)
     return ExtrapolatedSpectrum(mu_n, q_n, n_target, c, (ce, se), (d, r), keep)
 
 
@@ -80,3 +89,45 @@ def mse_loss_at(spec: ExtrapolatedSpectrum, lr: float | torch.Tensor, steps: int
     """MSE loss curve ``(steps + 1,)`` of full-batch GD on ``spec.n`` samples (``lr``: a rate or a per-update table)."""
     k = spec.n * spec.c
     return mse_curve(spec.mu * spec.n, spec.q * spec.n, lr, steps, n_outputs=k, momentum=momentum)
+
+
+def size_time_map(theta: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, n_target: int, lr: float | torch.Tensor,
+                  steps: int, momentum: float = 0.0) -> torch.Tensor:
+    """Step ``s = 0..steps`` of a run on ``n_target`` samples -> the (fractional) step of the same run on this
+    kernel's ``n`` samples that has made the same progress: the MSE closed form of full-batch GD on this spectrum and
+    on the spectrum extrapolated to ``n_target`` (mass-conserving tails), each relative to its start, matched level by
+    level. Shape
+    ``(steps + 1,)``, nondecreasing, ``map[0] = 0``, capped at ``steps``."""
+    lam, proj = spectral_projections(theta.double(), f0.double(), y)
+    here = mse_curve(lam, proj, lr, steps, momentum=momentum)
+    there = mse_loss_at(extrapolate_spectrum(theta, f0, y, n_target, conserve=True), lr, steps, momentum)
+    return progress_map(here, there)
+
+
+def progress_map(here: torch.Tensor, there: torch.Tensor) -> torch.Tensor:
+    """For each step ``s`` of curve ``there``, the fractional step at which ``here`` first reaches ``there``'s
+    relative level ``there[s] / there[0]`` (linear between steps; running minima, so rising stretches of an
+    oscillating or unstable curve count as flat; ``len(here) - 1`` where ``here`` never gets that low)."""
+    steps = here.numel() - 1
+    h = torch.cummin(here.double() / here[0].double().clamp_min(1e-300), 0).values
+    g = torch.cummin(there.double() / there[0].double().clamp_min(1e-300), 0).values
+    j = torch.searchsorted(-h, -g)  # first step where here <= the level (steps + 1: never)
+    prev = h[(j - 1).clamp(0, steps)]
+    nxt = h[j.clamp(max=steps)]
+    drop = prev - nxt
+    frac = torch.where(drop > 0, (prev - g) / drop.clamp_min(1e-300), torch.ones_like(g))
+    out = torch.where(j == 0, torch.zeros_like(g), (j - 1).double() + frac)
+    out = torch.where(j > steps, torch.full_like(g, float(steps)), out)
+    return torch.cummax(out, 0).values
+
+
+def warp_curves(curves: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """``curves (R, T'+1)`` read at fractional steps ``at (S+1,)``, linear between steps -> ``(R, S+1)``; NaN where
+    either neighbouring step is NaN (a diverged run stays diverged)."""
+    t = at.to(torch.float64).clamp(0, curves.shape[-1] - 1)
+    lo = t.floor().long()
+    hi = torch.clamp(lo + 1, max=curves.shape[-1] - 1)
+    w = (t - lo).to(curves.dtype)
+    a, b = curves[..., lo], curves[..., hi]
+    out = a + w * (b - a)
+    return torch.where(w == 0, a, out)

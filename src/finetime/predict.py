@@ -25,6 +25,7 @@ from .network import BatchNormMode, batch_statistics_outputs, eval_mode, network
 from .predictors import predict_trajectory
 from .relinearize import Network
 from .spectrum import sharpness
+from .subset import class_balanced_subset, kernel_sample_count, to_full_set
 from .training_time import Threshold, TimeEstimate, steps_to_threshold, summarize_times
 from .wallclock import seconds_per_step
 from .zoo import Dataset, build_model, freeze_backbone, load_raw, sample_task
@@ -41,6 +42,14 @@ class Task:
     data: Dataset
     model: torch.nn.Module
     trained: list[str]
+    full_data: Dataset | None = None
+    """The whole training set when the kernel sees a subset of it (``--kernel-samples``, ``finetime.subset``); ``None``
+    when ``data`` is the whole set."""
+
+    @property
+    def train_data(self) -> Dataset:
+        """The data the real run trains on (step timing, ``validate``'s fine-tuning)."""
+        return self.full_data if self.full_data is not None else self.data
 
 
 def prepare(config: RunConfig) -> Task:
@@ -64,7 +73,11 @@ def prepare(config: RunConfig) -> Task:
         trained = freeze_backbone(model)
     else:
         trained = [n for n, p in model.named_parameters() if p.requires_grad]
-    return Task(config, data, model.to(resolve_device(config.device)), trained)
+    m = kernel_sample_count(config.kernel_samples, n, t.classes, config.optimizer.batch_size)
+    full = None
+    if m < n:
+        full, data = data, class_balanced_subset(data, m)
+    return Task(config, data, model.to(resolve_device(config.device)), trained, full)
 
 
 def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=None, kernel_out=None,
@@ -262,6 +275,7 @@ class Prediction:
     sharpness: float
     cost: dict[str, float]
     extrapolated: dict | None = None
+    subset: dict | None = None  # the kernel on a subset (--kernel-samples): finetime.subset.to_full_set's record
     diagnostics: dict | None = None
     runtime: dict | None = None
 
@@ -305,6 +319,8 @@ class Prediction:
             predicted["relinearization"] = traj.info
         if self.extrapolated is not None:
             predicted["extrapolated"] = self.extrapolated
+        if self.subset is not None:
+            predicted["kernel_samples"] = self.subset
         out = {"config": _config_record(self.task, self.kernel), "predicted": predicted}
         if self.diagnostics is not None:
             out["diagnostics"] = self.diagnostics
@@ -326,12 +342,16 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
     t1 = time.perf_counter()
     problem = problem_from(kernel, task)
     traj = predict_trajectory(problem, config, task)
+    subset = None
+    if task.full_data is not None:
+        traj, subset = to_full_set(traj, problem, config.optimizer, config.steps, task.full_data.x.shape[0])
     sharp = sharpness(problem.theta, problem.f0, problem.loss)
     t_sim = time.perf_counter() - t1
     t2 = time.perf_counter()
     sps = None
     if is_main():  # with several ranks, rank 0 times the step while the others wait
-        sps = seconds_per_step(task.model, task.data.x, task.data.y, config.optimizer, loss=config.loss,
+        d = task.train_data
+        sps = seconds_per_step(task.model, d.x, d.y, config.optimizer, loss=config.loss,
                                params=task.trained, bn=config.task.bn, precision=config.precision)
     sps = broadcast_value(sps)
     t_step = time.perf_counter() - t2
@@ -340,7 +360,7 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
     cost = {"kernel": round(t_kernel, 3), "simulation": round(t_sim - t_relin, 3),
             "relinearization": round(t_relin, 3), "step_timing": round(t_step, 3),
             "total": round(t_kernel + t_sim + t_step, 3)}
-    result = Prediction(config, task, kernel, problem, traj, times, sps, sharp, cost)
+    result = Prediction(config, task, kernel, problem, traj, times, sps, sharp, cost, subset=subset)
     if config.extrapolate_to:
         result.extrapolated = extrapolated_times(problem, config, {k: v.to_dict() for k, v in times.items()})
     if diagnostics:
@@ -354,7 +374,7 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
 
 
 def _config_record(task: Task, kernel: Kernel) -> dict:
-    d = task.data
+    d = task.train_data
     rec = task.config.to_dict()
     rec.update({
         "chosen_classes": d.class_names,

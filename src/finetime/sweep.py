@@ -84,6 +84,10 @@ def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=
     if not valid:
         raise ConfigError("no valid configuration in the sweep: " + "; ".join(e for _, e in cells))
     wd = max(c.optimizer.weight_decay for c in valid)
+    if base.kernel_samples not in ("auto", "all"):
+        raise ConfigError("sweep computes its kernel on every training sample; --kernel-samples is for predict and "
+                          "validate")
+    base = base.replace(kernel_samples="all")
     task = prepare(base.replace(weight_decay=wd) if wd > 0 else base)
     kernels: dict = {}  # one per preconditioner: the plain J J^T, or Adam's J P J^T per batch size
     keys = {preconditioner_name(c.optimizer) for c in valid}

@@ -107,15 +107,18 @@ def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
     pred = predict(config, kernel_in=kernel_in, kernel_out=kernel_out, progress=progress, diagnostics=diagnostics)
     task, problem = pred.task, pred.problem
     opt = config.optimizer
-    n = task.data.x.shape[0]
+    data = task.train_data
+    n = data.x.shape[0]
     plan = batch_plan(n, opt, config.steps, 1, torch.Generator().manual_seed(config.task.seed + 2))
     replay = None
-    if config.predictor.kind is not Predictor.PAPER:  # the same predictor on the real run's batch order
+    # the same predictor on the real run's batch order (not when the kernel saw a subset: the order is of all samples)
+    if config.predictor.kind is not Predictor.PAPER and task.full_data is None:
         if opt.is_full_batch(n):
             replay = pred.trajectory  # deterministic: the prediction itself
         else:
             replay = predict_trajectory(problem, config, task, plan=plan)
-    real = finetune(task.model, task.data.x, task.data.y, opt, config.steps, plan, loss=config.loss,
-                    params=task.trained, precision=config.precision, x_test=task.data.x_test, y_test=task.data.y_test, bn=config.task.bn,
+    real = finetune(task.model, data.x, data.y, opt, config.steps, plan, loss=config.loss,
+                    params=task.trained, precision=config.precision, x_test=data.x_test, y_test=data.y_test,
+                    bn=config.task.bn,
                     progress=(lambda d, t: progress("fine-tuning", d, t)) if progress else None)
     return Validation(pred, real, replay)

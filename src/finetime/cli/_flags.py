@@ -11,6 +11,7 @@ from ..kernel import KernelMethod
 from ..network import BatchNormMode
 from ..optim import OPTIMIZERS, SCHEDULES, Sampling
 from ..errors import ConfigError
+from ..subset import AUTO_ALL_UP_TO, AUTO_SAMPLES
 
 __all__ = ["add_run_flags", "config_from_args", "load_config_file"]
 
@@ -131,6 +132,10 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
     g.add_argument("--extrapolate-to", type=int, default=_D["extrapolate_to"], metavar="N",
                    help="also predict the training time on N samples of the same classes from this subset's kernel "
                         "spectrum (paper, section 4; power-law fits)")
+    g.add_argument("--kernel-samples", default=_D["kernel_samples"], metavar="M|auto|all",
+                   help="compute the kernel on a class-balanced subset of M training samples and carry the predicted "
+                        "curves to the whole set by the spectrum's extrapolation (cost grows with M, not N); auto: "
+                        f"every sample up to {AUTO_ALL_UP_TO}, {AUTO_SAMPLES} beyond (default: %(default)s)")
     g.add_argument("--kernel-method", choices=[m.value for m in KernelMethod], default=_D["kernel_method"],
                    help="how the NTK is computed; see finetime.kernel.KernelMethod (default: %(default)s)")
     g.add_argument("--projection-dim", type=int, default=_D["projection_dim"],

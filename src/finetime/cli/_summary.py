@@ -69,6 +69,11 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
     rl = pr.get("relinearization")
     if rl:
         print(_fmt_relinearization(rl), file=out)
+    ks = pr.get("kernel_samples")
+    if ks:
+        print(f"kernel on {ks['samples']} of {ks['of']} training samples (--kernel-samples); curves carried to all "
+              f"{ks['of']} by the spectrum's extrapolation (step {c['steps']} = the subset's step "
+              f"{ks['subset_steps_at_end']:g})", file=out)
     print("training time (steps; [5-95% band over batch orders]; (90% model-error interval)):", file=out)
     for k, v in pr["training_time"].items():
         print(f"  {k:<14} {_fmt_step(v)}", file=out)

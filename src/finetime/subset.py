@@ -1,0 +1,93 @@
+"""The kernel on a subset of the training set (``--kernel-samples``): how many samples, which ones, and how the
+subset's predicted curves become curves for the whole set.
+
+A kernel costs one forward and ``C`` backward passes per sample, so on large training sets it can cost as much as the
+run it predicts. With ``--kernel-samples M`` the kernel, the simulation and any re-linearization see a class-balanced
+subset of ``M`` samples (the first ``M / C`` of each class in the sampled order, itself random). The simulated curves
+are then carried to the ``N`` samples of the real run by a time map from the spectrum (``extrapolate.size_time_map``):
+step ``s`` of the run on ``N`` samples is the step of the run on ``M`` that has made the same progress on the MSE
+closed form, with the spectrum extrapolated to ``N`` (paper, section 4). Full-batch runs keep their meaning: the step
+on all ``N`` samples is timed for seconds.
+
+``auto`` (the default) keeps every sample up to ``AUTO_ALL_UP_TO`` and uses ``AUTO_SAMPLES`` beyond (more if the batch
+size asks for it); ``all`` always uses every sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .dynamics import Problem, Trajectory
+from .errors import ConfigError
+from .extrapolate import size_time_map, warp_curves
+from .zoo import Dataset
+
+__all__ = ["AUTO_ALL_UP_TO", "AUTO_SAMPLES", "kernel_sample_count", "class_balanced_subset", "to_full_set"]
+
+AUTO_ALL_UP_TO = 1000
+"""``--kernel-samples auto`` computes the kernel on all samples up to this many."""
+
+AUTO_SAMPLES = 500
+"""``--kernel-samples auto`` on larger sets: the kernel on this many samples (BENCHMARKS.md, section 4)."""
+
+MIN_BATCHES = 4
+"""A minibatch run on the subset needs at least this many batches per epoch to keep its noise."""
+
+
+def kernel_sample_count(setting: int | str, n: int, classes: int, batch_size: int | None) -> int:
+    """The number of samples the kernel sees (``n``: all of them) for ``--kernel-samples setting``."""
+    minibatch = batch_size is not None and batch_size < n
+    if setting == "all":
+        return n
+    if setting == "auto":
+        if n <= AUTO_ALL_UP_TO:
+            return n
+        m = max(AUTO_SAMPLES, MIN_BATCHES * batch_size if minibatch else 0)
+    else:
+        m = int(setting)
+        if minibatch and m < MIN_BATCHES * batch_size and m < n:
+            raise ConfigError(f"--kernel-samples {m} is too few for --batch-size {batch_size}: the subset needs at "
+                              f"least {MIN_BATCHES} batches ({MIN_BATCHES * batch_size} samples) to simulate its "
+                              "minibatch noise")
+    per_class = max(1, m // classes)
+    return n if per_class * classes >= n else per_class * classes
+
+
+def class_balanced_subset(data: Dataset, m: int) -> Dataset:
+    """The first ``m / C`` training samples of each class (in ``data``'s order, which is random); the test split is
+    kept whole. ``m`` must be a multiple of the number of classes."""
+    c = data.num_classes
+    if m % c:
+        raise ValueError(f"subset of {m} samples is not a multiple of {c} classes")
+    per = m // c
+    keep = []
+    for k in range(c):
+        members = torch.nonzero(data.y == k).flatten()
+        if members.numel() < per:
+            raise ConfigError(f"class {data.class_names[k]!r} has {members.numel()} samples, fewer than the {per} per "
+                              "class asked by --kernel-samples")
+        keep.append(members[:per])
+    idx = torch.cat(keep).sort().values
+    return dataclasses.replace(data, x=data.x[idx], y=data.y[idx],
+                               train_index=[data.train_index[i] for i in idx.tolist()])
+
+
+def to_full_set(traj: Trajectory, problem: Problem, optimizer, steps: int, n_full: int) -> tuple[Trajectory, dict]:
+    """The subset's simulated runs as runs on ``n_full`` samples (``extrapolate.size_time_map``), and what was done.
+    Final outputs are not carried (they are the subset's)."""
+    lrs = optimizer.lr_table(steps)
+    at = size_time_map(problem.theta, problem.f0, problem.y, n_full, lrs, steps,
+                       momentum=getattr(optimizer, "momentum", 0.0))
+    warp = lambda c: None if c is None else warp_curves(c, at)  # noqa: E731
+    loss = warp(traj.loss)
+    d = traj.diverged_at
+    hit = (at.unsqueeze(0) >= d.unsqueeze(1).double()) & (d >= 0).unsqueeze(1)
+    first = torch.where(hit.any(1), hit.double().argmax(1), torch.full_like(d, -1))
+    out = Trajectory(loss, warp(traj.accuracy), first, None, warp(traj.test_loss), warp(traj.test_accuracy),
+                     f"{traj.method}; on {problem.n} of {n_full} samples, time-mapped to {n_full}", traj.info)
+    info = {"samples": problem.n, "of": n_full, "subset_steps_at_end": round(float(at[-1]), 2),
+            "method": "class-balanced subset; step s on all samples = the subset's step with the same MSE closed-form "
+                      "progress, spectrum extrapolated by power laws (paper, section 4)"}
+    return out, info
