@@ -3,7 +3,7 @@
     .venv/bin/python bench/benchmarks_md.py
 
 Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{text_suite}}, {{text_kernel}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
-{{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}, {{floor}}; a missing results file renders as a note saying which command produces it.
+{{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}; a missing results file renders as a note saying which command produces it.
 """
 
 from __future__ import annotations
@@ -225,13 +225,38 @@ def floor():
     return "\n".join(lines) + "\n"
 
 
+def subsample():
+    path = RES / "subsample.json"
+    if not path.exists():
+        return _missing("bench/subsample_bench.py")
+    r = json.loads(path.read_text())
+    lines = ["| cell | kernel on | TT eps 0.1 / 0.4 | error eps 0.1 / 0.4 | prediction s (kernel, re-lin., sim., "
+             "step timing) | real training s | real / prediction |", "|---|---|---|---|---|---|---|"]
+    for c in r["cells"]:
+        cfg = c["config"]
+        opt = (f"GD lr {cfg['lr']:g} m {cfg['momentum']:g}" if not cfg["batch_size"]
+               else f"SGD b{cfg['batch_size']} lr {cfg['lr']:g} m {cfg['momentum']:g}")
+        name = f"{opt}, {cfg['steps']} steps, N = {c['n']}"
+        real = c["real"]
+        lines.append(f"| {name} | real fine-tuning | {real['tt']['eps=0.1']} / {real['tt']['eps=0.4']} | - | - | "
+                     f"{real['train_seconds']} | - |")
+        for m, p in c["predicted"].items():
+            cs = p["cost"]
+            err = " / ".join(f"{100 * p['error'][k]:.0f}%" for k in ("eps=0.1", "eps=0.4"))
+            tt = "diverges" if p.get("diverged") else " / ".join(str(p["tt"][k]) for k in ("eps=0.1", "eps=0.4"))
+            parts = ", ".join(f"{cs[k]:.1f}" for k in ("kernel", "relinearization", "simulation", "step_timing"))
+            lines.append(f"| | {p['samples']} samples ({m}) | {tt} | {err} | {cs['total']:.1f} ({parts}) | "
+                         f"{real['train_seconds']} | **{p['cost_ratio']}** |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
     for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
                     ("text_kernel", text_kernel), ("kernel", kernel), ("dynamics", dynamics),
                     ("extrapolation", extrapolation), ("testcurves", testcurves), ("online", online),
                     ("online_relin", online_relin), ("gpu", gpu), ("distributed", distributed),
-                    ("floor", floor)):
+                    ("floor", floor), ("subsample", subsample)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
     print("wrote BENCHMARKS.md")
