@@ -1,5 +1,7 @@
 """The kernel engine against brute-force J J^T (float64), for every layer path, and its projections."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -259,3 +261,29 @@ def test_efficientnet_lite0_exact_against_brute_force():
     ref = brute_force_ntk(m, x)
     k = compute_kernel(m, x, method="exact")
     assert rel(k.theta, ref) < 1e-9
+
+
+def test_batch_function_kernel_matches_jacobian_of_the_whole_batch():
+    """With BatchNorm batch statistics the network is a function of the whole batch: its kernel is J J^T of that
+    function (torch.func over the batch as one input), which the per-sample kernel at the same statistics is not."""
+    from torch.func import functional_call, jacrev
+
+    from finetime.kernel.batch_function import batch_function_kernel, batch_statistics_network
+    from finetime.network import batch_statistics_outputs, recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = SmallConvNet(3).double()
+    x = torch.randn(7, 3, 8, 8, dtype=torch.float64)
+    names = [n for n, _ in model.named_parameters()]
+    theta, out = batch_function_kernel(model, x, names, chunk=4)
+    m = batch_statistics_network(model)
+    params = {n: p.detach() for n, p in m.named_parameters()}
+    jac = jacrev(lambda p: functional_call(m, p, (x,)))(params)
+    j = torch.cat([jac[n].reshape(7 * 3, -1) for n in names], 1)
+    torch.testing.assert_close(theta, j @ j.T, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(out, batch_statistics_outputs(model, x))
+    # before the BatchNorm the statistics' term is large: a bias there is subtracted out with the batch mean
+    early = ["conv1.weight", "conv1.bias"]
+    per_sample = brute_force_ntk(recalibrate_batchnorm(copy.deepcopy(model), x), x, early)
+    assert rel(per_sample, batch_function_kernel(model, x, early)[0]) > 0.2
+    assert batch_function_kernel(model, x, ["conv1.bias"])[0].abs().max() < 1e-10
