@@ -3,7 +3,7 @@
     .venv/bin/python bench/benchmarks_md.py
 
 Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{text_suite}}, {{text_kernel}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
-{{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}; a missing results file renders as a note saying which command produces it.
+{{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}; a missing results file renders as a note saying which command produces it.
 """
 
 from __future__ import annotations
@@ -250,13 +250,32 @@ def subsample():
     return "\n".join(lines) + "\n"
 
 
+def bn_batch():
+    path = RES / "bn_batch.json"
+    if not path.exists():
+        return _missing("bench/bn_batch_bench.py")
+    lines = ["| task | batch-function kernel s | trace / running-stats kernel's | optimizer | real TT eps 0.1 / 0.4 | "
+             "batch-function kernel | error | default (running-stats kernel) | error |", "|---|---|---|---|---|---|---|---|---|"]
+    two = lambda d: " / ".join("-" if d[k] is None else str(d[k]) for k in ("eps=0.1", "eps=0.4"))  # noqa: E731
+    pct = lambda d: " / ".join(f"{100 * d[k]:.0f}%" for k in ("eps=0.1", "eps=0.4"))  # noqa: E731
+    for t in json.loads(path.read_text()):
+        for i, c in enumerate(t["cells"]):
+            head = (f"{t['image_size']} px, seed {t['seed']}, N = {t['n']} | {t['kernel_seconds']} | "
+                    f"{t['trace_ratio']}" if i == 0 else " | | ")
+            opt = f"{'GD' if not c['batch_size'] else 'SGD b' + str(c['batch_size'])} lr {c['lr']:g}"
+            bf = "diverges" if c["batch_function_diverged"] else two(c["batch_function"])
+            lines.append(f"| {head} | {opt} | {two(c['real'])} | {bf} | {pct(c['error_batch_function'])} | "
+                         f"{two(c['default'])} | {pct(c['error_default'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
     for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
                     ("text_kernel", text_kernel), ("kernel", kernel), ("dynamics", dynamics),
                     ("extrapolation", extrapolation), ("testcurves", testcurves), ("online", online),
                     ("online_relin", online_relin), ("gpu", gpu), ("distributed", distributed),
-                    ("floor", floor), ("subsample", subsample)):
+                    ("floor", floor), ("subsample", subsample), ("bn_batch", bn_batch)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
     print("wrote BENCHMARKS.md")

@@ -1,0 +1,82 @@
+"""The exact kernel of the batch function (BatchNorm batch statistics) against real ``--bn batch`` fine-tuning.
+
+    .venv/bin/python bench/bn_batch_bench.py      # writes bench/results/bn_batch.json (about 10 minutes)
+
+For each ``--bn batch`` task of the paper suite (``bench/results/paper.jsonl``: EfficientNet-Lite0, 5 classes x 10
+images, 32 and 64 px, the whole network trained), the kernel of the network as ``model.train()`` runs it on the whole
+training set (``finetime.kernel.batch_function``: exact, one backward pass per output through the batch's graph)
+drives the exact simulator (``linear``) on every stored cell; full-batch cells are exactly this batch function, SGD
+cells (batch 32 of 50) use it as an approximation. Real runs and the default predictor's stored predictions are read
+from the results file, not run again. Beside it: the kernel the default uses (running statistics) and its size.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EPS = ("eps=0.1", "eps=0.4")
+
+
+def main() -> int:
+    from finetime.config import RunConfig
+    from finetime.dynamics import Problem, simulate
+    from finetime.kernel.batch_function import batch_function_kernel
+    from finetime.predict import kernel_for, prepare, training_times
+    from finetime.predictors import default_generator
+    from finetime.runtime import tune_allocator
+    from finetime.training_time import relative_error
+
+    torch.set_num_threads(2)
+    tune_allocator()
+    rows = [json.loads(line) for line in (ROOT / "bench/results/paper.jsonl").read_text().splitlines() if line.strip()]
+    cells = [r for r in rows if r["config"]["bn"] == "batch"]
+    tasks: dict = {}
+    for r in cells:
+        tasks.setdefault((r["config"]["image_size"], r["config"]["seed"]), []).append(r)
+    out = []
+    for (px, seed), group in sorted(tasks.items()):
+        cfg0 = RunConfig.from_dict(group[0]["config"])
+        task = prepare(cfg0)
+        running = kernel_for(task)
+        t0 = time.perf_counter()
+        theta, f0 = batch_function_kernel(task.model, task.data.x, task.trained)
+        seconds = time.perf_counter() - t0
+        eig = lambda t: float(torch.linalg.eigvalsh(t.double())[-1])  # noqa: E731
+        rec = {"image_size": px, "seed": seed, "n": task.data.x.shape[0], "kernel_seconds": round(seconds, 1),
+               "trace_ratio": round(float(theta.trace() / running.theta.double().trace()), 2),
+               "top_eigenvalue": {"batch_function": eig(theta), "running_statistics": eig(running.theta)},
+               "cells": []}
+        for r in group:
+            cfg = RunConfig.from_dict(r["config"])
+            traj = simulate(Problem(theta, f0.double(), task.data.y, cfg.loss), cfg.optimizer, cfg.steps,
+                            runs=cfg.runs, generator=default_generator(cfg))
+            tt = training_times(traj.loss, cfg)
+            real, adaptive = r["real"], r["predictors"]["adaptive"]
+            div = traj.diverged_fraction > 0.5
+            row = {"batch_size": cfg.optimizer.batch_size or 0, "lr": cfg.optimizer.lr,
+                   "real": {k: real["training_time"][k]["step"] for k in EPS},
+                   "real_train_seconds": real["train_seconds"],
+                   "batch_function": {k: tt[k]["step"] for k in EPS}, "batch_function_diverged": div,
+                   "default": {k: adaptive["training_time"][k]["step"] for k in EPS},
+                   "error_batch_function": {k: round(relative_error(tt[k]["step"], real["training_time"][k]["step"],
+                                                                    predicted_diverged=div,
+                                                                    actual_diverged=real["diverged"]), 3)
+                                            for k in EPS},
+                   "error_default": {k: round(relative_error(adaptive["training_time"][k]["step"],
+                                                             real["training_time"][k]["step"],
+                                                             predicted_diverged=adaptive["diverged_fraction"] > 0.5,
+                                                             actual_diverged=real["diverged"]), 3) for k in EPS}}
+            rec["cells"].append(row)
+            print(px, seed, row, flush=True)
+        out.append(rec)
+        (ROOT / "bench/results/bn_batch.json").write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
