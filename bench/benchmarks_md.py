@@ -8,6 +8,7 @@ Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -16,6 +17,18 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RES = HERE / "results"
 sys.path.insert(0, str(HERE))
+
+
+def _results(name: str, cmd: str):
+    """A renderer of ``bench/results/<name>``: called with the parsed JSON, or replaced by the note naming ``cmd``
+    when the file is not there."""
+    def wrap(render):
+        @functools.wraps(render)
+        def run():
+            path = RES / name
+            return render(json.loads(path.read_text())) if path.exists() else _missing(cmd)
+        return run
+    return wrap
 
 
 def _missing(cmd):
@@ -52,11 +65,8 @@ def text_suite():
     return _suite("text")
 
 
-def text_kernel():
-    path = RES / "text_kernel.json"
-    if not path.exists():
-        return _missing("bench/text_kernel_bench.py")
-    rows = json.loads(path.read_text())
+@_results("text_kernel.json", "bench/text_kernel_bench.py")
+def text_kernel(rows):
     lines = ["| kernel | samples x tokens | weights | routes | kernel seconds (phases) | peak memory | one step "
              "(batch 16) | kernel / 200-step run |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -69,11 +79,8 @@ def text_kernel():
     return "\n".join(lines) + "\n"
 
 
-def kernel():
-    path = RES / "kernel.json"
-    if not path.exists():
-        return _missing("bench/kernel_bench.py")
-    r = json.loads(path.read_text())
+@_results("kernel.json", "bench/kernel_bench.py")
+def kernel(r):
     ref = r["reference"]
     lines = [f"Reference: exact kernel by the engine, N={ref['n']} x 5 outputs, 32 px, {ref['seconds']:.2f} s. "
              f"Training times from the exact kernel: {ref['tt']}.", "",
@@ -103,11 +110,8 @@ def kernel():
     return "\n".join(lines) + "\n"
 
 
-def dynamics():
-    path = RES / "dynamics.json"
-    if not path.exists():
-        return _missing("bench/dynamics_bench.py")
-    r = json.loads(path.read_text())
+@_results("dynamics.json", "bench/dynamics_bench.py")
+def dynamics(r):
     s, w = r["simulator"], r["sweep"]
     return (f"| what | size | seconds |\n|---|---|---|\n"
             f"| exact simulator | N={r['n']}, C={r['classes']}, T={s['steps']}, batch {s['batch_size']}, "
@@ -117,11 +121,8 @@ def dynamics():
             f"| the kernel itself | N={r['n']}, 32 px, factored | {r['kernel_seconds']:.1f} |\n")
 
 
-def extrapolation():
-    path = RES / "extrapolation.json"
-    if not path.exists():
-        return _missing("bench/extrapolation_bench.py")
-    r = json.loads(path.read_text())
+@_results("extrapolation.json", "bench/extrapolation_bench.py")
+def extrapolation(r):
     lines = ["| N | source | TT eps 0.01 / 0.1 / 0.4 | relative error | seconds |", "|---|---|---|---|---|"]
     for t in r["targets"]:
         fmt = lambda d: " / ".join(str(d[k]) for k in ("eps=0.01", "eps=0.1", "eps=0.4"))  # noqa: E731
@@ -135,11 +136,8 @@ def extrapolation():
     return "\n".join(lines) + "\n"
 
 
-def testcurves():
-    path = RES / "testcurves.json"
-    if not path.exists():
-        return _missing("bench/testcurves_bench.py")
-    rows = json.loads(path.read_text())
+@_results("testcurves.json", "bench/testcurves_bench.py")
+def testcurves(rows):
     lines = ["| setting | best test-loss step, predicted / real | final test accuracy, predicted / real |",
              "|---|---|---|"]
     for r in rows:
@@ -148,13 +146,10 @@ def testcurves():
     return "\n".join(lines) + "\n"
 
 
-def online():
+@_results("online.json", "bench/online_bench.py --calibrate")
+def online(r):
     import online_bench
 
-    path = RES / "online.json"
-    if not path.exists():
-        return _missing("bench/online_bench.py --calibrate")
-    r = json.loads(path.read_text())
     return (f"{r['cells']} cells, {r['pairs_per_method_and_fraction']} (cell, eps) pairs per estimate and observed "
             f"fraction.\n\n" + online_bench.render(r) + "\n![TT error against the fraction of the run observed]"
             "(bench/results/online.png)\n\nThe open-loop prediction's own 90% interval (`predict`'s "
@@ -196,11 +191,8 @@ def gpu():
     return "\n".join(lines) + "\n"
 
 
-def distributed():
-    path = RES / "distributed.json"
-    if not path.exists():
-        return _missing("bench/distributed_bench.py")
-    r = json.loads(path.read_text())
+@_results("distributed.json", "bench/distributed_bench.py")
+def distributed(r):
     lines = [f"EfficientNet-Lite0, N = {next(iter(r['runs'].values()))['n']} images at {r['image_size']} px, "
              f"{r['cores']} cores, `--predictor linear`.", "",
              "| run | ranks x threads | kernel s | prediction s | TT eps 0.01 / 0.1 / 0.4 |", "|---|---|---|---|---|"]
@@ -211,11 +203,8 @@ def distributed():
     return "\n".join(lines) + "\n"
 
 
-def floor():
-    path = RES / "floor.json"
-    if not path.exists():
-        return _missing("bench/floor_bench.py")
-    rows = json.loads(path.read_text())
+@_results("floor.json", "bench/floor_bench.py")
+def floor(rows):
     lines = ["| N | resolution | floor s (1 forward + 5 backward) | kernel s (factored) | kernel / floor | "
              "kernel phases s | weights exact |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -225,11 +214,8 @@ def floor():
     return "\n".join(lines) + "\n"
 
 
-def subsample():
-    path = RES / "subsample.json"
-    if not path.exists():
-        return _missing("bench/subsample_bench.py")
-    r = json.loads(path.read_text())
+@_results("subsample.json", "bench/subsample_bench.py")
+def subsample(r):
     lines = ["| cell | kernel on | TT eps 0.1 / 0.4 | error eps 0.1 / 0.4 | prediction s (kernel, re-lin., sim., "
              "step timing) | real training s | real / prediction |", "|---|---|---|---|---|---|---|"]
     for c in r["cells"]:
@@ -250,15 +236,14 @@ def subsample():
     return "\n".join(lines) + "\n"
 
 
-def bn_batch():
-    path = RES / "bn_batch.json"
-    if not path.exists():
-        return _missing("bench/bn_batch_bench.py")
+@_results("bn_batch.json", "bench/bn_batch_bench.py")
+def bn_batch(tasks):
     lines = ["| task | batch-function kernel s | trace / running-stats kernel's | optimizer | real TT eps 0.1 / 0.4 | "
-             "batch-function kernel | error | default (running-stats kernel) | error |", "|---|---|---|---|---|---|---|---|---|"]
+             "batch-function kernel | error | default (running-stats kernel) | error |",
+             "|---|---|---|---|---|---|---|---|---|"]
     two = lambda d: " / ".join("-" if d[k] is None else str(d[k]) for k in ("eps=0.1", "eps=0.4"))  # noqa: E731
     pct = lambda d: " / ".join(f"{100 * d[k]:.0f}%" for k in ("eps=0.1", "eps=0.4"))  # noqa: E731
-    for t in json.loads(path.read_text()):
+    for t in tasks:
         for i, c in enumerate(t["cells"]):
             head = (f"{t['image_size']} px, seed {t['seed']}, N = {t['n']} | {t['kernel_seconds']} | "
                     f"{t['trace_ratio']}" if i == 0 else " | | ")
