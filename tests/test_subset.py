@@ -100,3 +100,12 @@ def test_sweep_refuses_an_explicit_subset(capsys):
                  "--per-class", "40", "--image-size", "12", "--steps", "30", "--quiet", "--kernel-samples", "30",
                  "--lr", "0.01,0.05"])
     assert code == 2 and "--kernel-samples is for predict and validate" in capsys.readouterr().err
+
+
+def test_relinearizing_during_training_refuses_a_subset_prediction():
+    from finetime.online import Refiner
+
+    pred = predict(RunConfig.from_dict({**TINY, "kernel_samples": 30}))
+    ref = Refiner.from_prediction(pred)
+    with pytest.raises(ConfigError, match="saw 30 of 120"):
+        ref.relinearize(pred.task.model, 10)

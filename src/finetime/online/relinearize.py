@@ -73,6 +73,10 @@ def continuation(prediction, model: torch.nn.Module, step: int, *,
     from ..predict import kernel_for, problem_from
 
     task, cfg = prediction.task, prediction.config
+    if task.full_data is not None:
+        raise ConfigError(f"re-linearization continues the run on every training sample, but this prediction's kernel "
+                          f"saw {task.data.x.shape[0]} of {task.full_data.x.shape[0]} (--kernel-samples); predict "
+                          "with --kernel-samples all to re-linearize during training")
     T = cfg.steps
     if not 0 < step < T:
         raise ConfigError(f"re-linearization step must be inside the run (0 < step < {T}); got {step}")
