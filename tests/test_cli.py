@@ -284,7 +284,7 @@ def test_report_pictures_are_not_overwritten(capsys, tmp_path):
     (["--model", "os:getcwd"], "calling getcwd(num_classes=3) failed"),
     (["--model", "torch.nn:Linear"], "must accept num_classes"),
     (["--extrapolate-to", "5"], "must be larger than the training set"),
-    (["--max-memory", "1e-9"], "fewer samples"),
+    (["--max-memory", "1e-9"], "fewer samples (--kernel-samples M)"),
 ])
 def test_more_bad_input_gives_one_line(capsys, args, message):
     code, _, err = run(capsys, "predict", *FAST, *args)

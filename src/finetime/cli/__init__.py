@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError as exc:
         if debug:
             raise
-        print(f"finetime: error: out of memory ({exc}); use fewer samples, a smaller --projection-dim or a lower "
+        print(f"finetime: error: out of memory ({exc}); use fewer samples (--kernel-samples M), a smaller --projection-dim or a lower "
               "--max-memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -103,7 +103,7 @@ def plan_kernel(shapes: list[ParamShape], method: KernelMethod, *, rows: int, co
     per_sample = eb * (act_elems * (c + 1) + c * max([r.working_width for r in routes] or [0]))
     if persistent + per_sample > budget:
         fixes = ([] if method is KernelMethod.FACTORED else ["--kernel-method factored"]) + (
-            ["a smaller --projection-dim"] if sketched else []) + ["fewer samples", "a larger --max-memory"]
+            ["a smaller --projection-dim"] if sketched else []) + ["fewer samples (--kernel-samples M)", "a larger --max-memory"]
         raise MemoryBudgetError(
             f"the {method.value} kernel for {rows} samples x {c} outputs needs about "
             f"{(persistent + per_sample) / 2**30:.2f} GiB, over the {budget / 2**30:.2g} GiB budget; "
