@@ -217,21 +217,25 @@ def floor(rows):
 @_results("subsample.json", "bench/subsample_bench.py")
 def subsample(r):
     lines = ["| cell | kernel on | TT eps 0.1 / 0.4 | error eps 0.1 / 0.4 | prediction s (kernel, re-lin., sim., "
-             "step timing) | real training s | real / prediction |", "|---|---|---|---|---|---|---|"]
+             "step timing) | s per step predicted / real | real training s | real / prediction |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in r["cells"]:
         cfg = c["config"]
         opt = (f"GD lr {cfg['lr']:g} m {cfg['momentum']:g}" if not cfg["batch_size"]
                else f"SGD b{cfg['batch_size']} lr {cfg['lr']:g} m {cfg['momentum']:g}")
         name = f"{opt}, {cfg['steps']} steps, N = {c['n']}"
         real = c["real"]
+        real_sps = real["train_seconds"] / cfg["steps"]
         lines.append(f"| {name} | real fine-tuning | {real['tt']['eps=0.1']} / {real['tt']['eps=0.4']} | - | - | "
-                     f"{real['train_seconds']} | - |")
+                     f"- / {real_sps:.3g} | {real['train_seconds']} | - |")
         for m, p in c["predicted"].items():
             cs = p["cost"]
             err = " / ".join(f"{100 * p['error'][k]:.0f}%" for k in ("eps=0.1", "eps=0.4"))
             tt = "diverges" if p.get("diverged") else " / ".join(str(p["tt"][k]) for k in ("eps=0.1", "eps=0.4"))
             parts = ", ".join(f"{cs[k]:.1f}" for k in ("kernel", "relinearization", "simulation", "step_timing"))
-            lines.append(f"| | {p['samples']} samples ({m}) | {tt} | {err} | {cs['total']:.1f} ({parts}) | "
+            sps = p.get("seconds_per_step")
+            step = "-" if sps is None else f"{sps:.3g} ({100 * (sps / real_sps - 1):+.0f}%)"
+            lines.append(f"| | {p['samples']} samples ({m}) | {tt} | {err} | {cs['total']:.1f} ({parts}) | {step} | "
                          f"{real['train_seconds']} | **{p['cost_ratio']}** |")
     return "\n".join(lines) + "\n"
 

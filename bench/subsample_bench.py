@@ -87,7 +87,7 @@ def main(argv=None) -> int:
                 "error": {k: round(v, 4) for k, v in err.items()}, "cost": res["cost_seconds"],
                 "wall_seconds": round(wall, 2), "cost_ratio": round(real_s / res["cost_seconds"]["total"], 2),
                 "predictor": pr["predictor"], "relinearized": bool(pr.get("relinearization")),
-                "diverged": pr["diverged"],
+                "diverged": pr["diverged"], "seconds_per_step": pr["seconds_per_step"],
                 "subset_steps_at_end": (pr.get("kernel_samples") or {}).get("subset_steps_at_end"),
             }
             print(f"  kernel samples {m}: {tt} err {err} cost {res['cost_seconds']['total']:.1f} s "
