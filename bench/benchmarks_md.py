@@ -31,6 +31,16 @@ def _results(name: str, cmd: str):
     return wrap
 
 
+def _eps_pair(d: dict) -> str:
+    """``TT(0.1) / TT(0.4)`` of a ``{"eps=0.1": step, "eps=0.4": step}`` record ("-" where not reached)."""
+    return " / ".join("-" if d[k] is None else str(d[k]) for k in ("eps=0.1", "eps=0.4"))
+
+
+def _eps_errors(d: dict) -> str:
+    """The relative errors at eps 0.1 and 0.4, in percent."""
+    return " / ".join(f"{100 * d[k]:.0f}%" for k in ("eps=0.1", "eps=0.4"))
+
+
 def _missing(cmd):
     return f"_Not run yet: `{cmd}`._\n"
 
@@ -226,17 +236,16 @@ def subsample(r):
         name = f"{opt}, {cfg['steps']} steps, N = {c['n']}"
         real = c["real"]
         real_sps = real["train_seconds"] / cfg["steps"]
-        lines.append(f"| {name} | real fine-tuning | {real['tt']['eps=0.1']} / {real['tt']['eps=0.4']} | - | - | "
+        lines.append(f"| {name} | real fine-tuning | {_eps_pair(real['tt'])} | - | - | "
                      f"- / {real_sps:.3g} | {real['train_seconds']} | - |")
         for m, p in c["predicted"].items():
             cs = p["cost"]
-            err = " / ".join(f"{100 * p['error'][k]:.0f}%" for k in ("eps=0.1", "eps=0.4"))
-            tt = "diverges" if p.get("diverged") else " / ".join(str(p["tt"][k]) for k in ("eps=0.1", "eps=0.4"))
+            tt = "diverges" if p.get("diverged") else _eps_pair(p["tt"])
             parts = ", ".join(f"{cs[k]:.1f}" for k in ("kernel", "relinearization", "simulation", "step_timing"))
             sps = p.get("seconds_per_step")
             step = "-" if sps is None else f"{sps:.3g} ({100 * (sps / real_sps - 1):+.0f}%)"
-            lines.append(f"| | {p['samples']} samples ({m}) | {tt} | {err} | {cs['total']:.1f} ({parts}) | {step} | "
-                         f"{real['train_seconds']} | **{p['cost_ratio']}** |")
+            lines.append(f"| | {p['samples']} samples ({m}) | {tt} | {_eps_errors(p['error'])} | "
+                         f"{cs['total']:.1f} ({parts}) | {step} | {real['train_seconds']} | **{p['cost_ratio']}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -245,16 +254,15 @@ def bn_batch(tasks):
     lines = ["| task | batch-function kernel s | trace / running-stats kernel's | optimizer | real TT eps 0.1 / 0.4 | "
              "batch-function kernel | error | default (running-stats kernel) | error |",
              "|---|---|---|---|---|---|---|---|---|"]
-    two = lambda d: " / ".join("-" if d[k] is None else str(d[k]) for k in ("eps=0.1", "eps=0.4"))  # noqa: E731
-    pct = lambda d: " / ".join(f"{100 * d[k]:.0f}%" for k in ("eps=0.1", "eps=0.4"))  # noqa: E731
     for t in tasks:
         for i, c in enumerate(t["cells"]):
             head = (f"{t['image_size']} px, seed {t['seed']}, N = {t['n']} | {t['kernel_seconds']} | "
                     f"{t['trace_ratio']}" if i == 0 else " | | ")
             opt = f"{'GD' if not c['batch_size'] else 'SGD b' + str(c['batch_size'])} lr {c['lr']:g}"
-            bf = "diverges" if c["batch_function_diverged"] else two(c["batch_function"])
-            lines.append(f"| {head} | {opt} | {two(c['real'])} | {bf} | {pct(c['error_batch_function'])} | "
-                         f"{two(c['default'])} | {pct(c['error_default'])} |")
+            bf = "diverges" if c["batch_function_diverged"] else _eps_pair(c["batch_function"])
+            lines.append(f"| {head} | {opt} | {_eps_pair(c['real'])} | {bf} | "
+                         f"{_eps_errors(c['error_batch_function'])} | {_eps_pair(c['default'])} | "
+                         f"{_eps_errors(c['error_default'])} |")
     return "\n".join(lines) + "\n"
 
 
