@@ -58,15 +58,17 @@ def _binned_power_law(values: torch.Tensor, lo: int, hi: int, bins: int = 12) ->
 
 
 def extrapolate_spectrum(theta: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, n_target: int, *,
-                         conserve: bool = False) -> ExtrapolatedSpectrum:
+                         conserve: bool = False, spectrum: tuple[torch.Tensor, torch.Tensor] | None = None
+                         ) -> ExtrapolatedSpectrum:
     """Spectrum at ``n_target`` samples from the kernel of ``n' = f0.shape[0]`` samples (MSE residuals).
 
     ``conserve``: rescale the fitted tail (the ranks past the kept ones) so that ``sum mu`` and ``sum q`` stay the
     subset's. Both sums are per-sample means (the kernel's trace over N, the squared residual over N) whose
     expectation does not depend on N; power-law tails extended to ``n_target * C`` ranks otherwise add mass that is
-    not there (``--kernel-samples`` uses it; ``--extrapolate-to`` keeps the plain fits it was benchmarked with)."""
+    not there (``--kernel-samples`` uses it; ``--extrapolate-to`` keeps the plain fits it was benchmarked with).
+    ``spectrum``: ``spectral_projections(theta, f0, y)`` when the caller has it already (one eigendecomposition)."""
     n, c = f0.shape
-    lam, proj = spectral_projections(theta.double(), f0.double(), y)
+    lam, proj = spectrum if spectrum is not None else spectral_projections(theta.double(), f0.double(), y)
     mu, q = lam.clamp_min(0) / n, proj / n
     lo, hi = _fit_ranks(mu.numel())
     ce, se = fit_power_law(mu, lo, hi)
@@ -96,11 +98,11 @@ def size_time_map(theta: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, n_targ
     """Step ``s = 0..steps`` of a run on ``n_target`` samples -> the (fractional) step of the same run on this
     kernel's ``n`` samples that has made the same progress: the MSE closed form of full-batch GD on this spectrum and
     on the spectrum extrapolated to ``n_target`` (mass-conserving tails), each relative to its start, matched level by
-    level. Shape
-    ``(steps + 1,)``, nondecreasing, ``map[0] = 0``, capped at ``steps``."""
+    level. Shape ``(steps + 1,)``, nondecreasing, ``map[0] = 0``, capped at ``steps``."""
     lam, proj = spectral_projections(theta.double(), f0.double(), y)
     here = mse_curve(lam, proj, lr, steps, momentum=momentum)
-    there = mse_loss_at(extrapolate_spectrum(theta, f0, y, n_target, conserve=True), lr, steps, momentum)
+    spec = extrapolate_spectrum(theta, f0, y, n_target, conserve=True, spectrum=(lam, proj))
+    there = mse_loss_at(spec, lr, steps, momentum)
     return progress_map(here, there)
 
 

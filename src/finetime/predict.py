@@ -231,8 +231,8 @@ def extrapolated_times(problem: Problem, config: RunConfig, times_here: dict) ->
     opt = config.optimizer
     momentum = getattr(opt, "momentum", 0.0)
     lrs = opt.lr_table(config.steps)
-    spec = extrapolate_spectrum(problem.theta, problem.f0, problem.y, n_target)
     lam, proj = spectral_projections(problem.theta.double(), problem.f0.double(), problem.y)
+    spec = extrapolate_spectrum(problem.theta, problem.f0, problem.y, n_target, spectrum=(lam, proj))
     here = mse_curve(lam, proj, lrs, config.steps, momentum=momentum).unsqueeze(0)
     there = mse_loss_at(spec, lrs, config.steps, momentum).unsqueeze(0)
     mse_here, mse_there = training_times(here, config), training_times(there, config)

@@ -22,6 +22,7 @@ import torch
 from .dynamics import Problem, Trajectory
 from .errors import ConfigError
 from .extrapolate import size_time_map, warp_curves
+from .training_time import first_crossing
 from .zoo import Dataset
 
 __all__ = ["AUTO_ALL_UP_TO", "AUTO_SAMPLES", "kernel_sample_count", "class_balanced_subset", "to_full_set"]
@@ -82,9 +83,9 @@ def to_full_set(traj: Trajectory, problem: Problem, optimizer, steps: int, n_ful
                        momentum=getattr(optimizer, "momentum", 0.0))
     warp = lambda c: None if c is None else warp_curves(c, at)  # noqa: E731
     loss = warp(traj.loss)
-    d = traj.diverged_at
-    hit = (at.unsqueeze(0) >= d.unsqueeze(1).double()) & (d >= 0).unsqueeze(1)
-    first = torch.where(hit.any(1), hit.double().argmax(1), torch.full_like(d, -1))
+    d = traj.diverged_at  # a run diverged on the whole set from the first step mapped to its subset divergence step
+    first = first_crossing(-at.expand(d.numel(), -1), -d.double())
+    first = torch.where(d >= 0, first, torch.full_like(first, -1))
     out = Trajectory(loss, warp(traj.accuracy), first, None, warp(traj.test_loss), warp(traj.test_accuracy),
                      f"{traj.method}; on {problem.n} of {n_full} samples, time-mapped to {n_full}", traj.info)
     info = {"samples": problem.n, "of": n_full, "subset_steps_at_end": round(float(at[-1]), 2),

@@ -5,8 +5,8 @@ depends on every sample of the batch and the Jacobian couples them: ``J_ij = d f
 term through the statistics that the per-sample engine does not see. For full-batch GD on ``X`` the network is
 exactly this batch function. Its kernel ``J J^T`` here is computed by one backward pass per output through the graph
 of the whole batch (``N C`` passes over ``N`` samples, ``O(N^2 C)`` sample-backwards, and the ``N C x D`` gradient
-matrix held in the model's dtype): a reference for measurement on small sets (``bench/bn_batch_bench.py``), not a route of
-the engine.
+matrix held in the model's dtype): a reference for measurement on small sets (``bench/bn_batch_bench.py``), not a
+route of the engine.
 """
 
 from __future__ import annotations
