@@ -91,6 +91,7 @@ def finetune(
     dropout: bool = False,
     precision: Precision | str = Precision.FP32,
     eval_chunk: int = 256,
+    eval_every: int = 1,
     progress: Callable[[int, int], None] | None = None,
     on_step: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
 ) -> RealRun:
@@ -101,8 +102,12 @@ def finetune(
     whole training set (recorded as such by the caller). ``on_step(t, model, torch_optimizer)`` runs after update
     ``t``, e.g. to refine a prediction from the live weights; it must leave them as it found them. The model runs on
     its own device (batches move there); ``precision`` bf16 / fp16 runs the forward pass under ``torch.autocast``
-    (fp16 with a ``GradScaler``).
+    (fp16 with a ``GradScaler``). ``eval_every=k`` evaluates the curves only at steps ``0, k, 2k, ...`` and ``T``
+    (NaN at the others, and divergence is noticed only there): for long runs on large sets, where one whole-set pass
+    per step would cost more than the training.
     """
+    if eval_every < 1:
+        raise ConfigError(f"eval_every must be >= 1, got {eval_every}")
     named = dict(model.named_parameters())
     names = [n for n, p in named.items() if p.requires_grad] if params is None else params
     trained = [named[n] for n in names]
@@ -130,7 +135,7 @@ def finetune(
         eval_s += time.perf_counter() - t0
 
     # Full-batch steps without dropout see the whole training set as the curve does: their forward pass is loss[t].
-    reuse = optimizer.is_full_batch(x.shape[0]) and not dropout and x_test is None
+    reuse = optimizer.is_full_batch(x.shape[0]) and not dropout and x_test is None and eval_every == 1
 
     def check(t) -> bool:
         nonlocal diverged_at
@@ -157,7 +162,7 @@ def finetune(
             curve[t], acc[t] = float(lval.detach()), float(accuracy(logits.detach().cpu(), y[idx]))
             if check(t):
                 break
-        if not reuse or t + 1 == steps:
+        if (not reuse and (t + 1) % eval_every == 0) or t + 1 == steps:
             evaluate(t + 1)
             if check(t + 1):
                 break
