@@ -25,8 +25,9 @@ class OwnFeatures(Route):
     def add(self, stores, t, start, stop, c):
         self.features[start * c : stop * c] = flat_gradient(t, stop - start, c)
 
-    def gram(self, theta, rows, cols, c):
-        theta += self.features @ self.features[: cols * c].T
+    def gram(self, theta, rows, cols, c, span=None):
+        lo, hi = span if span is not None else (0, rows)
+        theta[lo * c : hi * c] += self.features[lo * c : hi * c] @ self.features[: cols * c].T
 
 
 @pytest.fixture

@@ -3,14 +3,15 @@
 Every rank runs the same prediction; inside ``compute_kernel`` each rank pushes only its own contiguous block of
 samples through the network (the forward and backward passes, the dominant cost), writing the per-sample rows of the
 route stores (materialized gradients, the shared sketch, the ghost route's factors) and the outputs. One all-reduce
-(sum) of those stores, whose other rows are zero on each rank, gives every rank the stores of all samples; every
-rank then forms the same Gram, so the rest of the prediction (simulation, re-linearization, which computes kernels
-the same way) runs identically everywhere and rank 0 writes the results. Random projections are seeded per
+(sum) of those stores, whose other rows are zero on each rank, gives every rank the stores of all samples; each rank
+then forms the Gram rows of its own samples against all of them, and a second all-reduce gives every rank the whole
+kernel, so the rest of the prediction (simulation, re-linearization, which computes kernels the same way) runs
+identically everywhere and rank 0 writes the results. Random projections are seeded per
 parameter, not per rank, so the sharded kernel equals the one-process kernel up to float summation order.
 
 gloo on CPU, NCCL for CUDA tensors; the process group comes from torchrun's environment (``init_from_env``).
 Memory per rank is that of the one-process kernel's stores (every rank holds all rows after the reduce); the
-speed-up is in the per-sample passes.
+speed-up is in the per-sample passes and the Gram.
 """
 
 from __future__ import annotations

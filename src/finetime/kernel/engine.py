@@ -161,15 +161,18 @@ def _accumulate(model, xs, plan, tracked, owners, fallback, c, dtype, device, pr
     return stores, f_all
 
 
-def _gram(plan: KernelPlan, stores: Stores, rows: int, cols: int, c: int, dtype, device) -> torch.Tensor:
-    """``Theta(all samples, training samples)``, ``(rows*C, cols*C)``: shared stores first, then each route's own."""
+def _gram(plan: KernelPlan, stores: Stores, rows: int, cols: int, c: int, dtype, device,
+          span: tuple[int, int] | None = None) -> torch.Tensor:
+    """``Theta(all samples, training samples)``, ``(rows*C, cols*C)``: shared stores first, then each route's own.
+    With ``span = (lo, hi)`` only the rows of samples ``lo:hi`` are formed (the others stay zero)."""
     nc = cols * c
+    lo, hi = span if span is not None else (0, rows)
     theta = torch.zeros(rows * c, nc, dtype=dtype, device=device)
     for store in (stores.feats, stores.sketch):
         if store is not None:
-            theta.addmm_(store, store[:nc].T)
+            theta[lo * c : hi * c].addmm_(store[lo * c : hi * c], store[:nc].T)
     for r in plan.routes:
-        r.gram(theta, rows, cols, c)
+        r.gram(theta, rows, cols, c, span)
     return theta
 
 
@@ -248,7 +251,9 @@ def compute_kernel(
         if shard is not None:  # every rank filled its own rows: the sum is every sample's
             all_reduce_sum([stores.feats, stores.sketch, f_all, *(t for r in plan.routes for t in r.row_stores())])
         t_chunks = time.perf_counter() - t_start - t_plan
-        theta = _gram(plan, stores, rows, cols, c, dtype, device)
+        theta = _gram(plan, stores, rows, cols, c, dtype, device, sample_span(rows, shard))
+        if shard is not None:  # each rank formed its own samples' rows
+            all_reduce_sum([theta])
         nc = cols * c
         theta_train = 0.5 * (theta[:nc] + theta[:nc].T)
         theta_test = theta[nc:].clone() if x_test is not None else None

@@ -113,8 +113,9 @@ class Route:
         """Add the contribution ``t`` (``Factors`` or ``(n, C, dim)``) of samples ``start:stop``."""
         raise NotImplementedError
 
-    def gram(self, theta: torch.Tensor, rows: int, cols: int, c: int) -> None:
-        """Add what its own store gives to ``theta`` ``(rows*C, cols*C)``."""
+    def gram(self, theta: torch.Tensor, rows: int, cols: int, c: int, span: tuple[int, int] | None = None) -> None:
+        """Add what its own store gives to ``theta`` ``(rows*C, cols*C)``, on the rows of samples ``span = (lo, hi)``
+        only (default: all; a rank's share when the Gram is split over ranks)."""
 
     def row_stores(self) -> list[torch.Tensor]:
         """Its own store's tensors indexed by sample along the first axis (summed over ranks when the samples are

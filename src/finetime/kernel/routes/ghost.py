@@ -41,9 +41,10 @@ class Ghost(Route):
         self.left[start:stop] = t.left[:, :, 0].expand(-1, c, -1, -1)
         self.right[start:stop] = t.right[:, :1, 0]
 
-    def gram(self, theta, rows, cols, c):
+    def gram(self, theta, rows, cols, c, span=None):
         left, right = self.left, self.right
+        lo, hi = span if span is not None else (0, rows)
         blk = max(1, int(2**25 // max(1, c * c * cols * self.shape.positions**2)))
-        for s0 in range(0, rows, blk):
-            s1 = min(rows, s0 + blk)
+        for s0 in range(lo, hi, blk):
+            s1 = min(hi, s0 + blk)
             theta[s0 * c : s1 * c] += ghost_gram(left[s0:s1], right[s0:s1], left[:cols], right[:cols])
