@@ -223,6 +223,23 @@ def test_relinearize_flag(capsys, tmp_path):
     assert code == 0 and "relinearization" not in json.loads(path2.read_text())["predicted"]
 
 
+def test_refresh_samples_flag(capsys, tmp_path):
+    """--refresh-samples M: each refresh computes its kernel on M samples (recorded, and said in the summary);
+    re-anchoring with a subset is refused with the flags named."""
+    path = tmp_path / "rs.json"
+    code, out, _ = run(capsys, "predict", *FAST, "--lr", "0.5", "--linearity-tol", "0", "--refresh-samples", "6",
+                       "--json", str(path))
+    assert code == 0 and "on 6 samples each, carried to all" in out
+    rl = json.loads(path.read_text())["predicted"]["relinearization"]
+    assert rl["refresh_samples"] == 6 and rl["kernels"] == 3
+    assert json.loads(path.read_text())["config"]["refresh_samples"] == 6
+    code, _, err = run(capsys, "predict", *FAST, "--lr", "0.5", "--linearity-tol", "0", "--refresh-samples", "6",
+                       "--reanchor", "all")
+    assert code != 0 and "--refresh-samples all" in err
+    code, _, err = run(capsys, "predict", *FAST, "--refresh-samples", "some")
+    assert code != 0 and "--refresh-samples must be" in err
+
+
 def test_default_relinearizes_with_batch_statistics(capsys, tmp_path):
     """--bn batch: the moved network is evaluated (and re-linearized) with batch statistics, and the summary says
     what the linearity check found."""

@@ -146,6 +146,22 @@ def test_full_batch_curve_from_training_forward_equals_separate_evaluation():
     assert bad.diverged and math.isnan(bad.loss[-1].item()) and bad.diverged_at > 0
 
 
+def test_curve_every_k_steps_is_the_full_curve_there():
+    """eval_every=k: the same run, its curve evaluated at 0, k, 2k, ... and T only (NaN elsewhere)."""
+    x, y, _, _ = _data()
+    for sgd in (SGD(lr=0.5, momentum=0.5), SGD(lr=0.5, batch_size=4)):
+        plan = batch_plan(x.shape[0], sgd, 10, 1, torch.Generator().manual_seed(1))
+        torch.manual_seed(0)
+        every = finetune(SoftmaxRegression(5, 3).double(), x, y, sgd, 10, plan)
+        torch.manual_seed(0)
+        some = finetune(SoftmaxRegression(5, 3).double(), x, y, sgd, 10, plan, eval_every=3)
+        at = [0, 3, 6, 9, 10]
+        torch.testing.assert_close(some.loss[at], every.loss[at])
+        assert torch.isnan(some.loss[[1, 2, 4, 5, 7, 8]]).all()
+    with pytest.raises(Exception, match="eval_every"):
+        finetune(SoftmaxRegression(5, 3).double(), x, y, sgd, 10, plan, eval_every=0)
+
+
 def test_recalibrated_batchnorm_equals_batch_statistics_on_the_training_set():
     from finetime.network import recalibrate_batchnorm
 

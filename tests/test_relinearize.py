@@ -144,3 +144,68 @@ def test_reanchor_and_tolerance_are_checked():
     # results written before --predictor: dynamics ode/sde is the paper's predictor, exact with 0 the linear one
     assert RunConfig.from_dict({"dynamics": "ode"}).predictor_name == "paper"
     assert RunConfig.from_dict({"dynamics": "exact", "relinearize": 0}).predictor_name == "linear"
+
+
+def test_subset_refresh_of_a_linear_model_is_exact_and_all_samples_is_the_full_refresh():
+    """A linear model's kernel does not move: the refresh from any subset gives back the same kernel (the Nystrom
+    update of an unchanged block), so the curve is the one-kernel curve; the subset of every sample is the full
+    refresh itself."""
+    from finetime.dynamics import simulate
+
+    m, x, y, p = _setup(seed=2, n=12, linear=True)
+    sgd = SGD(lr=0.4, momentum=0.9, batch_size=4)
+    params = [n for n, _ in m.named_parameters()]
+    seen = []
+
+    def sub(mm, idx):
+        seen.append(idx.numel())
+        return compute_kernel(mm, x[idx], method="exact")
+
+    net = Network(m, x, params, kernel=lambda mm: compute_kernel(mm, x, method="exact"), subset_kernel=sub)
+    b = simulate(p, sgd, 15, runs=2, generator=torch.Generator().manual_seed(3))
+    a, info = relinearized(p, sgd, 15, net, checkpoints=[2, 6], runs=2, generator=torch.Generator().manual_seed(3),
+                           reanchor="none", refresh_samples=torch.tensor([0, 3, 4, 7, 9]))
+    assert seen == [5, 5] and info.refresh_samples == 5 and info.kernels == 2
+    torch.testing.assert_close(a.loss, b.loss)
+    torch.testing.assert_close(torch.tensor(info.trace_ratios, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    m2, x2, y2, p2 = _setup(n=8)
+    net2 = Network(m2, x2, [n for n, _ in m2.named_parameters()],
+                   kernel=lambda mm: compute_kernel(mm, x2, method="exact"), subset_kernel=None)
+    full, _ = relinearized(p2, SGD(lr=1.0), 10, net2, checkpoints=[3], reanchor="none")
+    every, info2 = relinearized(p2, SGD(lr=1.0), 10, net2, checkpoints=[3], reanchor="none",
+                                refresh_samples=torch.arange(8))
+    assert info2.refresh_samples is None
+    torch.testing.assert_close(every.loss, full.loss)
+
+
+def test_subset_refresh_matches_the_full_refresh_on_the_subset_and_refuses_reanchoring():
+    """On a nonlinear network the subset refresh's kernel is the full refresh's on the subset's rows (exact kernels),
+    so the refreshed curves stay close; re-anchoring needs every sample's outputs and is refused."""
+    import pytest
+
+    from finetime.errors import ConfigError
+    from finetime.kernel.update import subset_rows
+
+    m, x, y, p = _setup(seed=3, n=10)
+    params = [n for n, _ in m.named_parameters()]
+    kernels = {}
+
+    def full(mm):
+        kernels["full"] = compute_kernel(mm, x, method="exact")
+        return kernels["full"]
+
+    def sub(mm, idx):
+        kernels["sub"] = compute_kernel(mm, x[idx], method="exact")
+        return kernels["sub"]
+
+    net = Network(m, x, params, kernel=full, subset_kernel=sub)
+    idx = torch.tensor([0, 2, 5, 6, 8])
+    sgd = SGD(lr=1.0)
+    a, _ = relinearized(p, sgd, 12, net, checkpoints=[4], reanchor="none")
+    b, info = relinearized(p, sgd, 12, net, checkpoints=[4], reanchor="none", refresh_samples=idx)
+    rows = subset_rows(idx, p.c)
+    torch.testing.assert_close(kernels["sub"].theta, kernels["full"].theta[rows][:, rows])
+    torch.testing.assert_close(a.loss[:, :5], b.loss[:, :5])
+    assert (a.loss - b.loss).abs().max() < 0.1 * a.loss[0, 0]
+    with pytest.raises(ConfigError, match="re-anchor"):
+        relinearized(p, sgd, 12, net, checkpoints=[4], reanchor="all", refresh_samples=idx)

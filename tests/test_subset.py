@@ -109,3 +109,18 @@ def test_relinearizing_during_training_refuses_a_subset_prediction():
     ref = Refiner.from_prediction(pred)
     with pytest.raises(ConfigError, match="saw 30 of 120"):
         ref.relinearize(pred.task.model, 10)
+
+
+def test_refresh_sample_count_and_balanced_indices():
+    from finetime.subset import balanced_indices, refresh_sample_count
+
+    assert refresh_sample_count("all", 400, 5) == 400
+    assert refresh_sample_count("auto", 400, 5) == 100  # a quarter
+    assert refresh_sample_count("auto", 100, 5) == 80  # at least 16 per class
+    assert refresh_sample_count("auto", 30, 5) == 30  # all where that is more than there are
+    assert refresh_sample_count(52, 400, 5) == 50  # a multiple of the classes
+    assert refresh_sample_count(900, 400, 5) == 400
+    y = torch.tensor([2, 0, 1, 0, 2, 1, 0, 2, 2])
+    assert balanced_indices(y, 3, 6).tolist() == [0, 1, 2, 3, 4, 5]
+    assert balanced_indices(y, 3, 9).tolist() == [0, 1, 2, 3, 4, 5, 6, 7]  # class 2's fourth (8) left out
+    assert balanced_indices(torch.tensor([0, 0, 1]), 2, 4).tolist() == [0, 1, 2]  # all of a short class

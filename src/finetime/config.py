@@ -96,8 +96,17 @@ class PredictorConfig:
     relinearize: int = 3
     reanchor: Reanchor = Reanchor.NONE
     linearity_tol: float = 0.01
+    refresh_samples: int | str = "auto"
+    """Training samples each refresh computes the new kernel on (``finetime.subset.refresh_sample_count``; the rest
+    follow by ``kernel.update.nystrom_update``): ``all``, ``auto`` or a number."""
 
     def __post_init__(self):
+        rs = self.refresh_samples
+        if isinstance(rs, str) and rs.strip().isdigit():
+            rs = int(rs)
+            object.__setattr__(self, "refresh_samples", rs)
+        if not (rs in ("auto", "all") or (isinstance(rs, int) and not isinstance(rs, bool) and rs >= 2)):
+            raise ConfigError(f"--refresh-samples must be auto, all or a number of samples >= 2, got {rs!r}")
         for name, enum_ in (("kind", Predictor), ("reanchor", Reanchor)):
             try:
                 object.__setattr__(self, name, enum_(getattr(self, name)))
@@ -115,7 +124,7 @@ PRESETS: dict[str, PredictorConfig] = {
     "adaptive": PredictorConfig(),
     "linear": PredictorConfig(Predictor.LINEAR),
     "paper": PredictorConfig(Predictor.PAPER),
-    "relinearized3": PredictorConfig(Predictor.RELINEARIZED, 3, Reanchor.ALL, 0.0),
+    "relinearized3": PredictorConfig(Predictor.RELINEARIZED, 3, Reanchor.ALL, 0.0, "all"),
 }
 """Named predictors (``--predictor``, and the rows of the benchmark):
 
@@ -131,7 +140,7 @@ _TASK = [f.name for f in dataclasses.fields(TaskConfig)]
 _SCHEDULE_KEYS = ("schedule", "warmup_steps", "step_size", "gamma")
 _KERNEL = {"kernel_method": "method", "projection_dim": "projection_dim", "max_memory_gb": "max_memory_gb"}
 _PREDICTOR = {"predictor": "kind", "relinearize": "relinearize", "reanchor": "reanchor",
-              "linearity_tol": "linearity_tol"}
+              "linearity_tol": "linearity_tol", "refresh_samples": "refresh_samples"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -81,17 +81,26 @@ def prepare(config: RunConfig) -> Task:
 
 
 def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=None, kernel_out=None,
-               progress: Callable[[int, int], None] | None = None) -> Kernel:
+               progress: Callable[[int, int], None] | None = None, samples: torch.Tensor | None = None) -> Kernel:
     """The kernel of ``model`` (default: the task's pretrained model) on the task's data, computed with the task's
     kernel settings, or loaded from ``kernel_in`` if that file was computed for this very model, data and method.
 
     With ``--bn batch`` the kernel is the running-statistics one and ``f0`` the outputs with batch statistics over the
     training set (where such a run starts): the batch function couples samples, and the per-sample network with the
     training set's statistics has a far larger kernel that predicts divergence where none happens (BENCHMARKS.md).
+
+    ``samples``: the kernel on those training samples only (no test set, ``f0`` the outputs in eval mode there), for a
+    refresh on a subset; it cannot be loaded or saved, and is not for preconditioned optimizers.
     """
     cfg = task.config
     model = model if model is not None else task.model
     d = task.data
+    if samples is not None:
+        if kernel_in is not None or kernel_out is not None or cfg.optimizer.preconditioned:
+            raise ValueError("a kernel on a subset of samples is neither loaded, saved nor preconditioned")
+        kc = cfg.kernel
+        return compute_kernel(model, d.x[samples], method=kc.method, projection_dim=kc.projection_dim,
+                              seed=cfg.task.seed, params=task.trained, max_memory=kc.max_memory_bytes)
     kc = cfg.kernel
     opt = cfg.optimizer
     need_jw0 = opt.weight_decay > 0
@@ -165,7 +174,8 @@ def network_of(task: Task) -> Network:
     x = task.data.x
     outputs = ((lambda m: batch_statistics_outputs(m, x)) if task.config.task.bn is BatchNormMode.BATCH
                else None)
-    return Network(task.model, x, task.trained, kernel=lambda m: kernel_for(task, model=m), outputs=outputs)
+    return Network(task.model, x, task.trained, kernel=lambda m: kernel_for(task, model=m), outputs=outputs,
+                   subset_kernel=lambda m, idx: kernel_for(task, model=m, samples=idx))
 
 
 def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype | None = None) -> Problem:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from .batches import BatchPlan
-from .config import Predictor, RunConfig
+from .config import Predictor, Reanchor, RunConfig
 from .errors import ConfigError
 from .dynamics import Problem, Trajectory, simulate, simulate_head, simulate_ode, simulate_sde
 from .network import BatchNormMode, linear_head
@@ -70,15 +70,20 @@ def _relinearized(problem, config, task, generator, plan) -> Trajectory:
         return _linear(problem, config, task, generator, plan)
     from .predict import network_of
     from .relinearize import checkpoint_schedule, first_checkpoint, relinearized
+    from .subset import balanced_indices, refresh_sample_count
 
     if task is None:
         raise ValueError("re-linearization needs the task (model and data)")
     p = config.predictor
+    # re-anchoring needs the network's outputs on every sample: auto refreshes the whole kernel there
+    setting = "all" if p.refresh_samples == "auto" and p.reanchor is not Reanchor.NONE else p.refresh_samples
+    m = refresh_sample_count(setting, problem.n, problem.c)
+    samples = balanced_indices(problem.y, problem.c, m) if m < problem.n else None
     traj, info = relinearized(problem, config.optimizer, config.steps, network_of(task),
                               checkpoints=checkpoint_schedule(config.steps, p.relinearize,
                                                               first=first_checkpoint(config.steps)),
                               reanchor=p.reanchor, linearity_tol=p.linearity_tol, runs=config.runs,
-                              generator=generator, plan=plan)
+                              generator=generator, plan=plan, refresh_samples=samples)
     traj.info = info.to_dict()
     return traj
 

@@ -25,6 +25,7 @@ from .config import Reanchor
 from .dynamics import ExactStepper, Problem, Recorder, Trajectory, resolve_plan, solve
 from .errors import ConfigError
 from .kernel import Kernel
+from .kernel.update import nystrom_update, subset_rows
 from .losses import mean_loss_and_accuracy
 from .network import eval_mode, network_outputs, on_model
 from .optim import FunctionState, Optimizer
@@ -48,6 +49,7 @@ class RelinearizationInfo:
     trace_ratios: list[float] = dataclasses.field(default_factory=list)
     linear_regime: bool = False
     kernels: int = 0
+    refresh_samples: int | None = None  # samples each refresh computed the new kernel on (None: all)
 
     @property
     def seconds(self) -> float:
@@ -55,6 +57,7 @@ class RelinearizationInfo:
 
     def to_dict(self) -> dict:
         return {"checkpoints": self.checkpoints, "kernels": self.kernels, "linear_regime": self.linear_regime,
+                "refresh_samples": self.refresh_samples,
                 "loss_gaps": [round(g, 4) for g in self.loss_gaps],
                 "trace_ratios": [round(r, 3) for r in self.trace_ratios],
                 "kernel_seconds": round(self.kernel_seconds, 3), "network_seconds": round(self.network_seconds, 3)}
@@ -64,13 +67,16 @@ class RelinearizationInfo:
 class Network:
     """What re-linearization may do with the real network: move it (``params`` on inputs ``x``), evaluate it
     (``outputs(model) -> (N, C)``; default: eval mode) and compute its kernel (``kernel(model) -> Kernel``, whose
-    ``f0`` are the network's outputs on ``x`` and, with a test set, ``f0_test``)."""
+    ``f0`` are the network's outputs on ``x`` and, with a test set, ``f0_test``), on all samples or on a subset."""
 
     model: torch.nn.Module
     x: torch.Tensor
     params: list[str]
     kernel: Callable[[torch.nn.Module], Kernel]
     outputs: Callable[[torch.nn.Module], torch.Tensor] | None = None
+    subset_kernel: Callable[[torch.nn.Module, torch.Tensor], Kernel] | None = None
+    """``subset_kernel(model, samples)``: the kernel on the training samples ``samples`` only (no test set); needed
+    for refreshes on a subset (``refresh_samples``)."""
 
     def evaluate(self, model: torch.nn.Module) -> torch.Tensor:
         if self.outputs is not None:
@@ -117,9 +123,11 @@ class _Refresh:
     """The checkpoint hook: move the network to the linear model's weights, check linearity, refresh the kernel."""
 
     def __init__(self, problem: Problem, network: Network, reanchor: Reanchor, linearity_tol: float,
-                 recorder: Recorder, info: RelinearizationInfo):
+                 recorder: Recorder, info: RelinearizationInfo, samples: torch.Tensor | None = None):
         self.problem, self.network, self.reanchor, self.tol = problem, network, reanchor, linearity_tol
         self.rec, self.info = recorder, info
+        self.samples = samples
+        self.rows = None if samples is None else subset_rows(samples, problem.c)
         self.work = copy.deepcopy(network.model)
         self.trace0 = float(problem.theta.trace())
         self.count = 0
@@ -142,12 +150,14 @@ class _Refresh:
                 f_net = self.network.evaluate(self.work)
         info.network_seconds += time.perf_counter() - t_net
         if check:
-            gap = _loss_gap(f_net.to(dtype), mean[: n * c].view(n, c), p)
+            gap = _loss_gap(f_net.to(dtype), mean[: n * c].view(n, c), p.y, p.loss)
             info.loss_gaps.append(gap)
             if gap < self.tol:
                 info.linear_regime = True
                 self.done = True
                 return stepper, state
+        if self.samples is not None:
+            return self._subset_refresh(check, mean, stepper, state)
         t_k = time.perf_counter()
         k = self.network.kernel(self.work)
         info.kernel_seconds += time.perf_counter() - t_k
@@ -156,7 +166,7 @@ class _Refresh:
         info.trace_ratios.append(info.kernel_traces[-1] / self.trace0)
         f_new = k.f0.to(dtype).reshape(-1)
         if not check:
-            info.loss_gaps.append(_loss_gap(k.f0.to(dtype), mean[: n * c].view(n, c), p))
+            info.loss_gaps.append(_loss_gap(k.f0.to(dtype), mean[: n * c].view(n, c), p.y, p.loss))
         theta_test = k.theta_test.to(dtype) if k.theta_test is not None else None
         if theta_test is not None:
             f_new = torch.cat([f_new, k.f0_test.to(dtype).reshape(-1)])
@@ -171,11 +181,31 @@ class _Refresh:
             self.rec(state.f, t)  # the checkpoint's curve value is the re-anchored (true network) one
         return stepper, state
 
+    def _subset_refresh(self, check: bool, mean: torch.Tensor, stepper: ExactStepper, state: FunctionState):
+        """The refresh on the subset: the new kernel on ``samples`` only, carried to every sample (and the test set)
+        by ``nystrom_update`` on the kernel in use. The curve is not re-anchored (``reanchor`` must be ``none``)."""
+        p, info = stepper.problem, self.info
+        dtype = p.theta.dtype
+        t_k = time.perf_counter()
+        k = self.network.subset_kernel(self.work, self.samples)
+        theta, theta_test, _ = nystrom_update(p.theta, self.rows, k.theta.to(dtype), p.theta_test)
+        info.kernel_seconds += time.perf_counter() - t_k
+        info.kernels += 1
+        info.kernel_traces.append(float(theta.trace()))
+        info.trace_ratios.append(info.kernel_traces[-1] / self.trace0)
+        if not check:
+            f_lin = mean[: p.n * p.c].view(p.n, p.c)[self.samples]
+            info.loss_gaps.append(_loss_gap(k.f0.to(dtype), f_lin, p.y[self.samples], p.loss))
+        stepper = stepper.with_problem(dataclasses.replace(p, theta=theta, theta_test=theta_test))
+        state = stepper.rule.rebase(state, stepper.table)
+        return stepper, state
+
+
 
 def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Network, *, checkpoints: list[int],
                  reanchor: Reanchor | str = Reanchor.ALL, linearity_tol: float = 0.0, runs: int = 1,
-                 generator: torch.Generator | None = None,
-                 plan: BatchPlan | None = None) -> tuple[Trajectory, RelinearizationInfo]:
+                 generator: torch.Generator | None = None, plan: BatchPlan | None = None,
+                 refresh_samples: torch.Tensor | None = None) -> tuple[Trajectory, RelinearizationInfo]:
     """Simulate ``optimizer`` on the linearization at ``w0`` (``problem``), re-linearizing the real ``network`` at
     ``checkpoints`` (a hook of the simulation driver).
 
@@ -183,24 +213,39 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     ``none``); elsewhere only the kernel is refreshed. ``linearity_tol > 0`` turns on the linearity check at the
     first checkpoint: if the network moved there has the linear model's loss to within that relative tolerance, the
     one-kernel prediction is kept. ``plan``: an explicit batch order (e.g. a real run's) instead of ``runs`` drawn
-    from ``generator``. ``network.model`` is not modified."""
+    from ``generator``. ``refresh_samples``: training-sample indices on which each refresh computes the new kernel,
+    carried to all samples by ``kernel.update.nystrom_update`` (``None``: every refresh is a whole kernel); needs
+    ``network.subset_kernel`` and ``reanchor="none"``. ``network.model`` is not modified."""
     if optimizer.weight_decay:
         raise ConfigError("re-linearization does not support weight decay; use the linear predictor")
     try:
         reanchor = Reanchor(reanchor)
     except ValueError:
         raise ConfigError(f"reanchor must be one of {', '.join(r.value for r in Reanchor)}, got {reanchor!r}") from None
+    if refresh_samples is not None:
+        refresh_samples = torch.as_tensor(refresh_samples, dtype=torch.long).unique()
+        if refresh_samples.numel() == 0 or refresh_samples.min() < 0 or refresh_samples.max() >= problem.n:
+            raise ValueError(f"refresh_samples must be indices in [0, {problem.n})")
+        if refresh_samples.numel() == problem.n:
+            refresh_samples = None
+    if refresh_samples is not None:
+        if reanchor is not Reanchor.NONE:
+            raise ConfigError("refreshes on a subset of samples do not re-anchor the curve; use --reanchor none or "
+                              "--refresh-samples all")
+        if network.subset_kernel is None:
+            raise ValueError("refresh_samples needs network.subset_kernel")
     plan, r_runs = resolve_plan(problem.n, optimizer, steps, runs, generator, plan)
-    info = RelinearizationInfo(sorted(checkpoints))
+    info = RelinearizationInfo(sorted(checkpoints),
+                               refresh_samples=None if refresh_samples is None else refresh_samples.numel())
     rec = Recorder(problem, r_runs, steps, problem.theta.dtype)
-    hook = _Refresh(problem, network, reanchor, linearity_tol, rec, info)
+    hook = _Refresh(problem, network, reanchor, linearity_tol, rec, info, refresh_samples)
     traj, _ = solve(ExactStepper(problem, optimizer, steps, plan, track=True), steps, runs=r_runs, recorder=rec,
                     method="relinearized", checkpoints=info.checkpoints, hook=hook)
     return traj, info
 
 
-def _loss_gap(f_net: torch.Tensor, f_lin: torch.Tensor, problem: Problem) -> float:
+def _loss_gap(f_net: torch.Tensor, f_lin: torch.Tensor, y: torch.Tensor, loss) -> float:
     """``|L(f_net) - L(f_lin)| / L(f_lin)``: how far the network at the linear model's weights is from the linear
     model's outputs, in training loss (0 for a network that is its own linearization)."""
-    (l_net, l_lin), _ = mean_loss_and_accuracy(torch.stack([f_net, f_lin]), problem.y, problem.loss)
+    (l_net, l_lin), _ = mean_loss_and_accuracy(torch.stack([f_net, f_lin]), y, loss)
     return float((l_net - l_lin).abs() / l_lin.clamp_min(1e-12))

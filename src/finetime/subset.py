@@ -25,13 +25,21 @@ from .extrapolate import size_time_map, warp_curves
 from .training_time import first_crossing
 from .zoo import Dataset
 
-__all__ = ["AUTO_ALL_UP_TO", "AUTO_SAMPLES", "kernel_sample_count", "class_balanced_subset", "to_full_set"]
+__all__ = ["AUTO_ALL_UP_TO", "AUTO_SAMPLES", "AUTO_REFRESH_FRACTION", "AUTO_REFRESH_PER_CLASS", "kernel_sample_count",
+           "class_balanced_subset", "to_full_set", "refresh_sample_count", "balanced_indices"]
 
 AUTO_ALL_UP_TO = 1000
 """``--kernel-samples auto`` computes the kernel on all samples up to this many."""
 
 AUTO_SAMPLES = 500
 """``--kernel-samples auto`` on larger sets: the kernel on this many samples (BENCHMARKS.md, section 4)."""
+
+AUTO_REFRESH_FRACTION = 0.25
+"""``--refresh-samples auto``: each re-linearization refresh computes the new kernel on this fraction of the samples
+(the kernel's samples: all of them, or the ``--kernel-samples`` subset) ..."""
+
+AUTO_REFRESH_PER_CLASS = 16
+"""... and on at least this many per class (all of them where there are fewer)."""
 
 MIN_BATCHES = 4
 """A minibatch run on the subset needs at least this many batches per epoch to keep its noise."""
@@ -54,6 +62,26 @@ def kernel_sample_count(setting: int | str, n: int, classes: int, batch_size: in
                               "minibatch noise")
     per_class = max(1, m // classes)
     return n if per_class * classes >= n else per_class * classes
+
+
+def refresh_sample_count(setting: int | str, n: int, classes: int) -> int:
+    """The number of samples a re-linearization refresh computes the new kernel on (``n``: all) for
+    ``--refresh-samples setting``."""
+    if setting == "all":
+        return n
+    if setting == "auto":
+        m = max(round(AUTO_REFRESH_FRACTION * n), AUTO_REFRESH_PER_CLASS * classes)
+    else:
+        m = int(setting)
+    return min(n, max(1, m // classes) * classes)
+
+
+def balanced_indices(y: torch.Tensor, classes: int, m: int) -> torch.Tensor:
+    """Sorted indices of the first ``m / C`` samples of each class (all of a class that has fewer), in ``y``'s order
+    (random in finetime's data)."""
+    per = max(1, m // classes)
+    keep = [torch.nonzero(y == k).flatten()[:per] for k in range(classes)]
+    return torch.cat(keep).sort().values
 
 
 def class_balanced_subset(data: Dataset, m: int) -> Dataset:

@@ -11,7 +11,7 @@ from ..kernel import KernelMethod
 from ..network import BatchNormMode
 from ..optim import OPTIMIZERS, SCHEDULES, Sampling
 from ..errors import ConfigError
-from ..subset import AUTO_ALL_UP_TO, AUTO_SAMPLES
+from ..subset import AUTO_ALL_UP_TO, AUTO_REFRESH_FRACTION, AUTO_REFRESH_PER_CLASS, AUTO_SAMPLES
 
 __all__ = ["add_run_flags", "config_from_args", "load_config_file"]
 
@@ -129,6 +129,11 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                        help="linearity check at the first checkpoint: if the network moved there has the linear "
                             "model's loss to within this relative tolerance, keep the one-kernel prediction; 0 turns "
                             "the check off (default: the preset's; adaptive: 0.01)")
+        g.add_argument("--refresh-samples", default=None, metavar="M|auto|all",
+                       help="each re-linearization computes the new kernel on a class-balanced subset of M training "
+                            "samples and carries it to the others through the previous kernel (Nystrom); auto: "
+                            f"{100 * AUTO_REFRESH_FRACTION:.0f}%% of them, at least {AUTO_REFRESH_PER_CLASS} per class; all: "
+                            "the whole kernel, as re-anchoring needs (default: the preset's; adaptive: auto)")
     g.add_argument("--extrapolate-to", type=int, default=_D["extrapolate_to"], metavar="N",
                    help="also predict the training time on N samples of the same classes from this subset's kernel "
                         "spectrum (paper, section 4; power-law fits)")

@@ -113,7 +113,9 @@ def _fmt_relinearization(rl: dict) -> str:
                 f"{100 * gaps[0]:.1f}%, one kernel kept")
     done = rl["checkpoints"][: rl["kernels"]]
     gap = f"network vs linear model loss gap {100 * gaps[0]:.0f}% at step {first}; " if gaps else ""
-    line = (f"re-linearized at steps {', '.join(map(str, done))} ({gap}{rl['kernels']} more kernels; kernel trace "
+    sub = rl.get("refresh_samples")
+    more = f"{rl['kernels']} more kernels" + (f" on {sub} samples each, carried to all" if sub else "")
+    line = (f"re-linearized at steps {', '.join(map(str, done))} ({gap}{more}; kernel trace "
             f"x{', x'.join(f'{r:.2g}' for r in rl['trace_ratios'])})")
     if gaps and gaps[0] > 1.0:
         line += (f"\nwarning: at step {first} the network's loss is {100 * gaps[0]:.0f}% away from the linear model's: "
