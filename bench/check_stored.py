@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import suite  # noqa: E402
 
-from finetime.config import PRESETS, RunConfig  # noqa: E402
+from finetime.config import RunConfig  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         task = suite.prepare(RunConfig.from_dict(group[0]["config"]))
         kernel = suite.kernel_for(task)
         for c in group:
-            names = [n for n in c["predictors"] if n in PRESETS]
+            names = [n for n in c["predictors"] if n in suite.BENCH_PREDICTORS]
             new = suite.predict_cell(RunConfig.from_dict(c["config"]), task, kernel, names)
             for name, p in new.items():
                 old = c["predictors"][name]

@@ -157,11 +157,17 @@ def divergence_table(cells, predictors) -> str:
     return "\n".join(lines) + "\n"
 
 
+PREDICTION_THREADS = 2
+"""Threads the stored predictions ran on; cost ratios use only real runs on as many."""
+
+
 def cost_lines(cells, predictors):
-    """Real fine-tuning seconds over prediction seconds (kernel + step timing + that predictor's simulation)."""
+    """Real fine-tuning seconds over prediction seconds (kernel + step timing + that predictor's simulation), on the
+    cells whose real run used as many threads as the predictions (``real.threads``, 2 where not recorded)."""
     ratios = defaultdict(list)
     secs = defaultdict(list)
-    for c in cells:
+    same = [c for c in cells if c["real"].get("threads", PREDICTION_THREADS) == PREDICTION_THREADS]
+    for c in same:
         opt = optimizer_kind(c["config"])
         for name in predictors:
             p = c["predictors"].get(name)
@@ -170,7 +176,9 @@ def cost_lines(cells, predictors):
             pred_cost = c["cost"]["kernel_seconds"] + c["cost"]["step_timing_seconds"] + p["seconds"]
             ratios[name, opt].append(c["real"]["train_seconds"] / pred_cost)
             secs[name, opt].append(pred_cost)
-    out = ["| predictor | optimizer | cells | median prediction seconds | median real/prediction | min | max |",
+    out = [f"{len(same)} of {len(cells)} cells: those whose real run trained on the predictions' {PREDICTION_THREADS} "
+           "threads.", "",
+           "| predictor | optimizer | cells | median prediction seconds | median real/prediction | min | max |",
            "|---|---|---|---|---|---|---|"]
     for (name, opt), v in sorted(ratios.items()):
         out.append(f"| {name} | {opt} | {len(v)} | {statistics.median(secs[name, opt]):.1f} | "

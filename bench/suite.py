@@ -33,7 +33,7 @@ from finetime.runtime import tune_allocator
 from finetime.wallclock import seconds_per_step
 from finetime.zoo import is_text_data
 
-PREDICTION_KEYS = ("predictor", "relinearize", "reanchor", "linearity_tol")
+PREDICTION_KEYS = ("predictor", "relinearize", "reanchor", "linearity_tol", "refresh_samples")
 """Flat settings that choose how a prediction is made, not what is trained: left out of cell identities."""
 
 
@@ -87,19 +87,26 @@ def run_cell(cfg: RunConfig, task: Task, kernel, kernel_seconds: float, step_sec
                     bn=cfg.task.bn)
     out["real"] = {"loss": tolist(real.loss), "accuracy": tolist(real.accuracy),
                    "training_time": training_times(real.loss.unsqueeze(0), cfg), "diverged": real.diverged,
-                   "train_seconds": round(real.train_seconds, 3), "eval_seconds": round(real.eval_seconds, 3)}
+                   "train_seconds": round(real.train_seconds, 3), "eval_seconds": round(real.eval_seconds, 3),
+                   "threads": torch.get_num_threads()}
     b = "full" if opt.is_full_batch(n) else str(opt.batch_size)
     out["cost"] = {"kernel_seconds": round(kernel_seconds, 3), "step_timing_seconds": round(step_seconds[b][1], 3),
                    "seconds_per_step_predicted": round(step_seconds[b][0], 5)}
     return out
 
 
+BENCH_PREDICTORS = {**PRESETS,
+                    "adaptive-full-refresh": dataclasses.replace(PRESETS["adaptive"], refresh_samples="all")}
+"""The presets, and variants kept as baselines in the results: ``adaptive-full-refresh`` is ``adaptive`` with every
+refresh a whole kernel (``--refresh-samples all``; the default before refreshes on a subset)."""
+
+
 def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:
-    """Each named predictor (``finetime.config.PRESETS``) on this cell, from the task's kernel."""
+    """Each named predictor (``BENCH_PREDICTORS``) on this cell, from the task's kernel."""
     problem = problem_from(kernel, task)
     out = {}
     for name in names:
-        c = dataclasses.replace(cfg, predictor=PRESETS[name])
+        c = dataclasses.replace(cfg, predictor=BENCH_PREDICTORS[name])
         t0 = time.perf_counter()
         traj = predict_trajectory(problem, c, task)
         sim = time.perf_counter() - t0
