@@ -3,7 +3,7 @@
     .venv/bin/python bench/benchmarks_md.py
 
 Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{text_suite}}, {{text_kernel}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
-{{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}; a missing results file renders as a note saying which command produces it.
+{{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}, {{scale}}; a missing results file renders as a note saying which command produces it.
 """
 
 from __future__ import annotations
@@ -249,6 +249,26 @@ def subsample(r):
     return "\n".join(lines) + "\n"
 
 
+@_results("scale.json", "bench/scale_bench.py")
+def scale(r):
+    lines = ["| cell | kernel on | peak memory | prediction s (kernel, re-lin., sim., step timing) | TT eps 0.1 / 0.4 "
+             "predicted | real (every 10 steps) | error eps 0.1 / 0.4 | s per step predicted / real | real training s "
+             "| real / prediction |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in r["cells"]:
+        cfg, p, real = c["config"], c["predicted"], c["real"]
+        name = f"SGD b{cfg['batch_size']} lr {cfg['lr']:g} m {cfg['momentum']:g}, {cfg['steps']} steps, N = {c['n']:,}"
+        ks = p["kernel_samples"] or {}
+        cs = p["cost"]
+        parts = ", ".join(f"{cs[k]:.1f}" for k in ("kernel", "relinearization", "simulation", "step_timing"))
+        tt = "diverges" if p["diverged"] else _eps_pair(p["tt"])
+        lines.append(f"| {name} | {ks.get('samples', c['n'])} samples | {p['peak_rss_bytes'] / 2**30:.2f} GiB | "
+                     f"{cs['total']:.1f} ({parts}) | {tt} | {_eps_pair(real['tt'])} | {_eps_errors(p['error'])} | "
+                     f"{p['seconds_per_step']:.3g} / {real['seconds_per_step']:.3g} | {real['train_seconds']} | "
+                     f"**{p['cost_ratio']}** |")
+    return "\n".join(lines) + "\n"
+
+
 @_results("bn_batch.json", "bench/bn_batch_bench.py")
 def bn_batch(tasks):
     lines = ["| task | batch-function kernel s | trace / running-stats kernel's | optimizer | real TT eps 0.1 / 0.4 | "
@@ -272,7 +292,7 @@ def main():
                     ("text_kernel", text_kernel), ("kernel", kernel), ("dynamics", dynamics),
                     ("extrapolation", extrapolation), ("testcurves", testcurves), ("online", online),
                     ("online_relin", online_relin), ("gpu", gpu), ("distributed", distributed),
-                    ("floor", floor), ("subsample", subsample), ("bn_batch", bn_batch)):
+                    ("floor", floor), ("subsample", subsample), ("bn_batch", bn_batch), ("scale", scale)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
     print("wrote BENCHMARKS.md")
