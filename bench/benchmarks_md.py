@@ -224,6 +224,23 @@ def floor(rows):
     return "\n".join(lines) + "\n"
 
 
+def _optimizer_label(cfg: dict) -> str:
+    """``GD lr 0.01 m 0.9`` or ``SGD b32 lr 0.001 m 0`` from a flat config."""
+    return (f"GD lr {cfg['lr']:g} m {cfg['momentum']:g}" if not cfg["batch_size"]
+            else f"SGD b{cfg['batch_size']} lr {cfg['lr']:g} m {cfg['momentum']:g}")
+
+
+def _cost_cell(cs: dict) -> str:
+    """``total (kernel, re-linearization, simulation, step timing)`` seconds of a prediction's ``cost_seconds``."""
+    parts = ", ".join(f"{cs[k]:.1f}" for k in ("kernel", "relinearization", "simulation", "step_timing"))
+    return f"{cs['total']:.1f} ({parts})"
+
+
+def _predicted_tt(p: dict) -> str:
+    """``diverges``, or the predicted TT pair."""
+    return "diverges" if p.get("diverged") else _eps_pair(p["tt"])
+
+
 @_results("subsample.json", "bench/subsample_bench.py")
 def subsample(r):
     lines = ["| cell | kernel on | TT eps 0.1 / 0.4 | error eps 0.1 / 0.4 | prediction s (kernel, re-lin., sim., "
@@ -231,21 +248,16 @@ def subsample(r):
              "|---|---|---|---|---|---|---|---|"]
     for c in r["cells"]:
         cfg = c["config"]
-        opt = (f"GD lr {cfg['lr']:g} m {cfg['momentum']:g}" if not cfg["batch_size"]
-               else f"SGD b{cfg['batch_size']} lr {cfg['lr']:g} m {cfg['momentum']:g}")
-        name = f"{opt}, {cfg['steps']} steps, N = {c['n']}"
+        name = f"{_optimizer_label(cfg)}, {cfg['steps']} steps, N = {c['n']}"
         real = c["real"]
         real_sps = real["train_seconds"] / cfg["steps"]
         lines.append(f"| {name} | real fine-tuning | {_eps_pair(real['tt'])} | - | - | "
                      f"- / {real_sps:.3g} | {real['train_seconds']} | - |")
         for m, p in c["predicted"].items():
-            cs = p["cost"]
-            tt = "diverges" if p.get("diverged") else _eps_pair(p["tt"])
-            parts = ", ".join(f"{cs[k]:.1f}" for k in ("kernel", "relinearization", "simulation", "step_timing"))
             sps = p.get("seconds_per_step")
             step = "-" if sps is None else f"{sps:.3g} ({100 * (sps / real_sps - 1):+.0f}%)"
-            lines.append(f"| | {p['samples']} samples ({m}) | {tt} | {_eps_errors(p['error'])} | "
-                         f"{cs['total']:.1f} ({parts}) | {step} | {real['train_seconds']} | **{p['cost_ratio']}** |")
+            lines.append(f"| | {p['samples']} samples ({m}) | {_predicted_tt(p)} | {_eps_errors(p['error'])} | "
+                         f"{_cost_cell(p['cost'])} | {step} | {real['train_seconds']} | **{p['cost_ratio']}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -257,13 +269,11 @@ def scale(r):
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in r["cells"]:
         cfg, p, real = c["config"], c["predicted"], c["real"]
-        name = f"SGD b{cfg['batch_size']} lr {cfg['lr']:g} m {cfg['momentum']:g}, {cfg['steps']} steps, N = {c['n']:,}"
+        name = f"{_optimizer_label(cfg)}, {cfg['steps']} steps, N = {c['n']:,}"
         ks = p["kernel_samples"] or {}
-        cs = p["cost"]
-        parts = ", ".join(f"{cs[k]:.1f}" for k in ("kernel", "relinearization", "simulation", "step_timing"))
-        tt = "diverges" if p["diverged"] else _eps_pair(p["tt"])
         lines.append(f"| {name} | {ks.get('samples', c['n'])} samples | {p['peak_rss_bytes'] / 2**30:.2f} GiB | "
-                     f"{cs['total']:.1f} ({parts}) | {tt} | {_eps_pair(real['tt'])} | {_eps_errors(p['error'])} | "
+                     f"{_cost_cell(p['cost'])} | {_predicted_tt(p)} | {_eps_pair(real['tt'])} | "
+                     f"{_eps_errors(p['error'])} | "
                      f"{p['seconds_per_step']:.3g} / {real['seconds_per_step']:.3g} | {real['train_seconds']} | "
                      f"**{p['cost_ratio']}** |")
     return "\n".join(lines) + "\n"

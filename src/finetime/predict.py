@@ -95,13 +95,12 @@ def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=No
     cfg = task.config
     model = model if model is not None else task.model
     d = task.data
+    kc = cfg.kernel
     if samples is not None:
         if kernel_in is not None or kernel_out is not None or cfg.optimizer.preconditioned:
             raise ValueError("a kernel on a subset of samples is neither loaded, saved nor preconditioned")
-        kc = cfg.kernel
         return compute_kernel(model, d.x[samples], method=kc.method, projection_dim=kc.projection_dim,
                               seed=cfg.task.seed, params=task.trained, max_memory=kc.max_memory_bytes)
-    kc = cfg.kernel
     opt = cfg.optimizer
     need_jw0 = opt.weight_decay > 0
     precond = preconditioner_name(opt)

@@ -160,10 +160,7 @@ class _Refresh:
             return self._subset_refresh(check, mean, stepper, state)
         t_k = time.perf_counter()
         k = self.network.kernel(self.work)
-        info.kernel_seconds += time.perf_counter() - t_k
-        info.kernels += 1
-        info.kernel_traces.append(float(k.theta.trace()))
-        info.trace_ratios.append(info.kernel_traces[-1] / self.trace0)
+        self._record(k.theta, time.perf_counter() - t_k)
         f_new = k.f0.to(dtype).reshape(-1)
         if not check:
             info.loss_gaps.append(_loss_gap(k.f0.to(dtype), mean[: n * c].view(n, c), p.y, p.loss))
@@ -184,22 +181,26 @@ class _Refresh:
     def _subset_refresh(self, check: bool, mean: torch.Tensor, stepper: ExactStepper, state: FunctionState):
         """The refresh on the subset: the new kernel on ``samples`` only, carried to every sample (and the test set)
         by ``nystrom_update`` on the kernel in use. The curve is not re-anchored (``reanchor`` must be ``none``)."""
-        p, info = stepper.problem, self.info
+        p = stepper.problem
         dtype = p.theta.dtype
         t_k = time.perf_counter()
         k = self.network.subset_kernel(self.work, self.samples)
         theta, theta_test, _ = nystrom_update(p.theta, self.rows, k.theta.to(dtype), p.theta_test)
-        info.kernel_seconds += time.perf_counter() - t_k
-        info.kernels += 1
-        info.kernel_traces.append(float(theta.trace()))
-        info.trace_ratios.append(info.kernel_traces[-1] / self.trace0)
+        self._record(theta, time.perf_counter() - t_k)
         if not check:
             f_lin = mean[: p.n * p.c].view(p.n, p.c)[self.samples]
-            info.loss_gaps.append(_loss_gap(k.f0.to(dtype), f_lin, p.y[self.samples], p.loss))
+            self.info.loss_gaps.append(_loss_gap(k.f0.to(dtype), f_lin, p.y[self.samples], p.loss))
         stepper = stepper.with_problem(dataclasses.replace(p, theta=theta, theta_test=theta_test))
         state = stepper.rule.rebase(state, stepper.table)
         return stepper, state
 
+    def _record(self, theta: torch.Tensor, seconds: float) -> None:
+        """Count a refreshed kernel, its seconds and its trace against the first kernel's."""
+        info = self.info
+        info.kernel_seconds += seconds
+        info.kernels += 1
+        info.kernel_traces.append(float(theta.trace()))
+        info.trace_ratios.append(info.kernel_traces[-1] / self.trace0)
 
 
 def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Network, *, checkpoints: list[int],
