@@ -19,6 +19,16 @@ from .optim import OPTIMIZERS, SCHEDULES, SGD, Optimizer, Sampling, StepDecay
 __all__ = ["TaskConfig", "KernelConfig", "PredictorConfig", "Predictor", "Reanchor", "RunConfig", "PRESETS"]
 
 
+def sample_setting(value, flag: str) -> int | str:
+    """A number-of-samples setting (``--kernel-samples``, ``--refresh-samples``): ``auto``, ``all`` or an integer
+    >= 2 (a string of digits is read as one)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not (value in ("auto", "all") or (isinstance(value, int) and not isinstance(value, bool) and value >= 2)):
+        raise ConfigError(f"{flag} must be auto, all or a number of samples >= 2, got {value!r}")
+    return value
+
+
 class Predictor(str, enum.Enum):
     """How the prediction is made from the kernel (``finetime.predictors`` maps each to its function)."""
 
@@ -101,12 +111,7 @@ class PredictorConfig:
     follow by ``kernel.update.nystrom_update``): ``all``, ``auto`` or a number."""
 
     def __post_init__(self):
-        rs = self.refresh_samples
-        if isinstance(rs, str) and rs.strip().isdigit():
-            rs = int(rs)
-            object.__setattr__(self, "refresh_samples", rs)
-        if not (rs in ("auto", "all") or (isinstance(rs, int) and not isinstance(rs, bool) and rs >= 2)):
-            raise ConfigError(f"--refresh-samples must be auto, all or a number of samples >= 2, got {rs!r}")
+        object.__setattr__(self, "refresh_samples", sample_setting(self.refresh_samples, "--refresh-samples"))
         for name, enum_ in (("kind", Predictor), ("reanchor", Reanchor)):
             try:
                 object.__setattr__(self, name, enum_(getattr(self, name)))
@@ -193,12 +198,8 @@ class RunConfig:
                 bad(f"--target-loss must be positive, got {t}")
         if self.extrapolate_to < 0:
             bad(f"--extrapolate-to must be a number of samples (or 0), got {self.extrapolate_to}")
-        ks = self.kernel_samples
-        if isinstance(ks, str) and ks.strip().isdigit():
-            ks = int(ks)
-            object.__setattr__(self, "kernel_samples", ks)
-        if not (ks in ("auto", "all") or (isinstance(ks, int) and not isinstance(ks, bool) and ks >= 2)):
-            bad(f"--kernel-samples must be auto, all or a number of samples >= 2, got {ks!r}")
+        ks = sample_setting(self.kernel_samples, "--kernel-samples")
+        object.__setattr__(self, "kernel_samples", ks)
         if self.extrapolate_to and ks not in ("auto", "all"):
             bad("--extrapolate-to and --kernel-samples both extrapolate from a subset; give one of them")
         w = self.optimizer.schedule.warmup_steps
