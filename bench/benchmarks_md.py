@@ -3,7 +3,9 @@
     .venv/bin/python bench/benchmarks_md.py
 
 Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{text_suite}}, {{text_kernel}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
-{{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}, {{scale}}; a missing results file renders as a note saying which command produces it.
+{{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}, {{scale}}, {{photos_suite}}
+(bench/results/photos.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
+{{photos_intervals}} (the shipped intervals' coverage on photos.jsonl), {{bn_batch_photos}}; a missing results file renders as a note saying which command produces it.
 """
 
 from __future__ import annotations
@@ -73,6 +75,70 @@ def adamw_suite():
 
 def text_suite():
     return _suite("text")
+
+
+def photos_suite():
+    return _suite("photos", ("linear", "paper", "adaptive"), "predicted vs real training time, photographs")
+
+
+RESOLUTION_PREDICTORS = ("adaptive", "linear", "paper")
+
+
+def resolution():
+    """Errors by dataset and resolution over the paper suite and the photographs, and the usual SGD recipe (lr 1e-3,
+    momentum 0.9) alone."""
+    import report
+
+    paths = [RES / f"{s}.jsonl" for s in ("paper", "photos")]
+    if not all(p.exists() for p in paths):
+        return _missing("bench/suite.py --config bench/configs/photos.toml")
+    cells = report.load(paths)
+    head = ("| data | px | BatchNorm | " + " | ".join(f"{p} median / p95" for p in RESOLUTION_PREDICTORS)
+            + " | (cell, eps) pairs | of which lr 1e-3 momentum 0.9 |")
+    lines = [head, "|---|---|---|" + "---|" * (len(RESOLUTION_PREDICTORS) + 2)]
+    rs = {p: [r for r in report.rows(cells, p) if not r["fast"]] for p in RESOLUTION_PREDICTORS}
+    keys = sorted({(r["data"], r["image_size"], r["bn"]) for r in rs["adaptive"]})
+    for data, px, bn in keys:
+        cols = []
+        for p in RESOLUTION_PREDICTORS:
+            n, med, p95 = report.summarize([r for r in rs[p] if (r["data"], r["image_size"], r["bn"]) == (data, px, bn)])
+            cols.append(f"{100 * med:.1f}% / {100 * p95:.1f}%")
+        sel = [r for r in rs["adaptive"] if (r["data"], r["image_size"], r["bn"]) == (data, px, bn)]
+        usual = sum(r["lr"] == 1e-3 and r["momentum"] == 0.9 for r in sel)
+        lines.append(f"| {data} | {px} | {bn} | " + " | ".join(cols) + f" | {len(sel)} | {usual} |")
+    return "\n".join(lines) + "\n"
+
+
+def photos_intervals():
+    """Coverage of the shipped 90% model-error intervals (``finetime.intervals``, calibrated on the other suites) on
+    the photographs, which the calibration never saw: per linearity-check bin, the (cell, eps) pairs whose real
+    training time falls inside."""
+    import online_bench
+    import report
+    from finetime import intervals
+
+    path = RES / "photos.jsonl"
+    if not path.exists():
+        return _missing("bench/suite.py --config bench/configs/photos.toml")
+    cells = report.load([path])
+    for c in cells:
+        c["_suite"], c["_prior"] = "photos", "adaptive"
+    shipped = intervals._table()
+    hit, tot = {}, {}
+    for r in online_bench.open_loop_rows(cells):
+        m = shipped["margins"].get(r["bin"])
+        ok = r["score"] is not None and m is not None and r["score"] <= m + 1e-12
+        for key in (r["bin"], "all"):
+            tot[key] = tot.get(key, 0) + 1
+            hit[key] = hit.get(key, 0) + ok
+    lines = ["| linearity check (loss gap at step T/15) | shipped margin (log steps) | covered on the photographs |",
+             "|---|---|---|"]
+    for b in sorted(k for k in tot if k != "all"):
+        m = shipped["margins"].get(b)
+        lines.append(f"| {b} | {'none' if m is None else f'{m:.2f}'} | {hit[b]} of {tot[b]} |")
+    if tot:
+        lines.append(f"| all | | **{hit['all']} of {tot['all']} ({100 * hit['all'] / tot['all']:.0f}%)** |")
+    return "\n".join(lines) + "\n"
 
 
 @_results("text_kernel.json", "bench/text_kernel_bench.py")
@@ -296,13 +362,37 @@ def bn_batch(tasks):
     return "\n".join(lines) + "\n"
 
 
+@_results("bn_batch_photos.json", "bench/bn_batch_bench.py --results photos --subset 16")
+def bn_batch_photos(tasks):
+    m = next((c["subset"]["samples"] for t in tasks for c in t["cells"] if c.get("subset")), None)
+    lines = [f"| task | kernel seconds: running stats / batch function / one batch of {m} | optimizer | real TT eps "
+             f"0.1 / 0.4 | default (running stats) | error | batch function (all samples) | error | one batch of {m}, "
+             "carried to all | error |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for t in tasks:
+        for i, c in enumerate(t["cells"]):
+            sub = c.get("subset")
+            head = (f"{t['image_size']} px, seed {t['seed']}, N = {t['n']} | {t['running_kernel_seconds']} / "
+                    f"{t['kernel_seconds']} / {sub['kernel_seconds'] if sub else '-'}" if i == 0 else " | ")
+            opt = (f"{'GD' if not c['batch_size'] else 'SGD b' + str(c['batch_size'])} lr {c['lr']:g}"
+                   + (f" m {c['momentum']:g}" if c.get("momentum") else ""))
+            bf = "diverges" if c["batch_function_diverged"] else _eps_pair(c["batch_function"])
+            sb = ("-", "-") if sub is None else ("diverges" if sub["diverged"] else _eps_pair(sub["tt"]),
+                                                 _eps_errors(sub["error"]))
+            lines.append(f"| {head} | {opt} | {_eps_pair(c['real'])} | {_eps_pair(c['default'])} | "
+                         f"{_eps_errors(c['error_default'])} | {bf} | {_eps_errors(c['error_batch_function'])} | "
+                         f"{sb[0]} | {sb[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
     for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
                     ("text_kernel", text_kernel), ("kernel", kernel), ("dynamics", dynamics),
                     ("extrapolation", extrapolation), ("testcurves", testcurves), ("online", online),
                     ("online_relin", online_relin), ("gpu", gpu), ("distributed", distributed),
-                    ("floor", floor), ("subsample", subsample), ("bn_batch", bn_batch), ("scale", scale)):
+                    ("floor", floor), ("subsample", subsample), ("bn_batch", bn_batch), ("scale", scale),
+                    ("photos_suite", photos_suite), ("resolution", resolution),
+                    ("photos_intervals", photos_intervals), ("bn_batch_photos", bn_batch_photos)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
     print("wrote BENCHMARKS.md")

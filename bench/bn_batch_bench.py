@@ -1,6 +1,7 @@
 """The exact kernel of the batch function (BatchNorm batch statistics) against real ``--bn batch`` fine-tuning.
 
     .venv/bin/python bench/bn_batch_bench.py      # writes bench/results/bn_batch.json (about 10 minutes)
+    .venv/bin/python bench/bn_batch_bench.py --results photos --subset 16   # bn_batch_photos.json (128 px photos)
 
 For each ``--bn batch`` task of the paper suite (``bench/results/paper.jsonl``: EfficientNet-Lite0, 5 classes x 10
 images, 32 and 64 px, the whole network trained), the kernel of the network as ``model.train()`` runs it on the whole
@@ -8,10 +9,16 @@ training set (``finetime.kernel.batch_function``: exact, one backward pass per o
 drives the exact simulator (``linear``) on every stored cell; full-batch cells are exactly this batch function, SGD
 cells (batch 32 of 50) use it as an approximation. Real runs and the default predictor's stored predictions are read
 from the results file, not run again. Beside it: the kernel the default uses (running statistics) and its size.
+
+``--results photos`` reads ``bench/results/photos.jsonl`` instead (writes ``bn_batch_photos.json``). ``--subset B``
+adds a cheaper variant: the batch function of one class-balanced batch of ``B`` samples (what SGD with batch ``B``
+trains), its kernel carried to every sample through the running-statistics kernel by
+``finetime.kernel.update.nystrom_update``, from the whole set's batch-statistics outputs.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -22,10 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 EPS = ("eps=0.1", "eps=0.4")
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", default="paper", help="suite results to read: bench/results/<NAME>.jsonl")
+    ap.add_argument("--subset", type=int, help="also the batch function of one balanced batch of this many samples")
+    args = ap.parse_args(argv)
     from finetime.config import RunConfig
     from finetime.dynamics import Problem, simulate
-    from finetime.kernel.batch_function import batch_function_kernel
+    from finetime.kernel.batch_function import batch_function_kernel, batch_statistics_network
+    from finetime.kernel.update import nystrom_update, subset_rows
+    from finetime.subset import balanced_indices
     from finetime.predict import kernel_for, prepare, training_times
     from finetime.predictors import default_generator
     from finetime.runtime import tune_allocator
@@ -33,7 +46,7 @@ def main() -> int:
 
     torch.set_num_threads(2)
     tune_allocator()
-    rows = [json.loads(line) for line in (ROOT / "bench/results/paper.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in (ROOT / f"bench/results/{args.results}.jsonl").read_text().splitlines() if line.strip()]
     cells = [r for r in rows if r["config"]["bn"] == "batch"]
     tasks: dict = {}
     for r in cells:
@@ -47,7 +60,18 @@ def main() -> int:
         theta, f0 = batch_function_kernel(task.model, task.data.x, task.trained)
         seconds = time.perf_counter() - t0
         eig = lambda t: float(torch.linalg.eigvalsh(t.double())[-1])  # noqa: E731
+        sub = None
+        if args.subset:
+            t0 = time.perf_counter()
+            idx = balanced_indices(task.data.y, task.data.num_classes, args.subset)
+            block, _ = batch_function_kernel(task.model, task.data.x[idx], task.trained)
+            with torch.no_grad():
+                f_all = batch_statistics_network(task.model)(task.data.x).double()
+            sub_theta, _, _ = nystrom_update(running.theta.double(), subset_rows(idx, f_all.shape[1]), block)
+            sub = {"theta": sub_theta, "f0": f_all, "seconds": round(time.perf_counter() - t0, 1),
+                   "samples": int(idx.numel())}
         rec = {"image_size": px, "seed": seed, "n": task.data.x.shape[0], "kernel_seconds": round(seconds, 1),
+               "running_kernel_seconds": round(running.meta["seconds"], 1),
                "trace_ratio": round(float(theta.trace() / running.theta.double().trace()), 2),
                "top_eigenvalue": {"batch_function": eig(theta), "running_statistics": eig(running.theta)},
                "cells": []}
@@ -58,7 +82,7 @@ def main() -> int:
             tt = training_times(traj.loss, cfg)
             real, adaptive = r["real"], r["predictors"]["adaptive"]
             div = traj.diverged_fraction > 0.5
-            row = {"batch_size": cfg.optimizer.batch_size or 0, "lr": cfg.optimizer.lr,
+            row = {"batch_size": cfg.optimizer.batch_size or 0, "lr": cfg.optimizer.lr, "momentum": cfg.optimizer.momentum,
                    "real": {k: real["training_time"][k]["step"] for k in EPS},
                    "real_train_seconds": real["train_seconds"],
                    "batch_function": {k: tt[k]["step"] for k in EPS}, "batch_function_diverged": div,
@@ -71,10 +95,21 @@ def main() -> int:
                                                              real["training_time"][k]["step"],
                                                              predicted_diverged=adaptive["diverged_fraction"] > 0.5,
                                                              actual_diverged=real["diverged"]), 3) for k in EPS}}
+            if sub is not None:
+                st = simulate(Problem(sub["theta"], sub["f0"], task.data.y, cfg.loss), cfg.optimizer, cfg.steps,
+                              runs=cfg.runs, generator=default_generator(cfg))
+                stt, sdiv = training_times(st.loss, cfg), st.diverged_fraction > 0.5
+                row["subset"] = {"samples": sub["samples"], "kernel_seconds": sub["seconds"],
+                                 "tt": {k: stt[k]["step"] for k in EPS}, "diverged": sdiv,
+                                 "error": {k: round(relative_error(stt[k]["step"], real["training_time"][k]["step"],
+                                                                   predicted_diverged=sdiv,
+                                                                   actual_diverged=real["diverged"]), 3)
+                                           for k in EPS}}
             rec["cells"].append(row)
             print(px, seed, row, flush=True)
         out.append(rec)
-        (ROOT / "bench/results/bn_batch.json").write_text(json.dumps(out, indent=1) + "\n")
+        name = "bn_batch.json" if args.results == "paper" else f"bn_batch_{args.results}.json"
+        (ROOT / "bench/results" / name).write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 

@@ -44,12 +44,14 @@ def _grid(spec: dict) -> list[dict]:
 
 
 def expand(cfg: dict) -> list[RunConfig]:
-    """All cells of a suite file: tasks x optimizers, each a ``RunConfig``."""
+    """All cells of a suite file: tasks x optimizers, each a ``RunConfig``. A group's ``optimizers`` is one grid or a
+    list of grids."""
     base = cfg.get("suite", {}).get("defaults", {})
     cells = []
     for group in cfg["groups"]:
         for task in _grid(group["tasks"]):
-            for opt in _grid(group["optimizers"]):
+            specs = group["optimizers"]
+            for opt in (o for spec in (specs if isinstance(specs, list) else [specs]) for o in _grid(spec)):
                 settings = {**base, **group.get("defaults", {}), **task, **opt}
                 for k in ("epsilon", "target_loss"):
                     if k in settings:
