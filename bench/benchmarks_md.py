@@ -5,7 +5,7 @@
 Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{text_suite}}, {{text_kernel}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
 {{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}, {{scale}}, {{photos_suite}}
 (bench/results/photos.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
-{{photos_intervals}} (the shipped intervals' coverage on photos.jsonl), {{bn_batch_photos}}; a missing results file renders as a note saying which command produces it.
+{{photos_intervals}} (the shipped intervals' coverage on photos.jsonl), {{bn_batch_photos}}, {{step_timing}}; a missing results file renders as a note saying which command produces it.
 """
 
 from __future__ import annotations
@@ -384,6 +384,17 @@ def bn_batch_photos(tasks):
     return "\n".join(lines) + "\n"
 
 
+@_results("step_timing.json", "bench/step_timing_bench.py")
+def step_timing(r):
+    lines = ["| timing scheme | configurations within 10% of the real step | median predicted / real | range | "
+             "median error | median cost (s) |", "|---|---|---|---|---|---|"]
+    for name, v in r["summary"].items():
+        lines.append(f"| {name} | {v['within_10pct']} of {v['configs']} | {v['median_ratio']:.2f} | "
+                     f"{v['min_ratio']:.2f}-{v['max_ratio']:.2f} | {100 * v['median_abs_error']:.0f}% | "
+                     f"{v['median_cost_seconds']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
     for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
@@ -392,7 +403,8 @@ def main():
                     ("online_relin", online_relin), ("gpu", gpu), ("distributed", distributed),
                     ("floor", floor), ("subsample", subsample), ("bn_batch", bn_batch), ("scale", scale),
                     ("photos_suite", photos_suite), ("resolution", resolution),
-                    ("photos_intervals", photos_intervals), ("bn_batch_photos", bn_batch_photos)):
+                    ("photos_intervals", photos_intervals), ("bn_batch_photos", bn_batch_photos),
+                    ("step_timing", step_timing)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
     print("wrote BENCHMARKS.md")
