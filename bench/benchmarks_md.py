@@ -115,7 +115,7 @@ def photos_intervals():
     training time falls inside."""
     import online_bench
     import report
-    from finetime import intervals
+    from finetime.online.refiner import load_calibration
 
     path = RES / "photos.jsonl"
     if not path.exists():
@@ -123,7 +123,7 @@ def photos_intervals():
     cells = report.load([path])
     for c in cells:
         c["_suite"], c["_prior"] = "photos", "adaptive"
-    shipped = intervals._table()
+    shipped = load_calibration().open_loop
     hit, tot = {}, {}
     for r in online_bench.open_loop_rows(cells):
         m = shipped["margins"].get(r["bin"])
@@ -345,43 +345,34 @@ def scale(r):
     return "\n".join(lines) + "\n"
 
 
-@_results("bn_batch.json", "bench/bn_batch_bench.py")
-def bn_batch(tasks):
+def _bn_batch_table(tasks):
+    """The batch-function kernel's table; with the columns of the one-batch variant where it was run (``--subset``)."""
+    m = next((c["subset"]["samples"] for t in tasks for c in t["cells"] if c.get("subset")), None)
+    extra = f" one batch of {m}, carried to all (kernel s) | error |" if m else ""
     lines = ["| task | batch-function kernel s | trace / running-stats kernel's | optimizer | real TT eps 0.1 / 0.4 | "
-             "batch-function kernel | error | default (running-stats kernel) | error |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "batch-function kernel | error | default (running-stats kernel) | error |" + extra,
+             "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if m else "")]
     for t in tasks:
         for i, c in enumerate(t["cells"]):
             head = (f"{t['image_size']} px, seed {t['seed']}, N = {t['n']} | {t['kernel_seconds']} | "
                     f"{t['trace_ratio']}" if i == 0 else " | | ")
-            opt = f"{'GD' if not c['batch_size'] else 'SGD b' + str(c['batch_size'])} lr {c['lr']:g}"
-            bf = "diverges" if c["batch_function_diverged"] else _eps_pair(c["batch_function"])
-            lines.append(f"| {head} | {opt} | {_eps_pair(c['real'])} | {bf} | "
-                         f"{_eps_errors(c['error_batch_function'])} | {_eps_pair(c['default'])} | "
-                         f"{_eps_errors(c['error_default'])} |")
-    return "\n".join(lines) + "\n"
-
-
-@_results("bn_batch_photos.json", "bench/bn_batch_bench.py --results photos --subset 16")
-def bn_batch_photos(tasks):
-    m = next((c["subset"]["samples"] for t in tasks for c in t["cells"] if c.get("subset")), None)
-    lines = [f"| task | kernel seconds: running stats / batch function / one batch of {m} | optimizer | real TT eps "
-             f"0.1 / 0.4 | default (running stats) | error | batch function (all samples) | error | one batch of {m}, "
-             "carried to all | error |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for t in tasks:
-        for i, c in enumerate(t["cells"]):
-            sub = c.get("subset")
-            head = (f"{t['image_size']} px, seed {t['seed']}, N = {t['n']} | {t['running_kernel_seconds']} / "
-                    f"{t['kernel_seconds']} / {sub['kernel_seconds'] if sub else '-'}" if i == 0 else " | ")
             opt = (f"{'GD' if not c['batch_size'] else 'SGD b' + str(c['batch_size'])} lr {c['lr']:g}"
                    + (f" m {c['momentum']:g}" if c.get("momentum") else ""))
             bf = "diverges" if c["batch_function_diverged"] else _eps_pair(c["batch_function"])
-            sb = ("-", "-") if sub is None else ("diverges" if sub["diverged"] else _eps_pair(sub["tt"]),
-                                                 _eps_errors(sub["error"]))
-            lines.append(f"| {head} | {opt} | {_eps_pair(c['real'])} | {_eps_pair(c['default'])} | "
-                         f"{_eps_errors(c['error_default'])} | {bf} | {_eps_errors(c['error_batch_function'])} | "
-                         f"{sb[0]} | {sb[1]} |")
+            row = (f"| {head} | {opt} | {_eps_pair(c['real'])} | {bf} | "
+                   f"{_eps_errors(c['error_batch_function'])} | {_eps_pair(c['default'])} | "
+                   f"{_eps_errors(c['error_default'])} |")
+            sub = c.get("subset")
+            if sub:
+                tt = "diverges" if sub["diverged"] else _eps_pair(sub["tt"])
+                row += f" {tt} ({sub['kernel_seconds']}) | {_eps_errors(sub['error'])} |"
+            lines.append(row)
     return "\n".join(lines) + "\n"
+
+
+bn_batch = _results("bn_batch.json", "bench/bn_batch_bench.py")(_bn_batch_table)
+bn_batch_photos = _results("bn_batch_photos.json",
+                           "bench/bn_batch_bench.py --results photos --subset 16")(_bn_batch_table)
 
 
 @_results("step_timing.json", "bench/step_timing_bench.py")

@@ -29,6 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 EPS = ("eps=0.1", "eps=0.4")
 
 
+def _errors(tt: dict, real: dict, diverged: bool) -> dict:
+    """Relative errors of predicted training times ``{eps key: step}`` against a stored real run, at each eps."""
+    from finetime.training_time import relative_error
+
+    return {k: round(relative_error(tt[k], real["training_time"][k]["step"], predicted_diverged=diverged,
+                                    actual_diverged=real["diverged"]), 3) for k in EPS}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default="paper", help="suite results to read: bench/results/<NAME>.jsonl")
@@ -42,11 +50,11 @@ def main(argv=None) -> int:
     from finetime.predict import kernel_for, prepare, training_times
     from finetime.predictors import default_generator
     from finetime.runtime import tune_allocator
-    from finetime.training_time import relative_error
 
     torch.set_num_threads(2)
     tune_allocator()
-    rows = [json.loads(line) for line in (ROOT / f"bench/results/{args.results}.jsonl").read_text().splitlines() if line.strip()]
+    path = ROOT / "bench" / "results" / f"{args.results}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     cells = [r for r in rows if r["config"]["bn"] == "batch"]
     tasks: dict = {}
     for r in cells:
@@ -76,35 +84,29 @@ def main(argv=None) -> int:
                "top_eigenvalue": {"batch_function": eig(theta), "running_statistics": eig(running.theta)},
                "cells": []}
         for r in group:
+            real = r["real"]
             cfg = RunConfig.from_dict(r["config"])
             traj = simulate(Problem(theta, f0.double(), task.data.y, cfg.loss), cfg.optimizer, cfg.steps,
                             runs=cfg.runs, generator=default_generator(cfg))
             tt = training_times(traj.loss, cfg)
-            real, adaptive = r["real"], r["predictors"]["adaptive"]
+            adaptive = r["predictors"]["adaptive"]
             div = traj.diverged_fraction > 0.5
-            row = {"batch_size": cfg.optimizer.batch_size or 0, "lr": cfg.optimizer.lr, "momentum": cfg.optimizer.momentum,
+            row = {"batch_size": cfg.optimizer.batch_size or 0, "lr": cfg.optimizer.lr,
+                   "momentum": cfg.optimizer.momentum,
                    "real": {k: real["training_time"][k]["step"] for k in EPS},
                    "real_train_seconds": real["train_seconds"],
                    "batch_function": {k: tt[k]["step"] for k in EPS}, "batch_function_diverged": div,
                    "default": {k: adaptive["training_time"][k]["step"] for k in EPS},
-                   "error_batch_function": {k: round(relative_error(tt[k]["step"], real["training_time"][k]["step"],
-                                                                    predicted_diverged=div,
-                                                                    actual_diverged=real["diverged"]), 3)
-                                            for k in EPS},
-                   "error_default": {k: round(relative_error(adaptive["training_time"][k]["step"],
-                                                             real["training_time"][k]["step"],
-                                                             predicted_diverged=adaptive["diverged_fraction"] > 0.5,
-                                                             actual_diverged=real["diverged"]), 3) for k in EPS}}
+                   "error_batch_function": _errors({k: tt[k]["step"] for k in EPS}, real, div),
+                   "error_default": _errors({k: adaptive["training_time"][k]["step"] for k in EPS}, real,
+                                            adaptive["diverged_fraction"] > 0.5)}
             if sub is not None:
                 st = simulate(Problem(sub["theta"], sub["f0"], task.data.y, cfg.loss), cfg.optimizer, cfg.steps,
                               runs=cfg.runs, generator=default_generator(cfg))
                 stt, sdiv = training_times(st.loss, cfg), st.diverged_fraction > 0.5
                 row["subset"] = {"samples": sub["samples"], "kernel_seconds": sub["seconds"],
                                  "tt": {k: stt[k]["step"] for k in EPS}, "diverged": sdiv,
-                                 "error": {k: round(relative_error(stt[k]["step"], real["training_time"][k]["step"],
-                                                                   predicted_diverged=sdiv,
-                                                                   actual_diverged=real["diverged"]), 3)
-                                           for k in EPS}}
+                                 "error": _errors({k: stt[k]["step"] for k in EPS}, real, sdiv)}
             rec["cells"].append(row)
             print(px, seed, row, flush=True)
         out.append(rec)
