@@ -3,7 +3,7 @@
     .venv/bin/python bench/online_bench.py [--calibrate] [--out bench/results/online.json]
 
 For every cell of the stored suites (bench/results/paper.jsonl with the `adaptive` prediction, adamw.jsonl with
-`linear`, text.jsonl with `adaptive`: the default predictor of each) and every observed fraction f in 0, 5, 10, 20,
+`linear`, text.jsonl and photos.jsonl with `adaptive`: the default predictor of each) and every observed fraction f in 0, 5, 10, 20,
 40% of the run, the real whole-training-set losses of steps 0..fT are given to
 
 * `refiner`: `finetime.online.refine_curve` (time-warp posterior of the prediction; kernel-free fallback),
@@ -42,7 +42,7 @@ from finetime.online.refiner import LEVEL  # noqa: E402
 from finetime.training_time import Threshold, relative_error  # noqa: E402
 from report import MIN_REAL_TT, load, quantile  # noqa: E402
 
-SUITES = (("paper", "adaptive"), ("adamw", "linear"), ("text", "adaptive"))
+SUITES = (("paper", "adaptive"), ("adamw", "linear"), ("text", "adaptive"), ("photos", "adaptive"))
 FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.4)
 EPS = (0.01, 0.1, 0.4)
 METHODS = ("refiner", "open-loop", "exponential", "power-law")
@@ -301,7 +301,7 @@ def main(argv=None):
             raw[r["fraction"]].append(s == 0.0)
     slices = {"whole suite": lambda r: True, "practitioner slice": lambda r: r["practitioner"],
               "paper suite": lambda r: r["suite"] == "paper", "AdamW (images)": lambda r: r["suite"] == "adamw",
-              "text": lambda r: r["suite"] == "text"}
+              "text": lambda r: r["suite"] == "text", "photographs": lambda r: r["suite"] == "photos"}
     result = {
         "cells": len({r["cell"] for r in rows}),
         "pairs_per_method_and_fraction": sum(1 for r in rows if r["method"] == "refiner" and r["fraction"] == 0),
@@ -328,7 +328,7 @@ def main(argv=None):
             "open_loop": {"gap_bins": list(GAP_BINS), "margins": {b: (None if math.isinf(m) else round(m, 4))
                                                                   for b, m in ol_margins.items()}},
             "source": "bench/online_bench.py --calibrate: split-conformal margins over "
-                      f"{result['cells']} suite cells (paper, adamw, text)"}, indent=1) + "\n")
+                      f"{result['cells']} suite cells ({', '.join(stem for stem, _ in SUITES)})"}, indent=1) + "\n")
         print(f"wrote {CALIBRATION}")
 
 
