@@ -46,16 +46,58 @@ def test_gradient_moments_match_brute_force():
     model, x, y = _setup()
     with torch.no_grad():
         r = residual(model(x), y, Loss.CE)
-    mom = gradient_moments(model, x, r, chunk_size=3)
+    mom = gradient_moments(model, x, r, chunk_size=3, full_squares=True)
+    fast = gradient_moments(model, x, r, chunk_size=3)  # row and column sums from position Gram matrices
     g = _per_sample_grads(model, x, r)
     start = 0
     for name, p in model.named_parameters():
         block = g[:, start : start + p.numel()]
         start += p.numel()
         torch.testing.assert_close(mom.mean[name], block.mean(0), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(fast.mean[name], block.mean(0), rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(mom.sq[name], (block**2).mean(0), rtol=1e-10, atol=1e-12)
+        if mom.layout[name] is not None:
+            sq = (block**2).mean(0).view(-1, mom.layout[name][2])
+            for m in (mom, fast):
+                torch.testing.assert_close(m.sq_rows[name], sq.sum(1), rtol=1e-10, atol=1e-12)
+                torch.testing.assert_close(m.sq_cols[name], sq.sum(0), rtol=1e-10, atol=1e-12)
+    assert "emb.weight" not in fast.sq and "fc1.weight" not in fast.sq  # the squares were never formed
     assert mom.layout["fc1.weight"] == (1, 5, 6) and mom.layout["emb.weight"] == (1, 13, 6)
     assert mom.layout["fc1.bias"] is None and mom.layout["ln.weight"] is None
+
+
+def test_square_sums_from_position_grams_match_the_squares():
+    """Grouped factors over several positions, and one-hot rows with repeated tokens and padding (-1)."""
+    from finetime.kernel._factors import Factors, IndexFactor
+    from finetime.kernel._scales import gradient_sums
+
+    g = torch.Generator().manual_seed(0)
+    n, c, p = 4, 3, 2
+    r = torch.randn(n, c, generator=g, dtype=torch.float64)
+    dense = Factors(torch.randn(n, c, 2, p, 12, generator=g, dtype=torch.float64),
+                    torch.randn(n, 1, 2, p, 13, generator=g, dtype=torch.float64))
+    index = torch.tensor([[0, 3, 3, -1], [2, 2, 2, 2], [1, -1, 4, 1], [4, 0, 3, 2]])
+    one_hot = Factors(IndexFactor(index, 5), torch.randn(n, c, 1, 4, 3, generator=g, dtype=torch.float64))
+    for t in (dense, one_hot):
+        fast, full = gradient_sums(t, r), gradient_sums(t, r, full=True)
+        assert fast.sq is None and full.sq is not None
+        for a, b in ((fast.total, full.total), (fast.rows, full.rows), (fast.cols, full.cols)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_scales_from_row_and_column_sums_equal_the_full_ones():
+    from finetime.predict import scales_from_moments
+
+    model, x, y = _setup(4)
+    with torch.no_grad():
+        r = residual(model(x), y, Loss.CE)
+    opt = AdamW(lr=1e-3, batch_size=3)
+    full = scales_from_moments(opt, gradient_moments(model, x, r, full_squares=True))
+    fast = scales_from_moments(opt, gradient_moments(model, x, r))
+    for name, s in full.items():
+        for part in ("left", "right", "dense"):
+            if getattr(s, part) is not None:
+                torch.testing.assert_close(getattr(fast[name], part), getattr(s, part), rtol=1e-9, atol=1e-12)
 
 
 def _diag_p(scales, model):
@@ -73,7 +115,7 @@ def test_preconditioned_kernel_matches_brute_force(method, kw):
     model, x, y = _setup(1)
     with torch.no_grad():
         r = residual(model(x), y, Loss.CE)
-    mom = gradient_moments(model, x, r)
+    mom = gradient_moments(model, x, r, full_squares=True)
     opt = AdamW(lr=1e-3, batch_size=3)
     scales = {k: inverse_root_scale(opt.second_moments(mom.mean[k], mom.sq[k], mom.n), mom.layout[k], 1e-8)
               for k in mom.mean}
@@ -89,7 +131,7 @@ def test_preconditioned_projection_is_unbiased():
     model, x, y = _setup(2)
     with torch.no_grad():
         r = residual(model(x), y, Loss.CE)
-    mom = gradient_moments(model, x, r)
+    mom = gradient_moments(model, x, r, full_squares=True)
     scales = {k: inverse_root_scale(mom.sq[k], mom.layout[k], 1e-8) for k in mom.mean}
     j = jacobian(model, x)
     ref = (j * _diag_p(scales, model)) @ j.T
@@ -118,7 +160,7 @@ def test_first_update_matches_torch(opt_cls, wd):
     opt = opt_cls(lr=0.05, weight_decay=wd, adam_eps=1e-12, betas=(0.8, 0.99))
     with torch.no_grad():
         f0 = model(x)
-    mom = gradient_moments(model, x, residual(f0, y, Loss.CE))
+    mom = gradient_moments(model, x, residual(f0, y, Loss.CE), full_squares=True)
     scales = {k: inverse_root_scale(opt.second_moments(mom.mean[k], mom.sq[k], mom.n), mom.layout[k], opt.adam_eps)
               for k in mom.mean}
     k = compute_kernel(model, x, scales=scales, with_jw0=bool(wd))
@@ -138,7 +180,10 @@ def test_adam_settings_and_linear_schedule():
                                "schedule": "linear", "warmup_steps": 4, "steps": 12, "betas": [0.9, 0.98]})
     assert isinstance(cfg.optimizer, AdamW) and cfg.optimizer.betas == (0.9, 0.98)
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
-    assert not cfg.relinearizes  # Adam runs on one preconditioned kernel
+    assert not cfg.relinearizes  # Adam keeps the one preconditioned kernel unless asked
+    assert cfg.replace(relinearize_adam=True).relinearizes  # its decoupled decay is tracked
+    sgd_l2 = RunConfig.from_dict({"optimizer": "sgd", "lr": 1e-3, "weight_decay": 0.01, "steps": 12})
+    assert not sgd_l2.relinearizes  # SGD's L2 decay is not in the range of J^T: one kernel
     torch.testing.assert_close(lr_factors(Linear(warmup_steps=4), 12)[3:].tolist(),
                                [1.0] + [1 - t / 8 for t in range(8)])
     with pytest.raises(ConfigError, match="momentum"):

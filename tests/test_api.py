@@ -112,6 +112,8 @@ def test_adamw_predicts_on_the_preconditioned_kernel_and_sweeps_per_batch_size()
     assert pred.kernel.meta["preconditioner"].startswith("adamw second moments at w0, batch 4")
     d = pred.to_dict()["predicted"]
     assert d["preconditioned"] and d["predictor"] == "linear" and d["loss"][-1] < d["loss"][0]
+    relin = predict(base.replace(batch_size=4, relinearize_adam=True, linearity_tol=0.0)).to_dict()["predicted"]
+    assert relin["relinearization"]["kernels"] == 3 and relin["loss"][-1] < relin["loss"][0]
     out = sweep(base, {"lr": [1e-3, 1e-2], "batch_size": [0, 4]})
     assert len(out["rows"]) == 4 and not any("error" in r for r in out["rows"])
     for r in out["rows"]:

@@ -31,7 +31,7 @@ def _kernels(model, x, r):
                            exact_flops=flops)
         out[f"{method}{flops}"] = (k.theta, k.theta_test, k.f0, k.f0_test, k.meta["plan"]["strategies"], k.meta["ranks"])
     mom = gradient_moments(model, x, r)
-    out["moments"] = (mom.mean, mom.sq)
+    out["moments"] = (mom.mean, mom.sq, mom.sq_rows, mom.sq_cols)
     return out
 
 

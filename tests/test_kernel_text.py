@@ -50,7 +50,8 @@ def test_tiny_bert_preconditioned_kernel_matches_brute_force():
     y = torch.tensor([0, 1, 2, 1, 0])
     with torch.no_grad():
         r = residual(model.eval()(x), y, Loss.CE)
-    mom = gradient_moments(model, x, r, chunk_size=3)
+    mom = gradient_moments(model, x, r, chunk_size=3, full_squares=True)
+    fast = gradient_moments(model, x, r, chunk_size=3)  # row and column sums from position Gram matrices
     scales = {k: inverse_root_scale(mom.sq[k], mom.layout[k], 1e-8) for k in mom.mean}
     j = jacobian_loop(model, x)
     g = (j.view(5, 3, -1) * r.unsqueeze(-1)).sum(1)
@@ -59,6 +60,10 @@ def test_tiny_bert_preconditioned_kernel_matches_brute_force():
         block = g[:, start : start + param.numel()]
         start += param.numel()
         torch.testing.assert_close(mom.sq[name], (block**2).mean(0), rtol=1e-9, atol=1e-14)
+        if mom.layout[name] is not None:  # attention's linear maps and the embeddings: never formed in full
+            sq = (block**2).mean(0).view(-1, mom.layout[name][2])
+            torch.testing.assert_close(fast.sq_rows[name], sq.sum(1), rtol=1e-9, atol=1e-14)
+            torch.testing.assert_close(fast.sq_cols[name], sq.sum(0), rtol=1e-9, atol=1e-14)
         s = scales[name]
         root = s.dense if s.dense is not None else (s.left.reshape(-1, 1) * s.right.reshape(1, -1)).reshape(-1)
         p.append(root**2)

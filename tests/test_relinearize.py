@@ -209,3 +209,119 @@ def test_subset_refresh_matches_the_full_refresh_on_the_subset_and_refuses_reanc
     assert (a.loss - b.loss).abs().max() < 0.1 * a.loss[0, 0]
     with pytest.raises(ConfigError, match="re-anchor"):
         relinearized(p, sgd, 12, net, checkpoints=[4], reanchor="all", refresh_samples=idx)
+
+
+def _adam_setup(seed=0, n=6, linear=False, opt=None):
+    """A network, its Adam preconditioner at w0 (``sqrt(P)`` scales and ``P`` in parameter shape) and ``Theta_P``."""
+    from finetime.kernel import gradient_moments, parameter_preconditioner
+    from finetime.losses import residual
+    from finetime.predict import scales_from_moments
+
+    m, x, y, _ = _setup(seed, n, linear)
+    with torch.no_grad():
+        f0 = m(x)
+    scales = scales_from_moments(opt, gradient_moments(m, x, residual(f0, y, Loss.CE)))
+    prec = {k: parameter_preconditioner(scales[k], p.shape) for k, p in m.named_parameters()}
+    kernel = lambda mm: compute_kernel(mm, x, method="exact", scales=scales, with_jw0=True)  # noqa: E731
+    k = kernel(m)
+    net = Network(m, x, [k_ for k_, _ in m.named_parameters()], kernel=kernel, precondition=prec)
+    return m, x, y, Problem(k.theta, f0, y, Loss.CE, jw0=k.jw0), net
+
+
+def test_parameter_preconditioner_is_the_kernels_p():
+    """``J diag(P) J^T`` with ``P`` mapped to parameter shape (convolutions, grouped convolutions, linear maps, norms)
+    is the engine's preconditioned kernel."""
+    from finetime.optim import AdamW
+
+    m, x, y, p, net = _adam_setup(opt=AdamW(lr=1e-3, batch_size=3))
+    j = jacobian(m, x)
+    diag = torch.cat([net.precondition[k].reshape(-1) for k, _ in m.named_parameters()])
+    torch.testing.assert_close(p.theta, (j * diag) @ j.T, rtol=1e-9, atol=1e-12)
+
+
+def test_adam_tracked_coefficients_give_the_linear_models_weights():
+    """AdamW with decoupled decay: ``w_t = shrink w0 + P J^T a_t``, so the simulated outputs are
+    ``f0 + (shrink - 1) J w0 + Theta_P a``."""
+    from finetime.optim import AdamW
+
+    opt = AdamW(lr=0.05, weight_decay=0.3, batch_size=4, betas=(0.8, 0.95))
+    m, x, y, p, _ = _adam_setup(opt=opt)
+    plan = batch_plan(p.n, opt, 7, 2, torch.Generator().manual_seed(2))
+    _, st = solve(ExactStepper(p, opt, 7, plan, track=True), 7, runs=2)
+    shrink = st.slots["shrink"]
+    assert 0 < shrink < 1
+    want = p.f0.reshape(-1) + (shrink - 1) * p.jw0.reshape(-1) + st.a @ p.theta
+    torch.testing.assert_close(st.f, want)
+
+
+def test_adam_checkpoint_at_every_step_is_the_weight_space_rule():
+    """With a checkpoint at every step (curve re-anchored on the network) and ``b1 = 0``, re-linearized AdamW is the
+    weight-space rule it approximates Adam by: ``w <- (1 - lr wd) w - lr rho_t P g_t(w)``, ``rho_t`` from the
+    ``b2`` average of ``g^T P g``, on the real network."""
+    from finetime.losses import per_sample_loss
+    from finetime.optim import AdamW
+
+    opt = AdamW(lr=0.04, weight_decay=0.5, batch_size=3, betas=(0.0, 0.8))
+    m, x, y, p, net = _adam_setup(seed=3, opt=opt)
+    steps = 7
+    plan = batch_plan(p.n, opt, steps, 1, torch.Generator().manual_seed(4))
+    traj, info = relinearized(p, opt, steps, net, checkpoints=list(range(1, steps)), reanchor="all", plan=plan)
+    assert info.kernels == steps - 1
+    ref = copy.deepcopy(m)
+    params = list(ref.parameters())
+    prec = [net.precondition[k] for k, _ in ref.named_parameters()]
+    q_avg, q_ref, losses = 0.0, None, []
+    for t in range(steps):
+        with torch.no_grad():
+            losses.append(float(per_sample_loss(ref(x), y, Loss.CE).mean()))
+        idx = plan.indices[0, t]
+        w = plan.weights[0, t].to(x.dtype)
+        grads = torch.autograd.grad((per_sample_loss(ref(x[idx]), y[idx], Loss.CE) * w).sum(), params)
+        q = sum(float((g * pp * g).sum()) for g, pp in zip(grads, prec))
+        q_ref = q if q_ref is None else q_ref
+        q_avg = 0.8 * q_avg + 0.2 * q
+        rho = (q_ref / (q_avg / (1 - 0.8 ** (t + 1)))) ** 0.5
+        with torch.no_grad():
+            for w_, g, pp in zip(params, grads, prec):
+                w_.mul_(1 - 0.04 * 0.5).sub_(0.04 * rho * pp * g)
+    torch.testing.assert_close(traj.loss[0, :steps], torch.tensor(losses, dtype=traj.loss.dtype), rtol=1e-7,
+                               atol=1e-10)
+
+
+def test_adam_relinearizing_a_linear_model_changes_nothing():
+    """A linear model is its own linearization: refreshed kernels equal the first, the curve is the one-kernel one."""
+    from finetime.dynamics import simulate
+    from finetime.optim import AdamW
+
+    opt = AdamW(lr=0.1, weight_decay=0.2, batch_size=4)
+    m, x, y, p, net = _adam_setup(seed=1, n=10, linear=True, opt=opt)
+    b = simulate(p, opt, 15, runs=2, generator=torch.Generator().manual_seed(3))
+    a, info = relinearized(p, opt, 15, net, checkpoints=[2, 6], runs=2, generator=torch.Generator().manual_seed(3),
+                           reanchor="none")
+    assert info.kernels == 2 and max(info.loss_gaps) < 1e-10
+    torch.testing.assert_close(a.loss, b.loss)
+
+
+def test_parameter_preconditioner_of_a_convolution_with_dead_taps():
+    """A 5x5 convolution on 2x2 inputs: only 3x3 of its taps ever touch the input; the layout leaves the others out
+    and ``P`` in parameter shape must still line up weight by weight (dead taps get ``P = 0``: zero gradient)."""
+    from finetime.kernel import gradient_moments, parameter_preconditioner
+    from finetime.losses import residual
+    from finetime.optim import AdamW
+    from finetime.predict import scales_from_moments
+
+    torch.manual_seed(5)
+    m = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 5, padding=2), torch.nn.Tanh(), torch.nn.Flatten(),
+                            torch.nn.Linear(12, 3)).double().eval()
+    x = torch.randn(6, 2, 2, 2, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,))
+    with torch.no_grad():
+        r = residual(m(x), y, Loss.CE)
+    scales = scales_from_moments(AdamW(lr=1e-3, batch_size=2), gradient_moments(m, x, r))
+    assert scales["0.weight"].taps is not None and scales["0.weight"].taps.numel() == 9
+    prec = {k: parameter_preconditioner(scales[k], p.shape) for k, p in m.named_parameters()}
+    assert prec["0.weight"][:, :, 0, 0].abs().max() == 0 and prec["0.weight"][:, :, 2, 2].min() > 0
+    j = jacobian(m, x)
+    diag = torch.cat([prec[k].reshape(-1) for k, _ in m.named_parameters()])
+    k = compute_kernel(m, x, method="exact", scales=scales)
+    torch.testing.assert_close(k.theta, (j * diag) @ j.T, rtol=1e-9, atol=1e-12)

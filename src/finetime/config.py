@@ -109,6 +109,10 @@ class PredictorConfig:
     refresh_samples: int | str = "auto"
     """Training samples each refresh computes the new kernel on (``finetime.subset.refresh_sample_count``; the rest
     follow by ``kernel.update.nystrom_update``): ``all``, ``auto`` or a number."""
+    relinearize_adam: bool = False
+    """Re-linearize Adam and AdamW too (``--relinearize-adam``); by default they keep the one preconditioned kernel
+    at ``w0``: moved along the linear model's path, EfficientNet-Lite0 leaves the linear regime far faster than
+    real AdamW does (BENCHMARKS.md, section 6)."""
 
     def __post_init__(self):
         object.__setattr__(self, "refresh_samples", sample_setting(self.refresh_samples, "--refresh-samples"))
@@ -145,7 +149,8 @@ _TASK = [f.name for f in dataclasses.fields(TaskConfig)]
 _SCHEDULE_KEYS = ("schedule", "warmup_steps", "step_size", "gamma")
 _KERNEL = {"kernel_method": "method", "projection_dim": "projection_dim", "max_memory_gb": "max_memory_gb"}
 _PREDICTOR = {"predictor": "kind", "relinearize": "relinearize", "reanchor": "reanchor",
-              "linearity_tol": "linearity_tol", "refresh_samples": "refresh_samples"}
+              "linearity_tol": "linearity_tol", "refresh_samples": "refresh_samples",
+              "relinearize_adam": "relinearize_adam"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,12 +213,12 @@ class RunConfig:
 
     @property
     def relinearizes(self) -> bool:
-        """Whether the prediction re-linearizes: the ``relinearized`` predictor with ``relinearize > 0``, no weight
-        decay (predicted with the one kernel at ``w0``) and an optimizer simulated on ``J J^T`` (not Adam's
-        preconditioned kernel)."""
+        """Whether the prediction re-linearizes: the ``relinearized`` predictor with ``relinearize > 0`` and an
+        optimizer whose weights the simulator can track (not SGD with L2 weight decay, predicted with the one kernel
+        at ``w0``); Adam and AdamW only with ``relinearize_adam``."""
         p, o = self.predictor, self.optimizer
-        return (p.kind is Predictor.RELINEARIZED and p.relinearize > 0 and not o.weight_decay
-                and not o.preconditioned)
+        return (p.kind is Predictor.RELINEARIZED and p.relinearize > 0 and o.relinearizable
+                and (p.relinearize_adam or not o.preconditioned))
 
     @property
     def predictor_name(self) -> str:

@@ -17,7 +17,8 @@ from .config import RunConfig
 from .device import resolve_device
 from .dynamics import Problem, Trajectory, mse_curve, spectral_projections
 from .errors import ConfigError
-from .kernel import Kernel, compute_kernel, fingerprint_data, fingerprint_model, gradient_moments, inverse_root_scale
+from .kernel import (Kernel, compute_kernel, factored_inverse_root_scale, fingerprint_data, fingerprint_model,
+                     gradient_moments, inverse_root_scale, parameter_preconditioner)
 from .intervals import gap_bin, model_interval, open_loop_margin
 from .kernel.distributed import broadcast_value, is_main
 from .losses import residual
@@ -30,8 +31,8 @@ from .training_time import Threshold, TimeEstimate, steps_to_threshold, summariz
 from .wallclock import seconds_per_step
 from .zoo import Dataset, build_model, freeze_backbone, load_raw, sample_task
 
-__all__ = ["Task", "Prediction", "prepare", "kernel_for", "preconditioner_name", "preconditioner_scales", "network_of",
-           "problem_from", "thresholds", "training_times", "curve_summary", "alive_mean", "predict", "tolist"]
+__all__ = ["Task", "Prediction", "prepare", "kernel_for", "preconditioner_name", "preconditioner_scales",
+           "scales_from_moments", "network_of", "problem_from", "thresholds", "training_times", "curve_summary", "alive_mean", "predict", "tolist"]
 
 
 @dataclasses.dataclass
@@ -45,6 +46,9 @@ class Task:
     full_data: Dataset | None = None
     """The whole training set when the kernel sees a subset of it (``--kernel-samples``, ``finetime.subset``); ``None``
     when ``data`` is the whole set."""
+    scales: dict | None = dataclasses.field(default=None, repr=False)
+    """A preconditioned optimizer's ``sqrt(P)`` at the pretrained weights, kept by ``kernel_for`` once computed (the
+    refreshes of re-linearization reuse it)."""
 
     @property
     def train_data(self) -> Dataset:
@@ -81,7 +85,8 @@ def prepare(config: RunConfig) -> Task:
 
 
 def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=None, kernel_out=None,
-               progress: Callable[[int, int], None] | None = None, samples: torch.Tensor | None = None) -> Kernel:
+               progress: Callable[[int, int], None] | None = None, samples: torch.Tensor | None = None,
+               scales: dict | None = None) -> Kernel:
     """The kernel of ``model`` (default: the task's pretrained model) on the task's data, computed with the task's
     kernel settings, or loaded from ``kernel_in`` if that file was computed for this very model, data and method.
 
@@ -90,21 +95,25 @@ def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=No
     training set's statistics has a far larger kernel that predicts divergence where none happens (BENCHMARKS.md).
 
     ``samples``: the kernel on those training samples only (no test set, ``f0`` the outputs in eval mode there), for a
-    refresh on a subset; it cannot be loaded or saved, and is not for preconditioned optimizers.
+    refresh on a subset; it cannot be loaded or saved. ``scales``: a preconditioned optimizer's ``sqrt(P)`` to use
+    instead of measuring it at ``model`` (re-linearization keeps the one of ``w0``); required with ``samples``.
     """
     cfg = task.config
     model = model if model is not None else task.model
     d = task.data
     kc = cfg.kernel
     if samples is not None:
-        if kernel_in is not None or kernel_out is not None or cfg.optimizer.preconditioned:
-            raise ValueError("a kernel on a subset of samples is neither loaded, saved nor preconditioned")
+        if kernel_in is not None or kernel_out is not None:
+            raise ValueError("a kernel on a subset of samples is neither loaded nor saved")
+        if cfg.optimizer.preconditioned and scales is None:
+            raise ValueError("a preconditioned kernel on a subset of samples needs the scales")
         return compute_kernel(model, d.x[samples], method=kc.method, projection_dim=kc.projection_dim,
-                              seed=cfg.task.seed, params=task.trained, max_memory=kc.max_memory_bytes)
+                              seed=cfg.task.seed, params=task.trained, max_memory=kc.max_memory_bytes,
+                              scales=scales if cfg.optimizer.preconditioned else None)
     opt = cfg.optimizer
     need_jw0 = opt.weight_decay > 0
     precond = preconditioner_name(opt)
-    start = scales = None  # outputs where the run starts, Adam's scales: computed only for a preconditioned kernel
+    start = None  # outputs where the run starts: computed here only for a preconditioned kernel
     if kernel_in is not None:
         k = Kernel.load(kernel_in, model_fingerprint=fingerprint_model(model),
                         data_fingerprint=fingerprint_data(d.x, d.x_test),
@@ -114,15 +123,19 @@ def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=No
             raise ConfigError(f"{kernel_in} was saved without J w0; recompute it for --weight-decay")
     else:
         t0 = time.perf_counter()
-        if opt.preconditioned:
+        if opt.preconditioned and scales is None:
             start = _start_outputs(task, model)
             scales = preconditioner_scales(task, model, outputs=start)
+            if model is task.model and task.scales is None:
+                task.scales = scales
+        elif not opt.preconditioned:
+            scales = None
         t_moments = time.perf_counter() - t0
         k = compute_kernel(model, d.x, x_test=d.x_test, method=kc.method, projection_dim=kc.projection_dim,
                            seed=cfg.task.seed, params=task.trained, max_memory=kc.max_memory_bytes,
                            with_jw0=need_jw0, progress=progress, scales=scales)
         k.meta["preconditioner"] = precond
-        if scales is not None:
+        if start is not None:  # the moments were measured here
             k.meta["seconds"] += t_moments
             k.meta["phase_seconds"]["moments"] = round(t_moments, 3)
     if cfg.task.bn is BatchNormMode.BATCH:
@@ -161,20 +174,47 @@ def preconditioner_scales(task: Task, model: torch.nn.Module | None = None, *,
     opt, d = task.config.optimizer, task.data
     f = outputs if outputs is not None else _start_outputs(task, model)
     r = residual(f.double(), d.y, task.config.loss).to(f.dtype)
-    mom = gradient_moments(model, d.x, r, params=task.trained)
-    return {name: inverse_root_scale(opt.second_moments(mom.mean[name], mom.sq[name], mom.n), mom.layout[name],
-                                     opt.adam_eps)
-            for name in mom.mean}
+    return scales_from_moments(opt, gradient_moments(model, d.x, r, params=task.trained))
+
+
+def scales_from_moments(opt, mom) -> dict:
+    """``sqrt(P)`` per parameter from the per-sample gradient moments (``kernel.GradientMoments``): the optimizer's
+    minibatch second moments ``v = (1 - noise) mean^2 + noise sq`` and their inverse root (row x column for factored
+    parameters, from the row and column sums alone where the squares were not formed)."""
+    noise = opt.minibatch_noise(mom.n)
+    out = {}
+    for name, mean in mom.mean.items():
+        lay = mom.layout[name]
+        if name in mom.sq:
+            out[name] = inverse_root_scale(opt.second_moments(mean, mom.sq[name], mom.n), lay, opt.adam_eps)
+            continue
+        # only the row and column sums of the squares: v = (1 - noise) mean^2 + noise sq, summed the same way
+        m2 = (mean.double() ** 2).view(lay[0] * lay[1], lay[2])
+        rows = (1 - noise) * m2.sum(1) + noise * mom.sq_rows[name].double()
+        cols = (1 - noise) * m2.sum(0) + noise * mom.sq_cols[name].double()
+        out[name] = factored_inverse_root_scale(rows.to(mean.dtype), cols.to(mean.dtype), lay, opt.adam_eps)
+    for name, taps in mom.taps.items():  # where the layout leaves out dead convolution taps
+        out[name] = dataclasses.replace(out[name], taps=taps)
+    return out
 
 
 def network_of(task: Task) -> Network:
     """The task's network as re-linearization sees it: moved along ``task.trained``, its kernel by ``kernel_for``,
-    evaluated with batch statistics for ``--bn batch`` runs."""
+    evaluated with batch statistics for ``--bn batch`` runs. A preconditioned optimizer keeps its ``P`` of ``w0``
+    (``task.scales``, measured here if the kernel was loaded from a file)."""
     x = task.data.x
     outputs = ((lambda m: batch_statistics_outputs(m, x)) if task.config.task.bn is BatchNormMode.BATCH
                else None)
-    return Network(task.model, x, task.trained, kernel=lambda m: kernel_for(task, model=m), outputs=outputs,
-                   subset_kernel=lambda m, idx: kernel_for(task, model=m, samples=idx))
+    scales = precondition = None
+    if task.config.optimizer.preconditioned:
+        if task.scales is None:
+            task.scales = preconditioner_scales(task)
+        scales = task.scales
+        shapes = dict(task.model.named_parameters())
+        precondition = {name: parameter_preconditioner(scales[name], shapes[name].shape) for name in task.trained}
+    return Network(task.model, x, task.trained, kernel=lambda m: kernel_for(task, model=m, scales=scales),
+                   outputs=outputs, subset_kernel=lambda m, idx: kernel_for(task, model=m, samples=idx, scales=scales),
+                   precondition=precondition)
 
 
 def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype | None = None) -> Problem:

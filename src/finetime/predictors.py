@@ -66,7 +66,8 @@ def _paper(problem, config, task, generator, plan) -> Trajectory:
 
 
 def _relinearized(problem, config, task, generator, plan) -> Trajectory:
-    if not config.relinearizes:  # weight decay, or no checkpoint asked for: the one kernel at w0
+    # SGD's weight decay or no checkpoint asked for: the one kernel at w0; Adam on a linear head: exact there
+    if not config.relinearizes or (config.optimizer.preconditioned and _head(task, config) is not None):
         return _linear(problem, config, task, generator, plan)
     from .predict import network_of
     from .relinearize import checkpoint_schedule, first_checkpoint, relinearized

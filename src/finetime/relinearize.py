@@ -8,7 +8,8 @@ the two it trades kernels for accuracy (issue: the kernel moves during fine-tuni
 
 For SGD ensembles the network follows the runs' mean coefficients, each run keeps its own deviation from the mean,
 and the function-space momentum is carried over as ``Theta_new alpha`` (exact for plain GD, an approximation with
-momentum). Weight decay is not supported here.
+momentum). Adam and AdamW move the network by ``w <- shrink w_s + P J^T a`` (``P`` the preconditioner at ``w0``,
+``shrink`` the decoupled weight decay since the checkpoint; ``optim.adam``). SGD's L2 weight decay is not supported.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ class Network:
     subset_kernel: Callable[[torch.nn.Module, torch.Tensor], Kernel] | None = None
     """``subset_kernel(model, samples)``: the kernel on the training samples ``samples`` only (no test set); needed
     for refreshes on a subset (``refresh_samples``)."""
+    precondition: dict[str, torch.Tensor] | None = None
+    """A preconditioned optimizer's diagonal ``P`` per trained parameter, in the parameter's shape (Adam: the one the
+    kernels were computed with)."""
 
     def evaluate(self, model: torch.nn.Module) -> torch.Tensor:
         if self.outputs is not None:
@@ -101,8 +105,10 @@ def checkpoint_schedule(steps: int, count: int, first: int | None = None) -> lis
 
 
 def apply_coefficients(model: torch.nn.Module, x: torch.Tensor, a: torch.Tensor, params: list[str],
-                       chunk: int = 64) -> None:
-    """``w <- w + J(w)^T a`` in place for the named parameters (``a``: ``(N, C)``; evaluated in eval mode)."""
+                       chunk: int = 64, *, precondition: dict[str, torch.Tensor] | None = None,
+                       shrink: float = 1.0) -> None:
+    """``w <- shrink w + P J(w)^T a`` in place for the named parameters (``a``: ``(N, C)``; evaluated in eval mode;
+    ``P``: ``precondition[name]``, the identity by default)."""
     named = dict(model.named_parameters())
     trained = [named[n] for n in params]
     grads = [torch.zeros_like(p) for p in trained]
@@ -115,7 +121,11 @@ def apply_coefficients(model: torch.nn.Module, x: torch.Tensor, a: torch.Tensor,
                 if g is not None:
                     acc += g
         with torch.no_grad():
-            for p, g in zip(trained, grads):
+            for name, p, g in zip(params, trained, grads):
+                if precondition is not None:
+                    g *= precondition[name].to(g.device, g.dtype)
+                if shrink != 1.0:
+                    p *= shrink
                 p += g
 
 
@@ -144,7 +154,8 @@ class _Refresh:
         mean = state.f[alive].mean(0)
         check = i == 0 and self.tol > 0
         t_net = time.perf_counter()
-        apply_coefficients(self.work, self.network.x, state.a[alive].mean(0).view(n, c), self.network.params)
+        apply_coefficients(self.work, self.network.x, state.a[alive].mean(0).view(n, c), self.network.params,
+                           precondition=self.network.precondition, shrink=state.slots.get("shrink", 1.0))
         if check:
             with torch.no_grad():
                 f_net = self.network.evaluate(self.work)
@@ -168,11 +179,21 @@ class _Refresh:
         if theta_test is not None:
             f_new = torch.cat([f_new, k.f0_test.to(dtype).reshape(-1)])
         anchor = self.reanchor is Reanchor.ALL or (self.reanchor is Reanchor.FIRST and i == 0)
-        stepper = stepper.with_problem(dataclasses.replace(
-            p, theta=k.theta.to(dtype), f0=k.f0.to(dtype), theta_test=theta_test,
-            f0_test=k.f0_test.to(dtype) if k.f0_test is not None else None))
         # each run keeps its deviation from the ensemble mean
         f = state.f - mean + f_new if anchor else state.f
+        f0_test = k.f0_test.to(dtype) if k.f0_test is not None else None
+        jw = {}
+        if p.jw0 is not None and k.jw0 is not None:  # weight decay: J_s w_t = J_s w_s + f_t - f_s, f_s the curve here
+            f_s = f_new if anchor else mean
+            jw["jw0"] = k.jw0.to(dtype) + k.f0.to(dtype) - f_s[: n * c].view(n, c)
+            if p.jw0_test is not None:
+                jw["jw0_test"] = k.jw0_test.to(dtype) + f0_test - f_s[n * c :].view(-1, c)
+        elif p.jw0 is not None:  # no J w at the new weights: J w_t as the old linearization has it
+            jw["jw0"] = p.jw0 + k.f0.to(dtype) - p.f0
+            if p.jw0_test is not None:
+                jw["jw0_test"] = p.jw0_test + f0_test - p.f0_test
+        stepper = stepper.with_problem(dataclasses.replace(
+            p, theta=k.theta.to(dtype), f0=k.f0.to(dtype), theta_test=theta_test, f0_test=f0_test, **jw))
         state = stepper.rule.rebase(FunctionState(f, state.slots, state.a), stepper.table)
         if anchor:
             self.rec(state.f, t)  # the checkpoint's curve value is the re-anchored (true network) one
@@ -217,8 +238,11 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     from ``generator``. ``refresh_samples``: training-sample indices on which each refresh computes the new kernel,
     carried to all samples by ``kernel.update.nystrom_update`` (``None``: every refresh is a whole kernel); needs
     ``network.subset_kernel`` and ``reanchor="none"``. ``network.model`` is not modified."""
-    if optimizer.weight_decay:
-        raise ConfigError("re-linearization does not support weight decay; use the linear predictor")
+    if not optimizer.relinearizable:
+        raise ConfigError(f"re-linearization does not support {optimizer.name}'s weight decay; use the linear "
+                          "predictor")
+    if optimizer.preconditioned and network.precondition is None:
+        raise ValueError(f"re-linearizing {optimizer.name} needs network.precondition (its P at w0)")
     try:
         reanchor = Reanchor(reanchor)
     except ValueError:

@@ -96,7 +96,9 @@ def _fmt_predictor(pr: dict) -> str:
     if pr["method"] == "head":
         return f"{name} (the trained linear head simulated in weight space: exact)"
     if pr.get("preconditioned"):
-        return f"{name} (Adam on the preconditioned kernel J P J^T at the pretrained weights; README 'Adam')"
+        where = ("at the pretrained weights" if rl is None or rl["linear_regime"]
+                 else f"at the pretrained weights, {rl['kernels']} refreshed along the predicted path")
+        return f"{name} (Adam on the preconditioned kernel J P J^T {where}; README 'Adam')"
     if rl is None:
         return {"linear": "linear (exact simulation, one kernel at the pretrained weights)",
                 "paper": f"paper ({pr['method'].upper()} with the effective learning rate, one kernel)"}.get(name, name)

@@ -2,7 +2,7 @@
 the projections, and the brute-force reference."""
 
 from ._kernel import Kernel, fingerprint_data, fingerprint_model
-from ._scales import GradientMoments, Scale, inverse_root_scale
+from ._scales import GradientMoments, Scale, factored_inverse_root_scale, inverse_root_scale, parameter_preconditioner
 from .engine import (DEFAULT_PROJECTION_DIM, available_memory, compute_kernel, gradient_moments,
                      jacobian_vector_product, jacobian_weight_product)
 from .projection import KernelMethod
@@ -16,6 +16,8 @@ __all__ = [
     "GradientMoments",
     "Scale",
     "inverse_root_scale",
+    "factored_inverse_root_scale",
+    "parameter_preconditioner",
     "jacobian_weight_product", "jacobian_vector_product",
     "brute_force_ntk",
     "jacobian",

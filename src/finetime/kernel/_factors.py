@@ -40,6 +40,9 @@ class IndexFactor:
 class Factors:
     left: torch.Tensor | IndexFactor
     right: torch.Tensor
+    live: torch.Tensor | None = None
+    """A convolution's kernel taps kept in ``d_R`` (``(Cin / G, taps)`` flattened with only these taps), when the
+    others only ever see zero padding; ``None``: every tap."""
 
     @property
     def groups(self) -> int:
@@ -64,7 +67,7 @@ class Factors:
             left = torch.cat([self.left.expand(-1, c, -1, -1, -1), other.left.expand(-1, c, -1, -1, -1)], 3)
         c = max(self.right.shape[1], other.right.shape[1])
         right = torch.cat([self.right.expand(-1, c, -1, -1, -1), other.right.expand(-1, c, -1, -1, -1)], 3)
-        return Factors(left, right)
+        return Factors(left, right, self.live)
 
     def materialize(self, num_classes: int) -> torch.Tensor:
         """Exact per-sample gradients ``(n, C, G * d_L * d_R)``, row-major over ``(G, d_L, d_R)`` (for convolutions,

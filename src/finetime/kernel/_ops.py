@@ -136,7 +136,7 @@ def _conv_contrib(rec: OpRecord, g: torch.Tensor, c: int) -> dict:
         if meta["live_taps"] is not None:
             patches = patches.index_select(3, meta["live_taps"])
         r = patches.reshape(n, groups, -1, p).transpose(2, 3).unsqueeze(1)  # (n, 1, G, P, Cin/G*k_live)
-        out[rec.params["weight"]] = Factors(gl, r)
+        out[rec.params["weight"]] = Factors(gl, r, meta["live_taps"])
     if "bias" in rec.params:
         out[rec.params["bias"]] = gl.sum(3).reshape(n, c, cout)
     return out

@@ -24,7 +24,7 @@ from ._factors import Factors
 from ._fallback import install_fallback_hooks, module_per_sample_grads
 from ._kernel import Kernel, fingerprint_data, fingerprint_model
 from ._plan import CHUNK_WORKING_SET, KernelPlan, plan_kernel
-from ._scales import GradientMoments, Scale, loss_gradient, scale_contribution
+from ._scales import GradientMoments, Scale, gradient_sums, scale_contribution
 from .distributed import Shard, all_reduce_sum, current_shard, sample_span
 from .projection import KernelMethod
 from .routes import ParamShape, Stores
@@ -283,6 +283,7 @@ def gradient_moments(
     *,
     params: list[str] | None = None,
     chunk_size: int | None = None,
+    full_squares: bool = False,
 ) -> GradientMoments:
     """Mean and mean square over the samples of the per-sample loss gradients ``g_i = J_i^T r_i``, weight by weight.
 
@@ -292,9 +293,12 @@ def gradient_moments(
         residuals: ``r_i = dl(f_i, y_i) / df_i`` at the current outputs, ``(N, C)`` (``losses.residual``).
         params: names of the trained parameters (default: those with ``requires_grad``).
         chunk_size: samples per forward pass (default: sized to a few hundred MB of working memory).
+        full_squares: the mean square of every weight; by default a factored parameter (linear map, convolution,
+            embedding) gets only the row and column sums of its squares where position Gram matrices give them
+            for less than forming the per-sample gradients (``_scales.gradient_sums``).
 
-    One forward and ``C`` backward passes per chunk, as for the kernel; each parameter's per-sample gradient is
-    formed one chunk at a time in its contribution layout (the layout ``compute_kernel``'s ``scales`` use).
+    One forward and ``C`` backward passes per chunk, as for the kernel; per-sample gradients are formed (one chunk
+    at a time, in the contribution layout ``compute_kernel``'s ``scales`` use) only where their squares are.
     """
     named = dict(model.named_parameters())
     names = _trained_names(named, params)
@@ -303,9 +307,9 @@ def gradient_moments(
     n = x.shape[0]
     if n == 0:
         raise KernelError("empty input: no samples to compute gradient moments on")
-    total: dict[str, torch.Tensor] = {}
-    squares: dict[str, torch.Tensor] = {}
+    sums: dict[str, list] = {}  # name -> [total, sq, rows, cols]
     layout: dict = {}
+    taps: dict = {}
     with eval_mode(model):
         shapes, owners, fallback, c, act_elems = _probe(model, x[: min(2, n)].to(device), tracked, names, named)
         if residuals.shape != (n, c):
@@ -320,17 +324,23 @@ def gradient_moments(
             _, contrib = _contributions(model, x[start:stop].to(device), tracked, owners, fallback, c)
             r = residuals[start:stop].to(device)
             for name, t in contrib.items():
-                g, layout[name] = loss_gradient(t, r)
-                g = g.double()
-                if name in total:
-                    total[name] += g.sum(0)
-                    squares[name] += (g * g).sum(0)
+                gs = gradient_sums(t, r, full=full_squares)
+                layout[name] = gs.layout
+                if gs.taps is not None:
+                    taps[name] = gs.taps
+                parts = [gs.total, gs.sq, gs.rows, gs.cols]
+                if name not in sums:
+                    sums[name] = parts
+                elif (gs.sq is None) != (sums[name][1] is None):  # one route per parameter: same for every chunk
+                    raise KernelError(f"gradient moments of {name}: chunks summarized differently")
                 else:
-                    total[name], squares[name] = g.sum(0), (g * g).sum(0)
+                    for acc, v in zip(sums[name], parts):
+                        if v is not None:
+                            acc += v
         if shard is not None:  # the same parameters in the same order on every rank
-            all_reduce_sum([*total.values(), *squares.values()])
-    return GradientMoments({k: (v / n).to(dtype) for k, v in total.items()},
-                           {k: (v / n).to(dtype) for k, v in squares.items()}, layout, n)
+            all_reduce_sum([v for parts in sums.values() for v in parts if v is not None])
+    out = lambda i: {k: (v[i] / n).to(dtype) for k, v in sums.items() if v[i] is not None}  # noqa: E731
+    return GradientMoments(out(0), out(1), layout, n, sq_rows=out(2), sq_cols=out(3), taps=taps)
 
 
 def jacobian_weight_product(model: torch.nn.Module, x: torch.Tensor, names: list[str], chunk_size: int = 64):

@@ -148,6 +148,12 @@ class Optimizer:
         the per-weight gradient moments at ``w0`` (``second_moments``; Adam) instead of on ``J J^T``."""
         return False
 
+    @property
+    def relinearizable(self) -> bool:
+        """Whether the simulator can track the linear model's weights from coefficient vectors, which re-linearization
+        needs: not with L2 weight decay, whose ``w`` term lies outside the range of ``J^T``."""
+        return not self.weight_decay
+
     def second_moments(self, mean: torch.Tensor, sq: torch.Tensor, n: int) -> torch.Tensor:
         """For preconditioned optimizers: the per-weight statistic ``P`` is built from (see ``adam.Adam``)."""
         raise NotImplementedError

@@ -23,6 +23,14 @@ Adam is not linear in the gradient, so the kernel alone does not determine it. T
 
 Left out: ``eps`` beside ``sqrt(v)`` beyond its role as a floor, per-weight changes of ``v`` other than one common
 factor, and Adam's L2 weight decay (its gradient term ``J P w`` is not available; use AdamW).
+
+Re-linearization (``finetime.relinearize``) needs the linear model's weights: with ``c_t`` the coefficient vector of
+step ``t``'s gradient (``g_t = J^T c_t``), the first moment is ``m = J^T mc`` for ``mc`` the same exponential average
+of the ``c_t``, so ``w_t = s_t w_s + P J^T a_t`` since the last checkpoint ``s``, with ``a <- (1 - lr wd) a -
+lr rho mc_hat`` and the decay ``s_t = prod (1 - lr wd)``, exactly. At a checkpoint the first moment's image moves
+with the new kernel (``M = Theta_P mc``) and ``P`` stays the one measured at ``w0`` (Adam's ``v`` averages the squared
+gradients of the whole run so far with ``b2``, not those at the new weights); ``rho`` follows the new kernel's
+gradients as before.
 """
 
 from __future__ import annotations
@@ -64,6 +72,11 @@ class Adam(Optimizer):
     def preconditioned(self) -> bool:
         return True
 
+    @property
+    def relinearizable(self) -> bool:
+        """Always: AdamW's decoupled decay shrinks the weights by a tracked factor (Adam's L2 decay is refused)."""
+        return True
+
     def stable_lr(self, sharpness: float) -> float:
         """On a quadratic of curvature ``s`` under ``Theta_P``, Adam's averaged step ``(1 - b1)`` heavy ball with
         momentum ``b1`` is stable for ``lr < 2 (1 + b1) / ((1 - b1) s)``."""
@@ -75,12 +88,15 @@ class Adam(Optimizer):
         and mean square ``sq`` of the ``n`` per-sample gradients (batches of ``batch_size`` drawn as the run
         draws them)."""
         var = (sq - mean * mean).clamp_min(0)
+        return mean * mean + self.minibatch_noise(n) * var
+
+    def minibatch_noise(self, n: int) -> float:
+        """The variance of a minibatch's mean gradient over the per-sample variance, for batches drawn from ``n``
+        samples as the run draws them (0 for full batches)."""
         b = n if self.batch_size is None else min(self.batch_size, n)
         if self.sampling is Sampling.REPLACEMENT:
-            noise = 1.0 / b
-        else:
-            noise = (n - b) / (b * max(n - 1, 1))
-        return mean * mean + noise * var
+            return 1.0 / b
+        return (n - b) / (b * max(n - 1, 1))
 
     def torch_optimizer(self, params) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if self.decoupled else torch.optim.Adam
@@ -108,10 +124,12 @@ class _AdamRule:
         self.wd = opt.weight_decay
 
     def init(self, f: torch.Tensor, nc: int, track: bool) -> FunctionState:
-        if track:
-            raise ValueError("coefficient tracking (re-linearization) is not available for Adam")
-        q = torch.zeros(f.shape[0], dtype=f.dtype)
-        return FunctionState(f, {"m": torch.zeros_like(f), "q": q, "t": 0, "q_ref": None})
+        runs = f.shape[0]
+        slots = {"m": torch.zeros_like(f), "q": torch.zeros(runs, dtype=f.dtype), "t": 0, "q_ref": None}
+        if not track:
+            return FunctionState(f, slots)
+        slots.update(mc=torch.zeros(runs, nc, dtype=f.dtype), shrink=1.0)
+        return FunctionState(f, slots, torch.zeros(runs, nc, dtype=f.dtype))
 
     def step(self, state, grad, coeff, lr, weights):
         s = state.slots
@@ -129,7 +147,18 @@ class _AdamRule:
         if self.wd:
             f = f - lr * self.wd * weights()
         state.f = f - lr * rho * s["m"] / (1 - self.b1**t)
+        if state.a is not None:  # w = shrink w_s + P J^T a (module docstring)
+            decay = 1.0 - lr * self.wd
+            s["mc"].mul_(self.b1).add_(coeff, alpha=1 - self.b1)
+            state.a.mul_(decay).sub_(lr * rho * s["mc"] / (1 - self.b1**t))
+            s["shrink"] *= decay
         return state
 
     def rebase(self, state, table):
-        raise ValueError("re-linearization is not available for Adam")
+        """``M = Theta_P,new mc``: the first moment's image through the new kernel; the displacement restarts."""
+        if state.a is None:
+            raise ValueError("re-linearization needs tracked coefficients")
+        state.slots["m"] = state.slots["mc"] @ table
+        state.a = torch.zeros_like(state.a)
+        state.slots["shrink"] = 1.0
+        return state
