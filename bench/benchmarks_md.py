@@ -70,7 +70,7 @@ def paper_suite():
 
 
 def adamw_suite():
-    return _suite("adamw", ("linear",), "predicted vs real training time, AdamW")
+    return _suite("adamw", ("linear", "adaptive-adam"), "predicted vs real training time, AdamW")
 
 
 def text_suite():
@@ -389,10 +389,24 @@ def step_timing(r):
     return "\n".join(lines) + "\n"
 
 
+@_results("adam_rule.json", "bench/adam_rule_bench.py")
+def adam_rule(r):
+    eps = ("eps=0.4", "eps=0.1", "eps=0.01")
+    names = ("linear", "row x column P", "diagonal P")  # adaptive is linear for AdamW
+    lines = ["| AdamW lr | seed | real TT(0.4) / TT(0.1) / TT(0.01) | "
+             + " | ".join(f"{n} (error at 0.4 / 0.1 / 0.01)" for n in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for row in r["rows"]:
+        cells = [" / ".join(f"{100 * row['errors'][n][k]:.0f}%" for k in eps) for n in names]
+        lines.append(f"| {row['lr']:g} | {row['seed']} | {' / '.join(str(row['real'][k]) for k in eps)} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
     for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
-                    ("text_kernel", text_kernel), ("kernel", kernel), ("dynamics", dynamics),
+                    ("text_kernel", text_kernel), ("adam_rule", adam_rule), ("kernel", kernel), ("dynamics", dynamics),
                     ("extrapolation", extrapolation), ("testcurves", testcurves), ("online", online),
                     ("online_relin", online_relin), ("gpu", gpu), ("distributed", distributed),
                     ("floor", floor), ("subsample", subsample), ("bn_batch", bn_batch), ("scale", scale),

@@ -33,7 +33,7 @@ from finetime.runtime import tune_allocator
 from finetime.wallclock import seconds_per_step
 from finetime.zoo import is_text_data
 
-PREDICTION_KEYS = ("predictor", "relinearize", "reanchor", "linearity_tol", "refresh_samples")
+PREDICTION_KEYS = ("predictor", "relinearize", "reanchor", "linearity_tol", "refresh_samples", "relinearize_adam")
 """Flat settings that choose how a prediction is made, not what is trained: left out of cell identities."""
 
 
@@ -98,9 +98,11 @@ def run_cell(cfg: RunConfig, task: Task, kernel, kernel_seconds: float, step_sec
 
 
 BENCH_PREDICTORS = {**PRESETS,
-                    "adaptive-full-refresh": dataclasses.replace(PRESETS["adaptive"], refresh_samples="all")}
+                    "adaptive-full-refresh": dataclasses.replace(PRESETS["adaptive"], refresh_samples="all"),
+                    "adaptive-adam": dataclasses.replace(PRESETS["adaptive"], relinearize_adam=True)}
 """The presets, and variants kept as baselines in the results: ``adaptive-full-refresh`` is ``adaptive`` with every
-refresh a whole kernel (``--refresh-samples all``; the default before refreshes on a subset)."""
+refresh a whole kernel (``--refresh-samples all``; the default before refreshes on a subset); ``adaptive-adam`` is
+``adaptive`` re-linearizing Adam and AdamW too (``--relinearize-adam``)."""
 
 
 def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:
