@@ -389,6 +389,19 @@ def step_timing(r):
     return "\n".join(lines) + "\n"
 
 
+@_results("pntk.json", "bench/pntk_bench.py")
+def pntk(r):
+    lines = ["| suite | tasks | (cell, eps) pairs | kernel seconds, every output / sum | median Frobenius distance | "
+             "linear: median, every output / sum | linear: p95, every output / sum |", "|---|---|---|---|---|---|---|"]
+    for name, s in r["suites"].items():
+        k = s["kernel_seconds"]
+        lines.append(f"| {name} | {len(s['tasks'])} | {s['pairs']} | {k['all']} / {k['sum']} "
+                     f"(1/{k['all'] / k['sum']:.1f}) | {100 * s['median_frobenius']:.0f}% | "
+                     f"{100 * s['median']['all']:.1f}% / {100 * s['median']['sum']:.1f}% | "
+                     f"{100 * s['p95']['all']:.1f}% / {100 * s['p95']['sum']:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
 @_results("adam_rule.json", "bench/adam_rule_bench.py")
 def adam_rule(r):
     eps = ("eps=0.4", "eps=0.1", "eps=0.01")
@@ -406,7 +419,7 @@ def adam_rule(r):
 def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
     for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
-                    ("text_kernel", text_kernel), ("adam_rule", adam_rule), ("kernel", kernel), ("dynamics", dynamics),
+                    ("text_kernel", text_kernel), ("adam_rule", adam_rule), ("pntk", pntk), ("kernel", kernel), ("dynamics", dynamics),
                     ("extrapolation", extrapolation), ("testcurves", testcurves), ("online", online),
                     ("online_relin", online_relin), ("gpu", gpu), ("distributed", distributed),
                     ("floor", floor), ("subsample", subsample), ("bn_batch", bn_batch), ("scale", scale),

@@ -173,7 +173,8 @@ def cost_lines(cells, predictors):
             p = c["predictors"].get(name)
             if p is None:
                 continue
-            pred_cost = c["cost"]["kernel_seconds"] + c["cost"]["step_timing_seconds"] + p["seconds"]
+            kernel = p.get("kernel_seconds", c["cost"]["kernel_seconds"])  # a variant's own kernel (e.g. +sum)
+            pred_cost = kernel + c["cost"]["step_timing_seconds"] + p["seconds"]
             ratios[name, opt].append(c["real"]["train_seconds"] / pred_cost)
             secs[name, opt].append(pred_cost)
     out = [f"{len(same)} of {len(cells)} cells: those whose real run trained on the predictions' {PREDICTION_THREADS} "

@@ -129,17 +129,26 @@ def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:
     return out
 
 
-def repredict(path: Path, names: list[str], quiet: bool) -> int:
-    """Recompute ``names`` for every cell of ``path`` from its task's kernel; real runs are kept as they are."""
+def repredict(path: Path, names: list[str], quiet: bool, kernel_outputs: str | None = None) -> int:
+    """Recompute ``names`` for every cell of ``path`` from its task's kernel; real runs are kept as they are. With
+    ``kernel_outputs`` (``sum``) the kernels (the first and every refresh) are computed that way and the results are
+    stored as ``<name>+<kernel_outputs>``, with their own kernel seconds."""
     cells = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     by_task: dict = {}
     for c in cells:
         by_task.setdefault(task_key(RunConfig.from_dict(c["config"])), []).append(c)
+    config = (lambda c: RunConfig.from_dict(c["config"]) if kernel_outputs is None  # noqa: E731
+              else RunConfig.from_dict(c["config"]).replace(kernel_outputs=kernel_outputs))
     for i, group in enumerate(by_task.values()):
-        task = prepare(RunConfig.from_dict(group[0]["config"]))
+        task = prepare(config(group[0]))
+        t0 = time.perf_counter()
         kernel = kernel_for(task)
+        kernel_seconds = round(time.perf_counter() - t0, 3)
         for c in group:
-            c["predictors"].update(predict_cell(RunConfig.from_dict(c["config"]), task, kernel, names))
+            got = predict_cell(config(c), task, kernel, names)
+            if kernel_outputs is not None:
+                got = {f"{n}+{kernel_outputs}": {**v, "kernel_seconds": kernel_seconds} for n, v in got.items()}
+            c["predictors"].update(got)
         if not quiet:
             print(f"[{i + 1}/{len(by_task)} tasks] {_label(RunConfig.from_dict(group[0]['config']))}", file=sys.stderr,
                   flush=True)
@@ -168,13 +177,15 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--repredict", help="comma list of predictors to (re)compute on the cells already in the results "
                                         "file, keeping their real runs; rewrites the file")
+    ap.add_argument("--kernel-outputs", choices=["sum"], help="with --repredict: kernels of the summed outputs "
+                                                             "(pNTK), stored as <predictor>+sum")
     args = ap.parse_args(argv)
     tune_allocator()
     cfg = tomllib.loads(args.config.read_text())
     out = args.out or Path(__file__).parent / "results" / f"{args.config.stem}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.repredict:
-        return repredict(out, args.repredict.split(","), args.quiet)
+        return repredict(out, args.repredict.split(","), args.quiet, args.kernel_outputs)
     done = set()
     if out.exists():  # identities recomputed from the stored settings, so a file from an older version resumes
         done = {cell_id(RunConfig.from_dict(r["config"]), r.get("repeat", 0))

@@ -94,6 +94,15 @@ def test_sweep_keeps_the_paper_predictor_and_refuses_unknown_grid_keys():
     assert RunConfig.from_dict({**SMALL}).predictor.kind is Predictor.RELINEARIZED
 
 
+def test_summed_outputs_kernel_from_the_config():
+    cfg = RunConfig.from_dict({**SMALL, "lr": 0.05, "kernel_outputs": "sum"})
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg and cfg.kernel.outputs == "sum"
+    pred = predict(cfg)
+    assert pred.kernel.meta["outputs"] == "sum" and pred.times["eps=0.1"].step is not None
+    with pytest.raises(ConfigError, match="kernel-outputs"):
+        RunConfig.from_dict({**SMALL, "kernel_outputs": "max"})
+
+
 def test_validate_head_only_adamw_is_exact():
     """Adam is not linear in the gradient, but a trained head on a frozen backbone is simulated in weight space
     by torch's own AdamW: the replay on the real batch order is the real run."""

@@ -287,3 +287,39 @@ def test_batch_function_kernel_matches_jacobian_of_the_whole_batch():
     per_sample = brute_force_ntk(recalibrate_batchnorm(copy.deepcopy(model), x), x, early)
     assert rel(per_sample, batch_function_kernel(model, x, early)[0]) > 0.2
     assert batch_function_kernel(model, x, ["conv1.bias"])[0].abs().max() < 1e-10
+
+
+def test_summed_outputs_kernel_is_the_pntk():
+    """``Theta_s (x) I_C`` with ``Theta_s`` the kernel of ``sum_c f_c / sqrt(C)``, against the brute-force Jacobian;
+    ``f0`` and ``J w0`` are the network's own C outputs."""
+    from finetime.kernel import summed_outputs_kernel
+
+    torch.manual_seed(0)
+    m = SmallConvNet(3).double().eval()
+    x, x_test = torch.randn(5, 3, 6, 6, dtype=torch.float64), torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    k = summed_outputs_kernel(m, x, x_test=x_test, method="exact", with_jw0=True)
+    j, j_test = jacobian(m, x), jacobian(m, x_test)
+    js = j.view(5, 3, -1).sum(1) / 3**0.5
+    js_test = j_test.view(2, 3, -1).sum(1) / 3**0.5
+    eye = torch.eye(3, dtype=torch.float64)
+    torch.testing.assert_close(k.theta, torch.kron(js @ js.T, eye), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(k.theta_test, torch.kron(js_test @ js.T, eye), rtol=1e-9, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(k.f0, m(x))
+        torch.testing.assert_close(k.f0_test, m(x_test))
+    torch.testing.assert_close(k.jw0, jacobian_weight_product(m, x, [n for n, _ in m.named_parameters()]))
+    assert k.meta["outputs"] == "sum"
+    full = compute_kernel(m, x, method="exact")
+    assert (k.theta - full.theta).norm() > 1e-3 * full.theta.norm()  # an approximation on a nonlinear network
+
+
+def test_summed_outputs_kernel_is_exact_for_a_linear_head():
+    """A linear map's class blocks are ``(x_i . x_j + 1) I_C``: the pNTK is the kernel."""
+    from finetime.kernel import summed_outputs_kernel
+    from models_for_tests import SoftmaxRegression
+
+    torch.manual_seed(1)
+    m = SoftmaxRegression(7, 4).double()
+    x = torch.randn(6, 7, dtype=torch.float64)
+    torch.testing.assert_close(summed_outputs_kernel(m, x, method="exact").theta,
+                               compute_kernel(m, x, method="exact").theta, rtol=1e-10, atol=1e-12)

@@ -81,8 +81,13 @@ class KernelConfig:
     method: KernelMethod = KernelMethod.FACTORED
     projection_dim: int = 4096
     max_memory_gb: float | None = None
+    outputs: str = "all"
+    """``all``: the kernel of every output (``C`` backward passes per sample); ``sum``: the sum-of-logits kernel
+    times ``I_C`` (``kernel.summed_outputs_kernel``, one backward pass per sample)."""
 
     def __post_init__(self):
+        if self.outputs not in ("all", "sum"):
+            raise ConfigError(f"--kernel-outputs must be all or sum, got {self.outputs!r}")
         try:
             object.__setattr__(self, "method", KernelMethod(self.method))
         except ValueError:
@@ -147,7 +152,8 @@ PRESETS: dict[str, PredictorConfig] = {
 
 _TASK = [f.name for f in dataclasses.fields(TaskConfig)]
 _SCHEDULE_KEYS = ("schedule", "warmup_steps", "step_size", "gamma")
-_KERNEL = {"kernel_method": "method", "projection_dim": "projection_dim", "max_memory_gb": "max_memory_gb"}
+_KERNEL = {"kernel_method": "method", "projection_dim": "projection_dim", "max_memory_gb": "max_memory_gb",
+           "kernel_outputs": "outputs"}
 _PREDICTOR = {"predictor": "kind", "relinearize": "relinearize", "reanchor": "reanchor",
               "linearity_tol": "linearity_tol", "refresh_samples": "refresh_samples",
               "relinearize_adam": "relinearize_adam"}

@@ -18,7 +18,7 @@ from .device import resolve_device
 from .dynamics import Problem, Trajectory, mse_curve, spectral_projections
 from .errors import ConfigError
 from .kernel import (Kernel, compute_kernel, factored_inverse_root_scale, fingerprint_data, fingerprint_model,
-                     gradient_moments, inverse_root_scale, parameter_preconditioner)
+                     gradient_moments, inverse_root_scale, parameter_preconditioner, summed_outputs_kernel)
 from .intervals import gap_bin, model_interval, open_loop_margin
 from .kernel.distributed import broadcast_value, is_main
 from .losses import residual
@@ -107,9 +107,9 @@ def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=No
             raise ValueError("a kernel on a subset of samples is neither loaded nor saved")
         if cfg.optimizer.preconditioned and scales is None:
             raise ValueError("a preconditioned kernel on a subset of samples needs the scales")
-        return compute_kernel(model, d.x[samples], method=kc.method, projection_dim=kc.projection_dim,
-                              seed=cfg.task.seed, params=task.trained, max_memory=kc.max_memory_bytes,
-                              scales=scales if cfg.optimizer.preconditioned else None)
+        return _engine(kc)(model, d.x[samples], method=kc.method, projection_dim=kc.projection_dim,
+                           seed=cfg.task.seed, params=task.trained, max_memory=kc.max_memory_bytes,
+                           scales=scales if cfg.optimizer.preconditioned else None)
     opt = cfg.optimizer
     need_jw0 = opt.weight_decay > 0
     precond = preconditioner_name(opt)
@@ -118,7 +118,7 @@ def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=No
         k = Kernel.load(kernel_in, model_fingerprint=fingerprint_model(model),
                         data_fingerprint=fingerprint_data(d.x, d.x_test),
                         expect={"method": kc.method.value, "projection_dim": kc.projection_dim, "seed": cfg.task.seed,
-                                "preconditioner": precond})
+                                "preconditioner": precond, "outputs": "sum" if kc.outputs == "sum" else None})
         if need_jw0 and k.jw0 is None:
             raise ConfigError(f"{kernel_in} was saved without J w0; recompute it for --weight-decay")
     else:
@@ -131,9 +131,9 @@ def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=No
         elif not opt.preconditioned:
             scales = None
         t_moments = time.perf_counter() - t0
-        k = compute_kernel(model, d.x, x_test=d.x_test, method=kc.method, projection_dim=kc.projection_dim,
-                           seed=cfg.task.seed, params=task.trained, max_memory=kc.max_memory_bytes,
-                           with_jw0=need_jw0, progress=progress, scales=scales)
+        k = _engine(kc)(model, d.x, x_test=d.x_test, method=kc.method, projection_dim=kc.projection_dim,
+                        seed=cfg.task.seed, params=task.trained, max_memory=kc.max_memory_bytes,
+                        with_jw0=need_jw0, progress=progress, scales=scales)
         k.meta["preconditioner"] = precond
         if start is not None:  # the moments were measured here
             k.meta["seconds"] += t_moments
@@ -144,6 +144,11 @@ def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=No
     if kernel_out is not None:
         k.save(kernel_out)
     return k
+
+
+def _engine(kc):
+    """``compute_kernel``, or ``summed_outputs_kernel`` for ``--kernel-outputs sum``."""
+    return summed_outputs_kernel if kc.outputs == "sum" else compute_kernel
 
 
 def preconditioner_name(opt) -> str | None:

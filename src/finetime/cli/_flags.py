@@ -150,6 +150,10 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                    help="how the NTK is computed; see finetime.kernel.KernelMethod (default: %(default)s)")
     g.add_argument("--projection-dim", type=int, default=_D["projection_dim"],
                    help="sketch dimension of the projected kernel routes (default: %(default)s)")
+    g.add_argument("--kernel-outputs", choices=["all", "sum"], default=_D["kernel_outputs"],
+                   help="all: the kernel of every output, C backward passes per sample; sum: the sum-of-logits kernel "
+                        "(pNTK) times the identity over classes, one backward pass per sample, about 3x cheaper "
+                        "for 5 classes, with a tail error measured in BENCHMARKS.md (default: %(default)s)")
     g.add_argument("--max-memory", type=float, default=None, dest="max_memory_gb",
                    help="memory budget of the kernel engine in GB (default: half the available memory)")
     g.add_argument("--device", default=_D["device"], metavar="auto|cpu|cuda|cuda:I",

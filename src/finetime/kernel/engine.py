@@ -29,8 +29,8 @@ from .distributed import Shard, all_reduce_sum, current_shard, sample_span
 from .projection import KernelMethod
 from .routes import ParamShape, Stores
 
-__all__ = ["compute_kernel", "gradient_moments", "KernelPlan", "available_memory", "jacobian_weight_product",
-           "jacobian_vector_product"]
+__all__ = ["compute_kernel", "summed_outputs_kernel", "gradient_moments", "KernelPlan", "available_memory",
+           "jacobian_weight_product", "jacobian_vector_product"]
 
 DEFAULT_PROJECTION_DIM = 4096
 
@@ -341,6 +341,51 @@ def gradient_moments(
             all_reduce_sum([v for parts in sums.values() for v in parts if v is not None])
     out = lambda i: {k: (v[i] / n).to(dtype) for k, v in sums.items() if v[i] is not None}  # noqa: E731
     return GradientMoments(out(0), out(1), layout, n, sq_rows=out(2), sq_cols=out(3), taps=taps)
+
+
+class _SummedOutputs(torch.nn.Module):
+    """``sum_c f_c / sqrt(C)``: the one output whose kernel is the pNTK's."""
+
+    def __init__(self, model: torch.nn.Module, classes: int):
+        super().__init__()
+        self.inner = model
+        self.scale = classes**-0.5
+        self.training = model.training  # restored on ``model`` as it was when the engine leaves eval mode
+
+    def forward(self, x):
+        return self.inner(x).sum(1, keepdim=True) * self.scale
+
+
+def summed_outputs_kernel(model: torch.nn.Module, x: torch.Tensor, *, x_test: torch.Tensor | None = None,
+                          params: list[str] | None = None, with_jw0: bool = False,
+                          scales: dict[str, Scale] | None = None, **kwargs) -> Kernel:
+    """The sum-of-logits kernel (the pNTK of Mohamadi et al. 2023): ``Theta ~ Theta_s (x) I_C`` with ``Theta_s`` the
+    kernel of ``sum_c f_c / sqrt(C)``, at one backward pass per sample instead of ``C``. Exact where the class blocks
+    of ``Theta`` are equal on the diagonal and zero off it (a linear head on fixed features); elsewhere it keeps the
+    kernel's trace on average and drops the coupling between classes. ``f0`` (and ``J w0``) are the network's own
+    ``C`` outputs. Other arguments as for ``compute_kernel``."""
+    from ..network import network_outputs
+
+    named = dict(model.named_parameters())
+    names = _trained_names(named, params)
+    with torch.no_grad(), eval_mode(model):
+        f0 = network_outputs(model, x)
+        f0_test = None if x_test is None else network_outputs(model, x_test)
+    c = f0.shape[1]
+    k = compute_kernel(_SummedOutputs(model, c), x, x_test=x_test, params=[f"inner.{n}" for n in names],
+                       scales=None if scales is None else {f"inner.{n}": s for n, s in scales.items()}, **kwargs)
+    eye = torch.eye(c, dtype=k.theta.dtype, device=k.theta.device)
+    k.theta = torch.kron(k.theta, eye)
+    if k.theta_test is not None:
+        k.theta_test = torch.kron(k.theta_test, eye)
+    k.f0 = f0.detach().to(k.f0.dtype)
+    k.f0_test = None if f0_test is None else f0_test.detach().to(k.f0.dtype)
+    if with_jw0:
+        k.jw0 = jacobian_weight_product(model, x, names)
+        k.jw0_test = None if x_test is None else jacobian_weight_product(model, x_test, names)
+    k.meta["outputs"] = "sum"
+    k.meta["model_fingerprint"] = fingerprint_model(model)
+    return k
 
 
 def jacobian_weight_product(model: torch.nn.Module, x: torch.Tensor, names: list[str], chunk_size: int = 64):
