@@ -308,7 +308,7 @@ def test_summed_outputs_kernel_is_the_pntk():
         torch.testing.assert_close(k.f0, m(x))
         torch.testing.assert_close(k.f0_test, m(x_test))
     torch.testing.assert_close(k.jw0, jacobian_weight_product(m, x, [n for n, _ in m.named_parameters()]))
-    assert k.meta["outputs"] == "sum"
+    assert k.meta["outputs"] == "sum" and k.meta["classes"] == 3
     full = compute_kernel(m, x, method="exact")
     assert (k.theta - full.theta).norm() > 1e-3 * full.theta.norm()  # an approximation on a nonlinear network
 

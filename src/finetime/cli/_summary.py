@@ -47,8 +47,9 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
           f"({', '.join(c['chosen_classes'])}), {shape}; {c['data_source']}", file=out)
     print(f"optimizer  {describe(c)}, {c['schedule']} schedule, {c['steps']} steps, {c['loss']} loss",
           file=out)
+    summed = ", the sum-of-logits kernel x the identity" if km.get("outputs") == "sum" else ""
     print(f"kernel     {km['method']} ({100 * km['plan']['exact_weight_fraction']:.0f}% of weights exact), "
-          f"{km['n']} x {km['classes']} outputs", file=out)
+          f"{km['n']} x {km['classes']} outputs{summed}", file=out)
     print(f"predictor  {_fmt_predictor(pr)}" + (f", {c['runs']} batch orders" if c["batch_size"] else ""), file=out)
     if threads:
         print(f"threads    {threads}", file=out)

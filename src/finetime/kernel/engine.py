@@ -384,6 +384,7 @@ def summed_outputs_kernel(model: torch.nn.Module, x: torch.Tensor, *, x_test: to
         k.jw0 = jacobian_weight_product(model, x, names)
         k.jw0_test = None if x_test is None else jacobian_weight_product(model, x_test, names)
     k.meta["outputs"] = "sum"
+    k.meta["classes"] = c
     k.meta["model_fingerprint"] = fingerprint_model(model)
     return k
 
