@@ -32,7 +32,8 @@ from .wallclock import seconds_per_step
 from .zoo import Dataset, build_model, freeze_backbone, load_raw, sample_task
 
 __all__ = ["Task", "Prediction", "prepare", "kernel_for", "preconditioner_name", "preconditioner_scales",
-           "scales_from_moments", "network_of", "problem_from", "thresholds", "training_times", "curve_summary", "alive_mean", "predict", "tolist"]
+           "scales_from_moments", "network_of", "problem_from", "thresholds", "training_times", "curve_summary",
+           "alive_mean", "predict", "tolist"]
 
 
 @dataclasses.dataclass
@@ -185,15 +186,15 @@ def preconditioner_scales(task: Task, model: torch.nn.Module | None = None, *,
 def scales_from_moments(opt, mom) -> dict:
     """``sqrt(P)`` per parameter from the per-sample gradient moments (``kernel.GradientMoments``): the optimizer's
     minibatch second moments ``v = (1 - noise) mean^2 + noise sq`` and their inverse root (row x column for factored
-    parameters, from the row and column sums alone where the squares were not formed)."""
+    parameters, from the row and column sums of ``v`` alone, whether or not the squares were formed)."""
     noise = opt.minibatch_noise(mom.n)
     out = {}
     for name, mean in mom.mean.items():
         lay = mom.layout[name]
-        if name in mom.sq:
-            out[name] = inverse_root_scale(opt.second_moments(mean, mom.sq[name], mom.n), lay, opt.adam_eps)
+        if lay is None:
+            out[name] = inverse_root_scale(opt.second_moments(mean, mom.sq[name], mom.n), None, opt.adam_eps)
             continue
-        # only the row and column sums of the squares: v = (1 - noise) mean^2 + noise sq, summed the same way
+        # v = (1 - noise) mean^2 + noise sq is linear in both: its row and column sums are theirs
         m2 = (mean.double() ** 2).view(lay[0] * lay[1], lay[2])
         rows = (1 - noise) * m2.sum(1) + noise * mom.sq_rows[name].double()
         cols = (1 - noise) * m2.sum(0) + noise * mom.sq_cols[name].double()
