@@ -120,6 +120,11 @@ def summarize(rs):
     return len(e), statistics.median(e) if e else math.nan, quantile(e, 0.95)
 
 
+def pct(v: float) -> str:
+    """A fraction as a percentage; "-" where a predictor has no cell to score (e.g. an Adam-only baseline on SGD)."""
+    return "-" if math.isnan(v) else f"{100 * v:.1f}%"
+
+
 def table(rs_by_pred, key, title):
     lines = [f"#### by {title}", "", "| " + title + " | " + " | ".join(f"{p} median / p95" for p in rs_by_pred)
              + " | n |", "|---|" + "---|" * (len(rs_by_pred) + 1)]
@@ -130,7 +135,7 @@ def table(rs_by_pred, key, title):
         for rs in rs_by_pred.values():
             sel = [r for r in rs if r[key] == g]
             n, med, p95 = summarize(sel)
-            cells.append(f"{100 * med:.1f}% / {100 * p95:.1f}%")
+            cells.append(f"{pct(med)} / {pct(p95)}")
         lines.append(f"| {g} | " + " | ".join(cells) + f" | {n} |")
     return "\n".join(lines) + "\n"
 
@@ -246,14 +251,18 @@ def scatter(cells, predictors, path):
 def render(cells, predictors, include_fast=False) -> str:
     rs = {p: [r for r in rows(cells, p) if include_fast or not r["fast"]] for p in predictors}
     fast = {r["cell"] for r in rows(cells, predictors[0]) if r["fast"]}
+    pairs = {p: len(v) for p, v in rs.items()}
+    most = max(pairs.values(), default=0)
+    fewer = ", ".join(f"`{p}` {v}" for p, v in pairs.items() if v < most)
     out = [f"{len(cells)} cells ({len(fast)} with real TT(eps=0.4) < {MIN_REAL_TT} steps left out of the error "
-           f"tables), {sum(len(v) for v in rs.values()) // max(len(rs), 1)} (cell, eps) pairs per predictor.", ""]
+           f"tables), {most} (cell, eps) pairs per predictor" + (f" ({fewer}: the cells they predict)" if fewer
+                                                                    else "") + ".", ""]
     kinds = sorted({x["optimizer"] for r in rs.values() for x in r})
     out.append("| predictor | " + " | ".join(f"{k} median | {k} p95" for k in kinds) + " | all median | all p95 |")
     out.append("|---|" + "---|---|" * (len(kinds) + 1))
     for p, r in rs.items():
         cols = [summarize([x for x in r if x["optimizer"] == k]) for k in kinds] + [summarize(r)]
-        out.append(f"| {p} | " + " | ".join(f"{100 * m[1]:.1f}% | {100 * m[2]:.1f}%" for m in cols) + " |")
+        out.append(f"| {p} | " + " | ".join(f"{pct(m[1])} | {pct(m[2])}" for m in cols) + " |")
     out.append("")
     for key, title in (("optimizer", "optimizer"), ("lr", "learning rate"), ("momentum", "momentum"),
                        ("eps", "eps"), ("per_class", "images per class"), ("batch", "batch size"),

@@ -6,7 +6,7 @@ from ._scales import GradientMoments, Scale, factored_inverse_root_scale, invers
 from .engine import (DEFAULT_PROJECTION_DIM, available_memory, compute_kernel, gradient_moments,
                      jacobian_vector_product, jacobian_weight_product, summed_outputs_kernel)
 from .projection import KernelMethod
-from .reference import brute_force_ntk, jacobian, jacobian_loop
+from .reference import brute_force_ntk, jacobian, jacobian_loop, sign_gradient_kernel
 
 __all__ = [
     "Kernel",
@@ -23,6 +23,7 @@ __all__ = [
     "brute_force_ntk",
     "jacobian",
     "jacobian_loop",
+    "sign_gradient_kernel",
     "fingerprint_model",
     "fingerprint_data",
     "available_memory",
