@@ -140,26 +140,39 @@ def table(rs_by_pred, key, title):
     return "\n".join(lines) + "\n"
 
 
+def failed(cell) -> bool:
+    """A real run that diverged (``PROTOCOL``: non-finite or above 10x its start) or ended no lower than it started
+    (``loss[T] >= loss[0]``: it did not train)."""
+    real = cell["real"]
+    last = real["loss"][-1]
+    return real["diverged"] or last is None or last >= real["loss"][0]
+
+
 def divergence_table(cells, predictors) -> str:
     """Per predictor, over every cell: how often a real divergence was predicted (recall) and how often a predicted
-    divergence was real (precision)."""
-    lines = ["#### divergence: predicted against real, per cell\n",
-             "| predictor | both diverge | predicted only | real only | neither | recall | precision |",
-             "|---|---|---|---|---|---|---|"]
-    for p in predictors:
-        tp = fp = fn = tn = 0
-        for c in cells:
-            if p not in c["predictors"]:
-                continue
-            pred, real = c["predictors"][p]["diverged_fraction"] > 0.5, c["real"]["diverged"]
-            tp += pred and real
-            fp += pred and not real
-            fn += real and not pred
-            tn += not pred and not real
-        rec = f"{100 * tp / (tp + fn):.0f}%" if tp + fn else "-"
-        prec = f"{100 * tp / (tp + fp):.0f}%" if tp + fp else "-"
-        lines.append(f"| {p} | {tp} | {fp} | {fn} | {tn} | {rec} | {prec} |")
-    return "\n".join(lines) + "\n"
+    divergence was real (precision); then the same against real runs that diverged or did not train (``failed``)."""
+    out = []
+    for title, real_bad in (("divergence: predicted against real, per cell", lambda c: c["real"]["diverged"]),
+                            ("predicted divergence against real runs that diverged or did not train (loss[T] >= "
+                             "loss[0])", failed)):
+        lines = [f"#### {title}\n",
+                 "| predictor | both | predicted only | real only | neither | recall | precision |",
+                 "|---|---|---|---|---|---|---|"]
+        for p in predictors:
+            tp = fp = fn = tn = 0
+            for c in cells:
+                if p not in c["predictors"]:
+                    continue
+                pred, real = c["predictors"][p]["diverged_fraction"] > 0.5, real_bad(c)
+                tp += pred and real
+                fp += pred and not real
+                fn += real and not pred
+                tn += not pred and not real
+            rec = f"{100 * tp / (tp + fn):.0f}%" if tp + fn else "-"
+            prec = f"{100 * tp / (tp + fp):.0f}%" if tp + fp else "-"
+            lines.append(f"| {p} | {tp} | {fp} | {fn} | {tn} | {rec} | {prec} |")
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out)
 
 
 PREDICTION_THREADS = 2

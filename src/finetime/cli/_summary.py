@@ -63,8 +63,9 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
     if "test_loss" in pr:
         print(f"predicted test loss       {_fmt_curve(pr['test_loss'], c['steps'])}", file=out)
     if pr["diverged"]:
-        print(f"PREDICTED TO DIVERGE in {100 * pr['diverged_fraction']:.0f}% of runs "
-              f"(stable learning rates are below ~{pr['max_stable_lr']:.3g} at the start)", file=out)
+        print(f"PREDICTED TO DIVERGE in {100 * pr['diverged_fraction']:.0f}% of runs: expect this learning rate to "
+              f"blow up or not to train (stable learning rates are below ~{pr['max_stable_lr']:.3g} at the start)",
+              file=out)
     elif pr["diverged_fraction"] > 0:
         print(f"warning: {100 * pr['diverged_fraction']:.0f}% of simulated runs diverge", file=out)
     rl = pr.get("relinearization")
