@@ -267,6 +267,12 @@ def gpu():
     for k in r["kernel"]:
         lines.append(f"| N={k['n']}, {k['image_size']} px | {k['kernel_seconds']} | {k['floor_seconds']} | "
                      f"{k['kernel_over_floor']} | {k['peak_gpu_gb']} |")
+    if r.get("simulator"):
+        lines += ["", "| simulator: outputs (16 runs x 300 steps, SGD momentum 0.9) | CPU s | GPU s | largest curve "
+                  "difference |", "|---|---|---|---|"]
+        for v in r["simulator"]:
+            gpu_s = v.get("cuda_seconds", v.get("cpu_seconds"))
+            lines.append(f"| {v['outputs']} | {v['cpu_seconds']} | {gpu_s} | {v['max_abs_curve_difference']:.2g} |")
     return "\n".join(lines) + "\n"
 
 

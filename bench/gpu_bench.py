@@ -9,6 +9,10 @@
    real run.
 2. The kernel alone on the GPU: N = 100 and 750 images at 64 and 128 px, seconds and peak GPU memory, beside one
    forward + C backward passes over the samples (the floor of a per-sample kernel).
+3. The simulator on the GPU against the CPU: SGD with momentum (16 batch orders, batch 32, 300 steps) on random
+   kernels of 1,000 to 20,000 outputs, float32 both sides, seconds and the largest difference between the curves;
+   `finetime.predict.SIMULATOR_DEVICE_OUTPUTS` (2,000: the simulator moves to the GPU beyond it) is the guess these
+   rows check.
 
 Results go to bench/results/gpu.json (with the GPU's name); `bench/benchmarks_md.py` renders them in BENCHMARKS.md.
 """
@@ -42,6 +46,8 @@ SMOKE_VALIDATE = [{"per_class": 3, "image_size": 32, "lr": 1e-3, "steps": 6, "ru
                   {"per_class": 3, "image_size": 32, "lr": 1e-3, "momentum": 0.9, "batch_size": 4, "steps": 6,
                    "runs": 2}]
 SMOKE_KERNELS = [(15, 32)]
+SIMULATOR = [1000, 2500, 5000, 10000, 20000]
+SMOKE_SIMULATOR = [100]
 
 
 def _peak_reset(dev):
@@ -101,6 +107,38 @@ def kernel_rows(device: str, sizes):
     return rows
 
 
+def simulator_rows(device: str, sizes):
+    """The exact simulator on ``device`` and on the CPU, same problem, same batch orders, float32."""
+    from finetime.batches import batch_plan
+    from finetime.dynamics import Problem, simulate
+    from finetime.optim import SGD
+
+    rows = []
+    dev = resolve_device(device)
+    for nc in sizes:
+        n, c = nc // 5, 5
+        g = torch.Generator().manual_seed(0)
+        j = torch.randn(n * c, 256, generator=g) / 16
+        problem = Problem(j @ j.T, torch.randn(n, c, generator=g), torch.randint(0, c, (n,), generator=g))
+        opt = SGD(lr=0.05, momentum=0.9, batch_size=min(32, n))
+        steps = 300
+        plan = batch_plan(n, opt, steps, 16, torch.Generator().manual_seed(1))
+        row = {"outputs": nc, "runs": 16, "steps": steps}
+        curves = {}
+        for where, prob in (("cpu", problem), (str(dev), problem.to(device=dev))):
+            simulate(prob, opt, 3, plan=plan)  # warm-up (CUDA context, kernels)
+            synchronize(dev)
+            t0 = time.perf_counter()
+            curves[where] = simulate(prob, opt, steps, plan=plan).loss
+            synchronize(dev)
+            row[f"{where.split(':')[0]}_seconds"] = round(time.perf_counter() - t0, 3)
+        diff = (curves["cpu"] - curves[str(dev)]).abs()
+        row["max_abs_curve_difference"] = float(torch.nan_to_num(diff, nan=0.0).max())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
@@ -112,7 +150,8 @@ def main(argv=None):
     result = {"device": describe(dev), "torch": torch.__version__, "smoke": args.smoke,
               "validate": validate_rows(args.device, SMOKE_VALIDATE if args.smoke else VALIDATE,
                                         ["fp32", "bf16"]),
-              "kernel": kernel_rows(args.device, SMOKE_KERNELS if args.smoke else KERNELS)}
+              "kernel": kernel_rows(args.device, SMOKE_KERNELS if args.smoke else KERNELS),
+              "simulator": simulator_rows(args.device, SMOKE_SIMULATOR if args.smoke else SIMULATOR)}
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
 

@@ -29,6 +29,10 @@ class BatchPlan:
     def steps(self) -> int:
         return self.indices.shape[1]
 
+    def to(self, device: torch.device | str) -> "BatchPlan":
+        """The plan on ``device`` (the simulator's), for indexing tensors there."""
+        return BatchPlan(self.indices.to(device), self.weights.to(device))
+
     def batch(self, run: int, step: int) -> torch.Tensor:
         """Sample indices of one batch (padding removed)."""
         keep = self.weights[run, step] > 0

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from .config import RunConfig
-from .device import resolve_device
+from .device import model_device, resolve_device
 from .dynamics import Problem, Trajectory, mse_curve, spectral_projections
 from .errors import ConfigError
 from .kernel import (Kernel, compute_kernel, factored_inverse_root_scale, fingerprint_data, fingerprint_model,
@@ -223,14 +223,31 @@ def network_of(task: Task) -> Network:
                    precondition=precondition)
 
 
-def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype | None = None) -> Problem:
-    """The function-space problem; float64 for small kernels, float32 from 2000 outputs on (twice as fast)."""
+SIMULATOR_DEVICE_OUTPUTS = 2000
+"""Beyond this many training outputs (``N*C``) the simulator runs in float32, and on the network's device when that
+is a GPU (one step is then a few ``(R, N*C) x (N*C, N*C)`` products); up to it, in float64 on the CPU, where a step is
+too small for a GPU to pay off."""
+
+
+def simulation_device(task: Task, outputs: int) -> torch.device:
+    """Where the simulator runs for a kernel of ``outputs`` training outputs (``SIMULATOR_DEVICE_OUTPUTS``)."""
+    dev = model_device(task.model)
+    return dev if dev.type == "cuda" and outputs > SIMULATOR_DEVICE_OUTPUTS else torch.device("cpu")
+
+
+def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> Problem:
+    """The function-space problem; float64 for small kernels, float32 beyond ``SIMULATOR_DEVICE_OUTPUTS`` outputs
+    (twice as fast), on ``device`` (default: ``simulation_device``; trajectories come back on the CPU)."""
     d = task.data
+    nc = kernel.theta.shape[0]
     if dtype is None:
-        dtype = torch.float64 if kernel.theta.shape[0] <= 2000 else torch.float32
-    cvt = lambda t: None if t is None else t.detach().to("cpu", dtype)  # noqa: E731  (the simulator's device)
-    return Problem(cvt(kernel.theta), cvt(kernel.f0), d.y, task.config.loss, cvt(kernel.theta_test),
-                   cvt(kernel.f0_test), d.y_test, cvt(kernel.jw0), cvt(kernel.jw0_test))
+        dtype = torch.float64 if nc <= SIMULATOR_DEVICE_OUTPUTS else torch.float32
+    device = simulation_device(task, nc) if device is None else torch.device(device)
+    cvt = lambda t: None if t is None else t.detach().to(device, dtype)  # noqa: E731
+    lab = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return Problem(cvt(kernel.theta), cvt(kernel.f0), lab(d.y), task.config.loss, cvt(kernel.theta_test),
+                   cvt(kernel.f0_test), lab(d.y_test), cvt(kernel.jw0), cvt(kernel.jw0_test))
 
 
 def thresholds(config: RunConfig) -> list[Threshold]:
@@ -397,6 +414,7 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
     t1 = time.perf_counter()
     problem = problem_from(kernel, task)
     traj = predict_trajectory(problem, config, task)
+    problem = problem.to(device="cpu")  # what follows reads the kernel beside the curves, which are on the CPU
     subset = None
     if task.full_data is not None:
         traj, subset = to_full_set(traj, problem, config.optimizer, config.steps, task.full_data.x.shape[0])

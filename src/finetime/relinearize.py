@@ -150,6 +150,7 @@ class _Refresh:
         p, info = self.problem, self.info
         n, c = p.n, p.c
         dtype = p.theta.dtype
+        sim = lambda t: None if t is None else t.to(p.device, dtype)  # noqa: E731  (kernels come on the CPU)
         alive = self.rec.alive
         mean = state.f[alive].mean(0)
         check = i == 0 and self.tol > 0
@@ -161,7 +162,7 @@ class _Refresh:
                 f_net = self.network.evaluate(self.work)
         info.network_seconds += time.perf_counter() - t_net
         if check:
-            gap = _loss_gap(f_net.to(dtype), mean[: n * c].view(n, c), p.y, p.loss)
+            gap = _loss_gap(sim(f_net), mean[: n * c].view(n, c), p.y, p.loss)
             info.loss_gaps.append(gap)
             if gap < self.tol:
                 info.linear_regime = True
@@ -172,28 +173,28 @@ class _Refresh:
         t_k = time.perf_counter()
         k = self.network.kernel(self.work)
         self._record(k.theta, time.perf_counter() - t_k)
-        f_new = k.f0.to(dtype).reshape(-1)
+        f_new = sim(k.f0).reshape(-1)
         if not check:
-            info.loss_gaps.append(_loss_gap(k.f0.to(dtype), mean[: n * c].view(n, c), p.y, p.loss))
-        theta_test = k.theta_test.to(dtype) if k.theta_test is not None else None
+            info.loss_gaps.append(_loss_gap(sim(k.f0), mean[: n * c].view(n, c), p.y, p.loss))
+        theta_test = sim(k.theta_test)
         if theta_test is not None:
-            f_new = torch.cat([f_new, k.f0_test.to(dtype).reshape(-1)])
+            f_new = torch.cat([f_new, sim(k.f0_test).reshape(-1)])
         anchor = self.reanchor is Reanchor.ALL or (self.reanchor is Reanchor.FIRST and i == 0)
         # each run keeps its deviation from the ensemble mean
         f = state.f - mean + f_new if anchor else state.f
-        f0_test = k.f0_test.to(dtype) if k.f0_test is not None else None
+        f0_test = sim(k.f0_test)
         jw = {}
         if p.jw0 is not None and k.jw0 is not None:  # weight decay: J_s w_t = J_s w_s + f_t - f_s, f_s the curve here
             f_s = f_new if anchor else mean
-            jw["jw0"] = k.jw0.to(dtype) + k.f0.to(dtype) - f_s[: n * c].view(n, c)
+            jw["jw0"] = sim(k.jw0) + sim(k.f0) - f_s[: n * c].view(n, c)
             if p.jw0_test is not None:
-                jw["jw0_test"] = k.jw0_test.to(dtype) + f0_test - f_s[n * c :].view(-1, c)
+                jw["jw0_test"] = sim(k.jw0_test) + f0_test - f_s[n * c :].view(-1, c)
         elif p.jw0 is not None:  # no J w at the new weights: J w_t as the old linearization has it
-            jw["jw0"] = p.jw0 + k.f0.to(dtype) - p.f0
+            jw["jw0"] = p.jw0 + sim(k.f0) - p.f0
             if p.jw0_test is not None:
                 jw["jw0_test"] = p.jw0_test + f0_test - p.f0_test
         stepper = stepper.with_problem(dataclasses.replace(
-            p, theta=k.theta.to(dtype), f0=k.f0.to(dtype), theta_test=theta_test, f0_test=f0_test, **jw))
+            p, theta=sim(k.theta), f0=sim(k.f0), theta_test=theta_test, f0_test=f0_test, **jw))
         state = stepper.rule.rebase(FunctionState(f, state.slots, state.a), stepper.table)
         if anchor:
             self.rec(state.f, t)  # the checkpoint's curve value is the re-anchored (true network) one
@@ -206,11 +207,11 @@ class _Refresh:
         dtype = p.theta.dtype
         t_k = time.perf_counter()
         k = self.network.subset_kernel(self.work, self.samples)
-        theta, theta_test, _ = nystrom_update(p.theta, self.rows, k.theta.to(dtype), p.theta_test)
+        theta, theta_test, _ = nystrom_update(p.theta, self.rows, k.theta.to(p.device, dtype), p.theta_test)
         self._record(theta, time.perf_counter() - t_k)
         if not check:
             f_lin = mean[: p.n * p.c].view(p.n, p.c)[self.samples]
-            self.info.loss_gaps.append(_loss_gap(k.f0.to(dtype), f_lin, p.y[self.samples], p.loss))
+            self.info.loss_gaps.append(_loss_gap(k.f0.to(p.device, dtype), f_lin, p.y[self.samples], p.loss))
         stepper = stepper.with_problem(dataclasses.replace(p, theta=theta, theta_test=theta_test))
         state = stepper.rule.rebase(state, stepper.table)
         return stepper, state

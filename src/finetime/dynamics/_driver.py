@@ -38,11 +38,12 @@ class Recorder:
 
     def __init__(self, problem: Problem, runs: int, steps: int, dt: torch.dtype):
         self.p = problem
-        self.loss = torch.full((runs, steps + 1), float("nan"), dtype=dt)
+        dev = problem.device
+        self.loss = torch.full((runs, steps + 1), float("nan"), dtype=dt, device=dev)
         self.acc = torch.full_like(self.loss, float("nan"))
         self.tloss = torch.full_like(self.loss, float("nan")) if problem.has_test else None
         self.tacc = torch.full_like(self.loss, float("nan")) if problem.has_test else None
-        self.diverged_at = torch.full((runs,), -1, dtype=torch.long)
+        self.diverged_at = torch.full((runs,), -1, dtype=torch.long, device=dev)
 
     @property
     def alive(self) -> torch.Tensor:
@@ -70,9 +71,12 @@ class Recorder:
         return bool((self.diverged_at < 0).any())
 
     def result(self, fa: torch.Tensor, method: str) -> Trajectory:
+        """The curves and final outputs, on the CPU whatever device the simulation ran on."""
         n, c = self.p.n, self.p.c
         f = fa[:, : n * c].view(fa.shape[0], n, c).clone()
-        return Trajectory(self.loss, self.acc, self.diverged_at, f, self.tloss, self.tacc, method=method)
+        cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
+        return Trajectory(cpu(self.loss), cpu(self.acc), cpu(self.diverged_at), cpu(f), cpu(self.tloss),
+                          cpu(self.tacc), method=method)
 
 
 def solve(stepper: Stepper, steps: int, *, runs: int, recorder: Recorder | None = None, method: str = "",

@@ -61,9 +61,16 @@ class Problem:
     def has_test(self) -> bool:
         return self.theta_test is not None and self.f0_test is not None and self.y_test is not None
 
-    def to(self, dtype: torch.dtype) -> "Problem":
-        conv = {
-            k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-            for k, v in dataclasses.asdict(self).items()
-        }
-        return Problem(**conv)
+    @property
+    def device(self) -> torch.device:
+        """Where the simulator runs on this problem: the device of its kernel (every tensor of it is there)."""
+        return self.theta.device
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "Problem":
+        """The problem in another floating dtype and/or on another device (labels move, keeping their dtype)."""
+        def conv(v):
+            if not isinstance(v, torch.Tensor):
+                return v
+            return v.to(device=device, dtype=dtype if v.is_floating_point() else None)
+
+        return Problem(**{k: conv(v) for k, v in dataclasses.asdict(self).items()})

@@ -32,7 +32,8 @@ class ExactStepper:
 
     def __init__(self, problem: Problem, optimizer: Optimizer, steps: int, plan: BatchPlan | None,
                  track: bool = False, lrs: list[float] | None = None):
-        self.problem, self.optimizer, self.plan, self.track = problem, optimizer, plan, track
+        self.problem, self.optimizer, self.track = problem, optimizer, track
+        self.plan = None if plan is None else plan.to(problem.device)
         self.rule = optimizer.function_space()
         self.lrs = lrs if lrs is not None else optimizer.lr_table(steps).tolist()
         self.table = full_table(problem)
@@ -44,7 +45,7 @@ class ExactStepper:
             self.jw0a = problem.jw0.reshape(-1)
             if problem.has_test:
                 self.jw0a = torch.cat([self.jw0a, problem.jw0_test.reshape(-1)])
-        self.cls = torch.arange(problem.c)
+        self.cls = torch.arange(problem.c, device=problem.device)
 
     def with_problem(self, problem: Problem) -> "ExactStepper":
         """The same optimizer, batch order and learning rates on another kernel (re-linearization)."""
@@ -74,7 +75,7 @@ class ExactStepper:
             grad = F.embedding_bag(rows, self.table, per_sample_weights=coeff, mode="sum")
         e = None
         if state.a is not None or self.rule.needs_coeff:  # coefficient vector of this step's gradient (R, N*C)
-            e = coeff if rows is None else torch.zeros(r_runs, nc, dtype=fa.dtype).scatter_add_(1, rows, coeff)
+            e = coeff if rows is None else torch.zeros(r_runs, nc, dtype=fa.dtype, device=fa.device).scatter_add_(1, rows, coeff)
         weights = lambda: self.jw0a + fa - self.f0a  # noqa: E731  (J w_t of the linear model)
         return self.rule.step(state, grad, e, self.lrs[t], weights)
 

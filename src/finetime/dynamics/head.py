@@ -29,9 +29,10 @@ class HeadStepper:
 
     def __init__(self, problem: Problem, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  optimizer: Optimizer, steps: int, plan: BatchPlan | None):
-        self.problem, self.optimizer, self.steps, self.plan = problem, optimizer, steps, plan
         dt = problem.theta.dtype
-        dev = problem.theta.device
+        dev = problem.device
+        self.problem, self.optimizer, self.steps = problem, optimizer, steps
+        self.plan = None if plan is None else plan.to(dev)
         self.features = features.to(dev, dt)
         self.w0 = weight.detach().to(dev, dt)
         self.b0 = None if bias is None else bias.detach().to(dev, dt)
@@ -59,8 +60,8 @@ class HeadStepper:
         w, b = s["w"], s["b"]
         runs = w.shape[0]
         if self.plan is None:
-            idx = torch.arange(p.n).expand(runs, -1)
-            weights = torch.full(idx.shape, 1.0 / p.n, dtype=w.dtype)
+            idx = torch.arange(p.n, device=w.device).expand(runs, -1)
+            weights = torch.full(idx.shape, 1.0 / p.n, dtype=w.dtype, device=w.device)
         else:
             idx, weights = self.plan.indices[:, t], self.plan.weights[:, t].to(w.dtype)
         logits = torch.einsum("rbd,rcd->rbc", self.features[idx], w)

@@ -115,7 +115,8 @@ class SdeStepper:
         if not self.full:
             runs = fa.shape[0]
             scale = coeff.norm(dim=1) * n / self.g0  # |grad_f L_t| / |grad_f L_0|, per run
-            xi = torch.randn(runs, n, generator=self.generator, dtype=fa.dtype)
+            # drawn on the generator's device (the CPU): the same noise wherever the simulation runs
+            xi = torch.randn(runs, n, generator=self.generator, dtype=fa.dtype).to(fa.device)
             fa = fa + self.lrs[t] * scale.unsqueeze(1) * (xi @ self.lfac.T)
         return FunctionState(fa)
 

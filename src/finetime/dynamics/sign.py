@@ -36,7 +36,8 @@ class SignStepper:
     def __init__(self, problem: Problem, lr: torch.Tensor, plan: BatchPlan | None):
         if problem.has_test:
             raise ValueError("sign descent is simulated on the training set only")
-        self.problem, self.lr, self.plan = problem, lr, plan
+        self.problem, self.lr = problem, lr
+        self.plan = None if plan is None else plan.to(problem.device)
 
     def init(self, runs: int) -> FunctionState:
         return FunctionState(self.problem.f0.reshape(1, -1).expand(runs, -1).clone())
@@ -46,9 +47,9 @@ class SignStepper:
         runs, n, c = state.f.shape[0], p.n, p.c
         r = residual(state.f.view(runs, n, c), p.y, p.loss).sign()  # (R, N, C)
         if self.plan is None:
-            w = torch.full((runs, n), 1.0 / n, dtype=r.dtype)
+            w = r.new_full((runs, n), 1.0 / n)
         else:  # batch weights scattered onto the samples (a sample drawn twice counts twice)
-            w = torch.zeros(runs, n, dtype=r.dtype).scatter_add_(1, self.plan.indices[:, t],
+            w = r.new_zeros(runs, n).scatter_add_(1, self.plan.indices[:, t],
                                                                  self.plan.weights[:, t].to(r.dtype))
         coeff = (r * w.unsqueeze(-1)).reshape(runs, n * c)
         state.f = state.f - float(self.lr[t]) * coeff @ p.theta.T

@@ -46,7 +46,7 @@ def nystrom_update(theta: torch.Tensor, rows: torch.Tensor, block: torch.Tensor,
     q = rows.numel()
     if block.shape != (q, q):
         raise ValueError(f"block is {tuple(block.shape)}, expected ({q}, {q}) for {q} rows")
-    block = block.to(theta.dtype)
+    block = block.to(theta.device, theta.dtype)
     a = theta[rows][:, rows]
     a = 0.5 * (a + a.T)
     s = float(torch.trace(block) / torch.trace(a).clamp_min(torch.finfo(theta.dtype).tiny))

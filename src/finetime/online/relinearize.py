@@ -60,7 +60,7 @@ class _Started(ExactStepper):
     def init(self, runs: int) -> FunctionState:
         state = super().init(runs)
         if self.velocity is not None and "u" in state.slots:
-            state.slots["u"] = self.velocity.reshape(1, -1).to(state.f.dtype).expand_as(state.f).clone()
+            state.slots["u"] = self.velocity.reshape(1, -1).to(state.f.device, state.f.dtype).expand_as(state.f).clone()
         return state
 
 
@@ -92,7 +92,7 @@ def continuation(prediction, model: torch.nn.Module, step: int, *,
         x = task.data.x if task.data.x_test is None else torch.cat([task.data.x, task.data.x_test.to(task.data.x.dtype)])
         u = momentum_image(model, x, optimizer, task.trained)
         if u is not None:
-            velocity = u.to(problem.theta.dtype)
+            velocity = u.to(problem.device, problem.theta.dtype)
     stepper = _Started(problem, opt, left, plan, lrs=lrs, velocity=velocity)
     traj, _ = solve(stepper, left, runs=r, method="exact")
     return traj, kernel

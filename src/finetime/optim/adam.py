@@ -125,11 +125,11 @@ class _AdamRule:
 
     def init(self, f: torch.Tensor, nc: int, track: bool) -> FunctionState:
         runs = f.shape[0]
-        slots = {"m": torch.zeros_like(f), "q": torch.zeros(runs, dtype=f.dtype), "t": 0, "q_ref": None}
+        slots = {"m": torch.zeros_like(f), "q": f.new_zeros(runs), "t": 0, "q_ref": None}
         if not track:
             return FunctionState(f, slots)
-        slots.update(mc=torch.zeros(runs, nc, dtype=f.dtype), shrink=1.0)
-        return FunctionState(f, slots, torch.zeros(runs, nc, dtype=f.dtype))
+        slots.update(mc=f.new_zeros(runs, nc), shrink=1.0)
+        return FunctionState(f, slots, f.new_zeros(runs, nc))
 
     def step(self, state, grad, coeff, lr, weights):
         s = state.slots

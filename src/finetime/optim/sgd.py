@@ -71,8 +71,8 @@ class _SGDRule:
         if self.m:
             slots["u"] = torch.zeros_like(f)
             if track:
-                slots["alpha"] = torch.zeros(runs, nc, dtype=f.dtype)
-        return FunctionState(f, slots, torch.zeros(runs, nc, dtype=f.dtype) if track else None)
+                slots["alpha"] = f.new_zeros(runs, nc)
+        return FunctionState(f, slots, f.new_zeros(runs, nc) if track else None)
 
     def step(self, state, grad, coeff, lr, weights):
         if self.wd:
