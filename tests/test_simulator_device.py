@@ -73,3 +73,29 @@ def test_problem_moves_whole():
     q = p.to(torch.float32, "cpu")
     assert q.theta.dtype == torch.float32 and q.y.dtype == p.y.dtype and q.device.type == "cpu"
     assert q.jw0_test.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("subset", [False, True])
+def test_relinearized_simulation_on_cuda_matches_the_cpu(subset):
+    """Network and problem on the GPU, refreshed kernels computed there and on a subset indexed on the CPU."""
+    from finetime.kernel import compute_kernel
+    from finetime.relinearize import Network, relinearized
+    from models_for_tests import SmallConvNet
+
+    out = {}
+    for dev in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        m = SmallConvNet(3).double().eval().to(dev)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(10, 3, 6, 6, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 3, (10,), generator=g)
+        k = compute_kernel(m, x, method="exact")
+        p = Problem(k.theta, k.f0, y).to(device=dev)
+        net = Network(m, x, [n for n, _ in m.named_parameters()],
+                      kernel=lambda mm: compute_kernel(mm, x, method="exact"),
+                      subset_kernel=lambda mm, idx: compute_kernel(mm, x[idx], method="exact"))
+        out[dev], _ = relinearized(p, SGD(lr=1.0, momentum=0.5, batch_size=4), 12, net, checkpoints=[4, 8],
+                                   reanchor="none", runs=2, generator=torch.Generator().manual_seed(1),
+                                   refresh_samples=torch.tensor([0, 2, 5, 6, 8]) if subset else None)
+    torch.testing.assert_close(out["cuda"].loss, out["cpu"].loss, rtol=1e-7, atol=1e-10)

@@ -79,7 +79,7 @@ def _relinearized(problem, config, task, generator, plan) -> Trajectory:
     # re-anchoring needs the network's outputs on every sample: auto refreshes the whole kernel there
     setting = "all" if p.refresh_samples == "auto" and p.reanchor is not Reanchor.NONE else p.refresh_samples
     m = refresh_sample_count(setting, problem.n, problem.c)
-    samples = balanced_indices(problem.y, problem.c, m) if m < problem.n else None
+    samples = balanced_indices(problem.y.cpu(), problem.c, m) if m < problem.n else None  # indices into CPU data
     traj, info = relinearized(problem, config.optimizer, config.steps, network_of(task),
                               checkpoints=checkpoint_schedule(config.steps, p.relinearize,
                                                               first=first_checkpoint(config.steps)),

@@ -249,7 +249,7 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     except ValueError:
         raise ConfigError(f"reanchor must be one of {', '.join(r.value for r in Reanchor)}, got {reanchor!r}") from None
     if refresh_samples is not None:
-        refresh_samples = torch.as_tensor(refresh_samples, dtype=torch.long).unique()
+        refresh_samples = torch.as_tensor(refresh_samples, dtype=torch.long).cpu().unique()  # they index the data
         if refresh_samples.numel() == 0 or refresh_samples.min() < 0 or refresh_samples.max() >= problem.n:
             raise ValueError(f"refresh_samples must be indices in [0, {problem.n})")
         if refresh_samples.numel() == problem.n:

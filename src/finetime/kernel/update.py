@@ -33,7 +33,7 @@ RTOL = 1e-7
 def subset_rows(samples: torch.Tensor, c: int) -> torch.Tensor:
     """Flat kernel rows (index ``i * C + k``) of the samples ``samples``."""
     samples = torch.as_tensor(samples, dtype=torch.long)
-    return (samples.unsqueeze(1) * c + torch.arange(c)).reshape(-1)
+    return (samples.unsqueeze(1) * c + torch.arange(c, device=samples.device)).reshape(-1)
 
 
 def nystrom_update(theta: torch.Tensor, rows: torch.Tensor, block: torch.Tensor,
