@@ -233,7 +233,10 @@ def online(r):
             f"fraction.\n\n" + online_bench.render(r) + "\n![TT error against the fraction of the run observed]"
             "(bench/results/online.png)\n\nThe open-loop prediction's own 90% interval (`predict`'s "
             "`training_time[key][\"interval\"]`, `finetime.intervals`), by the linearity check's loss gap:\n\n"
-            + online_bench.render_open_loop(r))
+            + online_bench.render_open_loop(r)
+            + ("\nHow much the observed steps count (`finetime.online._fit.evidence_points`; refiner TT error, whole "
+               "suite, by the fraction observed):\n\n" + online_bench.render_evidence(r["evidence"])
+               if "evidence" in r else ""))
 
 
 def online_relin():

@@ -236,6 +236,71 @@ def render_open_loop(result) -> str:
     return "\n".join(lines) + "\n"
 
 
+EVIDENCE_RULES = {"k": lambda k: k, "sqrt(k)": math.sqrt, "k/4": lambda k: k / 4,
+                  "1+log(k)": lambda k: 1 + math.log(k), "min(k,3)": lambda k: min(k, 3)}
+"""How many independent observations ``k`` observed steps count as in the warp posterior (``evidence_points``: the
+refiner uses ``sqrt(k)``; ``k`` treats them as independent)."""
+PRIOR_SDS = (0.25, 0.5, 1.0)
+
+
+def refiner_rows(cells, evidence, tau):
+    """The refiner's (cell, eps, fraction) rows with one evidence rule and prior; as ``collect``, refiner only."""
+    rows = []
+    for c in cells:
+        if not measurable(c):
+            continue
+        real = c["real"]
+        prior = _curve(c["predictors"][c["_prior"]]["loss"])
+        if c["predictors"][c["_prior"]]["diverged_fraction"] > 0.5:
+            bad = torch.nonzero(~torch.isfinite(prior))
+            prior[int(bad[0]) if len(bad) else 0:] = math.nan
+        rc = _curve(real["loss"])
+        T = rc.shape[0] - 1
+        cfg = c["config"]
+        for f in FRACTIONS:
+            m = int(round(f * T))
+            r = refine_curve(prior, torch.arange(m + 1, dtype=torch.float64), rc[: m + 1], T, tau=tau,
+                             evidence=evidence)
+            for e in EPS:
+                actual = real["training_time"][f"eps={e}"]["step"]
+                med = time_interval(r, Threshold.eps(e), T, None, LEVEL)[0]
+                rows.append({"group": f"{c['_suite']} {cfg['data']} {cfg['image_size']}px", "fraction": f,
+                             "error": relative_error(med, actual, predicted_diverged=r.diverged,
+                                                     actual_diverged=real["diverged"])})
+    return rows
+
+
+def evidence_study(cells):
+    """Every evidence rule x prior sd on the whole suite, and the rule chosen by leave-one-group-out: for each group
+    (suite x dataset x resolution) the rule with the smallest sum over the observed fractions of the p95 on the other
+    groups, scored on the group left out (pooled)."""
+    runs = {(name, tau): refiner_rows(cells, rule, tau) for name, rule in EVIDENCE_RULES.items() for tau in PRIOR_SDS}
+    stat = lambda rows: {str(f): (statistics.median(e), quantile(e, 0.95)) for f in FRACTIONS  # noqa: E731
+                         for e in [[r["error"] for r in rows if r["fraction"] == f]]}
+    groups = sorted({r["group"] for rows in runs.values() for r in rows})
+    held, chosen = [], {}
+    for g in groups:
+        score = {k: sum(quantile([r["error"] for r in rows if r["group"] != g and r["fraction"] == f], 0.95)
+                        for f in FRACTIONS if f > 0) for k, rows in runs.items()}
+        best = min(score, key=score.get)
+        chosen[g] = f"{best[0]}, sd {best[1]}"
+        held += [r for r in runs[best] if r["group"] == g]
+    return {"rules": {f"{name}, sd {tau}": stat(rows) for (name, tau), rows in runs.items()},
+            "heldout_selection": stat(held), "chosen": chosen}
+
+
+def render_evidence(study) -> str:
+    lines = ["| evidence of k observed steps, prior sd of log speed | " + " | ".join(
+        f"{int(100 * f)}%: median / p95" for f in FRACTIONS if f > 0) + " |", "|---|" + "---|" * (len(FRACTIONS) - 1)]
+    rows = list(study["rules"].items()) + [("**chosen on the other groups, scored on the one left out**",
+                                            study["heldout_selection"])]
+    for name, st in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{100 * st[str(f)][0]:.1f}% / {100 * st[str(f)][1]:.1f}%"
+                                                 for f in FRACTIONS if f > 0) + " |")
+    lines += ["", "Chosen per group left out: " + "; ".join(f"{g}: {v}" for g, v in study["chosen"].items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def render(result) -> str:
     lines = ["| estimate | " + " | ".join(f"{int(100 * f)}% observed: median / p95" for f in FRACTIONS) + " |",
              "|---|" + "---|" * len(FRACTIONS)]
@@ -315,8 +380,10 @@ def main(argv=None):
     ol_margins = open_loop_margins(ol_rows)
     result["open_loop"] = {"margins": {b: (None if math.isinf(m) else m) for b, m in ol_margins.items()},
                            "coverage": open_loop_coverage(ol_rows)}
+    result["evidence"] = evidence_study(cells)
     args.out.write_text(json.dumps(result, indent=1))
     print(render(result))
+    print(render_evidence(result["evidence"]))
     print(render_open_loop(result))
     try:
         plot(result, args.out.with_suffix(".png"))

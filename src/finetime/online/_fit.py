@@ -7,8 +7,11 @@ refined curve is a **time-warp** of the prediction, with a posterior over the sp
 * prior ``log a ~ N(0, tau^2)`` (at ``a = 1`` the prediction is kept: with nothing observed the refiner is the
   open-loop prediction);
 * likelihood from the log-loss residuals ``log y_i - log p(a t_i)`` of the observed points, with their scale
-  profiled out (``(RSS/k)^(-k/2)`` over the ``k`` observed steps after 0), so no noise level needs to be known and logged minibatch losses work as well
-  as whole-training-set ones;
+  profiled out (``(RSS/k)^(-k_eff/2)`` over the ``k`` observed steps after 0), so no noise level needs to be known and
+  logged minibatch losses work as well as whole-training-set ones. The ``k`` steps count as ``k_eff = sqrt(k)``
+  independent observations (``evidence_points``): consecutive losses of one run share their deviation from any warp
+  of the prediction (the run changes speed, the prediction's shape is off), so they are far from independent, and
+  counting them all made the posterior overconfident in the first tens of steps;
 * up to the last observed step the refined curve is the observed one; beyond it each warped curve is scaled to meet
   the last observed loss (the level the run has reached is known; the warp gives the shape from there on).
 
@@ -29,16 +32,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import torch
 
 from ..training_time import DIVERGENCE_FACTOR
 
 __all__ = ["Refined", "extend_curve", "observed_curve", "warp_posterior", "fit_exponential", "fit_power_law", "refine_curve",
-           "divergence_step", "weighted_quantile", "LOG_SPEEDS", "SPEED_PRIOR_SD"]
+           "divergence_step", "weighted_quantile", "LOG_SPEEDS", "SPEED_PRIOR_SD", "evidence_points"]
 
 LOG_SPEEDS = torch.linspace(-3.0, 3.0, 301, dtype=torch.float64)
 """Grid of ``log a``: runs from 20x slower to 20x faster than predicted."""
+
+def evidence_points(k: int) -> float:
+    """How many independent observations ``k`` observed steps are worth to the warp posterior: ``sqrt(k)``. Chosen on
+    the benchmark suite (``bench/online_bench.py``) among ``k``, ``k / 4``, ``1 + log k``, ``min(k, 3)`` and
+    ``sqrt(k)``, each with prior sds 0.25 / 0.5 / 1 (``SPEED_PRIOR_SD`` stays 0.5): selected on all dataset groups but
+    one and scored on the one left out, a rule that discounts ``k`` was picked for every group, and the pooled
+    held-out p95 fell at every observed fraction (BENCHMARKS.md, section 8)."""
+    return math.sqrt(k)
+
 
 SPEED_PRIOR_SD = 0.5
 """``tau``, the prior's standard deviation of ``log a``. Chosen on the benchmark suite among 0.5, 1 and 2 (the
@@ -135,7 +148,8 @@ def observed_curve(t: torch.Tensor, y: torch.Tensor, at: torch.Tensor) -> torch.
 
 
 def warp_posterior(prior: torch.Tensor, steps: torch.Tensor, losses: torch.Tensor, horizon: int, *,
-                   tau: float = SPEED_PRIOR_SD, log_speeds: torch.Tensor = LOG_SPEEDS) -> Refined:
+                   tau: float = SPEED_PRIOR_SD, log_speeds: torch.Tensor = LOG_SPEEDS,
+                   evidence: Callable[[int], float] = evidence_points) -> Refined:
     """Posterior over the time-warps ``p(a t)`` of the ``prior`` curve given observed ``(steps, losses)``; the
     curves run to ``horizon`` and are scaled to pass through the last observation (see the module docstring)."""
     prior = torch.as_tensor(prior, dtype=torch.float64)
@@ -155,7 +169,7 @@ def warp_posterior(prior: torch.Tensor, steps: torch.Tensor, losses: torch.Tenso
         k = int(informative.sum())
         rss = (r[:, informative] ** 2).sum(1)
         if k > 0:
-            log_post = log_post - 0.5 * k * torch.log(rss / k + 1e-6)
+            log_post = log_post - 0.5 * evidence(k) * torch.log(rss / k + 1e-6)
         last = int(torch.argmax(t))
         ratio = y[last].clamp_min(_TINY) / q[:, last]
         after = grid > t[last]
@@ -218,7 +232,7 @@ def _point(curve: torch.Tensor, method: str) -> Refined:
 
 
 def refine_curve(prior: torch.Tensor | None, steps: torch.Tensor, losses: torch.Tensor, horizon: int, *,
-                 tau: float = SPEED_PRIOR_SD) -> Refined:
+                 tau: float = SPEED_PRIOR_SD, evidence: Callable[[int], float] = evidence_points) -> Refined:
     """The refined curves to ``horizon`` from a predicted curve (``None`` or diverged: no usable prior) and the
     observations so far (``steps`` ascending, ``steps[0] == 0`` when the starting loss is known)."""
     t = torch.as_tensor(steps, dtype=torch.float64)
@@ -231,9 +245,9 @@ def refine_curve(prior: torch.Tensor | None, steps: torch.Tensor, losses: torch.
         prior = torch.as_tensor(prior, dtype=torch.float64)
         d = divergence_step(prior)
         if d is None:
-            return warp_posterior(prior, t, y, horizon, tau=tau)
+            return warp_posterior(prior, t, y, horizon, tau=tau, evidence=evidence)
         if d > 1:
-            return _diverging_warp(prior, d, t, y, horizon, tau)
+            return _diverging_warp(prior, d, t, y, horizon, tau, evidence)
     if t.numel() >= MIN_POINTS_FOR_FIT:
         return _point(fit_exponential(t, y, horizon), "exponential")
     if prior is None:
@@ -242,14 +256,15 @@ def refine_curve(prior: torch.Tensor | None, steps: torch.Tensor, losses: torch.
     return _point(nan, "diverged")  # the prediction diverged at once and the run has not yet said otherwise
 
 
-def _diverging_warp(prior: torch.Tensor, d: int, t, y, horizon: int, tau: float) -> Refined:
+def _diverging_warp(prior: torch.Tensor, d: int, t, y, horizon: int, tau: float,
+                    evidence: Callable[[int], float] = evidence_points) -> Refined:
     """Warp posterior of a prediction that diverges at step ``d``: after ``d`` it stands above the divergence line,
     so warps under which the run would already have diverged are unlikely; each refined curve that crosses the line
     diverges there (NaN after it), and the estimate is divergence when those curves weigh more than half."""
     line = DIVERGENCE_FACTOR * float(prior[0])
     p = prior.clone()
     p[d:] = 2 * line
-    r = warp_posterior(p, t, y, horizon, tau=tau)
+    r = warp_posterior(p, t, y, horizon, tau=tau, evidence=evidence)
     over = r.curves > line
     crossed = torch.cumsum(over.long(), 1) > 0
     curves = torch.where(crossed, torch.full_like(r.curves, math.nan), r.curves)
