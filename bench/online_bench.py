@@ -83,16 +83,23 @@ def estimates(prior, real, T, f):
     return out
 
 
+def prior_curve(c) -> torch.Tensor:
+    """The cell's predicted curve as the refiner's prior: NaN from its divergence on when most simulated runs
+    diverged (what ``Refiner.from_prediction`` does)."""
+    prior = _curve(c["predictors"][c["_prior"]]["loss"])
+    if c["predictors"][c["_prior"]]["diverged_fraction"] > 0.5:
+        bad = torch.nonzero(~torch.isfinite(prior))
+        prior[int(bad[0]) if len(bad) else 0:] = math.nan
+    return prior
+
+
 def collect(cells):
     rows = []
     for c in cells:
         if not measurable(c):
             continue
         real = c["real"]
-        prior = _curve(c["predictors"][c["_prior"]]["loss"])
-        if c["predictors"][c["_prior"]]["diverged_fraction"] > 0.5:  # what Refiner.from_prediction does
-            bad = torch.nonzero(~torch.isfinite(prior))
-            prior[int(bad[0]) if len(bad) else 0:] = math.nan
+        prior = prior_curve(c)
         rc = _curve(real["loss"])
         T = rc.shape[0] - 1
         cfg = c["config"]
@@ -250,10 +257,7 @@ def refiner_rows(cells, evidence, tau):
         if not measurable(c):
             continue
         real = c["real"]
-        prior = _curve(c["predictors"][c["_prior"]]["loss"])
-        if c["predictors"][c["_prior"]]["diverged_fraction"] > 0.5:
-            bad = torch.nonzero(~torch.isfinite(prior))
-            prior[int(bad[0]) if len(bad) else 0:] = math.nan
+        prior = prior_curve(c)
         rc = _curve(real["loss"])
         T = rc.shape[0] - 1
         cfg = c["config"]
