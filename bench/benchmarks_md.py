@@ -70,7 +70,7 @@ def paper_suite():
 
 
 def adamw_suite():
-    return _suite("adamw", ("linear", "adaptive-adam"), "predicted vs real training time, AdamW")
+    return _suite("adamw", ("linear", "adaptive"), "predicted vs real training time, AdamW")
 
 
 def text_suite():

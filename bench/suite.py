@@ -98,11 +98,9 @@ def run_cell(cfg: RunConfig, task: Task, kernel, kernel_seconds: float, step_sec
 
 
 BENCH_PREDICTORS = {**PRESETS,
-                    "adaptive-full-refresh": dataclasses.replace(PRESETS["adaptive"], refresh_samples="all"),
-                    "adaptive-adam": dataclasses.replace(PRESETS["adaptive"], relinearize_adam=True)}
-"""The presets, and variants kept as baselines in the results: ``adaptive-full-refresh`` is ``adaptive`` with every
-refresh a whole kernel (``--refresh-samples all``; the default before refreshes on a subset); ``adaptive-adam`` is
-``adaptive`` re-linearizing Adam and AdamW too (``--relinearize-adam``)."""
+                    "adaptive-full-refresh": dataclasses.replace(PRESETS["adaptive"], refresh_samples="all")}
+"""The presets, and a variant kept as a baseline in the results: ``adaptive-full-refresh`` is ``adaptive`` with every
+refresh a whole kernel (``--refresh-samples all``; the default before refreshes on a subset)."""
 
 
 def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:

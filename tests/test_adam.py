@@ -180,8 +180,8 @@ def test_adam_settings_and_linear_schedule():
                                "schedule": "linear", "warmup_steps": 4, "steps": 12, "betas": [0.9, 0.98]})
     assert isinstance(cfg.optimizer, AdamW) and cfg.optimizer.betas == (0.9, 0.98)
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
-    assert not cfg.relinearizes  # Adam keeps the one preconditioned kernel unless asked
-    assert cfg.replace(relinearize_adam=True).relinearizes  # its decoupled decay is tracked
+    assert cfg.relinearizes  # its decoupled decay is tracked
+    assert not cfg.replace(relinearize_adam=False).relinearizes  # --no-relinearize-adam: the one kernel
     sgd_l2 = RunConfig.from_dict({"optimizer": "sgd", "lr": 1e-3, "weight_decay": 0.01, "steps": 12})
     assert not sgd_l2.relinearizes  # SGD's L2 decay is not in the range of J^T: one kernel
     torch.testing.assert_close(lr_factors(Linear(warmup_steps=4), 12)[3:].tolist(),

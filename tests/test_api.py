@@ -117,14 +117,14 @@ def test_validate_head_only_adamw_is_exact():
 def test_adamw_predicts_on_the_preconditioned_kernel_and_sweeps_per_batch_size():
     base = RunConfig.from_dict({**SMALL, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01,
                                 "target_loss": (0.9,)})
-    pred = predict(base.replace(batch_size=4))
+    pred = predict(base.replace(batch_size=4, relinearize_adam=False))
     assert pred.kernel.meta["preconditioner"].startswith("adamw second moments at w0, batch 4")
     d = pred.to_dict()["predicted"]
     assert d["preconditioned"] and d["predictor"] == "linear" and d["loss"][-1] < d["loss"][0]
-    relin = predict(base.replace(batch_size=4, relinearize_adam=True, linearity_tol=0.0)).to_dict()["predicted"]
+    relin = predict(base.replace(batch_size=4, linearity_tol=0.0)).to_dict()["predicted"]
     assert relin["relinearization"]["kernels"] == 3 and relin["loss"][-1] < relin["loss"][0]
     out = sweep(base, {"lr": [1e-3, 1e-2], "batch_size": [0, 4]})
     assert len(out["rows"]) == 4 and not any("error" in r for r in out["rows"])
-    for r in out["rows"]:
-        single = predict(base.replace(**r["settings"]))
+    for r in out["rows"]:  # a sweep predicts each setting on the one kernel at w0, as --predictor linear does
+        single = predict(base.replace(**r["settings"], predictor="linear"))
         assert single.times["target=0.9"].step == r["steps_to_target"]["step"]

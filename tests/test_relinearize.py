@@ -265,7 +265,8 @@ def test_adam_checkpoint_at_every_step_is_the_weight_space_rule():
     m, x, y, p, net = _adam_setup(seed=3, opt=opt)
     steps = 7
     plan = batch_plan(p.n, opt, steps, 1, torch.Generator().manual_seed(4))
-    traj, info = relinearized(p, opt, steps, net, checkpoints=list(range(1, steps)), reanchor="all", plan=plan)
+    traj, info = relinearized(p, opt, steps, net, checkpoints=list(range(1, steps)), reanchor="all", plan=plan,
+                              adam_step_bound=None)
     assert info.kernels == steps - 1
     ref = copy.deepcopy(m)
     params = list(ref.parameters())
@@ -297,7 +298,7 @@ def test_adam_relinearizing_a_linear_model_changes_nothing():
     m, x, y, p, net = _adam_setup(seed=1, n=10, linear=True, opt=opt)
     b = simulate(p, opt, 15, runs=2, generator=torch.Generator().manual_seed(3))
     a, info = relinearized(p, opt, 15, net, checkpoints=[2, 6], runs=2, generator=torch.Generator().manual_seed(3),
-                           reanchor="none")
+                           reanchor="none", adam_step_bound=None)
     assert info.kernels == 2 and max(info.loss_gaps) < 1e-10
     torch.testing.assert_close(a.loss, b.loss)
 
@@ -325,3 +326,76 @@ def test_parameter_preconditioner_of_a_convolution_with_dead_taps():
     diag = torch.cat([prec[k].reshape(-1) for k, _ in m.named_parameters()])
     k = compute_kernel(m, x, method="exact", scales=scales)
     torch.testing.assert_close(k.theta, (j * diag) @ j.T, rtol=1e-9, atol=1e-12)
+
+
+def test_bounded_move_clips_each_weight_and_keeps_the_rest():
+    from finetime.relinearize import apply_coefficients
+
+    m, x, y, _ = _setup(seed=2, n=6)
+    names = [n for n, _ in m.named_parameters()]
+    a = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    free, bounded = copy.deepcopy(m), copy.deepcopy(m)
+    apply_coefficients(free, x, a, names)
+    apply_coefficients(bounded, x, a, names, bound=1e-3)
+    clipped = 0
+    for (n, w0), w1, w2 in zip(m.named_parameters(), free.parameters(), bounded.parameters()):
+        d_free, d_bound = (w1 - w0).detach(), (w2 - w0).detach()
+        assert d_bound.abs().max() <= 1e-3 + 1e-15
+        torch.testing.assert_close(d_bound, d_free.clamp(-1e-3, 1e-3))
+        clipped += int((d_free.abs() > 1e-3).sum())
+    assert clipped > 0
+
+
+def test_adam_preconditioner_follows_the_path():
+    """``network_of``'s ``adapt`` mixes Adam's second moments along the path: weight 0 keeps ``P`` of ``w0``, weight 1
+    is ``P`` of the moved network alone, and its kernels use the mixed ``P`` from then on."""
+    from types import SimpleNamespace
+
+    from finetime.config import RunConfig
+    from finetime.kernel import parameter_preconditioner
+    from finetime.predict import Task, network_of, preconditioner_scales
+
+    m, x, y, _ = _setup(seed=4, n=8)
+    names = [n for n, _ in m.named_parameters()]
+    cfg = RunConfig.from_dict({"optimizer": "adamw", "lr": 1e-3, "batch_size": 4, "classes": 3})
+    task = Task(cfg, SimpleNamespace(x=x, y=y, x_test=None), m, names)
+    net = network_of(task)
+    shapes = dict(m.named_parameters())
+    p0 = {k: parameter_preconditioner(task.scales[k], shapes[k].shape) for k in names}
+    for k in names:
+        torch.testing.assert_close(net.precondition[k], p0[k])
+    moved = copy.deepcopy(m)
+    with torch.no_grad():
+        for w in moved.parameters():
+            w.add_(0.3 * torch.randn_like(w))
+    same = net.adapt(moved, 0.0)
+    for k in names:
+        torch.testing.assert_close(same[k], p0[k])
+    alone = Task(cfg, task.data, moved, names)
+    p1 = {k: parameter_preconditioner(v, shapes[k].shape) for k, v in preconditioner_scales(alone).items()}
+    got = net.adapt(moved, 1.0)
+    assert any(not torch.allclose(got[k], p0[k]) for k in names)
+    for k in names:
+        torch.testing.assert_close(got[k], p1[k])
+    k_new = net.kernel(moved)
+    k_ref = compute_kernel(moved, x, scales=preconditioner_scales(alone), projection_dim=cfg.kernel.projection_dim,
+                           seed=cfg.task.seed, method=cfg.kernel.method)
+    torch.testing.assert_close(k_new.theta, k_ref.theta)
+
+
+def test_adam_rule_restarts_rho_on_a_new_preconditioner():
+    from finetime.optim import AdamW
+
+    rule = AdamW(lr=0.1).function_space()
+    state = rule.init(torch.zeros(2, 6, dtype=torch.float64), 6, True)
+    g = torch.randn(2, 6, dtype=torch.float64)
+    for _ in range(3):
+        state = rule.step(state, g, g, 0.1, None)
+    assert state.slots["q_ref"] is not None and state.slots["tq"] == 3
+    table = torch.eye(6, dtype=torch.float64)
+    kept = rule.rebase(state, table)
+    assert kept.slots["q_ref"] is not None and kept.slots["tq"] == 3
+    kept.slots["new_preconditioner"] = True
+    reset = rule.rebase(kept, table)
+    assert reset.slots["q_ref"] is None and reset.slots["tq"] == 0 and not reset.slots["q"].any()
+    assert reset.slots["t"] == 3 and "new_preconditioner" not in reset.slots

@@ -114,10 +114,10 @@ class PredictorConfig:
     refresh_samples: int | str = "auto"
     """Training samples each refresh computes the new kernel on (``finetime.subset.refresh_sample_count``; the rest
     follow by ``kernel.update.nystrom_update``): ``all``, ``auto`` or a number."""
-    relinearize_adam: bool = False
-    """Re-linearize Adam and AdamW too (``--relinearize-adam``); by default they keep the one preconditioned kernel
-    at ``w0``: moved along the linear model's path, EfficientNet-Lite0 leaves the linear regime far faster than
-    real AdamW does (BENCHMARKS.md, section 6)."""
+    relinearize_adam: bool = True
+    """Re-linearize Adam and AdamW too (``--no-relinearize-adam`` keeps their one preconditioned kernel at ``w0``):
+    each refresh re-estimates Adam's ``P`` from the second moments along the path and moves no weight further than
+    Adam could (BENCHMARKS.md, sections 6 and 7)."""
 
     def __post_init__(self):
         object.__setattr__(self, "refresh_samples", sample_setting(self.refresh_samples, "--refresh-samples"))

@@ -50,6 +50,9 @@ class Task:
     scales: dict | None = dataclasses.field(default=None, repr=False)
     """A preconditioned optimizer's ``sqrt(P)`` at the pretrained weights, kept by ``kernel_for`` once computed (the
     refreshes of re-linearization reuse it)."""
+    moments: object | None = dataclasses.field(default=None, repr=False)
+    """The per-sample gradient moments at the pretrained weights those ``scales`` came from (``GradientMoments``):
+    re-linearizing Adam averages them with the moments along the path."""
 
     @property
     def train_data(self) -> Dataset:
@@ -177,50 +180,100 @@ def preconditioner_scales(task: Task, model: torch.nn.Module | None = None, *,
     and their inverse root (``kernel.inverse_root_scale``). ``outputs``: the training outputs where the run starts,
     if already computed."""
     model = model if model is not None else task.model
-    opt, d = task.config.optimizer, task.data
+    mom = loss_gradient_moments(task, model, outputs=outputs)
+    if model is task.model:
+        task.moments = mom
+    return scales_from_moments(task.config.optimizer, mom)
+
+
+def loss_gradient_moments(task: Task, model: torch.nn.Module, *, outputs: torch.Tensor | None = None,
+                          samples: torch.Tensor | None = None):
+    """``kernel.gradient_moments`` of the per-sample loss gradients of ``model`` on the task's training samples (or on
+    ``samples`` of them), at the outputs where a run from ``model`` starts (``outputs``, if already computed)."""
+    d = task.data
     f = outputs if outputs is not None else _start_outputs(task, model)
     r = residual(f.double(), d.y, task.config.loss).to(f.dtype)
-    return scales_from_moments(opt, gradient_moments(model, d.x, r, params=task.trained))
+    x = d.x
+    if samples is not None:
+        x, r = x[samples], r[samples]
+    return gradient_moments(model, x, r, params=task.trained)
 
 
-def scales_from_moments(opt, mom) -> dict:
-    """``sqrt(P)`` per parameter from the per-sample gradient moments (``kernel.GradientMoments``): the optimizer's
-    minibatch second moments ``v = (1 - noise) mean^2 + noise sq`` and their inverse root (row x column for factored
-    parameters, from the row and column sums of ``v`` alone, whether or not the squares were formed)."""
-    noise = opt.minibatch_noise(mom.n)
+def second_moments(opt, mom, n: int | None = None) -> dict:
+    """The optimizer's minibatch second moments ``v = (1 - noise) mean^2 + noise sq`` per parameter from the per-sample
+    gradient moments (``kernel.GradientMoments``): ``v`` itself for a dense parameter, its row and column sums for a
+    factored one (what the row x column fit needs, whether or not the squares were formed). Linear in the moments, so
+    a weighted average of these is the second moment of the mixed gradients. ``n``: the training set's size when
+    ``mom`` was measured on a subset of it (the minibatch noise is the run's)."""
+    noise = opt.minibatch_noise(mom.n if n is None else n)
     out = {}
     for name, mean in mom.mean.items():
         lay = mom.layout[name]
         if lay is None:
-            out[name] = inverse_root_scale(opt.second_moments(mean, mom.sq[name], mom.n), None, opt.adam_eps)
+            out[name] = (opt.second_moments(mean, mom.sq[name], mom.n),)
             continue
         # v = (1 - noise) mean^2 + noise sq is linear in both: its row and column sums are theirs
         m2 = (mean.double() ** 2).view(lay[0] * lay[1], lay[2])
         rows = (1 - noise) * m2.sum(1) + noise * mom.sq_rows[name].double()
         cols = (1 - noise) * m2.sum(0) + noise * mom.sq_cols[name].double()
-        out[name] = factored_inverse_root_scale(rows.to(mean.dtype), cols.to(mean.dtype), lay, opt.adam_eps)
+        out[name] = (rows.to(mean.dtype), cols.to(mean.dtype))
+    return out
+
+
+def scales_from_second_moments(opt, v: dict, mom) -> dict:
+    """``sqrt(P)`` per parameter from ``second_moments`` ``v`` (the layouts and dead taps from ``mom``): the inverse
+    root, row x column for factored parameters."""
+    out = {}
+    for name, parts in v.items():
+        lay = mom.layout[name]
+        out[name] = (inverse_root_scale(parts[0], None, opt.adam_eps) if lay is None
+                     else factored_inverse_root_scale(parts[0], parts[1], lay, opt.adam_eps))
     for name, taps in mom.taps.items():  # where the layout leaves out dead convolution taps
         out[name] = dataclasses.replace(out[name], taps=taps)
     return out
 
 
+def scales_from_moments(opt, mom) -> dict:
+    """``sqrt(P)`` per parameter from the per-sample gradient moments (``kernel.GradientMoments``): the optimizer's
+    minibatch second moments (``second_moments``) and their inverse root (row x column for factored parameters)."""
+    return scales_from_second_moments(opt, second_moments(opt, mom), mom)
+
+
 def network_of(task: Task) -> Network:
     """The task's network as re-linearization sees it: moved along ``task.trained``, its kernel by ``kernel_for``,
-    evaluated with batch statistics for ``--bn batch`` runs. A preconditioned optimizer keeps its ``P`` of ``w0``
-    (``task.scales``, measured here if the kernel was loaded from a file)."""
+    evaluated with batch statistics for ``--bn batch`` runs. A preconditioned optimizer starts from its ``P`` of
+    ``w0`` (``task.scales``, measured here if the kernel was loaded from a file) and re-estimates it along the path
+    (``adapt``)."""
     x = task.data.x
     outputs = ((lambda m: batch_statistics_outputs(m, x)) if task.config.task.bn is BatchNormMode.BATCH
                else None)
     scales = precondition = None
+    held = {}
+    adapt = None
     if task.config.optimizer.preconditioned:
         if task.scales is None:
             task.scales = preconditioner_scales(task)
-        scales = task.scales
+        held["scales"] = task.scales
         shapes = dict(task.model.named_parameters())
-        precondition = {name: parameter_preconditioner(scales[name], shapes[name].shape) for name in task.trained}
-    return Network(task.model, x, task.trained, kernel=lambda m: kernel_for(task, model=m, scales=scales),
-                   outputs=outputs, subset_kernel=lambda m, idx: kernel_for(task, model=m, samples=idx, scales=scales),
-                   precondition=precondition)
+        precondition = {name: parameter_preconditioner(task.scales[name], shapes[name].shape) for name in task.trained}
+        opt, n = task.config.optimizer, task.data.x.shape[0]
+
+        def adapt(model: torch.nn.Module, weight: float, samples: torch.Tensor | None = None) -> dict:
+            """Adam's ``v`` along the path: the second moments at ``model`` (on ``samples`` of the training set, or
+            all) mixed with weight ``weight`` into the running ones (at first those of ``w0``); the kernels from here
+            on use its ``P``, which is returned in parameter shape."""
+            if task.moments is None:
+                task.scales = preconditioner_scales(task)
+            new = second_moments(opt, loss_gradient_moments(task, model, samples=samples), n)
+            old = held.get("v") or second_moments(opt, task.moments)
+            held["v"] = {k: tuple((1 - weight) * a + weight * b for a, b in zip(old[k], new[k])) for k in new}
+            held["scales"] = scales_from_second_moments(opt, held["v"], task.moments)
+            return {name: parameter_preconditioner(held["scales"][name], shapes[name].shape) for name in task.trained}
+
+    return Network(task.model, x, task.trained, kernel=lambda m: kernel_for(task, model=m, scales=held.get("scales")),
+                   outputs=outputs,
+                   subset_kernel=lambda m, idx: kernel_for(task, model=m, samples=idx, scales=held.get("scales")),
+                   precondition=precondition, adapt=adapt)
 
 
 SIMULATOR_DEVICE_OUTPUTS = 2000

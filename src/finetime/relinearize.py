@@ -81,12 +81,22 @@ class Network:
     precondition: dict[str, torch.Tensor] | None = None
     """A preconditioned optimizer's diagonal ``P`` per trained parameter, in the parameter's shape (Adam: the one the
     kernels were computed with)."""
+    adapt: Callable[..., dict[str, torch.Tensor]] | None = None
+    """``adapt(model, weight, samples)``: Adam's ``P`` re-estimated along the path, the second moments at ``model`` (on
+    the training samples ``samples``, or all) mixed in with ``weight``; ``kernel`` and ``subset_kernel`` use it from
+    then on. Returns the new ``P`` in parameter shape."""
 
     def evaluate(self, model: torch.nn.Module) -> torch.Tensor:
         if self.outputs is not None:
             return self.outputs(model)
         with eval_mode(model):
             return network_outputs(model, self.x)
+
+
+ADAM_STEP_BOUND = 1.0
+"""Re-linearizing Adam moves each weight by at most this times the summed learning rates since the last checkpoint:
+Adam's step ``lr m / sqrt(v)`` is about ``lr`` per weight or less, while the linear model's ``P J^T a``, with ``P``
+fixed between refreshes, can move a weight whose gradient grew along the path far further than Adam would."""
 
 
 def first_checkpoint(steps: int) -> int:
@@ -106,9 +116,10 @@ def checkpoint_schedule(steps: int, count: int, first: int | None = None) -> lis
 
 def apply_coefficients(model: torch.nn.Module, x: torch.Tensor, a: torch.Tensor, params: list[str],
                        chunk: int = 64, *, precondition: dict[str, torch.Tensor] | None = None,
-                       shrink: float = 1.0) -> None:
+                       shrink: float = 1.0, bound: float | None = None) -> None:
     """``w <- shrink w + P J(w)^T a`` in place for the named parameters (``a``: ``(N, C)``; evaluated in eval mode;
-    ``P``: ``precondition[name]``, the identity by default)."""
+    ``P``: ``precondition[name]``, the identity by default); with ``bound`` each weight's move ``P J^T a`` is clipped
+    to ``[-bound, bound]``."""
     named = dict(model.named_parameters())
     trained = [named[n] for n in params]
     grads = [torch.zeros_like(p) for p in trained]
@@ -124,6 +135,8 @@ def apply_coefficients(model: torch.nn.Module, x: torch.Tensor, a: torch.Tensor,
             for name, p, g in zip(params, trained, grads):
                 if precondition is not None:
                     g *= precondition[name].to(g.device, g.dtype)
+                if bound is not None:
+                    g.clamp_(-bound, bound)
                 if shrink != 1.0:
                     p *= shrink
                 p += g
@@ -133,7 +146,8 @@ class _Refresh:
     """The checkpoint hook: move the network to the linear model's weights, check linearity, refresh the kernel."""
 
     def __init__(self, problem: Problem, network: Network, reanchor: Reanchor, linearity_tol: float,
-                 recorder: Recorder, info: RelinearizationInfo, samples: torch.Tensor | None = None):
+                 recorder: Recorder, info: RelinearizationInfo, samples: torch.Tensor | None = None,
+                 step_bound: float | None = None, adapt: bool = True):
         self.problem, self.network, self.reanchor, self.tol = problem, network, reanchor, linearity_tol
         self.rec, self.info = recorder, info
         self.samples = samples
@@ -142,6 +156,10 @@ class _Refresh:
         self.trace0 = float(problem.theta.trace())
         self.count = 0
         self.done = False
+        self.step_bound = step_bound
+        self.last = 0  # the step the network was last moved to
+        self.adapt = adapt
+        self.precondition = network.precondition
 
     def __call__(self, t: int, stepper: ExactStepper, state: FunctionState):
         if self.done:
@@ -155,8 +173,11 @@ class _Refresh:
         mean = state.f[alive].mean(0)
         check = i == 0 and self.tol > 0
         t_net = time.perf_counter()
+        bound = (None if self.step_bound is None or self.precondition is None
+                 else self.step_bound * sum(stepper.lrs[self.last:t]))
         apply_coefficients(self.work, self.network.x, state.a[alive].mean(0).view(n, c), self.network.params,
-                           precondition=self.network.precondition, shrink=state.slots.get("shrink", 1.0))
+                           precondition=self.precondition, shrink=state.slots.get("shrink", 1.0), bound=bound)
+        prev, self.last = self.last, t
         if check:
             with torch.no_grad():
                 f_net = self.network.evaluate(self.work)
@@ -168,6 +189,11 @@ class _Refresh:
                 info.linear_regime = True
                 self.done = True
                 return stepper, state
+        if self.adapt and self.network.adapt is not None:  # Adam's v where the network now is, averaged over the path
+            t_a = time.perf_counter()
+            self.precondition = self.network.adapt(self.work, (t - prev) / t, self.samples)
+            info.network_seconds += time.perf_counter() - t_a
+            state.slots["new_preconditioner"] = True
         if self.samples is not None:
             return self._subset_refresh(check, mean, stepper, state)
         t_k = time.perf_counter()
@@ -228,7 +254,8 @@ class _Refresh:
 def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Network, *, checkpoints: list[int],
                  reanchor: Reanchor | str = Reanchor.ALL, linearity_tol: float = 0.0, runs: int = 1,
                  generator: torch.Generator | None = None, plan: BatchPlan | None = None,
-                 refresh_samples: torch.Tensor | None = None) -> tuple[Trajectory, RelinearizationInfo]:
+                 refresh_samples: torch.Tensor | None = None, adam_step_bound: float | None = ADAM_STEP_BOUND,
+                 adapt_preconditioner: bool = True) -> tuple[Trajectory, RelinearizationInfo]:
     """Simulate ``optimizer`` on the linearization at ``w0`` (``problem``), re-linearizing the real ``network`` at
     ``checkpoints`` (a hook of the simulation driver).
 
@@ -238,7 +265,12 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     one-kernel prediction is kept. ``plan``: an explicit batch order (e.g. a real run's) instead of ``runs`` drawn
     from ``generator``. ``refresh_samples``: training-sample indices on which each refresh computes the new kernel,
     carried to all samples by ``kernel.update.nystrom_update`` (``None``: every refresh is a whole kernel); needs
-    ``network.subset_kernel`` and ``reanchor="none"``. ``network.model`` is not modified."""
+    ``network.subset_kernel`` and ``reanchor="none"``. ``network.model`` is not modified.
+
+    For a preconditioned optimizer (Adam; ``network.precondition``) the network is moved by at most
+    ``adam_step_bound`` times the learning rates summed since the last checkpoint per weight (``None``: unbounded), and
+    with ``adapt_preconditioner`` ``P`` is re-estimated at each refresh from the second moments along the path
+    (``network.adapt``), the function-space rule's ``rho_t`` restarting from it."""
     if not optimizer.relinearizable:
         raise ConfigError(f"re-linearization does not support {optimizer.name}'s weight decay; use the linear "
                           "predictor")
@@ -264,7 +296,8 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     info = RelinearizationInfo(sorted(checkpoints),
                                refresh_samples=None if refresh_samples is None else refresh_samples.numel())
     rec = Recorder(problem, r_runs, steps, problem.theta.dtype)
-    hook = _Refresh(problem, network, reanchor, linearity_tol, rec, info, refresh_samples)
+    hook = _Refresh(problem, network, reanchor, linearity_tol, rec, info, refresh_samples,
+                    adam_step_bound, adapt_preconditioner)
     traj, _ = solve(ExactStepper(problem, optimizer, steps, plan, track=True), steps, runs=r_runs, recorder=rec,
                     method="relinearized", checkpoints=info.checkpoints, hook=hook)
     return traj, info

@@ -135,10 +135,10 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                             "samples and carries it to the others through the previous kernel (Nystrom); auto: "
                             f"{100 * AUTO_REFRESH_FRACTION:.0f}%% of them, at least {AUTO_REFRESH_PER_CLASS} per class; all: "
                             "the whole kernel, as re-anchoring needs (default: the preset's; adaptive: auto)")
-        g.add_argument("--relinearize-adam", action="store_const", const=True, default=None,
-                       help="re-linearize Adam and AdamW too (their weights move by P J^T a with the preconditioner P "
-                            "of w0); without it they keep the one preconditioned kernel, which measured better on "
-                            "images (BENCHMARKS.md, sections 6 and 7)")
+        g.add_argument("--relinearize-adam", action=argparse.BooleanOptionalAction, default=None,
+                       help="re-linearize Adam and AdamW as SGD is (the default): P re-estimated from the second "
+                            "moments along the path, no weight moved further than Adam could; --no-relinearize-adam "
+                            "keeps the one preconditioned kernel at w0")
     g.add_argument("--extrapolate-to", type=int, default=_D["extrapolate_to"], metavar="N",
                    help="also predict the training time on N samples of the same classes from this subset's kernel "
                         "spectrum (paper, section 4; power-law fits)")

@@ -125,7 +125,7 @@ class _AdamRule:
 
     def init(self, f: torch.Tensor, nc: int, track: bool) -> FunctionState:
         runs = f.shape[0]
-        slots = {"m": torch.zeros_like(f), "q": f.new_zeros(runs), "t": 0, "q_ref": None}
+        slots = {"m": torch.zeros_like(f), "q": f.new_zeros(runs), "t": 0, "tq": 0, "q_ref": None}
         if not track:
             return FunctionState(f, slots)
         slots.update(mc=f.new_zeros(runs, nc), shrink=1.0)
@@ -134,13 +134,14 @@ class _AdamRule:
     def step(self, state, grad, coeff, lr, weights):
         s = state.slots
         s["t"] += 1
+        s["tq"] += 1
         t = s["t"]
         nc = coeff.shape[1]
         q = (grad[:, :nc] * coeff).sum(1).clamp_min(0)  # g^T P g of each run's batch gradient
         if s["q_ref"] is None:
             s["q_ref"] = q.mean().clamp_min(torch.finfo(q.dtype).tiny)
         s["q"].mul_(self.b2).add_(q, alpha=1 - self.b2)
-        q_hat = (s["q"] / (1 - self.b2**t)).clamp_min(torch.finfo(q.dtype).tiny)
+        q_hat = (s["q"] / (1 - self.b2 ** s["tq"])).clamp_min(torch.finfo(q.dtype).tiny)
         rho = (s["q_ref"] / q_hat).sqrt().unsqueeze(1)
         s["m"].mul_(self.b1).add_(grad, alpha=1 - self.b1)
         f = state.f
@@ -158,7 +159,11 @@ class _AdamRule:
         """``M = Theta_P,new mc``: the first moment's image through the new kernel; the displacement restarts."""
         if state.a is None:
             raise ValueError("re-linearization needs tracked coefficients")
-        state.slots["m"] = state.slots["mc"] @ table
+        s = state.slots
+        s["m"] = s["mc"] @ table
         state.a = torch.zeros_like(state.a)
-        state.slots["shrink"] = 1.0
+        s["shrink"] = 1.0
+        if s.pop("new_preconditioner", False):  # P re-estimated where v now is: rho_t restarts from it
+            s["q"].zero_()
+            s["tq"], s["q_ref"] = 0, None
         return state
