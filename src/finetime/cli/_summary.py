@@ -99,7 +99,8 @@ def _fmt_predictor(pr: dict) -> str:
         return f"{name} (the trained linear head simulated in weight space: exact)"
     if pr.get("preconditioned"):
         where = ("at the pretrained weights" if rl is None or rl["linear_regime"]
-                 else f"at the pretrained weights, {rl['kernels']} refreshed along the predicted path")
+                 else f"at the pretrained weights, {rl['kernels']} refreshed along the predicted path with P "
+                      "re-estimated there")
         return f"{name} (Adam on the preconditioned kernel J P J^T {where}; README 'Adam')"
     if rl is None:
         return {"linear": "linear (exact simulation, one kernel at the pretrained weights)",
