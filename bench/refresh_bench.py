@@ -96,7 +96,7 @@ def main(argv=None) -> int:
             relin.nystrom_update = carried(rule)
             t0 = time.perf_counter()
             traj, info = relinearized(problem, cfg.optimizer, cfg.steps, network_of(task), checkpoints=cps,
-                                      reanchor=p.reanchor, linearity_tol=p.linearity_tol, runs=cfg.runs,
+                                      reanchor=p.reanchor, linearity_tol=p.tolerance(cfg.optimizer), runs=cfg.runs,
                                       generator=default_generator(cfg), refresh_samples=idx)
             dt = time.perf_counter() - t0
             tt = training_times(traj.loss, cfg)

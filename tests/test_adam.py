@@ -10,7 +10,7 @@ from finetime.dynamics import Problem, simulate
 from finetime.errors import ConfigError
 from finetime.kernel import compute_kernel, gradient_moments, inverse_root_scale, jacobian
 from finetime.losses import Loss, per_sample_loss, residual
-from finetime.optim import Adam, AdamW, Linear, lr_factors
+from finetime.optim import SGD, Adam, AdamW, Linear, lr_factors
 
 
 class TextLike(nn.Module):
@@ -182,6 +182,9 @@ def test_adam_settings_and_linear_schedule():
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.relinearizes  # its decoupled decay is tracked
     assert not cfg.replace(relinearize_adam=False).relinearizes  # --no-relinearize-adam: the one kernel
+    assert cfg.predictor.tolerance(cfg.optimizer) == 0.001  # Adam's linearity check is ten times tighter than SGD's
+    assert cfg.predictor.tolerance(SGD(lr=0.1)) == 0.01
+    assert cfg.replace(linearity_tol=0.05).predictor.tolerance(cfg.optimizer) == 0.05
     sgd_l2 = RunConfig.from_dict({"optimizer": "sgd", "lr": 1e-3, "weight_decay": 0.01, "steps": 12})
     assert not sgd_l2.relinearizes  # SGD's L2 decay is not in the range of J^T: one kernel
     torch.testing.assert_close(lr_factors(Linear(warmup_steps=4), 12)[3:].tolist(),

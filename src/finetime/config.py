@@ -103,6 +103,16 @@ class KernelConfig:
         return None if self.max_memory_gb is None else int(self.max_memory_gb * 2**30)
 
 
+LINEARITY_TOL = 0.01
+"""The linearity check's tolerance for SGD: the network moved to the linear model's weights at step ~T/15 may differ
+from the linear model's loss by this fraction before the kernel is refreshed (chosen on the paper suite)."""
+
+ADAM_LINEARITY_TOL = 0.001
+"""The same for Adam and AdamW, ten times tighter: Adam moves every weight by about ``lr`` per step, small-gradient
+ones included, so a small gap at the check foretells a larger departure later (AdamW suites, BENCHMARKS.md sections
+6-7: at 0.01, 7 of 12 lr 1e-5 image cells and every lr 3e-5 text cell kept one kernel and were predicted too slow)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PredictorConfig:
     """The predictor and its settings. The default is the ``adaptive`` preset."""
@@ -110,7 +120,9 @@ class PredictorConfig:
     kind: Predictor = Predictor.RELINEARIZED
     relinearize: int = 3
     reanchor: Reanchor = Reanchor.NONE
-    linearity_tol: float = 0.01
+    linearity_tol: float | None = None
+    """Relative loss gap under which the linearity check keeps one kernel (0: no check); ``None``: the optimizer's
+    default, ``LINEARITY_TOL`` for SGD and ``ADAM_LINEARITY_TOL`` for Adam and AdamW (``tolerance``)."""
     refresh_samples: int | str = "auto"
     """Training samples each refresh computes the new kernel on (``finetime.subset.refresh_sample_count``; the rest
     follow by ``kernel.update.nystrom_update``): ``all``, ``auto`` or a number."""
@@ -118,6 +130,12 @@ class PredictorConfig:
     """Re-linearize Adam and AdamW too (``--no-relinearize-adam`` keeps their one preconditioned kernel at ``w0``):
     each refresh re-estimates Adam's ``P`` from the second moments along the path and moves no weight further than
     Adam could (BENCHMARKS.md, sections 6 and 7)."""
+
+    def tolerance(self, optimizer) -> float:
+        """The linearity check's tolerance for ``optimizer``: ``linearity_tol``, or the optimizer's default."""
+        if self.linearity_tol is not None:
+            return self.linearity_tol
+        return ADAM_LINEARITY_TOL if optimizer.preconditioned else LINEARITY_TOL
 
     def __post_init__(self):
         object.__setattr__(self, "refresh_samples", sample_setting(self.refresh_samples, "--refresh-samples"))
@@ -130,7 +148,7 @@ class PredictorConfig:
                                   f"got {getattr(self, name)!r}") from None
         if self.relinearize < 0:
             raise ConfigError(f"--relinearize must be >= 0, got {self.relinearize}")
-        if not (self.linearity_tol >= 0 and math.isfinite(self.linearity_tol)):
+        if self.linearity_tol is not None and not (self.linearity_tol >= 0 and math.isfinite(self.linearity_tol)):
             raise ConfigError(f"--linearity-tol must be >= 0 (0 turns the check off), got {self.linearity_tol}")
 
 

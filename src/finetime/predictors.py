@@ -83,7 +83,7 @@ def _relinearized(problem, config, task, generator, plan) -> Trajectory:
     traj, info = relinearized(problem, config.optimizer, config.steps, network_of(task),
                               checkpoints=checkpoint_schedule(config.steps, p.relinearize,
                                                               first=first_checkpoint(config.steps)),
-                              reanchor=p.reanchor, linearity_tol=p.linearity_tol, runs=config.runs,
+                              reanchor=p.reanchor, linearity_tol=p.tolerance(config.optimizer), runs=config.runs,
                               generator=generator, plan=plan, refresh_samples=samples)
     traj.info = info.to_dict()
     return traj

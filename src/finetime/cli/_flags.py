@@ -129,7 +129,7 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
         g.add_argument("--linearity-tol", type=float, default=None, metavar="TOL",
                        help="linearity check at the first checkpoint: if the network moved there has the linear "
                             "model's loss to within this relative tolerance, keep the one-kernel prediction; 0 turns "
-                            "the check off (default: the preset's; adaptive: 0.01)")
+                            "the check off (default: the preset's; adaptive: 0.01 for SGD, 0.001 for Adam and AdamW)")
         g.add_argument("--refresh-samples", default=None, metavar="M|auto|all",
                        help="each re-linearization computes the new kernel on a class-balanced subset of M training "
                             "samples and carries it to the others through the previous kernel (Nystrom); auto: "
