@@ -37,7 +37,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 from finetime import intervals  # noqa: E402
 from finetime.online import refine_curve, time_interval  # noqa: E402
-from finetime.online._fit import MIN_POINTS_FOR_FIT, Refined, fit_exponential, fit_power_law  # noqa: E402
+from finetime.online._fit import (MIN_POINTS_FOR_FIT, SPEED_PRIOR_SD, Refined, evidence_points,  # noqa: E402
+                                   fit_exponential, fit_power_law)
 from finetime.online.refiner import LEVEL  # noqa: E402
 from finetime.training_time import Threshold, relative_error  # noqa: E402
 from report import MIN_REAL_TT, load, quantile  # noqa: E402
@@ -66,13 +67,16 @@ def measurable(c) -> bool:
     return real["diverged"] or (real["training_time"].get("eps=0.4", {}).get("step") or 0) >= MIN_REAL_TT
 
 
-def estimates(prior, real, T, f):
-    """{method: Refined or None (cannot estimate)} from the first round(f T) steps of the real curve."""
+def estimates(prior, real, T, f, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=False):
+    """{method: Refined or None (cannot estimate)} from the first round(f T) steps of the real curve; the refiner's
+    posterior with ``evidence`` and ``tau`` (the refiner alone with ``refiner_only``)."""
     m = int(round(f * T))
     t = torch.arange(m + 1, dtype=torch.float64)
     y = real[: m + 1]
-    out = {"refiner": refine_curve(prior, t, y, T),
-           "open-loop": refine_curve(prior, t[:1], y[:1], T)}
+    out = {"refiner": refine_curve(prior, t, y, T, tau=tau, evidence=evidence)}
+    if refiner_only:
+        return out
+    out["open-loop"] = refine_curve(prior, t[:1], y[:1], T)
     for name, fit in (("exponential", fit_exponential), ("power-law", fit_power_law)):
         if m + 1 < MIN_POINTS_FOR_FIT:
             out[name] = None
@@ -93,7 +97,8 @@ def prior_curve(c) -> torch.Tensor:
     return prior
 
 
-def collect(cells):
+def collect(cells, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=False):
+    """One row per (cell, observed fraction, estimate, eps) of the measurable cells (``estimates``)."""
     rows = []
     for c in cells:
         if not measurable(c):
@@ -105,7 +110,7 @@ def collect(cells):
         cfg = c["config"]
         group = f"{c['_suite']} {cfg['data']} {cfg['image_size']}px"
         for f in FRACTIONS:
-            for name, r in estimates(prior, rc, T, f).items():
+            for name, r in estimates(prior, rc, T, f, evidence, tau, refiner_only).items():
                 for e in EPS:
                     actual = real["training_time"][f"eps={e}"]["step"]
                     row = {"cell": c["id"], "suite": c["_suite"], "group": group, "fraction": f, "method": name,
@@ -254,35 +259,12 @@ refiner uses ``sqrt(k)``; ``k`` treats them as independent)."""
 PRIOR_SDS = (0.25, 0.5, 1.0)
 
 
-def refiner_rows(cells, evidence, tau):
-    """The refiner's (cell, eps, fraction) rows with one evidence rule and prior; as ``collect``, refiner only."""
-    rows = []
-    for c in cells:
-        if not measurable(c):
-            continue
-        real = c["real"]
-        prior = prior_curve(c)
-        rc = _curve(real["loss"])
-        T = rc.shape[0] - 1
-        cfg = c["config"]
-        for f in FRACTIONS:
-            m = int(round(f * T))
-            r = refine_curve(prior, torch.arange(m + 1, dtype=torch.float64), rc[: m + 1], T, tau=tau,
-                             evidence=evidence)
-            for e in EPS:
-                actual = real["training_time"][f"eps={e}"]["step"]
-                med = time_interval(r, Threshold.eps(e), T, None, LEVEL)[0]
-                rows.append({"group": f"{c['_suite']} {cfg['data']} {cfg['image_size']}px", "fraction": f,
-                             "error": relative_error(med, actual, predicted_diverged=r.diverged,
-                                                     actual_diverged=real["diverged"])})
-    return rows
-
-
 def evidence_study(cells):
     """Every evidence rule x prior sd on the whole suite, and the rule chosen by leave-one-group-out: for each group
     (suite x dataset x resolution) the rule with the smallest sum over the observed fractions of the p95 on the other
     groups, scored on the group left out (pooled)."""
-    runs = {(name, tau): refiner_rows(cells, rule, tau) for name, rule in EVIDENCE_RULES.items() for tau in PRIOR_SDS}
+    runs = {(name, tau): collect(cells, rule, tau, refiner_only=True) for name, rule in EVIDENCE_RULES.items()
+            for tau in PRIOR_SDS}
     stat = lambda rows: {str(f): (statistics.median(e), quantile(e, 0.95)) for f in FRACTIONS  # noqa: E731
                          for e in [[r["error"] for r in rows if r["fraction"] == f]]}
     groups = sorted({r["group"] for rows in runs.values() for r in rows})
