@@ -100,7 +100,8 @@ def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=No
 
     ``samples``: the kernel on those training samples only (no test set, ``f0`` the outputs in eval mode there), for a
     refresh on a subset; it cannot be loaded or saved. ``scales``: a preconditioned optimizer's ``sqrt(P)`` to use
-    instead of measuring it at ``model`` (re-linearization keeps the one of ``w0``); required with ``samples``.
+    instead of measuring it at ``model`` (re-linearization passes the ``P`` it keeps along the path); required with
+    ``samples``.
     """
     cfg = task.config
     model = model if model is not None else task.model
@@ -247,9 +248,8 @@ def network_of(task: Task) -> Network:
     x = task.data.x
     outputs = ((lambda m: batch_statistics_outputs(m, x)) if task.config.task.bn is BatchNormMode.BATCH
                else None)
-    scales = precondition = None
-    held = {}
-    adapt = None
+    precondition = adapt = None
+    held = {}  # Adam's running second moments "v" and the scales the kernels use
     if task.config.optimizer.preconditioned:
         if task.scales is None:
             task.scales = preconditioner_scales(task)

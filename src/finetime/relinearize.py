@@ -8,8 +8,10 @@ the two it trades kernels for accuracy (issue: the kernel moves during fine-tuni
 
 For SGD ensembles the network follows the runs' mean coefficients, each run keeps its own deviation from the mean,
 and the function-space momentum is carried over as ``Theta_new alpha`` (exact for plain GD, an approximation with
-momentum). Adam and AdamW move the network by ``w <- shrink w_s + P J^T a`` (``P`` the preconditioner at ``w0``,
-``shrink`` the decoupled weight decay since the checkpoint; ``optim.adam``). SGD's L2 weight decay is not supported.
+momentum). Adam and AdamW move the network by ``w <- shrink w_s + P J^T a`` (``shrink`` the decoupled weight decay
+since the checkpoint; ``optim.adam``), each weight by at most ``ADAM_STEP_BOUND`` times the learning rates summed
+since then, with ``P`` re-estimated at every refresh from Adam's second moments along the path
+(``Network.adapt``). SGD's L2 weight decay is not supported.
 """
 
 from __future__ import annotations
