@@ -15,7 +15,6 @@ seconds; the real runs are kept as they are.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def main(argv=None) -> int:
@@ -36,12 +36,14 @@ def main(argv=None) -> int:
     from finetime.predict import prepare, tolist, training_times
     from finetime.predictors import default_generator
     from finetime.runtime import tune_allocator
+    from report import load
+    from suite import write_results
 
     tune_allocator()
     torch.set_num_threads(2)
     for suite in args.results.split(","):
         path = ROOT / f"bench/results/{suite}.jsonl"
-        cells = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        cells = load([path])
         tasks: dict = {}
         for c in cells:
             cfg = RunConfig.from_dict(c["config"])
@@ -68,9 +70,7 @@ def main(argv=None) -> int:
             print(f"[{suite} {i + 1}/{len(tasks)}] {task.config.task.data} n={task.data.x.shape[0]} seed "
                   f"{task.config.task.seed}: kernel {kernel_seconds:.1f} s, {len(group)} cells", file=sys.stderr,
                   flush=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(c, default=str) + "\n" for c in cells))
-        tmp.replace(path)
+        write_results(path, cells)
     return 0
 
 

@@ -150,10 +150,16 @@ def repredict(path: Path, names: list[str], quiet: bool, kernel_outputs: str | N
         if not quiet:
             print(f"[{i + 1}/{len(by_task)} tasks] {_label(RunConfig.from_dict(group[0]['config']))}", file=sys.stderr,
                   flush=True)
+    write_results(path, cells)
+    return 0
+
+
+def write_results(path: Path, cells: list[dict]) -> None:
+    """Rewrite a results file with ``cells``, one JSON line each, through a temporary file (a crash leaves the old
+    file whole)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(c, default=str) + "\n" for c in cells))
     tmp.replace(path)
-    return 0
 
 
 def prepare_model(cfg: RunConfig):

@@ -75,7 +75,7 @@ class ExactStepper:
             grad = F.embedding_bag(rows, self.table, per_sample_weights=coeff, mode="sum")
         e = None
         if state.a is not None or self.rule.needs_coeff:  # coefficient vector of this step's gradient (R, N*C)
-            e = coeff if rows is None else torch.zeros(r_runs, nc, dtype=fa.dtype, device=fa.device).scatter_add_(1, rows, coeff)
+            e = coeff if rows is None else fa.new_zeros(r_runs, nc).scatter_add_(1, rows, coeff)
         weights = lambda: self.jw0a + fa - self.f0a  # noqa: E731  (J w_t of the linear model)
         return self.rule.step(state, grad, e, self.lrs[t], weights)
 

@@ -49,8 +49,7 @@ class SignStepper:
         if self.plan is None:
             w = r.new_full((runs, n), 1.0 / n)
         else:  # batch weights scattered onto the samples (a sample drawn twice counts twice)
-            w = r.new_zeros(runs, n).scatter_add_(1, self.plan.indices[:, t],
-                                                                 self.plan.weights[:, t].to(r.dtype))
+            w = r.new_zeros(runs, n).scatter_add_(1, self.plan.indices[:, t], self.plan.weights[:, t].to(r.dtype))
         coeff = (r * w.unsqueeze(-1)).reshape(runs, n * c)
         state.f = state.f - float(self.lr[t]) * coeff @ p.theta.T
         return state
