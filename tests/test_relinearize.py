@@ -399,3 +399,64 @@ def test_adam_rule_restarts_rho_on_a_new_preconditioner():
     reset = rule.rebase(kept, table)
     assert reset.slots["q_ref"] is None and reset.slots["tq"] == 0 and not reset.slots["q"].any()
     assert reset.slots["t"] == 3 and "new_preconditioner" not in reset.slots
+
+
+def test_interpolated_kernels_of_a_linear_model_change_nothing():
+    """Every refreshed kernel of a linear model is its kernel at w0, so the kernel interpolated between refreshes is
+    too, and the second pass (SGD with momentum, its image rebased at every switch) is the linear model's run."""
+    from finetime.dynamics import simulate
+
+    m, x, y, p = _setup(seed=2, n=10, linear=True)
+    sgd = SGD(lr=0.4, momentum=0.9, batch_size=5)
+    b = simulate(p, sgd, 30, runs=2, generator=torch.Generator().manual_seed(3))
+    net = Network(m, x, [n for n, _ in m.named_parameters()], kernel=lambda mm: compute_kernel(mm, x, method="exact"))
+    a, info = relinearized(p, sgd, 30, net, checkpoints=[2, 6, 14], runs=2, generator=torch.Generator().manual_seed(3),
+                           reanchor="none", interpolate=True)
+    assert info.kernels == 3
+    torch.testing.assert_close(a.loss, b.loss)
+
+
+def test_interpolated_kernel_grows_linearly_between_refreshes():
+    """A network whose refreshed kernel is always twice the first: full-batch GD on the second pass runs on
+    ``(1 + w) Theta0`` over the first interval, ``w`` the middle of each switch's sub-interval, then on
+    ``2 Theta0`` (checked against the function-space update written out by hand)."""
+    from finetime.kernel import Kernel
+    from finetime.losses import residual
+    from finetime.relinearize import INTERPOLATION_POINTS
+
+    m, x, y, p = _setup(seed=3, n=6)
+    sgd = SGD(lr=1.5)
+    steps, knot = 40, 2 * INTERPOLATION_POINTS
+    net = Network(m, x, [n for n, _ in m.named_parameters()],
+                  kernel=lambda mm: Kernel(2 * p.theta, p.f0.clone()))
+    traj, info = relinearized(p, sgd, steps, net, checkpoints=[knot], reanchor="none", interpolate=True)
+    stepwise, _ = relinearized(p, sgd, steps, net, checkpoints=[knot], reanchor="none")
+    f = p.f0.clone()
+    losses = [torch.nn.functional.cross_entropy(f, y)]
+    for t in range(steps):
+        if t < knot:
+            lo = (t // 2) * 2  # INTERPOLATION_POINTS switches over 2 INTERPOLATION_POINTS steps: every 2 steps
+            scale = 1 + (lo + 1) / knot
+        else:
+            scale = 2.0
+        f = f - sgd.lr * scale * (p.theta @ residual(f, y, p.loss).reshape(-1) / p.n).view_as(f)
+        losses.append(torch.nn.functional.cross_entropy(f, y))
+    torch.testing.assert_close(traj.loss[0], torch.stack(losses))
+    assert info.kernels == 1
+    assert (traj.loss[0, 1:knot + 1] < stepwise.loss[0, 1:knot + 1]).all()  # the kernel grows before the refresh
+
+
+def test_interpolation_needs_the_curve_not_reanchored():
+    import pytest
+
+    from finetime.config import PredictorConfig
+    from finetime.errors import ConfigError
+
+    m, x, y, p = _setup(n=4)
+    net = Network(m, x, [n for n, _ in m.named_parameters()], kernel=lambda mm: compute_kernel(mm, x, method="exact"))
+    with pytest.raises(ConfigError, match="reanchor none"):
+        relinearized(p, SGD(lr=0.1), 5, net, checkpoints=[2], reanchor="all", interpolate=True)
+    with pytest.raises(ConfigError, match="reanchor none"):
+        PredictorConfig(reanchor="all", interpolate=True)
+    assert PredictorConfig().interpolates and not PredictorConfig(reanchor="first").interpolates
+    assert not PredictorConfig(interpolate=False).interpolates

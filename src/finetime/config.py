@@ -127,9 +127,18 @@ class PredictorConfig:
     """Training samples each refresh computes the new kernel on (``finetime.subset.refresh_sample_count``; the rest
     follow by ``kernel.update.nystrom_update``): ``all``, ``auto`` or a number."""
     relinearize_adam: bool = True
+    interpolate: bool | None = None
+    """Let the kernel grow linearly in time from one refresh to the next (a second, cheap simulation pass) instead of
+    jumping at the checkpoints (``--interpolate-kernels``); ``None``: on wherever the curve is not re-anchored
+    (``reanchor`` none, the ``adaptive`` preset). BENCHMARKS.md, section 1."""
     """Re-linearize Adam and AdamW too (``--no-relinearize-adam`` keeps their one preconditioned kernel at ``w0``):
     each refresh re-estimates Adam's ``P`` from the second moments along the path and moves no weight further than
     Adam could (BENCHMARKS.md, sections 6 and 7)."""
+
+    @property
+    def interpolates(self) -> bool:
+        """Whether refreshed kernels are interpolated in time (``interpolate``, or its default)."""
+        return self.reanchor is Reanchor.NONE if self.interpolate is None else self.interpolate
 
     def tolerance(self, optimizer) -> float:
         """The linearity check's tolerance for ``optimizer``: ``linearity_tol``, or the optimizer's default."""
@@ -146,6 +155,9 @@ class PredictorConfig:
                 flag = "--predictor" if name == "kind" else "--reanchor"
                 raise ConfigError(f"{flag} must be one of {', '.join(m.value for m in enum_)}, "
                                   f"got {getattr(self, name)!r}") from None
+        if self.interpolate and self.reanchor is not Reanchor.NONE:
+            raise ConfigError("--interpolate-kernels needs --reanchor none: a re-anchored curve jumps to the network's "
+                              "outputs at each checkpoint")
         if self.relinearize < 0:
             raise ConfigError(f"--relinearize must be >= 0, got {self.relinearize}")
         if self.linearity_tol is not None and not (self.linearity_tol >= 0 and math.isfinite(self.linearity_tol)):
@@ -174,7 +186,7 @@ _KERNEL = {"kernel_method": "method", "projection_dim": "projection_dim", "max_m
            "kernel_outputs": "outputs"}
 _PREDICTOR = {"predictor": "kind", "relinearize": "relinearize", "reanchor": "reanchor",
               "linearity_tol": "linearity_tol", "refresh_samples": "refresh_samples",
-              "relinearize_adam": "relinearize_adam"}
+              "relinearize_adam": "relinearize_adam", "interpolate_kernels": "interpolate"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -162,6 +162,7 @@ class _Refresh:
         self.last = 0  # the step the network was last moved to
         self.adapt = adapt
         self.precondition = network.precondition
+        self.history: list[tuple[int, Problem]] = []  # (checkpoint, the problem simulated from it on)
 
     def __call__(self, t: int, stepper: ExactStepper, state: FunctionState):
         if self.done:
@@ -197,7 +198,7 @@ class _Refresh:
             info.network_seconds += time.perf_counter() - t_a
             state.slots["new_preconditioner"] = True
         if self.samples is not None:
-            return self._subset_refresh(check, mean, stepper, state)
+            return self._subset_refresh(t, check, mean, stepper, state)
         t_k = time.perf_counter()
         k = self.network.kernel(self.work)
         self._record(k.theta, time.perf_counter() - t_k)
@@ -223,12 +224,13 @@ class _Refresh:
                 jw["jw0_test"] = p.jw0_test + f0_test - p.f0_test
         stepper = stepper.with_problem(dataclasses.replace(
             p, theta=sim(k.theta), f0=sim(k.f0), theta_test=theta_test, f0_test=f0_test, **jw))
+        self.history.append((t, stepper.problem))
         state = stepper.rule.rebase(FunctionState(f, state.slots, state.a), stepper.table)
         if anchor:
             self.rec(state.f, t)  # the checkpoint's curve value is the re-anchored (true network) one
         return stepper, state
 
-    def _subset_refresh(self, check: bool, mean: torch.Tensor, stepper: ExactStepper, state: FunctionState):
+    def _subset_refresh(self, t: int, check: bool, mean: torch.Tensor, stepper: ExactStepper, state: FunctionState):
         """The refresh on the subset: the new kernel on ``samples`` only, carried to every sample (and the test set)
         by ``nystrom_update`` on the kernel in use. The curve is not re-anchored (``reanchor`` must be ``none``)."""
         p = stepper.problem
@@ -241,6 +243,7 @@ class _Refresh:
             f_lin = mean[: p.n * p.c].view(p.n, p.c)[self.samples]
             self.info.loss_gaps.append(_loss_gap(k.f0.to(p.device, dtype), f_lin, p.y[self.samples], p.loss))
         stepper = stepper.with_problem(dataclasses.replace(p, theta=theta, theta_test=theta_test))
+        self.history.append((t, stepper.problem))
         state = stepper.rule.rebase(state, stepper.table)
         return stepper, state
 
@@ -257,7 +260,8 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
                  reanchor: Reanchor | str = Reanchor.ALL, linearity_tol: float = 0.0, runs: int = 1,
                  generator: torch.Generator | None = None, plan: BatchPlan | None = None,
                  refresh_samples: torch.Tensor | None = None, adam_step_bound: float | None = ADAM_STEP_BOUND,
-                 adapt_preconditioner: bool = True) -> tuple[Trajectory, RelinearizationInfo]:
+                 adapt_preconditioner: bool = True,
+                 interpolate: bool = False) -> tuple[Trajectory, RelinearizationInfo]:
     """Simulate ``optimizer`` on the linearization at ``w0`` (``problem``), re-linearizing the real ``network`` at
     ``checkpoints`` (a hook of the simulation driver).
 
@@ -272,7 +276,12 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     For a preconditioned optimizer (Adam; ``network.precondition``) the network is moved by at most
     ``adam_step_bound`` times the learning rates summed since the last checkpoint per weight (``None``: unbounded), and
     with ``adapt_preconditioner`` ``P`` is re-estimated at each refresh from the second moments along the path
-    (``network.adapt``), the function-space rule's ``rho_t`` restarting from it."""
+    (``network.adapt``), the function-space rule's ``rho_t`` restarting from it.
+
+    ``interpolate`` (with ``reanchor="none"``): once the checkpoints have given their kernels, the same runs are
+    simulated again on kernels that grow linearly in time from each refreshed kernel to the next (``_Interpolate``)
+    instead of jumping at the checkpoints: the kernel grows during an interval, not at its end. The network is not
+    moved again; the returned curves are the second pass's."""
     if not optimizer.relinearizable:
         raise ConfigError(f"re-linearization does not support {optimizer.name}'s weight decay; use the linear "
                           "predictor")
@@ -282,6 +291,9 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
         reanchor = Reanchor(reanchor)
     except ValueError:
         raise ConfigError(f"reanchor must be one of {', '.join(r.value for r in Reanchor)}, got {reanchor!r}") from None
+    if interpolate and reanchor is not Reanchor.NONE:
+        raise ConfigError("interpolating the kernel between refreshes needs --reanchor none (a re-anchored curve "
+                          "jumps to the network's outputs)")
     if refresh_samples is not None:
         refresh_samples = torch.as_tensor(refresh_samples, dtype=torch.long).cpu().unique()  # they index the data
         if refresh_samples.numel() == 0 or refresh_samples.min() < 0 or refresh_samples.max() >= problem.n:
@@ -302,7 +314,55 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
                     adam_step_bound, adapt_preconditioner)
     traj, _ = solve(ExactStepper(problem, optimizer, steps, plan, track=True), steps, runs=r_runs, recorder=rec,
                     method="relinearized", checkpoints=info.checkpoints, hook=hook)
+    if interpolate and hook.history:
+        traj = _interpolated(problem, optimizer, steps, plan, r_runs, hook.history)
     return traj, info
+
+
+INTERPOLATION_POINTS = 8
+"""Kernel switches per interval between refreshes when the kernel is interpolated (``interpolate=True``): each
+sub-interval runs on the interpolated kernel at its middle (every step where an interval is shorter)."""
+
+
+class _Interpolate:
+    """The second pass's hook: between consecutive refreshes (``w0``'s kernel at step 0) the kernel grows linearly in
+    time from one refreshed kernel to the next, in ``INTERPOLATION_POINTS`` switches per interval; after the last
+    refresh its kernel is kept."""
+
+    def __init__(self, knots: list[tuple[int, Problem]]):
+        self.knots = knots
+        self.restarts = {k for k, _ in knots[1:]}
+        self.at: dict[int, tuple[int, float]] = {}  # switch step -> (interval, interpolation weight)
+        for i, ((t0, _), (t1, _)) in enumerate(zip(knots, knots[1:])):
+            cuts = sorted({t0 + (j * (t1 - t0)) // INTERPOLATION_POINTS for j in range(INTERPOLATION_POINTS)})
+            for lo, hi in zip(cuts, cuts[1:] + [t1]):
+                self.at[lo] = (i, ((lo + hi) / 2 - t0) / (t1 - t0))
+        self.at[knots[-1][0]] = (len(knots) - 1, 0.0)
+
+    def problem_at(self, t: int) -> Problem:
+        i, w = self.at[t]
+        p0 = self.knots[i][1]
+        if w == 0.0:
+            return p0
+        p1 = self.knots[i + 1][1]
+        lerp = lambda a, b: None if a is None or b is None else torch.lerp(a, b, w)  # noqa: E731
+        return dataclasses.replace(p0, theta=lerp(p0.theta, p1.theta), theta_test=lerp(p0.theta_test, p1.theta_test))
+
+    def __call__(self, t: int, stepper: ExactStepper, state: FunctionState):
+        stepper = stepper.with_problem(self.problem_at(t))
+        if "tq" in state.slots and t in self.restarts:  # Adam: rho_t restarts where P was re-estimated
+            state.slots["new_preconditioner"] = True
+        return stepper, stepper.rule.rebase(state, stepper.table)
+
+
+def _interpolated(problem: Problem, optimizer: Optimizer, steps: int, plan, runs: int,
+                  history: list[tuple[int, Problem]]) -> Trajectory:
+    """The same runs (same batch order) again on kernels interpolated between the refreshed ones (``_Interpolate``)."""
+    hook = _Interpolate([(0, problem)] + history)
+    stepper = ExactStepper(hook.problem_at(0), optimizer, steps, plan, track=True)
+    switches = sorted(t for t in hook.at if 0 < t < steps)
+    traj, _ = solve(stepper, steps, runs=runs, method="relinearized", checkpoints=switches, hook=hook)
+    return traj
 
 
 def _loss_gap(f_net: torch.Tensor, f_lin: torch.Tensor, y: torch.Tensor, loss) -> float:

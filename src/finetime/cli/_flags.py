@@ -139,6 +139,10 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                        help="re-linearize Adam and AdamW as SGD is (the default): P re-estimated from the second "
                             "moments along the path, no weight moved further than Adam could; --no-relinearize-adam "
                             "keeps the one preconditioned kernel at w0")
+        g.add_argument("--interpolate-kernels", action=argparse.BooleanOptionalAction, default=None,
+                       help="let the kernel grow linearly in time from each refreshed kernel to the next (a second "
+                            "simulation pass; the default wherever the curve is not re-anchored); "
+                            "--no-interpolate-kernels uses each refreshed kernel from its checkpoint on")
     g.add_argument("--extrapolate-to", type=int, default=_D["extrapolate_to"], metavar="N",
                    help="also predict the training time on N samples of the same classes from this subset's kernel "
                         "spectrum (paper, section 4; power-law fits)")
