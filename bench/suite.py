@@ -98,13 +98,13 @@ def run_cell(cfg: RunConfig, task: Task, kernel, kernel_seconds: float, step_sec
 
 
 BENCH_PREDICTORS = {**PRESETS,
+                    "adaptive-full-refresh": dataclasses.replace(PRESETS["adaptive"], refresh_samples="all"),
                     "adaptive-stepwise": dataclasses.replace(PRESETS["adaptive"], interpolate=False),
-                    "adaptive-full-refresh": dataclasses.replace(PRESETS["adaptive"], refresh_samples="all",
-                                                                 interpolate=False)}
-"""The presets, and variants kept as baselines in the results: ``adaptive-stepwise`` is ``adaptive`` with each
-refreshed kernel used from its checkpoint on, unchanged until the next (``--no-interpolate-kernels``; the default
-before kernels were interpolated), ``adaptive-full-refresh`` the same with every refresh a whole kernel
-(``--refresh-samples all``; the default before refreshes on a subset)."""
+                    "adaptive-interp": dataclasses.replace(PRESETS["adaptive"], interpolate=True)}
+"""The presets, and variants kept as baselines in the results: ``adaptive-full-refresh`` is ``adaptive`` with every
+refresh a whole kernel (``--refresh-samples all``; the default before refreshes on a subset); ``adaptive-stepwise``
+and ``adaptive-interp`` use each refreshed kernel from its checkpoint on, or interpolate it in time between refreshes
+(``--no-interpolate-kernels`` / ``--interpolate-kernels``; the default interpolates for Adam and AdamW only)."""
 
 
 def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:

@@ -430,7 +430,7 @@ def test_interpolated_kernel_grows_linearly_between_refreshes():
     net = Network(m, x, [n for n, _ in m.named_parameters()],
                   kernel=lambda mm: Kernel(2 * p.theta, p.f0.clone()))
     traj, info = relinearized(p, sgd, steps, net, checkpoints=[knot], reanchor="none", interpolate=True)
-    stepwise, _ = relinearized(p, sgd, steps, net, checkpoints=[knot], reanchor="none")
+    stepwise, info_s = relinearized(p, sgd, steps, net, checkpoints=[knot], reanchor="none")
     f = p.f0.clone()
     losses = [torch.nn.functional.cross_entropy(f, y)]
     for t in range(steps):
@@ -442,7 +442,7 @@ def test_interpolated_kernel_grows_linearly_between_refreshes():
         f = f - sgd.lr * scale * (p.theta @ residual(f, y, p.loss).reshape(-1) / p.n).view_as(f)
         losses.append(torch.nn.functional.cross_entropy(f, y))
     torch.testing.assert_close(traj.loss[0], torch.stack(losses))
-    assert info.kernels == 1
+    assert info.kernels == 1 and info.interpolated and not info_s.interpolated
     assert (traj.loss[0, 1:knot + 1] < stepwise.loss[0, 1:knot + 1]).all()  # the kernel grows before the refresh
 
 
@@ -451,6 +451,7 @@ def test_interpolation_needs_the_curve_not_reanchored():
 
     from finetime.config import PredictorConfig
     from finetime.errors import ConfigError
+    from finetime.optim import AdamW
 
     m, x, y, p = _setup(n=4)
     net = Network(m, x, [n for n, _ in m.named_parameters()], kernel=lambda mm: compute_kernel(mm, x, method="exact"))
@@ -458,5 +459,8 @@ def test_interpolation_needs_the_curve_not_reanchored():
         relinearized(p, SGD(lr=0.1), 5, net, checkpoints=[2], reanchor="all", interpolate=True)
     with pytest.raises(ConfigError, match="reanchor none"):
         PredictorConfig(reanchor="all", interpolate=True)
-    assert PredictorConfig().interpolates and not PredictorConfig(reanchor="first").interpolates
-    assert not PredictorConfig(interpolate=False).interpolates
+    sgd, adamw = SGD(lr=0.1), AdamW(lr=0.1)
+    assert PredictorConfig().interpolates(adamw) and not PredictorConfig().interpolates(sgd)
+    assert not PredictorConfig(reanchor="first").interpolates(adamw)
+    assert PredictorConfig(interpolate=True).interpolates(sgd)
+    assert not PredictorConfig(interpolate=False).interpolates(adamw)

@@ -128,17 +128,19 @@ class PredictorConfig:
     follow by ``kernel.update.nystrom_update``): ``all``, ``auto`` or a number."""
     relinearize_adam: bool = True
     interpolate: bool | None = None
-    """Let the kernel grow linearly in time from one refresh to the next (a second, cheap simulation pass) instead of
-    jumping at the checkpoints (``--interpolate-kernels``); ``None``: on wherever the curve is not re-anchored
-    (``reanchor`` none, the ``adaptive`` preset). BENCHMARKS.md, section 1."""
+    """Let the kernel move linearly in time from one refresh to the next (a second, cheap simulation pass) instead of
+    jumping at the checkpoints (``--interpolate-kernels``); ``None``: the default, on for Adam and AdamW (whose
+    refreshes also re-estimate ``P`` along the path) where the curve is not re-anchored, off for SGD (BENCHMARKS.md,
+    section 1, "The kernel between refreshes")."""
     """Re-linearize Adam and AdamW too (``--no-relinearize-adam`` keeps their one preconditioned kernel at ``w0``):
     each refresh re-estimates Adam's ``P`` from the second moments along the path and moves no weight further than
     Adam could (BENCHMARKS.md, sections 6 and 7)."""
 
-    @property
-    def interpolates(self) -> bool:
-        """Whether refreshed kernels are interpolated in time (``interpolate``, or its default)."""
-        return self.reanchor is Reanchor.NONE if self.interpolate is None else self.interpolate
+    def interpolates(self, optimizer) -> bool:
+        """Whether refreshed kernels are interpolated in time for ``optimizer`` (``interpolate``, or its default)."""
+        if self.interpolate is None:
+            return self.reanchor is Reanchor.NONE and optimizer.preconditioned
+        return self.interpolate
 
     def tolerance(self, optimizer) -> float:
         """The linearity check's tolerance for ``optimizer``: ``linearity_tol``, or the optimizer's default."""

@@ -84,7 +84,8 @@ def _relinearized(problem, config, task, generator, plan) -> Trajectory:
                               checkpoints=checkpoint_schedule(config.steps, p.relinearize,
                                                               first=first_checkpoint(config.steps)),
                               reanchor=p.reanchor, linearity_tol=p.tolerance(config.optimizer), runs=config.runs,
-                              generator=generator, plan=plan, refresh_samples=samples, interpolate=p.interpolates)
+                              generator=generator, plan=plan, refresh_samples=samples,
+                              interpolate=p.interpolates(config.optimizer))
     traj.info = info.to_dict()
     return traj
 

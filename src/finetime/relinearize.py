@@ -42,7 +42,8 @@ class RelinearizationInfo:
     """What happened at the checkpoints: ``loss_gaps[i]`` is ``|L(network) - L(linear)| / L(linear)`` at checkpoint
     ``i`` (the network moved to the linear model's weights, against the linear model's own outputs there);
     ``trace_ratios[i]`` the kernel's trace there over the initial one; ``linear_regime`` is set when the linearity
-    check kept the one-kernel prediction."""
+    check kept the one-kernel prediction; ``interpolated`` when the curves are those of the second pass on kernels
+    interpolated between the refreshes."""
 
     checkpoints: list[int]
     kernel_seconds: float = 0.0
@@ -53,6 +54,7 @@ class RelinearizationInfo:
     linear_regime: bool = False
     kernels: int = 0
     refresh_samples: int | None = None  # samples each refresh computed the new kernel on (None: all)
+    interpolated: bool = False
 
     @property
     def seconds(self) -> float:
@@ -60,7 +62,7 @@ class RelinearizationInfo:
 
     def to_dict(self) -> dict:
         return {"checkpoints": self.checkpoints, "kernels": self.kernels, "linear_regime": self.linear_regime,
-                "refresh_samples": self.refresh_samples,
+                "refresh_samples": self.refresh_samples, "interpolated": self.interpolated,
                 "loss_gaps": [round(g, 4) for g in self.loss_gaps],
                 "trace_ratios": [round(r, 3) for r in self.trace_ratios],
                 "kernel_seconds": round(self.kernel_seconds, 3), "network_seconds": round(self.network_seconds, 3)}
@@ -316,6 +318,7 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
                     method="relinearized", checkpoints=info.checkpoints, hook=hook)
     if interpolate and hook.history:
         traj = _interpolated(problem, optimizer, steps, plan, r_runs, hook.history)
+        info.interpolated = True
     return traj, info
 
 

@@ -140,9 +140,9 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                             "moments along the path, no weight moved further than Adam could; --no-relinearize-adam "
                             "keeps the one preconditioned kernel at w0")
         g.add_argument("--interpolate-kernels", action=argparse.BooleanOptionalAction, default=None,
-                       help="let the kernel grow linearly in time from each refreshed kernel to the next (a second "
-                            "simulation pass; the default wherever the curve is not re-anchored); "
-                            "--no-interpolate-kernels uses each refreshed kernel from its checkpoint on")
+                       help="let the kernel move linearly in time from each refreshed kernel to the next (a second "
+                            "simulation pass) instead of jumping at each checkpoint (default: on for adam and adamw, "
+                            "off for sgd; needs --reanchor none)")
     g.add_argument("--extrapolate-to", type=int, default=_D["extrapolate_to"], metavar="N",
                    help="also predict the training time on N samples of the same classes from this subset's kernel "
                         "spectrum (paper, section 4; power-law fits)")

@@ -107,7 +107,8 @@ def _fmt_predictor(pr: dict) -> str:
                 "paper": f"paper ({pr['method'].upper()} with the effective learning rate, one kernel)"}.get(name, name)
     if rl["linear_regime"]:
         return f"{name} (linearity check passed: one kernel)"
-    return f"{name} ({rl['kernels']} kernels refreshed along the predicted path)"
+    how = ", the kernel interpolated in time between them" if rl.get("interpolated") else ""
+    return f"{name} ({rl['kernels']} kernels refreshed along the predicted path{how})"
 
 
 def _fmt_relinearization(rl: dict) -> str:
