@@ -5,7 +5,8 @@
 Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{text_suite}}, {{text_kernel}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
 {{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}, {{scale}}, {{photos_suite}}
 (bench/results/photos.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
-{{photos_intervals}} (coverage on photos.jsonl of intervals fitted on the other suites), {{bn_batch_photos}}, {{step_timing}}; a missing results file renders as a note saying which command produces it.
+{{photos_intervals}} (coverage on photos.jsonl of intervals fitted on the other suites), {{interpolation}} (kernels
+interpolated between refreshes against stepwise ones, all four suites), {{bn_batch_photos}}, {{step_timing}}; a missing results file renders as a note saying which command produces it.
 """
 
 from __future__ import annotations
@@ -106,6 +107,49 @@ def resolution():
         sel = [r for r in rs["adaptive"] if (r["data"], r["image_size"], r["bn"]) == (data, px, bn)]
         usual = sum(r["lr"] == 1e-3 and r["momentum"] == 0.9 for r in sel)
         lines.append(f"| {data} | {px} | {bn} | " + " | ".join(cols) + f" | {len(sel)} | {usual} |")
+    return "\n".join(lines) + "\n"
+
+
+INTERPOLATION_SUITES = ("paper", "photos", "adamw", "text")
+
+
+def interpolation():
+    """Kernels interpolated in time between refreshes against stepwise kernels, per suite and optimizer (the default
+    is one or the other: ``adaptive`` is stepwise for SGD, interpolated for AdamW; the other variant is stored as
+    ``adaptive-interp`` / ``adaptive-stepwise``)."""
+    import report
+
+    paths = [RES / f"{s}.jsonl" for s in INTERPOLATION_SUITES]
+    if not all(p.exists() for p in paths):
+        return _missing("bench/suite.py --config bench/configs/<suite>.toml --repredict adaptive-interp")
+    lines = ["| suite | optimizer | resolution | (cell, eps) pairs | stepwise median / p95 | interpolated median / p95 "
+             "| default |", "|---|---|---|---|---|---|---|"]
+    everything = {"stepwise": [], "interpolated": []}
+    for stem, path in zip(INTERPOLATION_SUITES, paths):
+        cells = report.load([path])
+        rs = {}
+        for k, sgd_name, adam_name in (("stepwise", "adaptive", "adaptive-stepwise"),
+                                       ("interpolated", "adaptive-interp", "adaptive")):
+            rs[k] = [r for name, adam in ((sgd_name, False), (adam_name, True)) for r in report.rows(cells, name)
+                     if not r["fast"] and r["optimizer"].startswith("Adam") == adam]
+        for opt in sorted({r["optimizer"] for r in rs["stepwise"]}):
+            for px in sorted({r["image_size"] for r in rs["stepwise"] if r["optimizer"] == opt}):
+                sel = {k: [r for r in v if r["optimizer"] == opt and r["image_size"] == px] for k, v in rs.items()}
+                cols = []
+                for k in ("stepwise", "interpolated"):
+                    n, med, p95 = report.summarize(sel[k])
+                    cols.append(f"{100 * med:.1f}% / {100 * p95:.1f}%")
+                default = "interpolated" if opt.startswith("Adam") else "stepwise"
+                lines.append(f"| {stem} | {opt} | {px} | {n} | " + " | ".join(cols) + f" | {default} |")
+        for k in everything:
+            everything[k] += rs[k]
+    for label, keep in (("GD and SGD", lambda r: not r["optimizer"].startswith("Adam")),
+                        ("AdamW", lambda r: r["optimizer"].startswith("Adam")), ("all", lambda r: True)):
+        cols = []
+        for k in ("stepwise", "interpolated"):
+            n, med, p95 = report.summarize([r for r in everything[k] if keep(r)])
+            cols.append(f"{100 * med:.1f}% / {100 * p95:.1f}%")
+        lines.append(f"| **all four suites** | **{label}** | | {n} | " + " | ".join(cols) + " | |")
     return "\n".join(lines) + "\n"
 
 
@@ -434,7 +478,7 @@ def main():
                     ("floor", floor), ("subsample", subsample), ("bn_batch", bn_batch), ("scale", scale),
                     ("photos_suite", photos_suite), ("resolution", resolution),
                     ("photos_intervals", photos_intervals), ("bn_batch_photos", bn_batch_photos),
-                    ("step_timing", step_timing)):
+                    ("step_timing", step_timing), ("interpolation", interpolation)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
     print("wrote BENCHMARKS.md")
