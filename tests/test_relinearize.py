@@ -464,3 +464,16 @@ def test_interpolation_needs_the_curve_not_reanchored():
     assert not PredictorConfig(reanchor="first").interpolates(adamw)
     assert PredictorConfig(interpolate=True).interpolates(sgd)
     assert not PredictorConfig(interpolate=False).interpolates(adamw)
+
+
+def test_interpolation_falls_back_to_stepwise_kernels_past_its_memory_bound(monkeypatch):
+    import finetime.relinearize as rl
+
+    m, x, y, p = _setup(seed=3, n=6)
+    sgd = SGD(lr=1.5)
+    net = Network(m, x, [n for n, _ in m.named_parameters()], kernel=lambda mm: compute_kernel(mm, x, method="exact"))
+    stepwise, _ = relinearized(p, sgd, 12, net, checkpoints=[3, 6], reanchor="none")
+    monkeypatch.setattr(rl, "INTERPOLATION_MAX_BYTES", 3 * p.theta.numel() * p.theta.element_size())
+    traj, info = relinearized(p, sgd, 12, net, checkpoints=[3, 6], reanchor="none", interpolate=True)
+    assert not info.interpolated and info.kernels == 2
+    torch.testing.assert_close(traj.loss, stepwise.loss)

@@ -151,7 +151,7 @@ class _Refresh:
 
     def __init__(self, problem: Problem, network: Network, reanchor: Reanchor, linearity_tol: float,
                  recorder: Recorder, info: RelinearizationInfo, samples: torch.Tensor | None = None,
-                 step_bound: float | None = None, adapt: bool = True):
+                 step_bound: float | None = None, adapt: bool = True, keep_history: bool = False):
         self.problem, self.network, self.reanchor, self.tol = problem, network, reanchor, linearity_tol
         self.rec, self.info = recorder, info
         self.samples = samples
@@ -164,7 +164,9 @@ class _Refresh:
         self.last = 0  # the step the network was last moved to
         self.adapt = adapt
         self.precondition = network.precondition
-        self.history: list[tuple[int, Problem]] = []  # (checkpoint, the problem simulated from it on)
+        # (checkpoint, the problem simulated from it on), kept for a second pass on interpolated kernels (None: not
+        # kept, so that each replaced kernel can be freed)
+        self.history: list[tuple[int, Problem]] | None = [] if keep_history else None
 
     def __call__(self, t: int, stepper: ExactStepper, state: FunctionState):
         if self.done:
@@ -226,7 +228,8 @@ class _Refresh:
                 jw["jw0_test"] = p.jw0_test + f0_test - p.f0_test
         stepper = stepper.with_problem(dataclasses.replace(
             p, theta=sim(k.theta), f0=sim(k.f0), theta_test=theta_test, f0_test=f0_test, **jw))
-        self.history.append((t, stepper.problem))
+        if self.history is not None:
+            self.history.append((t, stepper.problem))
         state = stepper.rule.rebase(FunctionState(f, state.slots, state.a), stepper.table)
         if anchor:
             self.rec(state.f, t)  # the checkpoint's curve value is the re-anchored (true network) one
@@ -245,7 +248,8 @@ class _Refresh:
             f_lin = mean[: p.n * p.c].view(p.n, p.c)[self.samples]
             self.info.loss_gaps.append(_loss_gap(k.f0.to(p.device, dtype), f_lin, p.y[self.samples], p.loss))
         stepper = stepper.with_problem(dataclasses.replace(p, theta=theta, theta_test=theta_test))
-        self.history.append((t, stepper.problem))
+        if self.history is not None:
+            self.history.append((t, stepper.problem))
         state = stepper.rule.rebase(state, stepper.table)
         return stepper, state
 
@@ -283,7 +287,8 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     ``interpolate`` (with ``reanchor="none"``): once the checkpoints have given their kernels, the same runs are
     simulated again on kernels that grow linearly in time from each refreshed kernel to the next (``_Interpolate``)
     instead of jumping at the checkpoints: the kernel grows during an interval, not at its end. The network is not
-    moved again; the returned curves are the second pass's."""
+    moved again; the returned curves are the second pass's. Where the kernels it keeps would exceed
+    ``INTERPOLATION_MAX_BYTES`` the kernels stay stepwise."""
     if not optimizer.relinearizable:
         raise ConfigError(f"re-linearization does not support {optimizer.name}'s weight decay; use the linear "
                           "predictor")
@@ -308,12 +313,14 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
                               "--refresh-samples all")
         if network.subset_kernel is None:
             raise ValueError("refresh_samples needs network.subset_kernel")
+    if interpolate and _interpolation_bytes(problem, len(checkpoints)) > INTERPOLATION_MAX_BYTES:
+        interpolate = False  # the kernels it keeps would not fit: stepwise kernels (info.interpolated says so)
     plan, r_runs = resolve_plan(problem.n, optimizer, steps, runs, generator, plan)
     info = RelinearizationInfo(sorted(checkpoints),
                                refresh_samples=None if refresh_samples is None else refresh_samples.numel())
     rec = Recorder(problem, r_runs, steps, problem.theta.dtype)
     hook = _Refresh(problem, network, reanchor, linearity_tol, rec, info, refresh_samples,
-                    adam_step_bound, adapt_preconditioner)
+                    adam_step_bound, adapt_preconditioner, keep_history=interpolate)
     traj, _ = solve(ExactStepper(problem, optimizer, steps, plan, track=True), steps, runs=r_runs, recorder=rec,
                     method="relinearized", checkpoints=info.checkpoints, hook=hook)
     if interpolate and hook.history:
@@ -325,6 +332,20 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
 INTERPOLATION_POINTS = 8
 """Kernel switches per interval between refreshes when the kernel is interpolated (``interpolate=True``): each
 sub-interval runs on the interpolated kernel at its middle (every step where an interval is shorter)."""
+
+
+INTERPOLATION_MAX_BYTES = 2 * 2**30
+"""Interpolation keeps every refreshed kernel until the second pass; above this many bytes for them the kernels stay
+stepwise instead (``RelinearizationInfo.interpolated`` is then false)."""
+
+
+def _interpolation_bytes(problem: Problem, refreshes: int) -> int:
+    """Bytes of the kernels an interpolated prediction holds at once: the first, each refresh's and one
+    interpolated."""
+    one = problem.theta.numel() * problem.theta.element_size()
+    if problem.theta_test is not None:
+        one += problem.theta_test.numel() * problem.theta_test.element_size()
+    return (refreshes + 2) * one
 
 
 class _Interpolate:
