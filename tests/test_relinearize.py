@@ -477,3 +477,20 @@ def test_interpolation_falls_back_to_stepwise_kernels_past_its_memory_bound(monk
     traj, info = relinearized(p, sgd, 12, net, checkpoints=[3, 6], reanchor="none", interpolate=True)
     assert not info.interpolated and info.kernels == 2
     torch.testing.assert_close(traj.loss, stepwise.loss)
+
+
+def test_validate_replays_with_the_predictions_linearity_decision():
+    """The 'same order' replay keeps the prediction's check outcome: one kernel where it passed, refreshes (no check)
+    where it failed; untouched for predictors without a check."""
+    from finetime.config import Predictor, RunConfig
+    from finetime.validate import replay_config
+
+    cfg = RunConfig.from_dict({"lr": 1e-3, "batch_size": 8})
+    kept = replay_config(cfg, {"linear_regime": True})
+    assert kept.predictor.kind is Predictor.LINEAR
+    refreshed = replay_config(cfg, {"linear_regime": False})
+    assert refreshed.predictor.kind is Predictor.RELINEARIZED and refreshed.predictor.tolerance(cfg.optimizer) == 0
+    assert refreshed.predictor.relinearize == cfg.predictor.relinearize
+    assert replay_config(cfg, None) is cfg
+    lin = RunConfig.from_dict({"lr": 1e-3, "batch_size": 8, "predictor": "linear"})
+    assert replay_config(lin, {"linear_regime": True}) is lin

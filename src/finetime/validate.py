@@ -2,7 +2,9 @@
 
 The real run uses its own batch order (drawn from ``seed + 2``); besides the ensemble prediction, the predictor is
 also replayed on that very order (``replay``, the "same order" column), which separates batch-order noise from the
-linearization's error.
+linearization's error. The replay keeps the prediction's linearity-check decision (one kernel, or refreshes at the
+same checkpoints): a check re-run on one batch order can fall on the other side of its tolerance and give another
+predictor's curve, which is not batch-order noise.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .predict import Prediction, curve_summary, predict, tolist, training_times
 from .predictors import predict_trajectory
 from .training_time import relative_error
 
-__all__ = ["Validation", "validate", "compare_times", "test_curve_errors"]
+__all__ = ["Validation", "validate", "compare_times", "test_curve_errors", "replay_config"]
 
 
 def compare_times(predicted: dict, actual: dict, *, predicted_diverged: bool, actual_diverged: bool) -> dict:
@@ -101,6 +103,18 @@ class Validation:
         return result
 
 
+def replay_config(config: RunConfig, info: dict | None) -> RunConfig:
+    """The configuration that replays a prediction on another batch order with the same linearity-check decision
+    (``info``: the prediction's re-linearization record): its one kernel where the check passed, refreshes without
+    a check where it failed; ``config`` itself for a prediction without a check."""
+    p = config.predictor
+    if info is None or p.kind is not Predictor.RELINEARIZED or p.tolerance(config.optimizer) == 0:
+        return config
+    if info["linear_regime"]:
+        return dataclasses.replace(config, predictor=dataclasses.replace(p, kind=Predictor.LINEAR))
+    return dataclasses.replace(config, predictor=dataclasses.replace(p, linearity_tol=0.0))
+
+
 def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
              progress: Callable[[str, int, int], None] | None = None, diagnostics: bool = False) -> Validation:
     """Predict, then really fine-tune, and report both with their errors."""
@@ -116,7 +130,7 @@ def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
         if opt.is_full_batch(n):
             replay = pred.trajectory  # deterministic: the prediction itself
         else:
-            replay = predict_trajectory(problem, config, task, plan=plan)
+            replay = predict_trajectory(problem, replay_config(config, pred.trajectory.info), task, plan=plan)
     real = finetune(task.model, data.x, data.y, opt, config.steps, plan, loss=config.loss,
                     params=task.trained, precision=config.precision, x_test=data.x_test, y_test=data.y_test,
                     bn=config.task.bn,

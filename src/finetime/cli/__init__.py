@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Predict as `predict` does, then fine-tune the model for real with the same "
                                     "settings (own batch order, seed+2) and report both curves and the training-time "
                                     "errors (definitions: README.md, 'Definitions'). The 'same order' column is the "
-                                    "predictor replayed on the real run's batch order.")
+                                    "predictor replayed on the real run's batch order, with the prediction's "
+                                    "linearity-check decision.")
     add_run_flags(pv)
     pv.add_argument("--plot", type=Path, help="write a PNG overlaying predicted band and real curve")
     ps = sub.add_parser("sweep", help="predict a grid of optimizer settings from one kernel, ranked by time",

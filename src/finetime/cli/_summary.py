@@ -98,9 +98,10 @@ def _fmt_predictor(pr: dict) -> str:
     if pr["method"] == "head":
         return f"{name} (the trained linear head simulated in weight space: exact)"
     if pr.get("preconditioned"):
+        how = ", interpolated in time between refreshes" if rl is not None and rl.get("interpolated") else ""
         where = ("at the pretrained weights" if rl is None or rl["linear_regime"]
                  else f"at the pretrained weights, {rl['kernels']} refreshed along the predicted path with P "
-                      "re-estimated there")
+                      f"re-estimated there{how}")
         return f"{name} (Adam on the preconditioned kernel J P J^T {where}; README 'Adam')"
     if rl is None:
         return {"linear": "linear (exact simulation, one kernel at the pretrained weights)",
@@ -111,6 +112,11 @@ def _fmt_predictor(pr: dict) -> str:
     return f"{name} ({rl['kernels']} kernels refreshed along the predicted path{how})"
 
 
+def _gap_pct(gap: float) -> str:
+    """A loss gap as a percentage, with a decimal below 10% (Adam's check tolerance is 0.1%)."""
+    return f"{100 * gap:.0f}%" if gap >= 0.1 else f"{100 * gap:.2g}%"
+
+
 def _fmt_relinearization(rl: dict) -> str:
     gaps = rl["loss_gaps"]
     first = rl["checkpoints"][0] if rl["checkpoints"] else None
@@ -118,7 +124,7 @@ def _fmt_relinearization(rl: dict) -> str:
         return (f"linearity check at step {first}: the network there has the linear model's loss to within "
                 f"{100 * gaps[0]:.1f}%, one kernel kept")
     done = rl["checkpoints"][: rl["kernels"]]
-    gap = f"network vs linear model loss gap {100 * gaps[0]:.0f}% at step {first}; " if gaps else ""
+    gap = f"network vs linear model loss gap {_gap_pct(gaps[0])} at step {first}; " if gaps else ""
     sub = rl.get("refresh_samples")
     more = f"{rl['kernels']} more kernels" + (f" on {sub} samples each, carried to all" if sub else "")
     line = (f"re-linearized at steps {', '.join(map(str, done))} ({gap}{more}; kernel trace "
@@ -142,8 +148,8 @@ def print_validation(result: dict, out=None) -> None:
         print(f"  {key:<22}  {fmt(e['predicted']):>9}   {fmt(rep):>10}   {fmt(e['actual']):>5}   "
               f"{100 * e['relative']:5.1f}%", file=out)
     if "error_replay" in result:
-        print("  (same order: the predictor replayed on the real run's batch order; the gap to 'predicted' is "
-              "batch-order noise)", file=out)
+        print("  (same order: the predictor replayed on the real run's batch order, with the prediction's "
+              "linearity-check decision; the gap to 'predicted' is batch-order noise)", file=out)
     print(f"real fine-tuning {fmt_seconds(ac['train_seconds'])} ({ac['seconds_per_step']:.4g} s/step; predicted "
           f"{pr['seconds_per_step']:.4g}); prediction cost {result['cost_seconds']['total']:.1f} s = "
           + (f"1/{result['cost_ratio']:.1f} of the training" if result["cost_ratio"] >= 1
