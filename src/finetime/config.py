@@ -127,14 +127,14 @@ class PredictorConfig:
     """Training samples each refresh computes the new kernel on (``finetime.subset.refresh_sample_count``; the rest
     follow by ``kernel.update.nystrom_update``): ``all``, ``auto`` or a number."""
     relinearize_adam: bool = True
+    """Re-linearize Adam and AdamW too (``--no-relinearize-adam`` keeps their one preconditioned kernel at ``w0``):
+    each refresh re-estimates Adam's ``P`` from the second moments along the path and moves no weight further than
+    Adam could (BENCHMARKS.md, sections 6 and 7)."""
     interpolate: bool | None = None
     """Let the kernel move linearly in time from one refresh to the next (a second, cheap simulation pass) instead of
     jumping at the checkpoints (``--interpolate-kernels``); ``None``: the default, on for Adam and AdamW (whose
     refreshes also re-estimate ``P`` along the path) where the curve is not re-anchored, off for SGD (BENCHMARKS.md,
     section 1, "The kernel between refreshes")."""
-    """Re-linearize Adam and AdamW too (``--no-relinearize-adam`` keeps their one preconditioned kernel at ``w0``):
-    each refresh re-estimates Adam's ``P`` from the second moments along the path and moves no weight further than
-    Adam could (BENCHMARKS.md, sections 6 and 7)."""
 
     def interpolates(self, optimizer) -> bool:
         """Whether refreshed kernels are interpolated in time for ``optimizer`` (``interpolate``, or its default)."""

@@ -167,6 +167,7 @@ class _Refresh:
         # (checkpoint, the problem simulated from it on), kept for a second pass on interpolated kernels (None: not
         # kept, so that each replaced kernel can be freed)
         self.history: list[tuple[int, Problem]] | None = [] if keep_history else None
+        self.restarts: set[int] = set()  # checkpoints where Adam's P was re-estimated (its rho_t restarts)
 
     def __call__(self, t: int, stepper: ExactStepper, state: FunctionState):
         if self.done:
@@ -201,6 +202,7 @@ class _Refresh:
             self.precondition = self.network.adapt(self.work, (t - prev) / t, self.samples)
             info.network_seconds += time.perf_counter() - t_a
             state.slots["new_preconditioner"] = True
+            self.restarts.add(t)
         if self.samples is not None:
             return self._subset_refresh(t, check, mean, stepper, state)
         t_k = time.perf_counter()
@@ -324,7 +326,7 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     traj, _ = solve(ExactStepper(problem, optimizer, steps, plan, track=True), steps, runs=r_runs, recorder=rec,
                     method="relinearized", checkpoints=info.checkpoints, hook=hook)
     if interpolate and hook.history:
-        traj = _interpolated(problem, optimizer, steps, plan, r_runs, hook.history)
+        traj = _interpolated(problem, optimizer, steps, plan, r_runs, hook.history, hook.restarts)
         info.interpolated = True
     return traj, info
 
@@ -353,9 +355,9 @@ class _Interpolate:
     time from one refreshed kernel to the next, in ``INTERPOLATION_POINTS`` switches per interval; after the last
     refresh its kernel is kept."""
 
-    def __init__(self, knots: list[tuple[int, Problem]]):
+    def __init__(self, knots: list[tuple[int, Problem]], restarts: set[int] = frozenset()):
         self.knots = knots
-        self.restarts = {k for k, _ in knots[1:]}
+        self.restarts = restarts  # where the first pass restarted Adam's rho_t on a new P; the second pass does too
         self.at: dict[int, tuple[int, float]] = {}  # switch step -> (interval, interpolation weight)
         for i, ((t0, _), (t1, _)) in enumerate(zip(knots, knots[1:])):
             cuts = sorted({t0 + (j * (t1 - t0)) // INTERPOLATION_POINTS for j in range(INTERPOLATION_POINTS)})
@@ -374,15 +376,16 @@ class _Interpolate:
 
     def __call__(self, t: int, stepper: ExactStepper, state: FunctionState):
         stepper = stepper.with_problem(self.problem_at(t))
-        if "tq" in state.slots and t in self.restarts:  # Adam: rho_t restarts where P was re-estimated
+        if t in self.restarts:
             state.slots["new_preconditioner"] = True
         return stepper, stepper.rule.rebase(state, stepper.table)
 
 
 def _interpolated(problem: Problem, optimizer: Optimizer, steps: int, plan, runs: int,
-                  history: list[tuple[int, Problem]]) -> Trajectory:
-    """The same runs (same batch order) again on kernels interpolated between the refreshed ones (``_Interpolate``)."""
-    hook = _Interpolate([(0, problem)] + history)
+                  history: list[tuple[int, Problem]], restarts: set[int]) -> Trajectory:
+    """The same runs (same batch order) again on kernels interpolated between the refreshed ones (``_Interpolate``),
+    Adam's ``rho_t`` restarting at the ``restarts`` checkpoints as in the first pass."""
+    hook = _Interpolate([(0, problem)] + history, restarts)
     stepper = ExactStepper(hook.problem_at(0), optimizer, steps, plan, track=True)
     switches = sorted(t for t in hook.at if 0 < t < steps)
     traj, _ = solve(stepper, steps, runs=runs, method="relinearized", checkpoints=switches, hook=hook)
