@@ -470,3 +470,16 @@ def test_cuda_prediction_matches_the_cpu_one(capsys, tmp_path):
     assert out["cuda"]["training_time"]["eps=0.1"]["step"] == out["cpu"]["training_time"]["eps=0.1"]["step"]
     for a, b in zip(out["cuda"]["loss"], out["cpu"]["loss"]):
         assert a == pytest.approx(b, rel=1e-3)
+
+
+def test_interpolate_kernels_flag_reaches_the_predictor():
+    from finetime.cli import build_parser
+    from finetime.cli._flags import config_from_args
+
+    parse = lambda *a: config_from_args(build_parser().parse_args(["predict", *a]))  # noqa: E731
+    default = parse("--optimizer", "adamw", "--lr", "1e-4")
+    assert default.predictor.interpolate is None and default.predictor.interpolates(default.optimizer)
+    off = parse("--optimizer", "adamw", "--lr", "1e-4", "--no-interpolate-kernels")
+    assert not off.predictor.interpolates(off.optimizer)
+    on = parse("--interpolate-kernels")
+    assert on.predictor.interpolates(on.optimizer) and on.to_dict()["interpolate_kernels"] is True
