@@ -100,6 +100,30 @@ def test_scales_from_row_and_column_sums_equal_the_full_ones():
                 torch.testing.assert_close(getattr(fast[name], part), getattr(s, part), rtol=1e-9, atol=1e-12)
 
 
+def test_subset_second_moments_use_the_runs_minibatch_noise():
+    """Moments measured on a subset of the training set (a re-linearization refresh) get the minibatch noise of
+    batches drawn from the whole set, for dense and factored parameters alike."""
+    from finetime.predict import second_moments
+
+    model, x, y = _setup(5, n=9)
+    with torch.no_grad():
+        r = residual(model(x), y, Loss.CE)
+    opt = AdamW(lr=1e-3, batch_size=2)
+    mom = gradient_moments(model, x[:5], r[:5], full_squares=True)  # measured on 5 of the 9 samples
+    v = second_moments(opt, mom, 9)
+    noise = opt.minibatch_noise(9)
+    assert noise != opt.minibatch_noise(5)
+    for name, mean in mom.mean.items():
+        want = (1 - noise) * mean**2 + noise * mom.sq[name]
+        lay = mom.layout[name]
+        if lay is None:
+            torch.testing.assert_close(v[name][0], want, rtol=1e-10, atol=1e-14)
+        else:
+            want = want.view(lay[0] * lay[1], lay[2])
+            torch.testing.assert_close(v[name][0], want.sum(1), rtol=1e-10, atol=1e-14)
+            torch.testing.assert_close(v[name][1], want.sum(0), rtol=1e-10, atol=1e-14)
+
+
 def _diag_p(scales, model):
     """The diagonal P the scales stand for, in parameter layout."""
     out = []

@@ -206,12 +206,13 @@ def second_moments(opt, mom, n: int | None = None) -> dict:
     factored one (what the row x column fit needs, whether or not the squares were formed). Linear in the moments, so
     a weighted average of these is the second moment of the mixed gradients. ``n``: the training set's size when
     ``mom`` was measured on a subset of it (the minibatch noise is the run's)."""
-    noise = opt.minibatch_noise(mom.n if n is None else n)
+    n = mom.n if n is None else n
+    noise = opt.minibatch_noise(n)
     out = {}
     for name, mean in mom.mean.items():
         lay = mom.layout[name]
         if lay is None:
-            out[name] = (opt.second_moments(mean, mom.sq[name], mom.n),)
+            out[name] = (opt.second_moments(mean, mom.sq[name], n),)
             continue
         # v = (1 - noise) mean^2 + noise sq is linear in both: its row and column sums are theirs
         m2 = (mean.double() ** 2).view(lay[0] * lay[1], lay[2])
