@@ -395,10 +395,54 @@ def test_adam_rule_restarts_rho_on_a_new_preconditioner():
     table = torch.eye(6, dtype=torch.float64)
     kept = rule.rebase(state, table)
     assert kept.slots["q_ref"] is not None and kept.slots["tq"] == 3
-    kept.slots["new_preconditioner"] = True
+    level = torch.tensor([2.0, 5.0], dtype=torch.float64)
+    kept.slots["new_preconditioner"] = level  # the expected q under the new kernel, per run
     reset = rule.rebase(kept, table)
-    assert reset.slots["q_ref"] is None and reset.slots["tq"] == 0 and not reset.slots["q"].any()
-    assert reset.slots["t"] == 3 and "new_preconditioner" not in reset.slots
+    assert reset.slots["t"] == 3 and reset.slots["tq"] == 0 and not reset.slots["q"].any()
+    assert "new_preconditioner" not in reset.slots
+    torch.testing.assert_close(reset.slots["q_ref"], level)
+    # rho after the restart compares the next batch's q with the expected level, not with itself
+    g2 = torch.tensor([[1.0, 0, 0, 0, 0, 0], [0, 4.0, 0, 0, 0, 0]], dtype=torch.float64)
+    f_before = reset.f.clone()
+    after = rule.step(reset, g2, g2, 0.1, None)
+    rho = (level / (g2 * g2).sum(1)).sqrt()  # sqrt(2 / 1), sqrt(5 / 16)
+    m_hat = after.slots["m"] / (1 - rule.b1**4)
+    torch.testing.assert_close(after.f, f_before - 0.1 * rho.unsqueeze(1) * m_hat)
+
+
+def test_expected_gradient_square_averages_every_batch():
+    """Adam's restart level: the mean of ``c^T Theta c`` over every batch the run can draw (all pairs of 5 samples
+    without replacement, all ordered draws with replacement; the one full batch), at the current outputs."""
+    import itertools
+
+    from finetime.losses import residual
+    from finetime.optim import AdamW, FunctionState
+
+    g = torch.Generator().manual_seed(3)
+    n, c, b = 5, 3, 2
+    a = torch.randn(n * c, 7, generator=g, dtype=torch.float64)
+    theta = a @ a.T
+    prob = Problem(theta=theta, f0=torch.randn(n, c, generator=g, dtype=torch.float64), y=torch.tensor([0, 2, 1, 1, 0]))
+    f = torch.randn(2, n * c, generator=g, dtype=torch.float64)  # two runs at different outputs
+    r = residual(f.view(2, n, c), prob.y, prob.loss)
+
+    def q(batch):
+        coeff = torch.zeros(2, n, c, dtype=torch.float64)
+        for i in batch:
+            coeff[:, i] += r[:, i] / len(batch)
+        flat = coeff.reshape(2, -1)
+        return ((flat @ theta) * flat).sum(1)
+
+    draws = {"shuffle": list(itertools.combinations(range(n), b)),
+             "replacement": list(itertools.product(range(n), repeat=b))}
+    for sampling, batches in draws.items():
+        opt = AdamW(lr=1e-3, batch_size=b, sampling=sampling)
+        plan = batch_plan(n, opt, 1, 2, torch.Generator().manual_seed(0))
+        stepper = ExactStepper(prob, opt, 1, plan, track=True)
+        want = torch.stack([q(batch) for batch in batches]).mean(0)
+        torch.testing.assert_close(stepper.expected_gradient_square(FunctionState(f, {})), want)
+    full = ExactStepper(prob, AdamW(lr=1e-3), 1, None, track=True)
+    torch.testing.assert_close(full.expected_gradient_square(FunctionState(f, {})), q(range(n)))
 
 
 def test_interpolated_kernels_of_a_linear_model_change_nothing():

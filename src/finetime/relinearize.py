@@ -201,10 +201,10 @@ class _Refresh:
             t_a = time.perf_counter()
             self.precondition = self.network.adapt(self.work, (t - prev) / t, self.samples)
             info.network_seconds += time.perf_counter() - t_a
-            state.slots["new_preconditioner"] = True
             self.restarts.add(t)
+        restart = t in self.restarts
         if self.samples is not None:
-            return self._subset_refresh(t, check, mean, stepper, state)
+            return self._subset_refresh(t, check, mean, stepper, state, restart)
         t_k = time.perf_counter()
         k = self.network.kernel(self.work)
         self._record(k.theta, time.perf_counter() - t_k)
@@ -232,12 +232,13 @@ class _Refresh:
             p, theta=sim(k.theta), f0=sim(k.f0), theta_test=theta_test, f0_test=f0_test, **jw))
         if self.history is not None:
             self.history.append((t, stepper.problem))
-        state = stepper.rule.rebase(FunctionState(f, state.slots, state.a), stepper.table)
+        state = _rebase(stepper, FunctionState(f, state.slots, state.a), restart)
         if anchor:
             self.rec(state.f, t)  # the checkpoint's curve value is the re-anchored (true network) one
         return stepper, state
 
-    def _subset_refresh(self, t: int, check: bool, mean: torch.Tensor, stepper: ExactStepper, state: FunctionState):
+    def _subset_refresh(self, t: int, check: bool, mean: torch.Tensor, stepper: ExactStepper, state: FunctionState,
+                        restart: bool):
         """The refresh on the subset: the new kernel on ``samples`` only, carried to every sample (and the test set)
         by ``nystrom_update`` on the kernel in use. The curve is not re-anchored (``reanchor`` must be ``none``)."""
         p = stepper.problem
@@ -252,7 +253,7 @@ class _Refresh:
         stepper = stepper.with_problem(dataclasses.replace(p, theta=theta, theta_test=theta_test))
         if self.history is not None:
             self.history.append((t, stepper.problem))
-        state = stepper.rule.rebase(state, stepper.table)
+        state = _rebase(stepper, state, restart)
         return stepper, state
 
     def _record(self, theta: torch.Tensor, seconds: float) -> None:
@@ -376,9 +377,16 @@ class _Interpolate:
 
     def __call__(self, t: int, stepper: ExactStepper, state: FunctionState):
         stepper = stepper.with_problem(self.problem_at(t))
-        if t in self.restarts:
-            state.slots["new_preconditioner"] = True
-        return stepper, stepper.rule.rebase(state, stepper.table)
+        return stepper, _rebase(stepper, state, t in self.restarts)
+
+
+def _rebase(stepper: ExactStepper, state: FunctionState, restart: bool) -> FunctionState:
+    """The optimizer's state carried to ``stepper``'s kernel; where Adam's ``P`` was re-estimated (``restart``) its
+    ``rho_t`` restarts from the expected square of a batch gradient under the new kernel at the current outputs
+    (``ExactStepper.expected_gradient_square``), not from the next batch's, which may be a short last batch."""
+    if restart:
+        state.slots["new_preconditioner"] = stepper.expected_gradient_square(state)
+    return stepper.rule.rebase(state, stepper.table)
 
 
 def _interpolated(problem: Problem, optimizer: Optimizer, steps: int, plan, runs: int,

@@ -79,6 +79,23 @@ class ExactStepper:
         weights = lambda: self.jw0a + fa - self.f0a  # noqa: E731  (J w_t of the linear model)
         return self.rule.step(state, grad, e, self.lrs[t], weights)
 
+    def expected_gradient_square(self, state: FunctionState) -> torch.Tensor:
+        """Each run's expected ``c^T Theta c`` over the batches it may draw next (``c`` a batch's coefficient vector:
+        the squared norm of a batch gradient in the kernel's metric, Adam's ``g^T P g``), at its current outputs:
+        ``(1 - noise) |g_mean|^2 + noise * mean_i |g_i|^2`` with the optimizer's ``minibatch_noise`` (0 for full
+        batches), ``g_i`` the per-sample gradients. ``(R,)``."""
+        p = self.problem
+        n, c = p.n, p.c
+        nc = n * c
+        r = residual(state.f[:, :nc].view(-1, n, c), p.y, p.loss)  # (R, n, C)
+        theta = self.table[:, :nc]
+        flat = r.reshape(-1, nc)
+        mean_sq = ((flat @ theta) * flat).sum(1) / (n * n)
+        blocks = theta.reshape(n, c, n, c).diagonal(dim1=0, dim2=2)  # (C, C, n): each sample's own block
+        per_sample = torch.einsum("rni,ijn,rnj->r", r, blocks, r) / n
+        noise = 0.0 if self.plan is None else self.optimizer.minibatch_noise(n)
+        return (1 - noise) * mean_sq + noise * per_sample
+
 
 def resolve_plan(n: int, optimizer: Optimizer, steps: int, runs: int, generator, plan):
     """``(plan or None for full-batch GD, number of runs)``; draws the batch orders when needed."""

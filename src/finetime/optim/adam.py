@@ -28,9 +28,11 @@ Re-linearization (``finetime.relinearize``) needs the linear model's weights: wi
 step ``t``'s gradient (``g_t = J^T c_t``), the first moment is ``m = J^T mc`` for ``mc`` the same exponential average
 of the ``c_t``, so ``w_t = s_t w_s + P J^T a_t`` since the last checkpoint ``s``, with ``a <- (1 - lr wd) a -
 lr rho mc_hat`` and the decay ``s_t = prod (1 - lr wd)``, exactly. At a checkpoint the first moment's image moves
-with the new kernel (``M = Theta_P mc``) and ``P`` stays the one measured at ``w0`` (Adam's ``v`` averages the squared
-gradients of the whole run so far with ``b2``, not those at the new weights); ``rho`` follows the new kernel's
-gradients as before.
+with the new kernel (``M = Theta_P mc``). Where ``P`` is kept, ``rho`` follows the new kernel's gradients as before.
+Where re-linearization re-estimates ``P`` from the second moments along the path (``relinearize``'s ``adapt``), ``q``
+changes units: ``q_hat`` restarts from the next step's ``q`` and ``q_ref`` is the expected ``q`` of a batch under the
+new kernel at the current outputs (``ExactStepper.expected_gradient_square``), not the next batch's own ``q``: a
+batch that happens to be small (the last, short batch of an epoch) would set ``rho`` for the rest of the interval.
 """
 
 from __future__ import annotations
@@ -163,7 +165,9 @@ class _AdamRule:
         s["m"] = s["mc"] @ table
         state.a = torch.zeros_like(state.a)
         s["shrink"] = 1.0
-        if s.pop("new_preconditioner", False):  # P re-estimated where v now is: rho_t restarts from it
-            s["q"].zero_()
-            s["tq"], s["q_ref"] = 0, None
+        level = s.pop("new_preconditioner", None)
+        if level is not None:  # P re-estimated where v now is: rho_t restarts, relative to the expected q there
+            s["q_ref"] = level
+            s["q"] = torch.zeros_like(s["q"])
+            s["tq"] = 0
         return state
