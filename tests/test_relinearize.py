@@ -396,10 +396,10 @@ def test_adam_rule_restarts_rho_on_a_new_preconditioner():
     kept = rule.rebase(state, table)
     assert kept.slots["q_ref"] is not None and kept.slots["tq"] == 3
     level = torch.tensor([2.0, 5.0], dtype=torch.float64)
-    kept.slots["new_preconditioner"] = level  # the expected q under the new kernel, per run
+    kept.slots["restart_q"] = level  # the expected q under the new kernel, per run
     reset = rule.rebase(kept, table)
     assert reset.slots["t"] == 3 and reset.slots["tq"] == 0 and not reset.slots["q"].any()
-    assert "new_preconditioner" not in reset.slots
+    assert "restart_q" not in reset.slots
     torch.testing.assert_close(reset.slots["q_ref"], level)
     # rho after the restart compares the next batch's q with the expected level, not with itself
     g2 = torch.tensor([[1.0, 0, 0, 0, 0, 0], [0, 4.0, 0, 0, 0, 0]], dtype=torch.float64)

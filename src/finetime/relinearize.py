@@ -385,7 +385,7 @@ def _rebase(stepper: ExactStepper, state: FunctionState, restart: bool) -> Funct
     ``rho_t`` restarts from the expected square of a batch gradient under the new kernel at the current outputs
     (``ExactStepper.expected_gradient_square``), not from the next batch's, which may be a short last batch."""
     if restart:
-        state.slots["new_preconditioner"] = stepper.expected_gradient_square(state)
+        state.slots["restart_q"] = stepper.expected_gradient_square(state)
     return stepper.rule.rebase(state, stepper.table)
 
 

@@ -165,7 +165,7 @@ class _AdamRule:
         s["m"] = s["mc"] @ table
         state.a = torch.zeros_like(state.a)
         s["shrink"] = 1.0
-        level = s.pop("new_preconditioner", None)
+        level = s.pop("restart_q", None)
         if level is not None:  # P re-estimated where v now is: rho_t restarts, relative to the expected q there
             s["q_ref"] = level
             s["q"] = torch.zeros_like(s["q"])
