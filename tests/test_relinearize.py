@@ -538,3 +538,39 @@ def test_validate_replays_with_the_predictions_linearity_decision():
     assert replay_config(cfg, None) is cfg
     lin = RunConfig.from_dict({"lr": 1e-3, "batch_size": 8, "predictor": "linear"})
     assert replay_config(lin, {"linear_regime": True}) is lin
+
+
+def test_adam_second_moments_average_the_path_by_the_trapezoid_rule():
+    """Adam's bias-corrected ``v`` averages the squared gradients of the whole run: ``adapt`` at step ``t`` with
+    weight ``(t - s) / t`` adds the interval since the last refresh ``s`` at the mean of its two ends' second moments
+    (the trapezoid rule; ``w0``'s at the start), and the kernels use the averaged ``P``."""
+    from types import SimpleNamespace
+
+    from finetime.config import RunConfig
+    from finetime.kernel import parameter_preconditioner
+    from finetime.predict import (Task, loss_gradient_moments, network_of, scales_from_second_moments,
+                                  second_moments)
+
+    m, x, y, _ = _setup(seed=5, n=8)
+    names = [n for n, _ in m.named_parameters()]
+    cfg = RunConfig.from_dict({"optimizer": "adamw", "lr": 1e-3, "batch_size": 4, "classes": 3})
+    task = Task(cfg, SimpleNamespace(x=x, y=y, x_test=None), m, names)
+    net = network_of(task)
+    opt, shapes = cfg.optimizer, dict(m.named_parameters())
+    moved = []
+    for scale in (0.2, 0.4):
+        w = copy.deepcopy(m)
+        with torch.no_grad():
+            for p in w.parameters():
+                p.add_(scale * torch.randn_like(p))
+        moved.append(w)
+    v0 = second_moments(opt, task.moments)
+    v1, v2 = (second_moments(opt, loss_gradient_moments(task, w), 8) for w in moved)
+    mix = lambda a, b, wa, wb: {k: tuple(wa * p + wb * q for p, q in zip(a[k], b[k])) for k in a}  # noqa: E731
+    avg1 = mix(v0, v1, 0.5, 0.5)  # steps 0..10 at the mean of their ends
+    avg2 = mix(avg1, mix(v1, v2, 0.5, 0.5), 10 / 30, 20 / 30)  # then steps 10..30
+    for w, weight, want in ((moved[0], 1.0, avg1), (moved[1], 20 / 30, avg2)):
+        got = net.adapt(w, weight)
+        scales = scales_from_second_moments(opt, want, task.moments)
+        for k in names:
+            torch.testing.assert_close(got[k], parameter_preconditioner(scales[k], shapes[k].shape))

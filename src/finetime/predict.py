@@ -260,14 +260,19 @@ def network_of(task: Task) -> Network:
         opt, n = task.config.optimizer, task.data.x.shape[0]
 
         def adapt(model: torch.nn.Module, weight: float, samples: torch.Tensor | None = None) -> dict:
-            """Adam's ``v`` along the path: the second moments at ``model`` (on ``samples`` of the training set, or
-            all) mixed with weight ``weight`` into the running ones (at first those of ``w0``); the kernels from here
-            on use its ``P``, which is returned in parameter shape."""
+            """Adam's ``v`` along the path: the running average of the second moments over the steps so far (at
+            first those of ``w0``) takes in the interval since the last refresh with weight ``weight`` (its share of
+            the steps), at the mean of the second moments at its two ends (the trapezoid rule; at ``model``: on
+            ``samples`` of the training set, or all); the kernels from here on use its ``P``, which is returned in
+            parameter shape."""
             if task.moments is None:
                 task.scales = preconditioner_scales(task)
             new = second_moments(opt, loss_gradient_moments(task, model, samples=samples), n)
             old = held.get("v") or second_moments(opt, task.moments)
-            held["v"] = {k: tuple((1 - weight) * a + weight * b for a, b in zip(old[k], new[k])) for k in new}
+            last = held.get("v_last") or second_moments(opt, task.moments)
+            held["v"] = {k: tuple((1 - weight) * a + weight * (c + b) / 2 for a, b, c in zip(old[k], new[k], last[k]))
+                         for k in new}
+            held["v_last"] = new
             held["scales"] = scales_from_second_moments(opt, held["v"], task.moments)
             return {name: parameter_preconditioner(held["scales"][name], shapes[name].shape) for name in task.trained}
 

@@ -86,9 +86,10 @@ class Network:
     """A preconditioned optimizer's diagonal ``P`` per trained parameter, in the parameter's shape (Adam: the one the
     kernels were computed with)."""
     adapt: Callable[..., dict[str, torch.Tensor]] | None = None
-    """``adapt(model, weight, samples)``: Adam's ``P`` re-estimated along the path, the second moments at ``model`` (on
-    the training samples ``samples``, or all) mixed in with ``weight``; ``kernel`` and ``subset_kernel`` use it from
-    then on. Returns the new ``P`` in parameter shape."""
+    """``adapt(model, weight, samples)``: Adam's ``P`` re-estimated along the path, the interval since the last refresh
+    (the share ``weight`` of the steps so far) entering the running average of the second moments at the mean of
+    those at its two ends, at ``model`` on the training samples ``samples`` (or all); ``kernel`` and ``subset_kernel``
+    use it from then on. Returns the new ``P`` in parameter shape."""
 
     def evaluate(self, model: torch.nn.Module) -> torch.Tensor:
         if self.outputs is not None:
