@@ -250,7 +250,7 @@ def network_of(task: Task) -> Network:
     outputs = ((lambda m: batch_statistics_outputs(m, x)) if task.config.task.bn is BatchNormMode.BATCH
                else None)
     precondition = adapt = None
-    held = {}  # Adam's running second moments "v" and the scales the kernels use
+    held = {}  # Adam's running second moments "v", those at the last refresh "v_last", the scales the kernels use
     if task.config.optimizer.preconditioned:
         if task.scales is None:
             task.scales = preconditioner_scales(task)
@@ -268,8 +268,9 @@ def network_of(task: Task) -> Network:
             if task.moments is None:
                 task.scales = preconditioner_scales(task)
             new = second_moments(opt, loss_gradient_moments(task, model, samples=samples), n)
-            old = held.get("v") or second_moments(opt, task.moments)
-            last = held.get("v_last") or second_moments(opt, task.moments)
+            if "v" not in held:  # the path so far is w0 alone
+                held["v"] = held["v_last"] = second_moments(opt, task.moments)
+            old, last = held["v"], held["v_last"]
             held["v"] = {k: tuple((1 - weight) * a + weight * (c + b) / 2 for a, b, c in zip(old[k], new[k], last[k]))
                          for k in new}
             held["v_last"] = new
