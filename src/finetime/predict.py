@@ -271,8 +271,8 @@ def network_of(task: Task) -> Network:
             if "v" not in held:  # the path so far is w0 alone
                 held["v"] = held["v_last"] = second_moments(opt, task.moments)
             old, last = held["v"], held["v_last"]
-            held["v"] = {k: tuple((1 - weight) * a + weight * (c + b) / 2 for a, b, c in zip(old[k], new[k], last[k]))
-                         for k in new}
+            held["v"] = {k: tuple((1 - weight) * avg + weight * (start + end) / 2
+                                  for avg, start, end in zip(old[k], last[k], new[k])) for k in new}
             held["v_last"] = new
             held["scales"] = scales_from_second_moments(opt, held["v"], task.moments)
             return {name: parameter_preconditioner(held["scales"][name], shapes[name].shape) for name in task.trained}
