@@ -26,6 +26,11 @@ def test_sample_counts():
     assert kernel_sample_count(5000, 2500, 5, 32) == 2500
     with pytest.raises(ConfigError, match="at least 4 batches"):
         kernel_sample_count(100, 2500, 5, 32)
+    assert kernel_sample_count(50, 2500, 5, None) == 50  # ten per class: the least the extrapolation takes
+    for few in (49, 25, 3):
+        with pytest.raises(ConfigError, match="at least 10 per class"):
+            kernel_sample_count(few, 2500, 5, None)
+    assert kernel_sample_count(3, 3, 5, None) == 3  # the whole set, however small, is no subset
 
 
 def test_config_checks_the_setting():
