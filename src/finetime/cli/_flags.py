@@ -11,7 +11,7 @@ from ..kernel import KernelMethod
 from ..network import BatchNormMode
 from ..optim import OPTIMIZERS, SCHEDULES, Sampling
 from ..errors import ConfigError
-from ..subset import AUTO_ALL_UP_TO, AUTO_REFRESH_FRACTION, AUTO_REFRESH_PER_CLASS, AUTO_SAMPLES
+from ..subset import AUTO_ALL_UP_TO, AUTO_REFRESH_FRACTION, AUTO_REFRESH_PER_CLASS, AUTO_SAMPLES, MIN_PER_CLASS
 
 __all__ = ["add_run_flags", "config_from_args", "load_config_file"]
 
@@ -149,7 +149,8 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
     g.add_argument("--kernel-samples", default=_D["kernel_samples"], metavar="M|auto|all",
                    help="compute the kernel on a class-balanced subset of M training samples and carry the predicted "
                         "curves to the whole set by the spectrum's extrapolation (cost grows with M, not N); auto: "
-                        f"every sample up to {AUTO_ALL_UP_TO}, {AUTO_SAMPLES} beyond (default: %(default)s)")
+                        f"every sample up to {AUTO_ALL_UP_TO}, {AUTO_SAMPLES} beyond; an M below the whole set needs "
+                        f"at least {MIN_PER_CLASS} per class (default: %(default)s)")
     g.add_argument("--kernel-method", choices=[m.value for m in KernelMethod], default=_D["kernel_method"],
                    help="how the NTK is computed; see finetime.kernel.KernelMethod (default: %(default)s)")
     g.add_argument("--projection-dim", type=int, default=_D["projection_dim"],
