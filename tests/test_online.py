@@ -177,6 +177,11 @@ def test_log_formats(tmp_path):
         read_log(bad)
     with pytest.raises(DataError, match="not found"):
         read_log(tmp_path / "missing.csv")
+    for text, says in (("", "empty"), ("not json\n", "neither JSON nor a CSV"), ("step,loss\n", "neither JSON nor")):
+        odd = tmp_path / "odd.log"
+        odd.write_text(text)
+        with pytest.raises(DataError, match=says):
+            read_log(odd)
 
 
 def test_watch_command(capsys, tmp_path):

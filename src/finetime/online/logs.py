@@ -85,5 +85,6 @@ def read_log(path: str | Path) -> list[LogRecord]:
         return _records(rows, path)
     rows = list(csv.DictReader(text.splitlines()))
     if not rows:
-        raise DataError(f"{path}: empty CSV (want a header with step and loss columns)")
+        what = "empty" if not text.strip() else "neither JSON nor a CSV with a header row and at least one data row"
+        raise DataError(f"{path}: {what} (want step and loss columns, as CSV or JSON lines)")
     return _records([{k.strip().lower(): v for k, v in r.items() if k} for r in rows], path)
