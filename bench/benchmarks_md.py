@@ -6,7 +6,7 @@ Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw
 {{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}, {{scale}}, {{photos_suite}}
 (bench/results/photos.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
 {{photos_intervals}} (coverage on photos.jsonl of intervals fitted on the other suites), {{interpolation}} (kernels
-interpolated between refreshes against stepwise ones, all four suites), {{bn_batch_photos}}, {{step_timing}}; a missing results file renders as a note saying which command produces it.
+interpolated between refreshes against stepwise ones, all four suites), {{bn_batch_photos}}, {{step_timing}}, {{growth}} (bench/results/growth.json); a missing results file renders as a note saying which command produces it.
 """
 
 from __future__ import annotations
@@ -383,6 +383,22 @@ def subsample(r):
     return "\n".join(lines) + "\n"
 
 
+@_results("growth.json", "bench/growth_bench.py")
+def growth(r):
+    lines = ["| cell | checkpoints | real run: trace ratio | linear path: trace ratio | linear path: loss gap | "
+             "real loss | linear model's loss |",
+             "|---|---|---|---|---|---|---|"]
+    fmt = lambda v: " / ".join(f"{x:.3g}" for x in v)  # noqa: E731
+    for c in r["cells"]:
+        cfg = c["config"]
+        where = ("text" if c["suite"] == "text" else f"{cfg['image_size']} px") + f", {cfg['per_class']} per class"
+        name = f"{where}, {_optimizer_label({**cfg, 'momentum': cfg.get('momentum', 0.0)})}"
+        lines.append(f"| {name} | {', '.join(map(str, c['checkpoints']))} | {fmt(c['real_trace_ratio'])} | "
+                     f"{fmt(c['linear_path_trace_ratio'])} | {fmt(c['linear_path_loss_gap'])} | "
+                     f"{fmt(c['real_loss'])} | {fmt(c['linear_loss'])} |")
+    return "\n".join(lines) + "\n"
+
+
 @_results("scale.json", "bench/scale_bench.py")
 def scale(r):
     lines = ["| cell | kernel on | peak memory | prediction s (kernel, re-lin., sim., step timing) | TT eps 0.1 / 0.4 "
@@ -478,7 +494,7 @@ def main():
                     ("floor", floor), ("subsample", subsample), ("bn_batch", bn_batch), ("scale", scale),
                     ("photos_suite", photos_suite), ("resolution", resolution),
                     ("photos_intervals", photos_intervals), ("bn_batch_photos", bn_batch_photos),
-                    ("step_timing", step_timing), ("interpolation", interpolation)):
+                    ("step_timing", step_timing), ("interpolation", interpolation), ("growth", growth)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
     print("wrote BENCHMARKS.md")
