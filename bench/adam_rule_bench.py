@@ -74,6 +74,7 @@ def main() -> int:
     from finetime.kernel import gradient_moments, inverse_root_scale
     from finetime.losses import residual
     from finetime.predict import _start_outputs, prepare, scales_from_moments, training_times
+    from finetime.predictors import real_run_generator
     from finetime.runtime import tune_allocator
     from finetime.training_time import relative_error
 
@@ -94,7 +95,7 @@ def main() -> int:
         variants = {"row x column P": scales_from_moments(opt, mom),
                     "diagonal P": {k: inverse_root_scale(opt.second_moments(mom.mean[k], mom.sq[k], mom.n), None,
                                                          opt.adam_eps) for k in mom.mean}}
-        plan = batch_plan(task.data.x.shape[0], opt, cfg.steps, 1, torch.Generator().manual_seed(cfg.task.seed + 2))
+        plan = batch_plan(task.data.x.shape[0], opt, cfg.steps, 1, real_run_generator(cfg))
         real = c["real"]["loss"][: steps + 1]
         real_tt = training_times(torch.tensor([real]), cfg)
         row = {"lr": opt.lr, "seed": cfg.task.seed, "steps": steps,

@@ -51,7 +51,7 @@ def main() -> int:
     from finetime.config import PRESETS, RunConfig
     from finetime.finetune import finetune
     from finetime.predict import kernel_for, prepare, problem_from
-    from finetime.predictors import predict_trajectory
+    from finetime.predictors import predict_trajectory, real_run_generator
     from finetime.relinearize import checkpoint_schedule, first_checkpoint
     from finetime.runtime import tune_allocator
 
@@ -73,7 +73,7 @@ def main() -> int:
             if t in points:
                 real_traces[t] = float(kernel_for(task, model=model).theta.trace()) / trace0
 
-        plan = batch_plan(d.x.shape[0], cfg.optimizer, cfg.steps, 1, torch.Generator().manual_seed(cfg.task.seed + 2))
+        plan = batch_plan(d.x.shape[0], cfg.optimizer, cfg.steps, 1, real_run_generator(cfg))
         real = finetune(copy.deepcopy(task.model), d.x, d.y, cfg.optimizer, cfg.steps, plan, loss=cfg.loss,
                         params=task.trained, bn=cfg.task.bn, on_step=on_step)
         forced = dataclasses.replace(PRESETS["adaptive"], linearity_tol=0.0, refresh_samples="all")

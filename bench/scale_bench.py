@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     from finetime.config import RunConfig
     from finetime.finetune import finetune
     from finetime.predict import prepare
+    from finetime.predictors import real_run_generator
     from finetime.runtime import tune_allocator
     from finetime.training_time import relative_error
 
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
         task = prepare(cfg.replace(kernel_samples="all"))
         d, opt = task.data, cfg.optimizer
         n = d.x.shape[0]
-        plan = batch_plan(n, opt, cfg.steps, 1, torch.Generator().manual_seed(cfg.task.seed + 2))
+        plan = batch_plan(n, opt, cfg.steps, 1, real_run_generator(cfg))
         real = finetune(task.model, d.x, d.y, opt, cfg.steps, plan, loss=cfg.loss, params=task.trained,
                         bn=cfg.task.bn, eval_every=EVAL_EVERY)
         real_tt = grid_times(real.loss, EVAL_EVERY)

@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     from finetime.config import RunConfig
     from finetime.finetune import finetune
     from finetime.predict import predict, prepare, training_times
+    from finetime.predictors import real_run_generator
     from finetime.runtime import tune_allocator
     from finetime.training_time import relative_error
 
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
         n = d.x.shape[0]
         row = next((r for r in stored if r["config"] == json.loads(json.dumps(cfg.to_dict()))), None)
         if row is None:
-            plan = batch_plan(n, opt, cfg.steps, 1, torch.Generator().manual_seed(cfg.task.seed + 2))
+            plan = batch_plan(n, opt, cfg.steps, 1, real_run_generator(cfg))
             real = finetune(task.model, d.x, d.y, opt, cfg.steps, plan, loss=cfg.loss, params=task.trained,
                             bn=cfg.task.bn)
             real_tt = training_times(real.loss.unsqueeze(0), cfg)

@@ -19,12 +19,18 @@ from .spectrum import sharpness
 if TYPE_CHECKING:
     from .predict import Task
 
-__all__ = ["PREDICTORS", "predict_trajectory", "stability_ratio", "default_generator"]
+__all__ = ["PREDICTORS", "predict_trajectory", "stability_ratio", "default_generator", "real_run_generator"]
 
 
 def default_generator(config: RunConfig) -> torch.Generator:
-    """The source of simulated batch orders of a prediction (the real run of ``validate`` uses ``seed + 2``)."""
+    """The source of simulated batch orders of a prediction (the real run's is ``real_run_generator``)."""
     return torch.Generator().manual_seed(config.task.seed + 1)
+
+
+def real_run_generator(config: RunConfig) -> torch.Generator:
+    """The source of the batch order of the real run ``validate`` (and the benchmarks) fine-tune: ``seed + 2``, apart
+    from the predictions' own orders."""
+    return torch.Generator().manual_seed(config.task.seed + 2)
 
 
 def stability_ratio(problem: Problem, config: RunConfig) -> float:

@@ -12,14 +12,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-import torch
-
 from .batches import batch_plan
 from .config import Predictor, RunConfig
 from .dynamics import Trajectory
 from .finetune import RealRun, finetune
 from .predict import Prediction, curve_summary, predict, tolist, training_times
-from .predictors import predict_trajectory
+from .predictors import predict_trajectory, real_run_generator
 from .training_time import relative_error
 
 __all__ = ["Validation", "validate", "compare_times", "test_curve_errors", "replay_config"]
@@ -123,7 +121,7 @@ def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
     opt = config.optimizer
     data = task.train_data
     n = data.x.shape[0]
-    plan = batch_plan(n, opt, config.steps, 1, torch.Generator().manual_seed(config.task.seed + 2))
+    plan = batch_plan(n, opt, config.steps, 1, real_run_generator(config))
     replay = None
     # the same predictor on the real run's batch order (not when the kernel saw a subset: the order is of all samples)
     if config.predictor.kind is not Predictor.PAPER and task.full_data is None:
