@@ -113,6 +113,11 @@ ones included, so a small gap at the check foretells a larger departure later (A
 6-7: at 0.01, 7 of 12 lr 1e-5 image cells and every lr 3e-5 text cell kept one kernel and were predicted too slow)."""
 
 
+FIRST_STEPS = 5
+"""Real steps ``--first-steps auto`` runs with BatchNorm batch statistics (about as many as the step timing runs;
+``finetime.first_steps``)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PredictorConfig:
     """The predictor and its settings. The default is the ``adaptive`` preset."""
@@ -135,6 +140,11 @@ class PredictorConfig:
     jumping at the checkpoints (``--interpolate-kernels``); ``None``: the default, on for Adam and AdamW (whose
     refreshes also re-estimate ``P`` along the path) where the curve is not re-anchored, off for SGD (BENCHMARKS.md,
     section 1, "The kernel between refreshes")."""
+
+    first_steps: int | str = "auto"
+    """Real steps run first on a copy of the model, the prediction time-warped to their measured losses
+    (``finetime.first_steps``); 0: none; ``auto``: ``FIRST_STEPS`` with BatchNorm batch statistics, none otherwise.
+    The other presets (``linear``, ``paper``, ``relinearized3``) run none: they are the kernel's predictions alone."""
 
     def interpolates(self, optimizer) -> bool:
         """Whether refreshed kernels are interpolated in time for ``optimizer`` (``interpolate``, or its default)."""
@@ -162,20 +172,30 @@ class PredictorConfig:
                               "outputs at each checkpoint")
         if self.relinearize < 0:
             raise ConfigError(f"--relinearize must be >= 0, got {self.relinearize}")
+        fs = self.first_steps
+        if isinstance(fs, str) and fs != "auto":
+            try:
+                fs = int(fs)
+            except ValueError:
+                raise ConfigError(f"--first-steps must be a number of steps or auto, got {fs!r}") from None
+        if fs != "auto" and (isinstance(fs, bool) or not isinstance(fs, int) or fs < 0):
+            raise ConfigError(f"--first-steps must be a number of steps (0: none) or auto, got {fs!r}")
+        object.__setattr__(self, "first_steps", fs)
         if self.linearity_tol is not None and not (self.linearity_tol >= 0 and math.isfinite(self.linearity_tol)):
             raise ConfigError(f"--linearity-tol must be >= 0 (0 turns the check off), got {self.linearity_tol}")
 
 
 PRESETS: dict[str, PredictorConfig] = {
     "adaptive": PredictorConfig(),
-    "linear": PredictorConfig(Predictor.LINEAR),
-    "paper": PredictorConfig(Predictor.PAPER),
-    "relinearized3": PredictorConfig(Predictor.RELINEARIZED, 3, Reanchor.ALL, 0.0, "all"),
+    "linear": PredictorConfig(Predictor.LINEAR, first_steps=0),
+    "paper": PredictorConfig(Predictor.PAPER, first_steps=0),
+    "relinearized3": PredictorConfig(Predictor.RELINEARIZED, 3, Reanchor.ALL, 0.0, "all", first_steps=0),
 }
 """Named predictors (``--predictor``, and the rows of the benchmark):
 
 * ``adaptive`` (default): a linearity check at step ~T/15; where it fails, the kernel is refreshed at ~T/15, 3T/15 and
-  7T/15 along the predicted path, the curve continuing from the linear model's own outputs.
+  7T/15 along the predicted path, the curve continuing from the linear model's own outputs; with BatchNorm batch
+  statistics the curve is then time-warped to the first real steps (``first_steps``).
 * ``linear``: the exact simulator on the one kernel at the pretrained weights.
 * ``paper``: the paper's ODE (full batch) / SDE (minibatches) with the effective learning rate.
 * ``relinearized3``: three re-linearizations at the same points, the curve re-anchored each time on the real
@@ -188,7 +208,8 @@ _KERNEL = {"kernel_method": "method", "projection_dim": "projection_dim", "max_m
            "kernel_outputs": "outputs"}
 _PREDICTOR = {"predictor": "kind", "relinearize": "relinearize", "reanchor": "reanchor",
               "linearity_tol": "linearity_tol", "refresh_samples": "refresh_samples",
-              "relinearize_adam": "relinearize_adam", "interpolate_kernels": "interpolate"}
+              "relinearize_adam": "relinearize_adam", "interpolate_kernels": "interpolate",
+              "first_steps": "first_steps"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +266,9 @@ class RunConfig:
         object.__setattr__(self, "kernel_samples", ks)
         if self.extrapolate_to and ks not in ("auto", "all"):
             bad("--extrapolate-to and --kernel-samples both extrapolate from a subset; give one of them")
+        fs = self.predictor.first_steps
+        if fs != "auto" and fs >= self.steps:
+            bad(f"--first-steps ({fs}) must be fewer than --steps ({self.steps})")
         w = self.optimizer.schedule.warmup_steps
         if w >= self.steps and w > 0:
             bad(f"--warmup-steps ({w}) must be fewer than --steps ({self.steps})")
@@ -257,6 +281,14 @@ class RunConfig:
         p, o = self.predictor, self.optimizer
         return (p.kind is Predictor.RELINEARIZED and p.relinearize > 0 and o.relinearizable
                 and (p.relinearize_adam or not o.preconditioned))
+
+    @property
+    def first_steps(self) -> int:
+        """Real steps the prediction runs first (``PredictorConfig.first_steps`` with ``auto`` resolved)."""
+        fs = self.predictor.first_steps
+        if fs == "auto":
+            return min(FIRST_STEPS, self.steps - 1) if self.task.bn is BatchNormMode.BATCH else 0
+        return fs
 
     @property
     def predictor_name(self) -> str:

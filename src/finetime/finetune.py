@@ -94,6 +94,7 @@ def finetune(
     eval_every: int = 1,
     progress: Callable[[int, int], None] | None = None,
     on_step: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
+    stop_after: int | None = None,
 ) -> RealRun:
     """Fine-tune ``model`` in place for ``steps`` updates with the first run of ``plan``.
 
@@ -104,10 +105,14 @@ def finetune(
     its own device (batches move there); ``precision`` bf16 / fp16 runs the forward pass under ``torch.autocast``
     (fp16 with a ``GradScaler``). ``eval_every=k`` evaluates the curves only at steps ``0, k, 2k, ...`` and ``T``
     (NaN at the others, and divergence is noticed only there): for long runs on large sets, where one whole-set pass
-    per step would cost more than the training.
+    per step would cost more than the training. ``stop_after=k`` stops after update ``k`` of the ``steps`` (the
+    learning-rate schedule stays that of ``steps``; the curves beyond ``k`` are NaN): the first steps of a run.
     """
     if eval_every < 1:
         raise ConfigError(f"eval_every must be >= 1, got {eval_every}")
+    last = steps if stop_after is None else stop_after
+    if not 0 <= last <= steps:
+        raise ConfigError(f"stop_after must be in 0..{steps}, got {stop_after}")
     named = dict(model.named_parameters())
     names = [n for n, p in named.items() if p.requires_grad] if params is None else params
     trained = [named[n] for n in names]
@@ -146,9 +151,9 @@ def finetune(
             return True
         return False
 
-    if not reuse:
+    if not reuse or last == 0:
         evaluate(0)
-    for t in range(steps):
+    for t in range(last):
         idx = plan.batch(0, t)
         t0 = time.perf_counter()
         set_train_mode(model, bn, dropout)
@@ -162,7 +167,7 @@ def finetune(
             curve[t], acc[t] = float(lval.detach()), float(accuracy(logits.detach().cpu(), y[idx]))
             if check(t):
                 break
-        if (not reuse and (t + 1) % eval_every == 0) or t + 1 == steps:
+        if (not reuse and (t + 1) % eval_every == 0) or t + 1 == last:
             evaluate(t + 1)
             if check(t + 1):
                 break

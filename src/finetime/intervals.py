@@ -3,7 +3,8 @@
 The 5-95% band of a prediction covers batch-order noise only. How far the real run lands from the prediction
 depends on what the prediction can tell about itself: the loss gap of the ``adaptive`` predictor's linearity check
 (the network moved to the linear model's weights at step T/15 against the linear model there). The margin of each
-gap bin (and of predictions without the check: Adam, ``--predictor linear``, weight decay) is the split-conformal
+gap bin (of predictions without the check: ``--predictor linear``, SGD's weight decay; and of predictions fitted to
+their first real steps, ``finetime.first_steps``) is the split-conformal
 90% quantile of ``|log((TT_real + 1) / (TT_pred + 1))|`` over the benchmark suites, written by
 ``bench/online_bench.py --calibrate`` into ``finetime/online/calibration.json`` (``open_loop``); its held-out
 coverage is in BENCHMARKS.md, section 8.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-__all__ = ["open_loop_margin", "model_interval", "gap_bin"]
+__all__ = ["open_loop_margin", "model_interval", "gap_bin", "FIRST_STEPS_BIN"]
 
 
 @lru_cache(maxsize=1)
@@ -37,12 +38,18 @@ def gap_bin(gap: float | None, bins=(0.01, 0.1)) -> str:
     return f">= {lo:g}"
 
 
-def open_loop_margin(gap: float | None) -> float | None:
-    """The calibrated half-width (log steps) for a prediction with this linearity-check gap; ``None`` when finetime
-    has no calibration for it."""
+FIRST_STEPS_BIN = "first steps"
+"""The calibration bin of predictions time-warped to their first real steps (``finetime.first_steps``)."""
+
+
+def open_loop_margin(gap: float | None, first_steps: bool = False) -> float | None:
+    """The calibrated half-width (log steps) for a prediction with this linearity-check gap, or of one fitted to its
+    first real steps (``first_steps``); ``None`` when finetime has no calibration for it."""
     t = _table()
     if not t:
         return None
+    if first_steps:
+        return t["margins"].get(FIRST_STEPS_BIN)
     return t["margins"].get(gap_bin(gap, tuple(t.get("gap_bins", (0.01, 0.1)))))
 
 

@@ -421,9 +421,11 @@ class Prediction:
 
     def to_dict(self) -> dict:
         sps = self.seconds_per_step
-        info = self.trajectory.info or {}
+        info = dict(self.trajectory.info or {})
+        first = info.pop("first_steps", None)
         gap = info["loss_gaps"][0] if info.get("loss_gaps") else None
-        margin = open_loop_margin(gap)
+        fitted = first is not None and first.get("speed") is not None
+        margin = open_loop_margin(gap, first_steps=fitted)
         times = {}
         for k, est in self.times.items():
             v = est.to_dict()
@@ -442,13 +444,17 @@ class Prediction:
             "diverged_step": _median_divergence(traj) if self.diverged else None,
             "sharpness": self.sharpness,
             "max_stable_lr": cfg.optimizer.stable_lr(self.sharpness),
-            "interval_note": f"90% model-error interval, linearity-check bin {gap_bin(gap)} (finetime.intervals)",
+            "interval_note": "90% model-error interval, " + ("fitted to the first real steps" if fitted else
+                                                              f"linearity-check bin {gap_bin(gap)}")
+                             + " (finetime.intervals)",
             "method": traj.method,
             "predictor": cfg.predictor_name,
             "preconditioned": cfg.optimizer.preconditioned,
         })
-        if traj.info is not None:
-            predicted["relinearization"] = traj.info
+        if info:
+            predicted["relinearization"] = info
+        if first is not None:
+            predicted["first_steps"] = first
         if self.extrapolated is not None:
             predicted["extrapolated"] = self.extrapolated
         if self.subset is not None:
@@ -489,9 +495,11 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
     sps = broadcast_value(sps)
     t_step = time.perf_counter() - t2
     times = {th.key: summarize_times(steps_to_threshold(traj.loss, th)) for th in thresholds(config)}
-    t_relin = (traj.info["kernel_seconds"] + traj.info["network_seconds"]) if traj.info else 0.0
-    cost = {"kernel": round(t_kernel, 3), "simulation": round(t_sim - t_relin, 3),
-            "relinearization": round(t_relin, 3), "step_timing": round(t_step, 3),
+    info = traj.info or {}
+    t_relin = info.get("kernel_seconds", 0.0) + info.get("network_seconds", 0.0)
+    t_first = info["first_steps"]["seconds"] if "first_steps" in info else 0.0
+    cost = {"kernel": round(t_kernel, 3), "simulation": round(t_sim - t_relin - t_first, 3),
+            "relinearization": round(t_relin, 3), "first_steps": round(t_first, 3), "step_timing": round(t_step, 3),
             "total": round(t_kernel + t_sim + t_step, 3)}
     result = Prediction(config, task, kernel, problem, traj, times, sps, sharp, cost, subset=subset)
     if config.extrapolate_to:

@@ -17,6 +17,7 @@ from .network import BatchNormMode, linear_head
 from .spectrum import sharpness
 
 if TYPE_CHECKING:
+    from .first_steps import FirstSteps
     from .predict import Task
 
 __all__ = ["PREDICTORS", "predict_trajectory", "stability_ratio", "default_generator", "real_run_generator"]
@@ -105,8 +106,18 @@ PREDICTORS: dict[Predictor, Callable[..., Trajectory]] = {
 
 
 def predict_trajectory(problem: Problem, config: RunConfig, task: "Task | None" = None, *,
-                       generator: torch.Generator | None = None, plan: BatchPlan | None = None) -> Trajectory:
+                       generator: torch.Generator | None = None, plan: BatchPlan | None = None,
+                       first_steps: "FirstSteps | None" = None) -> Trajectory:
     """Predicted curves of ``config`` from the kernel in ``problem`` by the configured predictor. ``task`` (model and
-    data) is needed by the re-linearizing predictor; ``plan`` replays an explicit batch order (one run)."""
+    data) is needed by the re-linearizing predictor and by the first real steps (``config.first_steps``, run here
+    unless ``first_steps`` hands over ones already measured; without the task there are none); ``plan`` replays an
+    explicit batch order (one run)."""
     gen = generator if generator is not None else default_generator(config)
-    return PREDICTORS[config.predictor.kind](problem, config, task, gen, plan)
+    traj = PREDICTORS[config.predictor.kind](problem, config, task, gen, plan)
+    k = config.first_steps
+    if k and task is not None:
+        from .first_steps import apply_first_steps, run_first_steps
+
+        measured = first_steps.copy() if first_steps is not None else run_first_steps(task, config, k)
+        traj = apply_first_steps(traj, measured)
+    return traj

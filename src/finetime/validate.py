@@ -17,6 +17,7 @@ from .config import Predictor, RunConfig
 from .dynamics import Trajectory
 from .finetune import RealRun, finetune
 from .predict import Prediction, curve_summary, predict, tolist, training_times
+from .first_steps import FirstSteps
 from .predictors import predict_trajectory, real_run_generator
 from .training_time import relative_error
 
@@ -106,7 +107,8 @@ def replay_config(config: RunConfig, info: dict | None) -> RunConfig:
     (``info``: the prediction's re-linearization record): its one kernel where the check passed, refreshes without
     a check where it failed; ``config`` itself for a prediction without a check."""
     p = config.predictor
-    if info is None or p.kind is not Predictor.RELINEARIZED or p.tolerance(config.optimizer) == 0:
+    if info is None or "linear_regime" not in info or p.kind is not Predictor.RELINEARIZED \
+            or p.tolerance(config.optimizer) == 0:
         return config
     if info["linear_regime"]:
         return dataclasses.replace(config, predictor=dataclasses.replace(p, kind=Predictor.LINEAR))
@@ -128,7 +130,10 @@ def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
         if opt.is_full_batch(n):
             replay = pred.trajectory  # deterministic: the prediction itself
         else:
-            replay = predict_trajectory(problem, replay_config(config, pred.trajectory.info), task, plan=plan)
+            info = pred.trajectory.info or {}
+            measured = FirstSteps.from_dict(info["first_steps"]) if "first_steps" in info else None
+            replay = predict_trajectory(problem, replay_config(config, info or None), task, plan=plan,
+                                        first_steps=measured)
     real = finetune(task.model, data.x, data.y, opt, config.steps, plan, loss=config.loss,
                     params=task.trained, precision=config.precision, x_test=data.x_test, y_test=data.y_test,
                     bn=config.task.bn,

@@ -71,6 +71,9 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
     rl = pr.get("relinearization")
     if rl:
         print(_fmt_relinearization(rl), file=out)
+    fs = pr.get("first_steps")
+    if fs:
+        print(_fmt_first_steps(fs, c), file=out)
     ks = pr.get("kernel_samples")
     if ks:
         print(f"kernel on {ks['samples']} of {ks['of']} training samples (--kernel-samples); curves carried to all "
@@ -88,8 +91,19 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
           f"~{fmt_seconds(pr['total_seconds'])}", file=out)
     cs = result["cost_seconds"]
     relin = f", re-linearization {cs['relinearization']:.1f}" if cs.get("relinearization") else ""
-    print(f"prediction cost  {cs['total']:.1f} s (kernel {cs['kernel']:.1f}{relin}, simulation {cs['simulation']:.2f}, "
-          f"step timing {cs['step_timing']:.1f})", file=out)
+    first = f", first real steps {cs['first_steps']:.1f}" if cs.get("first_steps") else ""
+    print(f"prediction cost  {cs['total']:.1f} s (kernel {cs['kernel']:.1f}{relin}, simulation {cs['simulation']:.2f}"
+          f"{first}, step timing {cs['step_timing']:.1f})", file=out)
+
+
+def _fmt_first_steps(fs: dict, c: dict) -> str:
+    losses = [v for v in fs["losses"] if v is not None]
+    head = (f"first {fs['steps']} real steps (on a copy of the model, --first-steps): loss "
+            f"{losses[0]:.4g} -> {losses[-1]:.4g}" if losses else f"first {fs['steps']} real steps")
+    if fs.get("speed") is not None:
+        return (f"{head}; the run goes {fs['speed']:.2g}x as fast as the kernel predicts, and the curves are "
+                "time-warped to it")
+    return f"{head}; {fs.get('reason') or 'no warp'}"
 
 
 def _fmt_predictor(pr: dict) -> str:
