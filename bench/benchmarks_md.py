@@ -6,7 +6,7 @@ Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw
 {{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}, {{scale}}, {{photos_suite}}
 (bench/results/photos.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
 {{photos_intervals}} (coverage on photos.jsonl of intervals fitted on the other suites), {{interpolation}} (kernels
-interpolated between refreshes against stepwise ones, all four suites), {{bn_batch_photos}}, {{step_timing}}, {{growth}} (bench/results/growth.json); a missing results file renders as a note saying which command produces it.
+interpolated between refreshes against stepwise ones, all four suites), {{bn_batch_photos}}, {{step_timing}}, {{growth}} (bench/results/growth.json), {{first_steps}} (bench/results/first_steps.json); a missing results file renders as a note saying which command produces it.
 """
 
 from __future__ import annotations
@@ -399,6 +399,13 @@ def growth(r):
     return "\n".join(lines) + "\n"
 
 
+@_results("first_steps.json", "bench/first_steps_bench.py")
+def first_steps(r):
+    from first_steps_bench import render
+
+    return render(r)
+
+
 @_results("scale.json", "bench/scale_bench.py")
 def scale(r):
     lines = ["| cell | kernel on | peak memory | prediction s (kernel, re-lin., sim., step timing) | TT eps 0.1 / 0.4 "
@@ -494,7 +501,8 @@ def main():
                     ("floor", floor), ("subsample", subsample), ("bn_batch", bn_batch), ("scale", scale),
                     ("photos_suite", photos_suite), ("resolution", resolution),
                     ("photos_intervals", photos_intervals), ("bn_batch_photos", bn_batch_photos),
-                    ("step_timing", step_timing), ("interpolation", interpolation), ("growth", growth)):
+                    ("step_timing", step_timing), ("interpolation", interpolation), ("growth", growth),
+                    ("first_steps", first_steps)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
     print("wrote BENCHMARKS.md")

@@ -187,8 +187,12 @@ GAP_BINS = (0.01, 0.1)
 
 
 def gap_bin(c) -> str:
-    """The calibration bin of a cell's default prediction (``finetime.intervals.gap_bin``, as ``predict`` uses)."""
-    gaps = (c["predictors"][c["_prior"]].get("info") or {}).get("loss_gaps")
+    """The calibration bin of a cell's default prediction, as ``predict`` chooses it: fitted to its first real steps
+    (``finetime.first_steps``), or its linearity check's gap bin (``finetime.intervals.gap_bin``)."""
+    info = c["predictors"][c["_prior"]].get("info") or {}
+    if (info.get("first_steps") or {}).get("speed") is not None:
+        return intervals.FIRST_STEPS_BIN
+    gaps = info.get("loss_gaps")
     return intervals.gap_bin(gaps[0] if gaps else None, GAP_BINS)
 
 
@@ -242,7 +246,7 @@ def open_loop_coverage(rows):
 
 def render_open_loop(result) -> str:
     ol = result["open_loop"]
-    lines = ["| linearity check (loss gap at step T/15) | margin (log steps) | 90% interval coverage, held out |",
+    lines = ["| linearity check (loss gap at step T/15), or fitted to the first real steps | margin (log steps) | 90% interval coverage, held out |",
              "|---|---|---|"]
     for b, m in ol["margins"].items():
         cov, n = ol["coverage"][b]

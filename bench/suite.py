@@ -33,7 +33,8 @@ from finetime.runtime import tune_allocator
 from finetime.wallclock import seconds_per_step
 from finetime.zoo import is_text_data
 
-PREDICTION_KEYS = ("predictor", "relinearize", "reanchor", "linearity_tol", "refresh_samples", "relinearize_adam")
+PREDICTION_KEYS = ("predictor", "relinearize", "reanchor", "linearity_tol", "refresh_samples", "relinearize_adam",
+                   "first_steps")
 """Flat settings that choose how a prediction is made, not what is trained: left out of cell identities."""
 
 
@@ -100,11 +101,14 @@ def run_cell(cfg: RunConfig, task: Task, kernel, kernel_seconds: float, step_sec
 BENCH_PREDICTORS = {**PRESETS,
                     "adaptive-full-refresh": dataclasses.replace(PRESETS["adaptive"], refresh_samples="all"),
                     "adaptive-stepwise": dataclasses.replace(PRESETS["adaptive"], interpolate=False),
-                    "adaptive-interp": dataclasses.replace(PRESETS["adaptive"], interpolate=True)}
+                    "adaptive-interp": dataclasses.replace(PRESETS["adaptive"], interpolate=True),
+                    "adaptive-no-first-steps": dataclasses.replace(PRESETS["adaptive"], first_steps=0)}
 """The presets, and variants kept as baselines in the results: ``adaptive-full-refresh`` is ``adaptive`` with every
 refresh a whole kernel (``--refresh-samples all``; the default before refreshes on a subset); ``adaptive-stepwise``
 and ``adaptive-interp`` use each refreshed kernel from its checkpoint on, or interpolate it in time between refreshes
-(``--no-interpolate-kernels`` / ``--interpolate-kernels``; the default interpolates for Adam and AdamW only)."""
+(``--no-interpolate-kernels`` / ``--interpolate-kernels``; the default interpolates for Adam and AdamW only);
+``adaptive-no-first-steps`` is ``adaptive`` without its first real steps (``--first-steps 0``; it differs from
+``adaptive`` only with BatchNorm batch statistics)."""
 
 
 def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:
@@ -131,13 +135,17 @@ def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:
     return out
 
 
-def repredict(path: Path, names: list[str], quiet: bool, kernel_outputs: str | None = None) -> int:
-    """Recompute ``names`` for every cell of ``path`` from its task's kernel; real runs are kept as they are. With
-    ``kernel_outputs`` (``sum``) the kernels (the first and every refresh) are computed that way and the results are
-    stored as ``<name>+<kernel_outputs>``, with their own kernel seconds."""
+def repredict(path: Path, names: list[str], quiet: bool, kernel_outputs: str | None = None,
+              where: dict | None = None) -> int:
+    """Recompute ``names`` for every cell of ``path`` (or those whose flat settings match ``where``) from its task's
+    kernel; real runs are kept as they are. With ``kernel_outputs`` (``sum``) the kernels (the first and every
+    refresh) are computed that way and the results are stored as ``<name>+<kernel_outputs>``, with their own kernel
+    seconds."""
     cells = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     by_task: dict = {}
     for c in cells:
+        if where and not _matches(RunConfig.from_dict(c["config"]), where):
+            continue
         by_task.setdefault(task_key(RunConfig.from_dict(c["config"])), []).append(c)
     config = (lambda c: RunConfig.from_dict(c["config"]) if kernel_outputs is None  # noqa: E731
               else RunConfig.from_dict(c["config"]).replace(kernel_outputs=kernel_outputs))
@@ -187,13 +195,24 @@ def main(argv=None) -> int:
                                         "file, keeping their real runs; rewrites the file")
     ap.add_argument("--kernel-outputs", choices=["sum"], help="with --repredict: kernels of the summed outputs "
                                                              "(pNTK), stored as <predictor>+sum")
+    ap.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --repredict: only the cells with this flat setting (e.g. bn=batch); repeatable")
     args = ap.parse_args(argv)
     tune_allocator()
     cfg = tomllib.loads(args.config.read_text())
     out = args.out or Path(__file__).parent / "results" / f"{args.config.stem}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.repredict:
-        return repredict(out, args.repredict.split(","), args.quiet, args.kernel_outputs)
+        where = {}
+        for item in args.where:
+            key, sep, value = item.partition("=")
+            if not sep:
+                ap.error(f"--where takes KEY=VALUE, got {item!r}")
+            try:
+                where[key] = json.loads(value)  # numbers and booleans as in the stored settings
+            except json.JSONDecodeError:
+                where[key] = value
+        return repredict(out, args.repredict.split(","), args.quiet, args.kernel_outputs, where)
     done = set()
     if out.exists():  # identities recomputed from the stored settings, so a file from an older version resumes
         done = {cell_id(RunConfig.from_dict(r["config"]), r.get("repeat", 0))

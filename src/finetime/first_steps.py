@@ -141,10 +141,10 @@ def warp_trajectory(traj: Trajectory, speed: float, level: float | None = None, 
                       warp(traj.test_accuracy), traj.method, traj.info)
 
 
-def apply_first_steps(traj: Trajectory, measured: FirstSteps) -> Trajectory:
+def apply_first_steps(traj: Trajectory, measured: FirstSteps, sd: float = FIRST_STEPS_SPEED_SD) -> Trajectory:
     """The prediction ``traj`` fitted to the first real steps ``measured``: diverged where they diverged; warped by
-    the fitted speed otherwise (not when most predicted runs diverge: a diverging curve has no speed to fit). Records
-    ``measured`` (speed and reason filled in) under ``traj.info["first_steps"]``."""
+    the fitted speed (prior spread ``sd`` of its log) otherwise (not when most predicted runs diverge: a diverging
+    curve has no speed to fit). Records ``measured`` (speed and reason filled in) under ``traj.info["first_steps"]``."""
     k = measured.steps
     if measured.diverged_at is not None:
         d = measured.diverged_at
@@ -162,7 +162,7 @@ def apply_first_steps(traj: Trajectory, measured: FirstSteps) -> Trajectory:
         ok = ~traj.diverged
         predicted = traj.loss[ok].double().mean(0)
         losses = torch.tensor(measured.losses, dtype=torch.float64)
-        measured.speed = fit_speed(predicted, losses)
+        measured.speed = fit_speed(predicted, losses, sd=sd)
         out = warp_trajectory(traj, measured.speed, level=measured.losses[k], at=k)
     out.info = {**(traj.info or {}), "first_steps": measured.to_dict()}
     return out

@@ -74,10 +74,14 @@ def write_report(result: dict, out: str | Path, *, overwrite: bool = False) -> P
         parts.append(_table(rows))
         if pr.get("diverged"):
             parts.append("<p><b>Predicted to diverge.</b></p>")
+        fs = pr.get("first_steps")
+        if fs and fs.get("speed") is not None:
+            parts.append(f"<p>Fitted to the first {fs['steps']} real steps (on a copy of the model): the run goes "
+                         f"{fs['speed']:.2g}x as fast as the kernel predicts; the curves are time-warped to it.</p>")
     cs = result.get("cost_seconds", {})
     split = ", ".join(f"{name.replace('_', ' ')} {cs[key]} s" for key, name in
                       (("kernel", "kernel"), ("relinearization", "re-linearization"), ("simulation", "simulation"),
-                       ("step_timing", "step timing")) if cs.get(key))
+                       ("first_steps", "first real steps"), ("step_timing", "step timing")) if cs.get(key))
     parts.append(f"<p>Prediction cost: {cs.get('total', '?')} s ({split}).</p>")
     for title, p in pics:
         parts.append(f"<h2>{html.escape(title)}</h2><img src='{p.name}' alt='{html.escape(title)}'>")

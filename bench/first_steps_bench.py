@@ -1,0 +1,144 @@
+"""The first real steps as evidence: which cells they help, and the prior that fits them (`finetime.first_steps`).
+
+    .venv/bin/python bench/first_steps_bench.py [--steps 5] [--out bench/results/first_steps.jsonl]   # ~8 min
+    .venv/bin/python bench/first_steps_bench.py --score                                               # no torch run
+
+For every measurable cell of the image suites (`paper.jsonl`, `photos.jsonl`: real TT(eps=0.4) >= 10, or diverged)
+the first `--steps` real steps of the cell's run are trained on a fresh copy of its model with the prediction's own
+batch order (`finetime.first_steps.run_first_steps`, as `predict` does; not the real run's order) and their
+whole-training-set losses are stored, one JSON line per cell (resumable). `--score` then time-warps each cell's stored
+kernel-only prediction (`adaptive-no-first-steps`: the default without its first steps) to them with
+`finetime.first_steps.apply_first_steps` at several prior spreads of the log speed, and scores the training times
+against the stored real runs (README definitions), by BatchNorm mode, suite and resolution, beside the prediction
+without the warp. This is how `--first-steps auto` was scoped to BatchNorm batch statistics and how its prior
+spread was chosen (BENCHMARKS.md, section 1, "The first real steps").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+from finetime import first_steps as fs  # noqa: E402
+from finetime.config import RunConfig  # noqa: E402
+from finetime.dynamics import Trajectory  # noqa: E402
+from finetime.training_time import Threshold, relative_error, steps_to_threshold  # noqa: E402
+from report import MIN_REAL_TT, load, quantile  # noqa: E402
+
+SUITES = ("paper", "photos")
+BASE = "adaptive-no-first-steps"
+SDS = (0.5, 1.0, 2.0, 3.0)
+EPS = (0.01, 0.1, 0.4)
+
+
+def measurable(c) -> bool:
+    real = c["real"]
+    return real["diverged"] or (real["training_time"].get("eps=0.4", {}).get("step") or 0) >= MIN_REAL_TT
+
+
+def cells():
+    out = []
+    for stem in SUITES:
+        for c in load([HERE / "results" / f"{stem}.jsonl"]):
+            if measurable(c) and BASE in c["predictors"]:
+                c["_suite"] = stem
+                out.append(c)
+    return out
+
+
+def measure(path: Path, steps: int) -> None:
+    from finetime.predict import prepare
+    from finetime.runtime import tune_allocator
+
+    tune_allocator()
+    done = {json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()} if path.exists() else set()
+    todo = [c for c in cells() if c["id"] not in done]
+    print(f"{len(todo)} cells to measure -> {path}", file=sys.stderr)
+    with path.open("a") as f:
+        for i, c in enumerate(todo):
+            cfg = RunConfig.from_dict({k: v for k, v in c["config"].items() if k in RunConfig.flat_keys()})
+            task = prepare(cfg)
+            m = fs.run_first_steps(task, cfg, steps)
+            f.write(json.dumps({"id": c["id"], "suite": c["_suite"], **m.to_dict()}) + "\n")
+            f.flush()
+            print(f"[{i + 1}/{len(todo)}] {c['id']} {cfg.task.image_size}px bn={cfg.task.bn.value} "
+                  f"losses {' '.join(f'{v:.3f}' for v in m.losses)} ({m.seconds:.1f} s)", file=sys.stderr, flush=True)
+
+
+def _times(loss: torch.Tensor, diverged: bool) -> dict:
+    """TT at each eps of one curve (``None``: diverged or not reached)."""
+    out = {}
+    for e in EPS:
+        step = int(steps_to_threshold(loss[None], Threshold.eps(e))[0])
+        out[e] = None if diverged or step < 0 else step
+    return out
+
+
+def score(path: Path) -> dict:
+    measured = {r["id"]: r for r in map(json.loads, filter(str.strip, path.read_text().splitlines()))}
+    errors: dict = defaultdict(list)
+    for c in cells():
+        if c["id"] not in measured:
+            continue
+        p = c["predictors"][BASE]
+        mean = torch.tensor([float("nan") if v is None else v for v in p["loss"]], dtype=torch.float64)[None]
+        bad = torch.nonzero(~torch.isfinite(mean[0]))
+        traj = Trajectory(mean, torch.zeros_like(mean), torch.tensor([int(bad[0]) if len(bad) else -1]))
+        if p["diverged_fraction"] > 0.5 and not len(bad):
+            traj.diverged_at[:] = 0
+        cfg = c["config"]
+        real = c["real"]
+        groups = ("all", f"bn {cfg['bn']}", f"{c['_suite']} bn {cfg['bn']}", f"{cfg['image_size']} px bn {cfg['bn']}")
+        m = measured[c["id"]]
+        for sd in (None,) + SDS:
+            out = traj if sd is None else fs.apply_first_steps(traj, fs.FirstSteps.from_dict(m), sd=sd)
+            pdiv = out.diverged_fraction > 0.5
+            pred = _times(out.loss[0], pdiv)
+            for e in EPS:
+                err = relative_error(pred[e], real["training_time"][f"eps={e}"]["step"], predicted_diverged=pdiv,
+                                     actual_diverged=real["diverged"])
+                for g in groups:
+                    errors[(g, "kernel only" if sd is None else f"sd {sd:g}")].append(err)
+    table = {}
+    for (g, how), e in errors.items():
+        table.setdefault(g, {})[how] = (statistics.median(e), quantile(e, 0.95), len(e))
+    return table
+
+
+def render(table: dict) -> str:
+    hows = ["kernel only"] + [f"sd {sd:g}" for sd in SDS]
+    lines = ["| cells (cell, eps pairs) | " + " | ".join(f"{h}: median / p95" for h in hows) + " |",
+             "|---|" + "---|" * len(hows)]
+    for g in sorted(table, key=lambda g: (g != "all", g)):
+        n = table[g]["kernel only"][2]
+        lines.append(f"| {g} ({n}) | " + " | ".join(
+            f"{100 * table[g][h][0]:.1f}% / {100 * table[g][h][1]:.1f}%" for h in hows) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=fs.FIRST_STEPS)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "first_steps.jsonl")
+    ap.add_argument("--score", action="store_true", help="score the stored measurements (no training)")
+    args = ap.parse_args(argv)
+    if not args.score:
+        measure(args.out, args.steps)
+    table = score(args.out)
+    (args.out.with_suffix(".json")).write_text(json.dumps({g: {h: list(v) for h, v in t.items()}
+                                                          for g, t in table.items()}, indent=1))
+    print(render(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
