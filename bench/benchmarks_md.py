@@ -429,7 +429,7 @@ def _bn_batch_table(tasks):
     m = next((c["subset"]["samples"] for t in tasks for c in t["cells"] if c.get("subset")), None)
     extra = f" one batch of {m}, carried to all (kernel s) | error |" if m else ""
     lines = ["| task | batch-function kernel s | trace / running-stats kernel's | optimizer | real TT eps 0.1 / 0.4 | "
-             "batch-function kernel | error | default (running-stats kernel) | error |" + extra,
+             "batch-function kernel | error | kernel-only default (running-stats kernel) | error |" + extra,
              "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if m else "")]
     for t in tasks:
         for i, c in enumerate(t["cells"]):
