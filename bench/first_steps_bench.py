@@ -3,15 +3,17 @@
     .venv/bin/python bench/first_steps_bench.py [--steps 5] [--out bench/results/first_steps.jsonl]   # ~8 min
     .venv/bin/python bench/first_steps_bench.py --score                                               # no torch run
 
-For every measurable cell of the image suites (`paper.jsonl`, `photos.jsonl`: real TT(eps=0.4) >= 10, or diverged)
+For every measurable cell of the image suites (`paper.jsonl`, `photos.jsonl`, `adamw.jsonl`: real TT(eps=0.4) >= 10,
+or diverged)
 the first `--steps` real steps of the cell's run are trained on a fresh copy of its model with the prediction's own
 batch order (`finetime.first_steps.run_first_steps`, as `predict` does; not the real run's order) and their
 whole-training-set losses are stored, one JSON line per cell (resumable). `--score` then time-warps each cell's stored
 kernel-only prediction (`adaptive-no-first-steps`: the default without its first steps) to them with
 `finetime.first_steps.apply_first_steps` at several prior spreads of the log speed, and scores the training times
-against the stored real runs (README definitions), by BatchNorm mode, suite and resolution, beside the prediction
-without the warp. This is how `--first-steps auto` was scoped to BatchNorm batch statistics and how its prior
-spread was chosen (BENCHMARKS.md, section 1, "The first real steps").
+against the stored real runs (README definitions), by BatchNorm mode, linearity check (far from linear: loss gap
+>= `FAR_FROM_LINEAR`), suite and resolution, beside the prediction without the warp and `--first-steps auto`
+(the warp with batch statistics or far from linear). This is how `auto` was scoped and how its prior spread was
+chosen (BENCHMARKS.md, section 1, "The first real steps"). AdamW's cells (`adamw.jsonl`) are in too.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 from finetime import first_steps as fs  # noqa: E402
-from finetime.config import RunConfig  # noqa: E402
+from finetime.config import FAR_FROM_LINEAR, RunConfig  # noqa: E402
 from finetime.dynamics import Trajectory  # noqa: E402
 from finetime.training_time import Threshold, relative_error, steps_to_threshold  # noqa: E402
 from report import MIN_REAL_TT, load, quantile  # noqa: E402
 
-SUITES = ("paper", "photos")
+SUITES = ("paper", "photos", "adamw")
 BASE = "adaptive-no-first-steps"
 SDS = (0.5, 1.0, 2.0, 3.0)
 EPS = (0.01, 0.1, 0.4)
@@ -97,17 +99,24 @@ def score(path: Path) -> dict:
             traj.diverged_at[:] = 0
         cfg = c["config"]
         real = c["real"]
-        groups = ("all", f"bn {cfg['bn']}", f"{c['_suite']} bn {cfg['bn']}", f"{cfg['image_size']} px bn {cfg['bn']}")
+        gaps = (p.get("info") or {}).get("loss_gaps")
+        far = bool(gaps) and gaps[0] >= FAR_FROM_LINEAR
+        where = f"bn {cfg['bn']}" + ("" if cfg["bn"] == "batch" else ", far from linear" if far else ", near linear")
+        groups = {"all", f"bn {cfg['bn']}", where, f"{c['_suite']} {where}", f"{cfg['image_size']} px {where}"}
         m = measured[c["id"]]
+        per = {}
         for sd in (None,) + SDS:
             out = traj if sd is None else fs.apply_first_steps(traj, fs.FirstSteps.from_dict(m), sd=sd)
             pdiv = out.diverged_fraction > 0.5
             pred = _times(out.loss[0], pdiv)
-            for e in EPS:
-                err = relative_error(pred[e], real["training_time"][f"eps={e}"]["step"], predicted_diverged=pdiv,
-                                     actual_diverged=real["diverged"])
-                for g in groups:
-                    errors[(g, "kernel only" if sd is None else f"sd {sd:g}")].append(err)
+            per["kernel only" if sd is None else f"sd {sd:g}"] = [
+                relative_error(pred[e], real["training_time"][f"eps={e}"]["step"], predicted_diverged=pdiv,
+                               actual_diverged=real["diverged"]) for e in EPS]
+        # --first-steps auto: the warp (FIRST_STEPS_SPEED_SD) with batch statistics or far from linear, else none
+        per["auto"] = per[f"sd {fs.FIRST_STEPS_SPEED_SD:g}"] if cfg["bn"] == "batch" or far else per["kernel only"]
+        for how, errs in per.items():
+            for g in groups:
+                errors[(g, how)] += errs
     table = {}
     for (g, how), e in errors.items():
         table.setdefault(g, {})[how] = (statistics.median(e), quantile(e, 0.95), len(e))
@@ -115,7 +124,7 @@ def score(path: Path) -> dict:
 
 
 def render(table: dict) -> str:
-    hows = ["kernel only"] + [f"sd {sd:g}" for sd in SDS]
+    hows = ["kernel only"] + [f"sd {sd:g}" for sd in SDS] + ["auto"]
     lines = ["| cells (cell, eps pairs) | " + " | ".join(f"{h}: median / p95" for h in hows) + " |",
              "|---|" + "---|" * len(hows)]
     for g in sorted(table, key=lambda g: (g != "all", g)):

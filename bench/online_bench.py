@@ -191,7 +191,7 @@ def gap_bin(c) -> str:
     (``finetime.first_steps``), or its linearity check's gap bin (``finetime.intervals.gap_bin``)."""
     info = c["predictors"][c["_prior"]].get("info") or {}
     if (info.get("first_steps") or {}).get("speed") is not None:
-        return intervals.FIRST_STEPS_BIN
+        return intervals.first_steps_bin(c["config"].get("bn") == "batch")
     gaps = info.get("loss_gaps")
     return intervals.gap_bin(gaps[0] if gaps else None, GAP_BINS)
 

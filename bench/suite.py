@@ -136,15 +136,15 @@ def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:
 
 
 def repredict(path: Path, names: list[str], quiet: bool, kernel_outputs: str | None = None,
-              where: dict | None = None) -> int:
-    """Recompute ``names`` for every cell of ``path`` (or those whose flat settings match ``where``) from its task's
-    kernel; real runs are kept as they are. With ``kernel_outputs`` (``sum``) the kernels (the first and every
+              where: dict | None = None, ids: set[str] | None = None) -> int:
+    """Recompute ``names`` for every cell of ``path`` (or those whose flat settings match ``where``, or whose id is in
+    ``ids``) from its task's kernel; real runs are kept as they are. With ``kernel_outputs`` (``sum``) the kernels (the first and every
     refresh) are computed that way and the results are stored as ``<name>+<kernel_outputs>``, with their own kernel
     seconds."""
     cells = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     by_task: dict = {}
     for c in cells:
-        if where and not _matches(RunConfig.from_dict(c["config"]), where):
+        if (where and not _matches(RunConfig.from_dict(c["config"]), where)) or (ids and c["id"] not in ids):
             continue
         by_task.setdefault(task_key(RunConfig.from_dict(c["config"])), []).append(c)
     config = (lambda c: RunConfig.from_dict(c["config"]) if kernel_outputs is None  # noqa: E731
@@ -197,6 +197,7 @@ def main(argv=None) -> int:
                                                              "(pNTK), stored as <predictor>+sum")
     ap.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                     help="with --repredict: only the cells with this flat setting (e.g. bn=batch); repeatable")
+    ap.add_argument("--ids", help="with --repredict: only these cells (comma list of ids)")
     args = ap.parse_args(argv)
     tune_allocator()
     cfg = tomllib.loads(args.config.read_text())
@@ -212,7 +213,8 @@ def main(argv=None) -> int:
                 where[key] = json.loads(value)  # numbers and booleans as in the stored settings
             except json.JSONDecodeError:
                 where[key] = value
-        return repredict(out, args.repredict.split(","), args.quiet, args.kernel_outputs, where)
+        ids = set(args.ids.split(",")) if args.ids else None
+        return repredict(out, args.repredict.split(","), args.quiet, args.kernel_outputs, where, ids)
     done = set()
     if out.exists():  # identities recomputed from the stored settings, so a file from an older version resumes
         done = {cell_id(RunConfig.from_dict(r["config"]), r.get("repeat", 0))

@@ -81,10 +81,13 @@ def test_apply_first_steps_meets_the_measured_loss_and_records_it():
 
 
 def test_first_steps_setting_is_checked():
-    assert RunConfig.from_dict({"bn": "batch"}).first_steps == 5
-    assert RunConfig.from_dict({"bn": "frozen"}).first_steps == 0
-    assert RunConfig.from_dict({"bn": "frozen", "first_steps": "3"}).first_steps == 3
-    assert RunConfig.from_dict({"bn": "batch", "predictor": "linear"}).first_steps == 0  # a kernel-only preset
+    assert RunConfig.from_dict({"bn": "batch"}).first_steps() == 5
+    frozen = RunConfig.from_dict({"bn": "frozen"})
+    assert frozen.first_steps() == 0 and frozen.first_steps(0.5) == 0
+    assert frozen.first_steps(1.0) == 5  # far from linear at the check: measure the start
+    assert RunConfig.from_dict({"bn": "frozen", "first_steps": "3"}).first_steps() == 3
+    assert RunConfig.from_dict({"bn": "frozen", "first_steps": 0}).first_steps(50.0) == 0
+    assert RunConfig.from_dict({"bn": "batch", "predictor": "linear"}).first_steps() == 0  # a kernel-only preset
     for bad, msg in ((-1, "number of steps"), ("some", "number of steps or auto"), (150, "fewer than --steps")):
         with pytest.raises(ConfigError, match=msg):
             RunConfig.from_dict({"first_steps": bad, "steps": 150})
@@ -106,3 +109,15 @@ def test_predict_with_batch_statistics_runs_the_first_steps(capsys, tmp_path):
                        "--first-steps", "0", "--json", str(path0))
     assert code == 0 and "first_steps" not in json.loads(path0.read_text())["predicted"]
     assert "first 5 real steps" not in out
+
+
+def test_far_from_linear_measures_the_first_steps(capsys, tmp_path):
+    """Frozen statistics: the first steps run where the linearity check finds the network far from linear (loss gap
+    >= FAR_FROM_LINEAR), and not where it is near."""
+    far, near = tmp_path / "far.json", tmp_path / "near.json"
+    base = [a for a in FAST if a not in ("--steps", "30")]
+    assert run(capsys, "predict", *base, "--steps", "90", "--lr", "0.5", "--momentum", "0.9", "--json", str(far))[0] == 0
+    assert run(capsys, "predict", *base, "--steps", "90", "--lr", "2", "--json", str(near))[0] == 0
+    pf, pn = json.loads(far.read_text())["predicted"], json.loads(near.read_text())["predicted"]
+    assert pf["relinearization"]["loss_gaps"][0] >= 1.0 and pf["first_steps"]["speed"] > 0
+    assert pn["relinearization"]["loss_gaps"][0] < 1.0 and "first_steps" not in pn

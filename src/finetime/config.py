@@ -113,9 +113,14 @@ ones included, so a small gap at the check foretells a larger departure later (A
 6-7: at 0.01, 7 of 12 lr 1e-5 image cells and every lr 3e-5 text cell kept one kernel and were predicted too slow)."""
 
 
+FAR_FROM_LINEAR = 1.0
+"""A linearity-check loss gap from which the network is far from linear: at step ~T/15, moved to the linear model's
+weights, its loss is at least twice the linear model's (the summary warns; ``--first-steps auto`` measures the first
+real steps)."""
+
 FIRST_STEPS = 5
-"""Real steps ``--first-steps auto`` runs with BatchNorm batch statistics (about as many as the step timing runs;
-``finetime.first_steps``)."""
+"""Real steps ``--first-steps auto`` runs with BatchNorm batch statistics, or where the linearity check finds the
+network far from linear (``FAR_FROM_LINEAR``); about as many as the step timing runs (``finetime.first_steps``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +148,9 @@ class PredictorConfig:
 
     first_steps: int | str = "auto"
     """Real steps run first on a copy of the model, the prediction time-warped to their measured losses
-    (``finetime.first_steps``); 0: none; ``auto``: ``FIRST_STEPS`` with BatchNorm batch statistics, none otherwise.
-    The other presets (``linear``, ``paper``, ``relinearized3``) run none: they are the kernel's predictions alone."""
+    (``finetime.first_steps``); 0: none; ``auto``: ``FIRST_STEPS`` with BatchNorm batch statistics or where the
+    linearity check's loss gap is ``FAR_FROM_LINEAR`` or more, none otherwise. The other presets (``linear``,
+    ``paper``, ``relinearized3``) run none: they are the kernel's predictions alone."""
 
     def interpolates(self, optimizer) -> bool:
         """Whether refreshed kernels are interpolated in time for ``optimizer`` (``interpolate``, or its default)."""
@@ -282,12 +288,13 @@ class RunConfig:
         return (p.kind is Predictor.RELINEARIZED and p.relinearize > 0 and o.relinearizable
                 and (p.relinearize_adam or not o.preconditioned))
 
-    @property
-    def first_steps(self) -> int:
-        """Real steps the prediction runs first (``PredictorConfig.first_steps`` with ``auto`` resolved)."""
+    def first_steps(self, loss_gap: float | None = None) -> int:
+        """Real steps the prediction runs first (``PredictorConfig.first_steps``), ``auto`` resolved with the
+        linearity check's ``loss_gap`` (``None``: no check was made)."""
         fs = self.predictor.first_steps
         if fs == "auto":
-            return min(FIRST_STEPS, self.steps - 1) if self.task.bn is BatchNormMode.BATCH else 0
+            far = loss_gap is not None and loss_gap >= FAR_FROM_LINEAR
+            return min(FIRST_STEPS, self.steps - 1) if self.task.bn is BatchNormMode.BATCH or far else 0
         return fs
 
     @property

@@ -12,8 +12,10 @@ online refiner, ``finetime.online.warp_posterior``, with a wider prior: the kern
 ``warp_trajectory`` stretches every predicted curve by that factor and meets the measured loss at step ``k``.
 
 ``--first-steps auto`` (the default of the ``adaptive`` predictor) does this with ``FIRST_STEPS`` steps for
-``--bn batch`` and not otherwise: with frozen statistics the first steps say less than the kernel does (the warp
-made the tails of the paper's suite worse; BENCHMARKS.md, section 1, "The first real steps").
+``--bn batch``, and wherever the linearity check finds the network far from linear (moved to the linear model's
+weights at step ~T/15, its loss is at least twice the linear model's: ``config.FAR_FROM_LINEAR``), where the kernel's
+speed is not to be trusted either (the real runs there are mostly slower). Elsewhere the first steps say less than
+the kernel does: the warp made the tails worse there (BENCHMARKS.md, section 1, "The first real steps").
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ __all__ = ["FIRST_STEPS", "FIRST_STEPS_SPEED_SD", "FirstSteps", "first_steps_gen
 
 FIRST_STEPS_SPEED_SD = 1.0
 """Prior standard deviation of the log speed ``log a`` fitted to the first steps (the refiner's is 0.5: there the
-prediction is trusted more). Chosen among 0.5, 1, 2 and 3 on the 14 batch-statistics cells of the image suites
-(BENCHMARKS.md, section 1, "The first real steps")."""
+prediction is trusted more). Chosen among 0.5, 1, 2 and 3 on the 14 batch-statistics cells of the image suites,
+before the far-from-linear cells were measured (BENCHMARKS.md, section 1, "The first real steps")."""
 
 
 @dataclasses.dataclass

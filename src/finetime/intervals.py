@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-__all__ = ["open_loop_margin", "model_interval", "gap_bin", "FIRST_STEPS_BIN"]
+__all__ = ["open_loop_margin", "model_interval", "gap_bin", "first_steps_bin"]
 
 
 @lru_cache(maxsize=1)
@@ -38,18 +38,22 @@ def gap_bin(gap: float | None, bins=(0.01, 0.1)) -> str:
     return f">= {lo:g}"
 
 
-FIRST_STEPS_BIN = "first steps"
-"""The calibration bin of predictions time-warped to their first real steps (``finetime.first_steps``)."""
+def first_steps_bin(batch_statistics: bool) -> str:
+    """The calibration bin of predictions time-warped to their first real steps (``finetime.first_steps``): with
+    BatchNorm batch statistics, or (frozen statistics) because the linearity check found the network far from
+    linear."""
+    return "first steps, " + ("batch statistics" if batch_statistics else "far from linear")
 
 
-def open_loop_margin(gap: float | None, first_steps: bool = False) -> float | None:
+def open_loop_margin(gap: float | None, first_steps: bool = False, batch_statistics: bool = False) -> float | None:
     """The calibrated half-width (log steps) for a prediction with this linearity-check gap, or of one fitted to its
-    first real steps (``first_steps``); ``None`` when finetime has no calibration for it."""
+    first real steps (``first_steps``; ``batch_statistics``: with ``--bn batch``); ``None`` when finetime has no
+    calibration for it."""
     t = _table()
     if not t:
         return None
     if first_steps:
-        return t["margins"].get(FIRST_STEPS_BIN)
+        return t["margins"].get(first_steps_bin(batch_statistics))
     return t["margins"].get(gap_bin(gap, tuple(t.get("gap_bins", (0.01, 0.1)))))
 
 

@@ -19,7 +19,7 @@ from .dynamics import Problem, Trajectory, mse_curve, spectral_projections
 from .errors import ConfigError
 from .kernel import (Kernel, compute_kernel, factored_inverse_root_scale, fingerprint_data, fingerprint_model,
                      gradient_moments, inverse_root_scale, parameter_preconditioner, summed_outputs_kernel)
-from .intervals import gap_bin, model_interval, open_loop_margin
+from .intervals import first_steps_bin, gap_bin, model_interval, open_loop_margin
 from .kernel.distributed import broadcast_value, is_main
 from .losses import residual
 from .network import BatchNormMode, batch_statistics_outputs, eval_mode, network_outputs
@@ -425,7 +425,8 @@ class Prediction:
         first = info.pop("first_steps", None)
         gap = info["loss_gaps"][0] if info.get("loss_gaps") else None
         fitted = first is not None and first.get("speed") is not None
-        margin = open_loop_margin(gap, first_steps=fitted)
+        batch = self.config.task.bn is BatchNormMode.BATCH
+        margin = open_loop_margin(gap, first_steps=fitted, batch_statistics=batch)
         times = {}
         for k, est in self.times.items():
             v = est.to_dict()
@@ -444,7 +445,7 @@ class Prediction:
             "diverged_step": _median_divergence(traj) if self.diverged else None,
             "sharpness": self.sharpness,
             "max_stable_lr": cfg.optimizer.stable_lr(self.sharpness),
-            "interval_note": "90% model-error interval, " + ("fitted to the first real steps" if fitted else
+            "interval_note": "90% model-error interval, " + (f"bin {first_steps_bin(batch)}" if fitted else
                                                               f"linearity-check bin {gap_bin(gap)}")
                              + " (finetime.intervals)",
             "method": traj.method,

@@ -109,12 +109,13 @@ def predict_trajectory(problem: Problem, config: RunConfig, task: "Task | None" 
                        generator: torch.Generator | None = None, plan: BatchPlan | None = None,
                        first_steps: "FirstSteps | None" = None) -> Trajectory:
     """Predicted curves of ``config`` from the kernel in ``problem`` by the configured predictor. ``task`` (model and
-    data) is needed by the re-linearizing predictor and by the first real steps (``config.first_steps``, run here
+    data) is needed by the re-linearizing predictor and by the first real steps (``config.first_steps()``, run here
     unless ``first_steps`` hands over ones already measured; without the task there are none); ``plan`` replays an
     explicit batch order (one run)."""
     gen = generator if generator is not None else default_generator(config)
     traj = PREDICTORS[config.predictor.kind](problem, config, task, gen, plan)
-    k = config.first_steps
+    gaps = (traj.info or {}).get("loss_gaps")
+    k = config.first_steps(gaps[0] if gaps else None)
     if k and task is not None:
         from .first_steps import apply_first_steps, run_first_steps
 

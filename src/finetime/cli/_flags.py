@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import FIRST_STEPS, PRESETS, Reanchor, RunConfig
+from ..config import FAR_FROM_LINEAR, FIRST_STEPS, PRESETS, Reanchor, RunConfig
 from ..kernel import KernelMethod
 from ..network import BatchNormMode
 from ..optim import OPTIMIZERS, SCHEDULES, Sampling
@@ -147,7 +147,9 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                        help="run the first K real steps of the run on a copy of the model (own batch order, the "
                             "configured optimizer, schedule and BatchNorm mode), measure the training loss after "
                             "each and time-warp the predicted curves to them; 0 = none; auto: "
-                            f"{FIRST_STEPS} with --bn batch, none otherwise (default: the preset's; adaptive: auto)")
+                            f"{FIRST_STEPS} with --bn batch or where the linearity check finds the network far from "
+                            f"linear (loss gap >= {100 * FAR_FROM_LINEAR:.0f}%%), none otherwise (default: the "
+                            "preset's; adaptive: auto)")
     g.add_argument("--extrapolate-to", type=int, default=_D["extrapolate_to"], metavar="N",
                    help="also predict the training time on N samples of the same classes from this subset's kernel "
                         "spectrum (paper, section 4; power-law fits)")

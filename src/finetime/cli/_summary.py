@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..config import FAR_FROM_LINEAR
 from ..optim import describe
 from ..zoo import is_text_data
 
@@ -143,7 +144,7 @@ def _fmt_relinearization(rl: dict) -> str:
     more = f"{rl['kernels']} more kernels" + (f" on {sub} samples each, carried to all" if sub else "")
     line = (f"re-linearized at steps {', '.join(map(str, done))} ({gap}{more}; kernel trace "
             f"x{', x'.join(f'{r:.2g}' for r in rl['trace_ratios'])})")
-    if gaps and gaps[0] > 1.0:
+    if gaps and gaps[0] >= FAR_FROM_LINEAR:
         line += (f"\nwarning: at step {first} the network's loss is {100 * gaps[0]:.0f}% away from the linear model's: "
                  "far from linear, the real run may differ strongly (BENCHMARKS.md, section 1)")
     return line
