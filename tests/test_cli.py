@@ -97,6 +97,9 @@ def test_image_folder_end_to_end(capsys, tmp_path):
 def test_divergent_learning_rate_is_reported(capsys):
     code, out, _ = run(capsys, "predict", *FAST, "--lr", "500")
     assert code == 0 and "PREDICTED TO DIVERGE" in out
+    assert "no linearity check: the simulated runs diverged before step 2" in out  # not an empty re-linearization
+    code, out, _ = run(capsys, "predict", *FAST, "--lr", "500", "--bn", "batch")
+    assert code == 0 and "PREDICTED TO DIVERGE" in out and "the real run diverged at step" in out
 
 
 @pytest.mark.slow

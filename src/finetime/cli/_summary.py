@@ -138,6 +138,9 @@ def _fmt_relinearization(rl: dict) -> str:
     if rl["linear_regime"]:
         return (f"linearity check at step {first}: the network there has the linear model's loss to within "
                 f"{100 * gaps[0]:.1f}%, one kernel kept")
+    if not gaps and not rl["kernels"]:
+        return (f"no linearity check: the simulated runs diverged before step {first}" if first is not None
+                else "no linearity check")
     done = rl["checkpoints"][: rl["kernels"]]
     gap = f"network vs linear model loss gap {_gap_pct(gaps[0])} at step {first}; " if gaps else ""
     sub = rl.get("refresh_samples")
