@@ -7,7 +7,9 @@ For every measurable cell of the image suites (`paper.jsonl`, `photos.jsonl`, `a
 or diverged)
 the first `--steps` real steps of the cell's run are trained on a fresh copy of its model with the prediction's own
 batch order (`finetime.first_steps.run_first_steps`, as `predict` does; not the real run's order) and their
-whole-training-set losses are stored, one JSON line per cell (resumable). `--score` then time-warps each cell's stored
+whole-training-set losses are stored, one JSON line per cell (resumable). `--eval-samples M --out FILE` measures only the cells with more than M samples, evaluating the losses on a
+class-balanced subset of M of them (a cheaper first-steps measurement than `predict`'s, scored beside the same cells
+evaluated on every sample). `--score` then time-warps each cell's stored
 kernel-only prediction (`adaptive-no-first-steps`: the default without its first steps) to them with
 `finetime.first_steps.apply_first_steps` at several prior spreads of the log speed, and scores the training times
 against the stored real runs (README definitions), by BatchNorm mode, linearity check (far from linear: loss gap
@@ -57,19 +59,20 @@ def cells():
     return out
 
 
-def measure(path: Path, steps: int) -> None:
+def measure(path: Path, steps: int, eval_samples: int | None = None) -> None:
     from finetime.predict import prepare
     from finetime.runtime import tune_allocator
 
     tune_allocator()
     done = {json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()} if path.exists() else set()
-    todo = [c for c in cells() if c["id"] not in done]
+    todo = [c for c in cells() if c["id"] not in done and (eval_samples is None or
+                                                          c["config"]["classes"] * c["config"]["per_class"] > eval_samples)]
     print(f"{len(todo)} cells to measure -> {path}", file=sys.stderr)
     with path.open("a") as f:
         for i, c in enumerate(todo):
             cfg = RunConfig.from_dict({k: v for k, v in c["config"].items() if k in RunConfig.flat_keys()})
             task = prepare(cfg)
-            m = fs.run_first_steps(task, cfg, steps)
+            m = fs.run_first_steps(task, cfg, steps, eval_samples=eval_samples)
             f.write(json.dumps({"id": c["id"], "suite": c["_suite"], **m.to_dict()}) + "\n")
             f.flush()
             print(f"[{i + 1}/{len(todo)}] {c['id']} {cfg.task.image_size}px bn={cfg.task.bn.value} "
@@ -85,8 +88,9 @@ def _times(loss: torch.Tensor, diverged: bool) -> dict:
     return out
 
 
-def score(path: Path) -> dict:
-    measured = {r["id"]: r for r in map(json.loads, filter(str.strip, path.read_text().splitlines()))}
+def score(path: Path, ids: set | None = None) -> dict:
+    measured = {r["id"]: r for r in map(json.loads, filter(str.strip, path.read_text().splitlines()))
+                if ids is None or r["id"] in ids}
     errors: dict = defaultdict(list)
     for c in cells():
         if c["id"] not in measured:
@@ -139,13 +143,20 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=fs.FIRST_STEPS)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "first_steps.jsonl")
     ap.add_argument("--score", action="store_true", help="score the stored measurements (no training)")
+    ap.add_argument("--eval-samples", type=int, default=None,
+                    help="evaluate the losses on a class-balanced subset of this many samples (and measure only the "
+                         "cells with more); predict evaluates every sample")
     args = ap.parse_args(argv)
     if not args.score:
-        measure(args.out, args.steps)
+        measure(args.out, args.steps, args.eval_samples)
     table = score(args.out)
     (args.out.with_suffix(".json")).write_text(json.dumps({g: {h: list(v) for h, v in t.items()}
                                                           for g, t in table.items()}, indent=1))
     print(render(table))
+    if args.eval_samples is not None:  # the same cells with every sample evaluated
+        ids = {json.loads(line)["id"] for line in args.out.read_text().splitlines() if line.strip()}
+        print(f"the same cells, losses over every sample ({HERE / 'results' / 'first_steps.jsonl'}):\n")
+        print(render(score(HERE / "results" / "first_steps.jsonl", ids)))
     return 0
 
 

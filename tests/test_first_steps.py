@@ -39,6 +39,22 @@ def test_stop_after_is_the_prefix_of_the_whole_run():
         finetune(copy.deepcopy(m), x, y, sgd, 12, plan, stop_after=13)
 
 
+def test_curves_on_a_subset_of_the_training_samples():
+    x, y = _data(n=9)
+    torch.manual_seed(0)
+    m = SmallConvNet(3)
+    sgd = RunConfig.from_dict({"lr": 0.1, "batch_size": 3, "steps": 4}).optimizer
+    plan = batch_plan(9, sgd, 4, 1, torch.Generator().manual_seed(1))
+    sub = torch.tensor([0, 4, 7])
+    run_sub = finetune(copy.deepcopy(m), x, y, sgd, 4, plan, eval_samples=sub)
+    with torch.no_grad():
+        m.eval()
+        expected = torch.nn.functional.cross_entropy(m(x[sub]), y[sub])
+    assert float(run_sub.loss[0]) == pytest.approx(float(expected), rel=1e-5)
+    whole = finetune(copy.deepcopy(m), x, y, sgd, 4, plan)
+    assert float(whole.loss[0]) != pytest.approx(float(run_sub.loss[0]), rel=1e-3)
+
+
 def test_warp_curves_runs_a_curve_faster_or_slower():
     t = torch.arange(21, dtype=torch.float64)
     c = torch.exp(-0.1 * t)[None]

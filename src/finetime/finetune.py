@@ -95,6 +95,7 @@ def finetune(
     progress: Callable[[int, int], None] | None = None,
     on_step: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
     stop_after: int | None = None,
+    eval_samples: torch.Tensor | None = None,
 ) -> RealRun:
     """Fine-tune ``model`` in place for ``steps`` updates with the first run of ``plan``.
 
@@ -107,6 +108,7 @@ def finetune(
     (NaN at the others, and divergence is noticed only there): for long runs on large sets, where one whole-set pass
     per step would cost more than the training. ``stop_after=k`` stops after update ``k`` of the ``steps`` (the
     learning-rate schedule stays that of ``steps``; the curves beyond ``k`` are NaN): the first steps of a run.
+    ``eval_samples``: indices of the training samples the curves are evaluated on (default: all of them).
     """
     if eval_every < 1:
         raise ConfigError(f"eval_every must be >= 1, got {eval_every}")
@@ -133,14 +135,16 @@ def finetune(
         nonlocal eval_s
         t0 = time.perf_counter()
         set_train_mode(model, bn, dropout=False)
-        curve[t], acc[t] = _evaluate(model, x, y, loss, eval_chunk)
+        xe, ye = (x, y) if eval_samples is None else (x[eval_samples], y[eval_samples])
+        curve[t], acc[t] = _evaluate(model, xe, ye, loss, eval_chunk)
         if x_test is not None:
             model.eval()  # held-out data is evaluated as at test time: running statistics
             tcurve[t], tacc[t] = _evaluate(model, x_test, y_test, loss, eval_chunk)
         eval_s += time.perf_counter() - t0
 
     # Full-batch steps without dropout see the whole training set as the curve does: their forward pass is loss[t].
-    reuse = optimizer.is_full_batch(x.shape[0]) and not dropout and x_test is None and eval_every == 1
+    reuse = optimizer.is_full_batch(x.shape[0]) and not dropout and x_test is None and eval_every == 1 \
+        and eval_samples is None
 
     def check(t) -> bool:
         nonlocal diverged_at

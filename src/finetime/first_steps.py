@@ -43,30 +43,32 @@ before the far-from-linear cells were measured (BENCHMARKS.md, section 1, "The f
 
 @dataclasses.dataclass
 class FirstSteps:
-    """What the first real steps showed: ``losses[t]`` is the whole-training-set loss after ``t`` real steps
-    (``t = 0..steps``), ``speed`` the fitted warp factor (real over predicted; ``None`` when no warp was applied,
-    ``reason`` says why), ``seconds`` the cost (steps and evaluations)."""
+    """What the first real steps showed: ``losses[t]`` is the training loss after ``t`` real steps (``t = 0..steps``)
+    over the whole training set, or over ``eval_samples`` of its samples when that is set (a class-balanced subset:
+    ``run_first_steps``), ``speed`` the fitted warp factor (real over predicted; ``None`` when no warp was
+    applied, ``reason`` says why), ``seconds`` the cost (steps and evaluations)."""
 
     steps: int
     losses: list[float]
     seconds: float
     diverged_at: int | None = None
+    eval_samples: int | None = None
     speed: float | None = None
     reason: str | None = None
 
     def copy(self) -> "FirstSteps":
         """The measurement alone (no fit), to fit another predicted curve to it."""
-        return FirstSteps(self.steps, list(self.losses), self.seconds, self.diverged_at)
+        return FirstSteps(self.steps, list(self.losses), self.seconds, self.diverged_at, self.eval_samples)
 
     @classmethod
     def from_dict(cls, d: dict) -> "FirstSteps":
         return cls(d["steps"], [math.nan if v is None else float(v) for v in d["losses"]], d["seconds"],
-                   d.get("diverged_at"))
+                   d.get("diverged_at"), d.get("eval_samples"))
 
     def to_dict(self) -> dict:
         return {"steps": self.steps, "losses": [round(v, 6) if math.isfinite(v) else None for v in self.losses],
                 "speed": None if self.speed is None else round(self.speed, 4), "diverged_at": self.diverged_at,
-                "reason": self.reason, "seconds": round(self.seconds, 3)}
+                "eval_samples": self.eval_samples, "reason": self.reason, "seconds": round(self.seconds, 3)}
 
 
 def first_steps_generator(config) -> torch.Generator:
@@ -75,21 +77,28 @@ def first_steps_generator(config) -> torch.Generator:
     return torch.Generator().manual_seed(config.task.seed + 3)
 
 
-def run_first_steps(task, config, steps: int) -> FirstSteps:
+def run_first_steps(task, config, steps: int, eval_samples: int | None = None) -> FirstSteps:
     """Fine-tune a copy of ``task.model`` for the first ``steps`` of ``config``'s run (``finetune`` with
-    ``stop_after``) and return the whole-training-set losses after each step."""
+    ``stop_after``) and return the training losses after each step: over every training sample (what ``predict``
+    does), or over a class-balanced subset of ``eval_samples`` of them when there are more (their losses are then
+    taken relative to their own start). On a large training set the six passes over it cost more than the five
+    steps, but a subset loses what the steps tell (BENCHMARKS.md, section 1, "The first real steps": 50 of 150 samples
+    took the far-from-linear cells' gain away)."""
     from .finetune import finetune
+    from .subset import balanced_indices
 
     t0 = time.perf_counter()
     d = task.data
     n = d.x.shape[0]
     plan = batch_plan(n, config.optimizer, config.steps, 1, first_steps_generator(config))
+    subset = balanced_indices(d.y, d.num_classes, eval_samples) if eval_samples and n > eval_samples else None
     model = copy.deepcopy(task.model)
     run = finetune(model, d.x, d.y, config.optimizer, config.steps, plan, loss=config.loss, params=task.trained,
-                   bn=config.task.bn, precision=config.precision, stop_after=steps)
+                   bn=config.task.bn, precision=config.precision, stop_after=steps, eval_samples=subset)
     del model
     losses = [float(v) for v in run.loss[: steps + 1]]
-    return FirstSteps(steps, losses, time.perf_counter() - t0, run.diverged_at if run.diverged else None)
+    return FirstSteps(steps, losses, time.perf_counter() - t0, run.diverged_at if run.diverged else None,
+                      None if subset is None else int(subset.numel()))
 
 
 def fit_speed(predicted: torch.Tensor, losses: torch.Tensor, *, sd: float = FIRST_STEPS_SPEED_SD) -> float:
@@ -164,7 +173,9 @@ def apply_first_steps(traj: Trajectory, measured: FirstSteps, sd: float = FIRST_
         ok = ~traj.diverged
         predicted = traj.loss[ok].double().mean(0)
         losses = torch.tensor(measured.losses, dtype=torch.float64)
+        if measured.eval_samples is not None:  # a subset's losses, relative to its own start
+            losses = losses * (float(predicted[0]) / float(losses[0]))
         measured.speed = fit_speed(predicted, losses, sd=sd)
-        out = warp_trajectory(traj, measured.speed, level=measured.losses[k], at=k)
+        out = warp_trajectory(traj, measured.speed, level=float(losses[k]), at=k)
     out.info = {**(traj.info or {}), "first_steps": measured.to_dict()}
     return out
