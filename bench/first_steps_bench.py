@@ -10,7 +10,8 @@ batch order (`finetime.first_steps.run_first_steps`, as `predict` does; not the 
 whole-training-set losses are stored, one JSON line per cell (resumable). `--eval-samples M --out FILE` measures only the cells with more than M samples, evaluating the losses on a
 class-balanced subset of M of them (a cheaper first-steps measurement than `predict`'s, scored beside the same cells
 evaluated on every sample). `--score` then time-warps each cell's stored
-kernel-only prediction (`adaptive-no-first-steps`: the default without its first steps) to them with
+kernel-only prediction (`adaptive-no-first-steps`: the default without its first steps; with batch statistics
+the one-kernel `linear` one, which is what the default warps there) to them with
 `finetime.first_steps.apply_first_steps` at several prior spreads of the log speed, and scores the training times
 against the stored real runs (README definitions), by BatchNorm mode, linearity check (far from linear: loss gap
 >= `FAR_FROM_LINEAR`), suite and resolution, beside the prediction without the warp and `--first-steps auto`
@@ -40,6 +41,9 @@ from report import MIN_REAL_TT, load, quantile  # noqa: E402
 
 SUITES = ("paper", "photos", "adamw")
 BASE = "adaptive-no-first-steps"
+WARPED_BATCH = "linear"
+"""What is warped with batch statistics: the one kernel at ``w0`` (the default refreshes no kernel there once it
+measures the first steps, ``RunConfig.batch_statistics_fitted``); elsewhere ``BASE``."""
 SDS = (0.5, 1.0, 2.0, 3.0)
 EPS = (0.01, 0.1, 0.4)
 
@@ -88,7 +92,17 @@ def _times(loss: torch.Tensor, diverged: bool) -> dict:
     return out
 
 
-def score(path: Path, ids: set | None = None) -> dict:
+def _trajectory(p: dict) -> Trajectory:
+    """A stored prediction's mean curve as a one-run trajectory (diverged where the prediction mostly did)."""
+    mean = torch.tensor([float("nan") if v is None else v for v in p["loss"]], dtype=torch.float64)[None]
+    bad = torch.nonzero(~torch.isfinite(mean[0]))
+    traj = Trajectory(mean, torch.zeros_like(mean), torch.tensor([int(bad[0]) if len(bad) else -1]))
+    if p["diverged_fraction"] > 0.5 and not len(bad):
+        traj.diverged_at[:] = 0
+    return traj
+
+
+def score(path: Path, ids: set | None = None, one_kernel: bool = False) -> dict:
     measured = {r["id"]: r for r in map(json.loads, filter(str.strip, path.read_text().splitlines()))
                 if ids is None or r["id"] in ids}
     errors: dict = defaultdict(list)
@@ -96,12 +110,9 @@ def score(path: Path, ids: set | None = None) -> dict:
         if c["id"] not in measured:
             continue
         p = c["predictors"][BASE]
-        mean = torch.tensor([float("nan") if v is None else v for v in p["loss"]], dtype=torch.float64)[None]
-        bad = torch.nonzero(~torch.isfinite(mean[0]))
-        traj = Trajectory(mean, torch.zeros_like(mean), torch.tensor([int(bad[0]) if len(bad) else -1]))
-        if p["diverged_fraction"] > 0.5 and not len(bad):
-            traj.diverged_at[:] = 0
         cfg = c["config"]
+        one = one_kernel or cfg["bn"] == "batch"
+        kernel_only, warped = _trajectory(p), _trajectory(c["predictors"][WARPED_BATCH] if one else p)
         real = c["real"]
         gaps = (p.get("info") or {}).get("loss_gaps")
         far = bool(gaps) and gaps[0] >= FAR_FROM_LINEAR
@@ -110,7 +121,7 @@ def score(path: Path, ids: set | None = None) -> dict:
         m = measured[c["id"]]
         per = {}
         for sd in (None,) + SDS:
-            out = traj if sd is None else fs.apply_first_steps(traj, fs.FirstSteps.from_dict(m), sd=sd)
+            out = kernel_only if sd is None else fs.apply_first_steps(warped, fs.FirstSteps.from_dict(m), sd=sd)
             pdiv = out.diverged_fraction > 0.5
             pred = _times(out.loss[0], pdiv)
             per["kernel only" if sd is None else f"sd {sd:g}"] = [
@@ -143,13 +154,19 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=fs.FIRST_STEPS)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "first_steps.jsonl")
     ap.add_argument("--score", action="store_true", help="score the stored measurements (no training)")
+    ap.add_argument("--one-kernel", action="store_true",
+                    help="warp the one-kernel `linear` prediction of every cell (the default warps it with batch "
+                         "statistics only)")
     ap.add_argument("--eval-samples", type=int, default=None,
                     help="evaluate the losses on a class-balanced subset of this many samples (and measure only the "
                          "cells with more); predict evaluates every sample")
     args = ap.parse_args(argv)
     if not args.score:
         measure(args.out, args.steps, args.eval_samples)
-    table = score(args.out)
+    table = score(args.out, one_kernel=args.one_kernel)
+    if args.one_kernel:
+        print(render(table))
+        return 0
     (args.out.with_suffix(".json")).write_text(json.dumps({g: {h: list(v) for h, v in t.items()}
                                                           for g, t in table.items()}, indent=1))
     print(render(table))

@@ -106,7 +106,7 @@ def gap_bin(cell):
     linear model's weights at the first checkpoint and the linear model there (below 0.01: one kernel kept)."""
     gaps = cell["predictors"].get("adaptive", {}).get("info", {}).get("loss_gaps")
     if not gaps:
-        return "unknown"
+        return "no check"
     lo = 0.0
     for hi in GAP_BINS:
         if gaps[0] < hi:

@@ -244,11 +244,11 @@ def test_refresh_samples_flag(capsys, tmp_path):
 
 
 def test_default_relinearizes_with_batch_statistics(capsys, tmp_path):
-    """--bn batch: the moved network is evaluated (and re-linearized) with batch statistics, and the summary says
-    what the linearity check found."""
+    """--bn batch without the first real steps: the moved network is evaluated (and re-linearized) with batch
+    statistics, and the summary says what the linearity check found (with them, the default keeps one kernel)."""
     path = tmp_path / "bn.json"
     code, out, _ = run(capsys, "predict", *FAST[:-1], "--bn", "batch", "--lr", "0.5", "--linearity-tol", "0",
-                       "--json", str(path))
+                       "--first-steps", "0", "--json", str(path))
     assert code == 0 and "re-linearized at steps" in out
     rl = json.loads(path.read_text())["predicted"]["relinearization"]
     assert rl["kernels"] == 3 and not rl["linear_regime"] and len(rl["trace_ratios"]) == 3

@@ -119,6 +119,7 @@ def test_predict_with_batch_statistics_runs_the_first_steps(capsys, tmp_path):
     fs = r["predicted"]["first_steps"]
     assert fs["steps"] == 5 and len(fs["losses"]) == 6 and fs["speed"] > 0 and fs["seconds"] > 0
     assert r["cost_seconds"]["first_steps"] > 0
+    assert "relinearization" not in r["predicted"] and r["predicted"]["predictor"] == "adaptive"  # one kernel
     assert abs(r["predicted"]["loss"][0] - fs["losses"][0]) < 1e-4  # same start: batch statistics over the set
     path0 = tmp_path / "bn0.json"
     code, out, _ = run(capsys, "predict", *FAST[:-1], "--bn", "batch", "--lr", "0.05", "--batch-size", "4",

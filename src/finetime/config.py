@@ -283,10 +283,19 @@ class RunConfig:
     def relinearizes(self) -> bool:
         """Whether the prediction re-linearizes: the ``relinearized`` predictor with ``relinearize > 0`` and an
         optimizer whose weights the simulator can track (not SGD with L2 weight decay, predicted with the one kernel
-        at ``w0``); Adam and AdamW only with ``relinearize_adam``."""
+        at ``w0``); Adam and AdamW only with ``relinearize_adam``; not with BatchNorm batch statistics when the first
+        real steps are measured (``batch_statistics_fitted``)."""
         p, o = self.predictor, self.optimizer
         return (p.kind is Predictor.RELINEARIZED and p.relinearize > 0 and o.relinearizable
-                and (p.relinearize_adam or not o.preconditioned))
+                and (p.relinearize_adam or not o.preconditioned) and not self.batch_statistics_fitted)
+
+    @property
+    def batch_statistics_fitted(self) -> bool:
+        """BatchNorm batch statistics with the first real steps measured (``first_steps`` not 0): the prediction is
+        the one kernel at ``w0`` fitted to them, no refreshes. The kernel refreshes would refresh is the
+        running-statistics one, not the batch function that trains, and fitted to the first steps the one kernel did
+        as well on the benchmark at a fraction of the cost (BENCHMARKS.md, section 1, "The first real steps")."""
+        return self.task.bn is BatchNormMode.BATCH and self.predictor.first_steps != 0
 
     def first_steps(self, loss_gap: float | None = None) -> int:
         """Real steps the prediction runs first (``PredictorConfig.first_steps``), ``auto`` resolved with the
@@ -303,7 +312,7 @@ class RunConfig:
         p = self.predictor
         if p.kind is not Predictor.RELINEARIZED:
             return p.kind.value
-        if not self.relinearizes:
+        if not self.relinearizes and not self.batch_statistics_fitted:
             return "linear"
         return next((k for k, v in PRESETS.items() if v == p), "custom")
 

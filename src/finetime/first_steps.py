@@ -15,7 +15,9 @@ online refiner, ``finetime.online.warp_posterior``, with a wider prior: the kern
 ``--bn batch``, and wherever the linearity check finds the network far from linear (moved to the linear model's
 weights at step ~T/15, its loss is at least twice the linear model's: ``config.FAR_FROM_LINEAR``), where the kernel's
 speed is not to be trusted either (the real runs there are mostly slower). Elsewhere the first steps say less than
-the kernel does: the warp made the tails worse there (BENCHMARKS.md, section 1, "The first real steps").
+the kernel does: the warp made the tails worse there (BENCHMARKS.md, section 1, "The first real steps"). With batch
+statistics the prediction warped is the one kernel at ``w0`` (``RunConfig.batch_statistics_fitted``: no linearity
+check, no refresh); far from linear it is the refreshed one.
 """
 
 from __future__ import annotations

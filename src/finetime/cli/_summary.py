@@ -118,6 +118,9 @@ def _fmt_predictor(pr: dict) -> str:
                  else f"at the pretrained weights, {rl['kernels']} refreshed along the predicted path with P "
                       f"re-estimated there{how}")
         return f"{name} (Adam on the preconditioned kernel J P J^T {where}; README 'Adam')"
+    if rl is None and pr.get("first_steps") and name != "linear":
+        return (f"{name} (one kernel at the pretrained weights, fitted to the first real steps: with batch "
+                "statistics the kernel is not refreshed along the path)")
     if rl is None:
         return {"linear": "linear (exact simulation, one kernel at the pretrained weights)",
                 "paper": f"paper ({pr['method'].upper()} with the effective learning rate, one kernel)"}.get(name, name)
