@@ -167,8 +167,8 @@ def main(argv=None) -> int:
     if args.one_kernel:
         print(render(table))
         return 0
-    (args.out.with_suffix(".json")).write_text(json.dumps({g: {h: list(v) for h, v in t.items()}
-                                                          for g, t in table.items()}, indent=1))
+    (args.out.with_suffix(".json")).write_text(json.dumps({g: {h: list(t[h]) for h in sorted(t)}
+                                                          for g, t in sorted(table.items())}, indent=1))
     print(render(table))
     if args.eval_samples is not None:  # the same cells with every sample evaluated
         ids = {json.loads(line)["id"] for line in args.out.read_text().splitlines() if line.strip()}

@@ -32,7 +32,7 @@ import torch
 from .batches import batch_plan
 from .config import FIRST_STEPS
 from .dynamics import Trajectory
-from .online._fit import extend_curve, warp_posterior
+from .online._fit import extend_curve, interpolate, warp_posterior
 
 __all__ = ["FIRST_STEPS", "FIRST_STEPS_SPEED_SD", "FirstSteps", "first_steps_generator", "run_first_steps",
            "fit_speed", "warp_curves", "warp_trajectory", "apply_first_steps"]
@@ -60,7 +60,7 @@ class FirstSteps:
 
     def copy(self) -> "FirstSteps":
         """The measurement alone (no fit), to fit another predicted curve to it."""
-        return FirstSteps(self.steps, list(self.losses), self.seconds, self.diverged_at, self.eval_samples)
+        return dataclasses.replace(self, losses=list(self.losses), speed=None, reason=None)
 
     @classmethod
     def from_dict(cls, d: dict) -> "FirstSteps":
@@ -127,12 +127,8 @@ def warp_curves(curves: torch.Tensor, speed: float) -> torch.Tensor:
         if end == 0:
             continue
         p = c[:end] if end <= T else extend_curve(c, max(reach, T))
-        ok = x <= (end - 1 if end <= T else p.shape[0] - 1)
-        xs = x[ok]
-        lo = xs.floor().long().clamp_max(max(p.shape[0] - 2, 0))
-        frac = (xs - lo) if p.shape[0] > 1 else torch.zeros_like(xs)
-        hi = (lo + 1).clamp_max(p.shape[0] - 1)
-        out[r, ok] = p[lo] * (1 - frac) + p[hi] * frac
+        ok = x <= p.shape[0] - 1
+        out[r, ok] = interpolate(p, x[ok])
     return out
 
 

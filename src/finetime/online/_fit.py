@@ -38,7 +38,7 @@ import torch
 
 from ..training_time import DIVERGENCE_FACTOR
 
-__all__ = ["Refined", "extend_curve", "observed_curve", "warp_posterior", "fit_exponential", "fit_power_law", "refine_curve",
+__all__ = ["Refined", "extend_curve", "interpolate", "observed_curve", "warp_posterior", "fit_exponential", "fit_power_law", "refine_curve",
            "divergence_step", "weighted_quantile", "LOG_SPEEDS", "SPEED_PRIOR_SD", "evidence_points"]
 
 LOG_SPEEDS = torch.linspace(-3.0, 3.0, 301, dtype=torch.float64)
@@ -125,7 +125,7 @@ def extend_curve(curve: torch.Tensor, horizon: int) -> torch.Tensor:
     return torch.cat([p, ext])
 
 
-def _interp(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def interpolate(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Linear interpolation of ``p`` (values at ``0..len-1``) at real positions ``x`` (clamped to the ends)."""
     x = x.clamp(0, p.shape[0] - 1)
     lo = x.floor().long().clamp_max(p.shape[0] - 2) if p.shape[0] > 1 else x.floor().long()
@@ -159,11 +159,11 @@ def warp_posterior(prior: torch.Tensor, steps: torch.Tensor, losses: torch.Tenso
     reach = int(math.ceil(horizon * float(speeds.max()))) + 2
     p = extend_curve(prior, reach).clamp_min(_TINY)
     grid = torch.arange(horizon + 1, dtype=torch.float64)
-    curves = _interp(p, speeds[:, None] * grid[None, :])  # (K, H+1)
+    curves = interpolate(p, speeds[:, None] * grid[None, :])  # (K, H+1)
     log_post = -0.5 * (log_speeds / tau) ** 2
     m = t.shape[0]
     if m > 0 and float(t.max()) > 0:
-        q = _interp(p, speeds[:, None] * t[None, :])  # (K, m)
+        q = interpolate(p, speeds[:, None] * t[None, :])  # (K, m)
         r = torch.log(y.clamp_min(_TINY))[None, :] - torch.log(q)
         informative = t > 0  # step 0 is the shared starting point, not evidence about the speed
         k = int(informative.sum())
