@@ -109,16 +109,18 @@ def predict_trajectory(problem: Problem, config: RunConfig, task: "Task | None" 
                        generator: torch.Generator | None = None, plan: BatchPlan | None = None,
                        first_steps: "FirstSteps | None" = None) -> Trajectory:
     """Predicted curves of ``config`` from the kernel in ``problem`` by the configured predictor. ``task`` (model and
-    data) is needed by the re-linearizing predictor and by the first real steps (``config.first_steps()``, run here
-    unless ``first_steps`` hands over ones already measured; without the task there are none); ``plan`` replays an
-    explicit batch order (one run)."""
+    data) is needed by the re-linearizing predictor and by the first real steps (``config.first_steps()``, run here;
+    without the task there are none). ``first_steps`` hands over steps a prediction already measured: the curves are
+    fitted to them whatever this trajectory's own check says (a replay keeps the prediction's decision). ``plan``
+    replays an explicit batch order (one run)."""
+    from .first_steps import apply_first_steps, run_first_steps
+
     gen = generator if generator is not None else default_generator(config)
     traj = PREDICTORS[config.predictor.kind](problem, config, task, gen, plan)
+    if first_steps is not None:
+        return apply_first_steps(traj, first_steps.copy())
     gaps = (traj.info or {}).get("loss_gaps")
     k = config.first_steps(gaps[0] if gaps else None)
     if k and task is not None:
-        from .first_steps import apply_first_steps, run_first_steps
-
-        measured = first_steps.copy() if first_steps is not None else run_first_steps(task, config, k)
-        traj = apply_first_steps(traj, measured)
+        traj = apply_first_steps(traj, run_first_steps(task, config, k))
     return traj
