@@ -3,8 +3,8 @@
 The real run uses its own batch order (drawn from ``seed + 2``); besides the ensemble prediction, the predictor is
 also replayed on that very order (``replay``, the "same order" column), which separates batch-order noise from the
 linearization's error. The replay keeps the prediction's linearity-check decision (one kernel, or refreshes at the
-same checkpoints): a check re-run on one batch order can fall on the other side of its tolerance and give another
-predictor's curve, which is not batch-order noise.
+same checkpoints) and the first real steps it measured (``finetime.first_steps``): a check re-run on one batch order
+can fall on the other side of its tolerance and give another predictor's curve, which is not batch-order noise.
 """
 
 from __future__ import annotations

@@ -32,14 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("predict", help="predict the training loss curve and training time (no training)",
                         description="Predict the loss curve, training time (steps) and seconds of fine-tuning, "
                                     "from the network's linearization at the pretrained weights, re-linearized "
-                                    "along the predicted path where a linearity check fails.")
+                                    "along the predicted path where a linearity check fails, and fitted to the first "
+                                    "real steps where the kernel is not to be trusted (--first-steps).")
     add_run_flags(pp)
     pv = sub.add_parser("validate", help="predict, then really fine-tune the same configuration and compare",
                         description="Predict as `predict` does, then fine-tune the model for real with the same "
                                     "settings (own batch order, seed+2) and report both curves and the training-time "
                                     "errors (definitions: README.md, 'Definitions'). The 'same order' column is the "
                                     "predictor replayed on the real run's batch order, with the prediction's "
-                                    "linearity-check decision.")
+                                    "linearity-check decision and its first real steps.")
     add_run_flags(pv)
     pv.add_argument("--plot", type=Path, help="write a PNG overlaying predicted band and real curve")
     ps = sub.add_parser("sweep", help="predict a grid of optimizer settings from one kernel, ranked by time",

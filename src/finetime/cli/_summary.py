@@ -170,7 +170,7 @@ def print_validation(result: dict, out=None) -> None:
               f"{100 * e['relative']:5.1f}%", file=out)
     if "error_replay" in result:
         print("  (same order: the predictor replayed on the real run's batch order, with the prediction's "
-              "linearity-check decision; the gap to 'predicted' is batch-order noise)", file=out)
+              "linearity-check decision and first real steps; the gap to 'predicted' is batch-order noise)", file=out)
     print(f"real fine-tuning {fmt_seconds(ac['train_seconds'])} ({ac['seconds_per_step']:.4g} s/step; predicted "
           f"{pr['seconds_per_step']:.4g}); prediction cost {result['cost_seconds']['total']:.1f} s = "
           + (f"1/{result['cost_ratio']:.1f} of the training" if result["cost_ratio"] >= 1
