@@ -102,7 +102,7 @@ def _trajectory(p: dict) -> Trajectory:
     return traj
 
 
-def score(path: Path, ids: set | None = None, one_kernel: bool = False) -> dict:
+def score(path: Path, ids: set | None = None, warp: str | None = None) -> dict:
     measured = {r["id"]: r for r in map(json.loads, filter(str.strip, path.read_text().splitlines()))
                 if ids is None or r["id"] in ids}
     errors: dict = defaultdict(list)
@@ -111,7 +111,7 @@ def score(path: Path, ids: set | None = None, one_kernel: bool = False) -> dict:
             continue
         p = c["predictors"][BASE]
         cfg = c["config"]
-        one = one_kernel or cfg["bn"] == "batch"
+        one = warp == "linear" or (warp is None and cfg["bn"] == "batch")
         kernel_only, warped = _trajectory(p), _trajectory(c["predictors"][WARPED_BATCH] if one else p)
         real = c["real"]
         gaps = (p.get("info") or {}).get("loss_gaps")
@@ -154,17 +154,18 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=fs.FIRST_STEPS)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "first_steps.jsonl")
     ap.add_argument("--score", action="store_true", help="score the stored measurements (no training)")
-    ap.add_argument("--one-kernel", action="store_true",
-                    help="warp the one-kernel `linear` prediction of every cell (the default warps it with batch "
-                         "statistics only)")
+    ap.add_argument("--warp", choices=["linear", "refreshed"],
+                    help="with --score: warp this prediction in every cell, the one-kernel `linear` or the refreshed "
+                         f"`{BASE}` (default: as the default predictor does, the one kernel with batch statistics "
+                         "only); prints the table, writes nothing")
     ap.add_argument("--eval-samples", type=int, default=None,
                     help="evaluate the losses on a class-balanced subset of this many samples (and measure only the "
                          "cells with more); predict evaluates every sample")
     args = ap.parse_args(argv)
     if not args.score:
         measure(args.out, args.steps, args.eval_samples)
-    table = score(args.out, one_kernel=args.one_kernel)
-    if args.one_kernel:
+    table = score(args.out, warp=args.warp)
+    if args.warp:
         print(render(table))
         return 0
     (args.out.with_suffix(".json")).write_text(json.dumps({g: {h: list(t[h]) for h in sorted(t)}
