@@ -104,6 +104,11 @@ def test_first_steps_setting_is_checked():
     assert RunConfig.from_dict({"bn": "frozen", "first_steps": "3"}).first_steps() == 3
     assert RunConfig.from_dict({"bn": "frozen", "first_steps": 0}).first_steps(50.0) == 0
     assert RunConfig.from_dict({"bn": "batch", "predictor": "linear"}).first_steps() == 0  # a kernel-only preset
+    # with batch statistics the measured steps replace the refreshes, and only when there are steps to measure
+    assert RunConfig.from_dict({"bn": "batch"}).batch_statistics_fitted
+    assert not RunConfig.from_dict({"bn": "batch"}).relinearizes
+    assert RunConfig.from_dict({"bn": "batch", "first_steps": 0}).relinearizes
+    assert RunConfig.from_dict({"bn": "batch", "steps": 1}).relinearizes  # no step to measure before the last
     for bad, msg in ((-1, "number of steps"), ("some", "number of steps or auto"), (150, "fewer than --steps")):
         with pytest.raises(ConfigError, match=msg):
             RunConfig.from_dict({"first_steps": bad, "steps": 150})

@@ -296,7 +296,7 @@ class RunConfig:
         the one kernel at ``w0`` fitted to them, no refreshes. The kernel refreshes would refresh is the
         running-statistics one, not the batch function that trains, and fitted to the first steps the one kernel did
         as well on the benchmark at a fraction of the cost (BENCHMARKS.md, section 1, "The first real steps")."""
-        return self.task.bn is BatchNormMode.BATCH and self.predictor.first_steps != 0
+        return self.task.bn is BatchNormMode.BATCH and self.first_steps() > 0
 
     def first_steps(self, loss_gap: float | None = None) -> int:
         """Real steps the prediction runs first (``PredictorConfig.first_steps``), ``auto`` resolved with the
