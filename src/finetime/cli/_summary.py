@@ -51,7 +51,7 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
     summed = ", the sum-of-logits kernel x the identity" if km.get("outputs") == "sum" else ""
     print(f"kernel     {km['method']} ({100 * km['plan']['exact_weight_fraction']:.0f}% of weights exact), "
           f"{km['n']} x {km['classes']} outputs{summed}", file=out)
-    print(f"predictor  {_fmt_predictor(pr)}" + (f", {c['runs']} batch orders" if c["batch_size"] else ""), file=out)
+    print(f"predictor  {_fmt_predictor(pr, batch_statistics=c['bn'] == 'batch')}" + (f", {c['runs']} batch orders" if c["batch_size"] else ""), file=out)
     if threads:
         print(f"threads    {threads}", file=out)
     rt = result.get("runtime") or {}
@@ -74,7 +74,7 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
         print(_fmt_relinearization(rl), file=out)
     fs = pr.get("first_steps")
     if fs:
-        print(_fmt_first_steps(fs, c), file=out)
+        print(_fmt_first_steps(fs), file=out)
     ks = pr.get("kernel_samples")
     if ks:
         print(f"kernel on {ks['samples']} of {ks['of']} training samples (--kernel-samples); curves carried to all "
@@ -97,7 +97,7 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
           f"{first}, step timing {cs['step_timing']:.1f})", file=out)
 
 
-def _fmt_first_steps(fs: dict, c: dict) -> str:
+def _fmt_first_steps(fs: dict) -> str:
     losses = [v for v in fs["losses"] if v is not None]
     head = (f"first {fs['steps']} real steps (on a copy of the model, --first-steps): loss "
             f"{losses[0]:.4g} -> {losses[-1]:.4g}" if losses else f"first {fs['steps']} real steps")
@@ -107,7 +107,7 @@ def _fmt_first_steps(fs: dict, c: dict) -> str:
     return f"{head}; {fs.get('reason') or 'no warp'}"
 
 
-def _fmt_predictor(pr: dict) -> str:
+def _fmt_predictor(pr: dict, batch_statistics: bool = False) -> str:
     name = pr.get("predictor", pr["method"])
     rl = pr.get("relinearization")
     if pr["method"] == "head":
@@ -118,7 +118,7 @@ def _fmt_predictor(pr: dict) -> str:
                  else f"at the pretrained weights, {rl['kernels']} refreshed along the predicted path with P "
                       f"re-estimated there{how}")
         return f"{name} (Adam on the preconditioned kernel J P J^T {where}; README 'Adam')"
-    if rl is None and pr.get("first_steps") and name != "linear":
+    if rl is None and batch_statistics and pr.get("first_steps") and name not in ("linear", "paper"):
         return (f"{name} (one kernel at the pretrained weights, fitted to the first real steps: with batch "
                 "statistics the kernel is not refreshed along the path)")
     if rl is None:
