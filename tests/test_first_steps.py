@@ -92,8 +92,11 @@ def test_apply_first_steps_meets_the_measured_loss_and_records_it():
     assert float(out.loss[:, 5].mean()) == pytest.approx(measured[5], rel=1e-9)
     assert float(out.loss[0, 0]) == pytest.approx(float(runs[0, 0]))
     # a measured divergence is a divergence, whatever the kernel said
+    traj.test_loss = runs.clone()
     bad = apply_first_steps(traj, FirstSteps(5, measured[:3] + [100.0, math.nan, math.nan], 0.1, diverged_at=3))
     assert bad.diverged_fraction == 1.0 and bad.info["first_steps"]["speed"] is None
+    for c in (bad.loss, bad.accuracy, bad.test_loss):  # every curve ends where the measured run diverged
+        assert torch.isnan(c[:, 3:]).all() and torch.isfinite(c[:, :3]).all()
 
 
 def test_first_steps_setting_is_checked():

@@ -157,12 +157,9 @@ def apply_first_steps(traj: Trajectory, measured: FirstSteps, sd: float = FIRST_
     k = measured.steps
     if measured.diverged_at is not None:
         d = measured.diverged_at
-        loss = traj.loss.clone()
-        loss[:, d:] = math.nan
-        acc = traj.accuracy.clone()
-        acc[:, d:] = math.nan
-        out = Trajectory(loss, acc, torch.full_like(traj.diverged_at, d), traj.f, traj.test_loss, traj.test_accuracy,
-                         traj.method, traj.info)
+        cut = lambda c: None if c is None else torch.cat([c[:, :d], torch.full_like(c[:, d:], math.nan)], 1)  # noqa: E731
+        out = Trajectory(cut(traj.loss), cut(traj.accuracy), torch.full_like(traj.diverged_at, d), traj.f,
+                         cut(traj.test_loss), cut(traj.test_accuracy), traj.method, traj.info)
         measured.reason = f"the real run diverged at step {d} of the first {k}"
     elif traj.diverged_fraction > 0.5:
         out = traj
