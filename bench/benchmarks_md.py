@@ -3,7 +3,7 @@
     .venv/bin/python bench/benchmarks_md.py
 
 Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{text_suite}}, {{text_kernel}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
-{{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}, {{scale}}, {{photos_suite}}
+{{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{online_relin_regimes}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}, {{scale}}, {{photos_suite}}
 (bench/results/photos.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
 {{photos_intervals}} (coverage on photos.jsonl of intervals fitted on the other suites), {{interpolation}} (kernels
 interpolated between refreshes against stepwise ones, all four suites), {{bn_batch_photos}}, {{step_timing}}, {{growth}} (bench/results/growth.json), {{first_steps}} (bench/results/first_steps.json); a missing results file renders as a note saying which command produces it.
@@ -280,7 +280,11 @@ def online(r):
             + online_bench.render_open_loop(r)
             + ("\nHow much the observed steps count (`finetime.online._fit.evidence_points`; refiner TT error, whole "
                "suite, by the fraction observed):\n\n" + online_bench.render_evidence(r["evidence"])
-               if "evidence" in r else ""))
+               if "evidence" in r else "")
+            + ("\nHow much of the speed observed so far the rest of the run keeps (`finetime.online._fit."
+               "SPEED_PERSISTENCE`; 1 is a time-warp of the whole prediction; refiner TT error, whole suite):\n\n"
+               + online_bench.render_evidence(r["persistence"], online_bench.PERSISTENCE_HEAD)
+               if "persistence" in r else ""))
 
 
 def online_relin():
@@ -291,6 +295,15 @@ def online_relin():
         return _missing("bench/online_relin_bench.py")
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     return online_relin_bench.render(rows)
+
+
+def online_relin_regimes():
+    import online_relin_bench
+
+    path = RES / "online_relin.jsonl"
+    if not path.exists():
+        return _missing("bench/online_relin_bench.py")
+    return online_relin_bench.render_regimes([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
 
 
 def gpu():
@@ -497,7 +510,7 @@ def main():
     for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
                     ("text_kernel", text_kernel), ("adam_rule", adam_rule), ("pntk", pntk), ("kernel", kernel), ("dynamics", dynamics),
                     ("extrapolation", extrapolation), ("testcurves", testcurves), ("online", online),
-                    ("online_relin", online_relin), ("gpu", gpu), ("distributed", distributed),
+                    ("online_relin", online_relin), ("online_relin_regimes", online_relin_regimes), ("gpu", gpu), ("distributed", distributed),
                     ("floor", floor), ("subsample", subsample), ("bn_batch", bn_batch), ("scale", scale),
                     ("photos_suite", photos_suite), ("resolution", resolution),
                     ("photos_intervals", photos_intervals), ("bn_batch_photos", bn_batch_photos),

@@ -37,8 +37,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 from finetime import intervals  # noqa: E402
 from finetime.online import refine_curve, time_interval  # noqa: E402
-from finetime.online._fit import (MIN_POINTS_FOR_FIT, SPEED_PRIOR_SD, Refined, evidence_points,  # noqa: E402
-                                   fit_exponential, fit_power_law)
+from finetime.online._fit import (MIN_POINTS_FOR_FIT, SPEED_PERSISTENCE, SPEED_PRIOR_SD, Refined,  # noqa: E402
+                                   evidence_points, fit_exponential, fit_power_law)
 from finetime.online.refiner import LEVEL  # noqa: E402
 from finetime.training_time import Threshold, relative_error  # noqa: E402
 from report import MIN_REAL_TT, load, quantile  # noqa: E402
@@ -67,13 +67,14 @@ def measurable(c) -> bool:
     return real["diverged"] or (real["training_time"].get("eps=0.4", {}).get("step") or 0) >= MIN_REAL_TT
 
 
-def estimates(prior, real, T, f, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=False):
+def estimates(prior, real, T, f, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=False,
+              persistence=SPEED_PERSISTENCE):
     """{method: Refined or None (cannot estimate)} from the first round(f T) steps of the real curve; the refiner's
-    posterior with ``evidence`` and ``tau`` (the refiner alone with ``refiner_only``)."""
+    posterior with ``evidence``, ``tau`` and ``persistence`` (the refiner alone with ``refiner_only``)."""
     m = int(round(f * T))
     t = torch.arange(m + 1, dtype=torch.float64)
     y = real[: m + 1]
-    out = {"refiner": refine_curve(prior, t, y, T, tau=tau, evidence=evidence)}
+    out = {"refiner": refine_curve(prior, t, y, T, tau=tau, evidence=evidence, persistence=persistence)}
     if refiner_only:
         return out
     out["open-loop"] = refine_curve(prior, t[:1], y[:1], T)
@@ -97,7 +98,7 @@ def prior_curve(c) -> torch.Tensor:
     return prior
 
 
-def collect(cells, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=False):
+def collect(cells, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=False, persistence=SPEED_PERSISTENCE):
     """One row per (cell, observed fraction, estimate, eps) of the measurable cells (``estimates``)."""
     rows = []
     for c in cells:
@@ -110,7 +111,7 @@ def collect(cells, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=Fa
         cfg = c["config"]
         group = f"{c['_suite']} {cfg['data']} {cfg['image_size']}px"
         for f in FRACTIONS:
-            for name, r in estimates(prior, rc, T, f, evidence, tau, refiner_only).items():
+            for name, r in estimates(prior, rc, T, f, evidence, tau, refiner_only, persistence).items():
                 for e in EPS:
                     actual = real["training_time"][f"eps={e}"]["step"]
                     row = {"cell": c["id"], "suite": c["_suite"], "group": group, "fraction": f, "method": name,
@@ -263,12 +264,15 @@ refiner uses ``sqrt(k)``; ``k`` treats them as independent)."""
 PRIOR_SDS = (0.25, 0.5, 1.0)
 
 
-def evidence_study(cells):
-    """Every evidence rule x prior sd on the whole suite, and the rule chosen by leave-one-group-out: for each group
-    (suite x dataset x resolution) the rule with the smallest sum over the observed fractions of the p95 on the other
-    groups, scored on the group left out (pooled)."""
-    runs = {(name, tau): collect(cells, rule, tau, refiner_only=True) for name, rule in EVIDENCE_RULES.items()
-            for tau in PRIOR_SDS}
+PERSISTENCES = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""How much of the observed speed carries on past the last observation (``SPEED_PERSISTENCE``; 1: the whole run
+warped, the rule before it)."""
+
+
+def _choice_study(runs: dict, label) -> dict:
+    """Scores of every variant in ``runs`` (``{key: rows}``) on the whole suite, and the variant chosen by
+    leave-one-group-out: for each group (suite x dataset x resolution) the variant with the smallest sum over the
+    observed fractions of the p95 on the other groups, scored on the group left out (pooled)."""
     stat = lambda rows: {str(f): (statistics.median(e), quantile(e, 0.95)) for f in FRACTIONS  # noqa: E731
                          for e in [[r["error"] for r in rows if r["fraction"] == f]]}
     groups = sorted({r["group"] for rows in runs.values() for r in rows})
@@ -277,14 +281,32 @@ def evidence_study(cells):
         score = {k: sum(quantile([r["error"] for r in rows if r["group"] != g and r["fraction"] == f], 0.95)
                         for f in FRACTIONS if f > 0) for k, rows in runs.items()}
         best = min(score, key=score.get)
-        chosen[g] = f"{best[0]}, sd {best[1]}"
+        chosen[g] = label(best)
         held += [r for r in runs[best] if r["group"] == g]
-    return {"rules": {f"{name}, sd {tau}": stat(rows) for (name, tau), rows in runs.items()},
+    return {"rules": {label(k): stat(rows) for k, rows in runs.items()},
             "heldout_selection": stat(held), "chosen": chosen}
 
 
-def render_evidence(study) -> str:
-    lines = ["| evidence of k observed steps, prior sd of log speed | " + " | ".join(
+def evidence_study(cells):
+    """Every evidence rule x prior sd (at ``SPEED_PERSISTENCE``), and the rule chosen by leave-one-group-out."""
+    runs = {(name, tau): collect(cells, rule, tau, refiner_only=True) for name, rule in EVIDENCE_RULES.items()
+            for tau in PRIOR_SDS}
+    return _choice_study(runs, lambda k: f"{k[0]}, sd {k[1]}")
+
+
+def persistence_study(cells):
+    """Every persistence of the observed speed x prior sd (``evidence_points``), and the pair chosen by
+    leave-one-group-out."""
+    runs = {(rho, tau): collect(cells, evidence_points, tau, refiner_only=True, persistence=rho)
+            for rho in PERSISTENCES for tau in PRIOR_SDS}
+    return _choice_study(runs, lambda k: f"persistence {k[0]:g}, sd {k[1]}")
+
+
+PERSISTENCE_HEAD = "observed speed carried past the last observation (persistence), prior sd of log speed"
+
+
+def render_evidence(study, head="evidence of k observed steps, prior sd of log speed") -> str:
+    lines = [f"| {head} | " + " | ".join(
         f"{int(100 * f)}%: median / p95" for f in FRACTIONS if f > 0) + " |", "|---|" + "---|" * (len(FRACTIONS) - 1)]
     rows = list(study["rules"].items()) + [("**chosen on the other groups, scored on the one left out**",
                                             study["heldout_selection"])]
@@ -375,9 +397,11 @@ def main(argv=None):
     result["open_loop"] = {"margins": {b: (None if math.isinf(m) else m) for b, m in ol_margins.items()},
                            "coverage": open_loop_coverage(ol_rows)}
     result["evidence"] = evidence_study(cells)
+    result["persistence"] = persistence_study(cells)
     args.out.write_text(json.dumps(result, indent=1))
     print(render(result))
     print(render_evidence(result["evidence"]))
+    print(render_evidence(result["persistence"], PERSISTENCE_HEAD))
     print(render_open_loop(result))
     try:
         plot(result, args.out.with_suffix(".png"))

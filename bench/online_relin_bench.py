@@ -2,6 +2,7 @@
 weakest.
 
     .venv/bin/python bench/online_relin_bench.py [--out bench/results/online_relin.jsonl] [--limit N]
+    .venv/bin/python bench/online_relin_bench.py --rescore     # the columns that need no training, current code
 
 For each selected cell of the stored suites (the practitioner slice: SGD lr 1e-3 momentum 0.9 or BatchNorm batch
 statistics; SGD lr 1e-2; AdamW lr >= 1e-4; and every 8th other cell of the paper suite as a control) the real run is
@@ -66,13 +67,34 @@ def _times(est):
     return {str(e): (None if est.diverged else est.thresholds[f"eps={e}"].step) for e in EPS}
 
 
+def _stored(c) -> dict:
+    """The cell's stored default prediction, as the refiner reads a prediction JSON."""
+    pred = c["predictors"][c["_prior"]]
+    return {"predicted": {k: pred[k] for k in ("loss", "training_time")} | {
+        "diverged": pred["diverged_fraction"] > 0.5, "seconds_per_step": None}}
+
+
+def _observed(c, t) -> Refiner:
+    """A refiner on the cell's stored prediction that has seen the stored real curve up to step ``t``."""
+    real = c["real"]["loss"]
+    r = Refiner.from_prediction(_stored(c), calibration=None)
+    for s in range(1, t + 1):
+        r.observe(s, real[s] if real[s] is not None else math.nan)
+    return r
+
+
+def plain_estimates(c, t) -> dict:
+    """The open-loop and the curve-only refiner's training times after ``t`` observed steps (no training)."""
+    plain = _observed(c, t).estimate()
+    open_loop = Refiner.from_prediction(_stored(c), calibration=None).estimate()
+    return {"refiner": _times(plain), "refiner_diverged": plain.diverged,
+            "open_loop": _times(open_loop), "open_loop_diverged": open_loop.diverged}
+
+
 def run_cell(c):
     cfg = RunConfig.from_dict(c["config"])
     task = prepare(cfg)
     live = types.SimpleNamespace(task=task, config=cfg)  # what re-linearization reads of a Prediction
-    pred = c["predictors"][c["_prior"]]
-    stored = {"predicted": {k: pred[k] for k in ("loss", "training_time")} | {
-        "diverged": pred["diverged_fraction"] > 0.5, "seconds_per_step": None}}
     real = c["real"]["loss"]
     T = cfg.steps
     stops = {max(1, round(f * T)): f for f in FRACTIONS}
@@ -82,23 +104,14 @@ def run_cell(c):
         if t not in stops:
             return
         f = stops[t]
-        def observed():
-            r = Refiner.from_prediction(stored, calibration=None)
-            for s in range(1, t + 1):
-                r.observe(s, real[s] if real[s] is not None else math.nan)
-            return r
-
-        plain, refiner = observed(), observed()
+        refiner = _observed(c, t)
         refiner.prediction = live
         t0 = time.perf_counter()
         refiner.relinearize(model, t, optimizer=opt, loss=real[t])
         est = refiner.estimate()
         seconds = time.perf_counter() - t0
-        open_loop = Refiner.from_prediction(stored, calibration=None).estimate()
         out["fractions"][str(f)] = {"step": t, "relinearized": _times(est), "relinearized_diverged": est.diverged,
-                                    "refiner": _times(plain.estimate()), "refiner_diverged": plain.estimate().diverged,
-                                    "open_loop": _times(open_loop), "open_loop_diverged": open_loop.diverged,
-                                    "speed_after": est.speed, "seconds": round(seconds, 3)}
+                                    **plain_estimates(c, t), "speed_after": est.speed, "seconds": round(seconds, 3)}
 
     plan = batch_plan(task.data.x.shape[0], cfg.optimizer, T, 1, torch.Generator().manual_seed(cfg.task.seed + 2))
     t0 = time.perf_counter()
@@ -124,6 +137,43 @@ def errors(rows, method, f, keep=lambda r: True):
             errs.append(relative_error(fr[method][str(e)], r["real"][str(e)], predicted_diverged=fr[f"{method}_diverged"],
                                        actual_diverged=r["real_diverged"]))
     return errs
+
+
+REGIMES = (
+    ("AdamW lr 1e-4, images", lambda c: c.get("optimizer", "sgd") != "sgd" and c["lr"] == 1e-4),
+    ("SGD lr 1e-3 momentum 0.9, BatchNorm frozen",
+     lambda c: _sgd(c) and c["lr"] == 1e-3 and c.get("momentum") == 0.9 and c["bn"] == "frozen"),
+    ("SGD lr 1e-2, BatchNorm frozen", lambda c: _sgd(c) and c["lr"] == 1e-2 and not c.get("momentum")
+     and c["bn"] == "frozen"),
+    ("SGD lr 1e-3, BatchNorm batch statistics", lambda c: _sgd(c) and c["lr"] == 1e-3 and c["bn"] == "batch"),
+    ("SGD lr 1e-2, BatchNorm batch statistics", lambda c: _sgd(c) and c["lr"] == 1e-2 and c["bn"] == "batch"),
+    ("AdamW lr 1e-3, images", lambda c: c.get("optimizer", "sgd") != "sgd" and c["lr"] == 1e-3),
+    ("SGD lr 1e-2 momentum 0.9 (real runs diverge or nearly)",
+     lambda c: _sgd(c) and c["lr"] == 1e-2 and c.get("momentum") == 0.9),
+)
+"""The hard regimes, one row each in ``render_regimes``."""
+
+
+def _sgd(cfg) -> bool:
+    return cfg.get("optimizer", "sgd") == "sgd"
+
+
+def render_regimes(rows) -> str:
+    """Median TT error by regime: open loop / refiner / re-linearized, at each observed fraction (the best bold)."""
+    lines = ["| regime (cells) | " + " | ".join(f"{int(100 * f)}% observed" for f in FRACTIONS) + " |",
+             "|---|" + "---|" * len(FRACTIONS)]
+    for name, keep in REGIMES:
+        sel = [r for r in rows if r["kind"] == "hard" and keep(r["config"])]
+        if not sel:
+            continue
+        cols = []
+        for f in FRACTIONS:
+            meds = [statistics.median(errors(sel, m, f)) for m in ("open_loop", "refiner", "relinearized")]
+            best = min(meds)
+            cols.append(" / ".join(f"**{100 * v:.0f}%**" if v == best and meds.count(best) == 1 else f"{100 * v:.0f}%"
+                                   for v in meds))
+        lines.append(f"| {name} ({len(sel)}) | " + " | ".join(cols) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def render(rows) -> str:
@@ -153,17 +203,30 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=HERE / "results" / "online_relin.jsonl")
     ap.add_argument("--limit", type=int, default=0, help="stop after this many new cells (0: all)")
     ap.add_argument("--report", action="store_true", help="print the table of the results file and exit")
+    ap.add_argument("--rescore", action="store_true",
+                    help="recompute the open-loop and curve-only refiner columns of the results file from the "
+                         "suites' stored predictions and real curves with the current refiner (no training; the "
+                         "re-linearized column is kept) and print the table")
     args = ap.parse_args(argv)
     done = [json.loads(x) for x in args.out.read_text().splitlines()] if args.out.exists() else []
     if args.report:
         print(render(done))
         return
-    tune_allocator()
     cells = []
     for stem, prior in SUITES:
         for c in load([HERE / "results" / f"{stem}.jsonl"]):
             c["_suite"], c["_prior"] = stem, prior
             cells.append(c)
+    if args.rescore:
+        by_id = {c["id"]: c for c in cells}
+        for row in done:
+            for fr in row["fractions"].values():
+                fr.update(plain_estimates(by_id[row["id"]], fr["step"]))
+        args.out.write_text("".join(json.dumps(row) + "\n" for row in done))
+        print(render(done))
+        print(render_regimes(done))
+        return
+    tune_allocator()
     seen = {r["id"] for r in done}
     todo = [(c, k) for c, k in selected(cells) if c["id"] not in seen]
     print(f"{len(todo)} cells to run ({len(seen)} done)", file=sys.stderr)

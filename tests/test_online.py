@@ -12,14 +12,16 @@ from finetime.cli import main
 from finetime.errors import ConfigError, DataError
 from finetime.online import (Calibration, Refiner, extend_curve, fit_exponential, fit_power_law, refine_curve,
                              warp_posterior)
+from finetime.online._fit import SPEED_PERSISTENCE
 from finetime.online.logs import read_log
 from finetime.training_time import Threshold, steps_to_threshold
 
 T = 150
 
 
-def curve(rate, floor=0.05, top=1.6, steps=T):
-    t = torch.arange(steps + 1, dtype=torch.float64)
+def curve(rate, floor=0.05, top=1.6, steps=T, at=None):
+    """``floor + top exp(-rate t)`` at ``t = 0..steps`` (or at the real positions ``at``)."""
+    t = torch.arange(steps + 1, dtype=torch.float64) if at is None else at
     return floor + top * torch.exp(-rate * t)
 
 
@@ -27,16 +29,32 @@ def real_times(c):
     return {e: int(steps_to_threshold(c.unsqueeze(0), Threshold.eps(e))[0]) for e in (0.01, 0.1, 0.4)}
 
 
+def behind(rate, speed, s, persistence):
+    """The run the refiner's model describes for the prediction ``curve(rate)``: ``curve(rate)`` at ``speed t`` up
+    to step ``s``, then on at ``speed^persistence`` times the prediction's pace from where it got to."""
+    t = torch.arange(T + 1, dtype=torch.float64)
+    return curve(rate, at=torch.where(t <= s, speed * t, speed * s + speed ** persistence * (t - s)))
+
+
 @pytest.mark.parametrize("speed", [0.5, 1.0, 2.0, 3.0])
-def test_a_run_that_is_a_time_warp_of_the_prediction_is_recovered(speed):
-    prior, real = curve(0.02), curve(0.02 * speed)
-    r = Refiner(prior, steps=T, calibration=None)
+@pytest.mark.parametrize("persistence", [0.0, 0.5, 1.0])
+def test_a_run_that_follows_the_refiners_model_is_recovered(speed, persistence):
+    """The default (persistence 0): a run slower or faster than predicted over the observed steps that then goes on
+    at the prediction's pace; persistence 1: a run that is a time-warp of the prediction throughout."""
+    prior, real = curve(0.02), behind(0.02, speed, 15, persistence)
+    r = Refiner(prior, steps=T, calibration=None, persistence=persistence)
     for s in range(1, 16):
         r.observe(s, float(real[s]))
     est = r.estimate()
     assert est.method == "warp" and est.speed == pytest.approx(speed, rel=0.03)
     for e, step in real_times(real).items():
         assert abs(est.thresholds[f"eps={e}"].step - step) <= max(1, 0.02 * step)
+
+
+def test_persistence_is_checked_and_zero_by_default():
+    assert Refiner(curve(0.02), steps=T).persistence == SPEED_PERSISTENCE == 0.0
+    with pytest.raises(ConfigError, match="persistence"):
+        Refiner(curve(0.02), steps=T, persistence=1.5)
 
 
 def test_nothing_observed_is_the_prediction_and_an_exact_prior_is_kept():
@@ -77,18 +95,22 @@ def test_divergence_observed_and_predicted():
     est = r.estimate()
     assert est.diverged and all(t.step is None for t in est.thresholds.values())
     assert "diverged" in est.summary()
-    # a prediction that diverges at step 30: a run that follows it is predicted to diverge; a run 10x slower (which
-    # would diverge at step 300 of 150) is not
+    # a prediction that diverges at step 30: a run that follows it is predicted to diverge; so is a run 10x slower
+    # over its first 15 steps, which then goes on at the prediction's pace (it reaches the divergence at step 43);
+    # stretched whole (persistence 1) the slow run would diverge at step 300 of 150, so it is not
     blowing = curve(0.02)
     blowing[30:] = math.nan
     follows = Refiner(blowing, steps=T, calibration=None)
     slow = Refiner(blowing, steps=T, calibration=None)
+    stretched = Refiner(blowing, steps=T, calibration=None, persistence=1.0)
     slower_curve = curve(0.002)
     for s in range(1, 16):
         follows.observe(s, float(blowing[s]))
         slow.observe(s, float(slower_curve[s]))
+        stretched.observe(s, float(slower_curve[s]))
     assert follows.estimate().diverged
-    assert not slow.estimate().diverged
+    assert slow.estimate().diverged
+    assert not stretched.estimate().diverged
 
 
 def test_kernel_free_fits_recover_their_own_families():
@@ -185,7 +207,7 @@ def test_log_formats(tmp_path):
 
 
 def test_watch_command(capsys, tmp_path):
-    prior, real = curve(0.02), curve(0.03)
+    prior, real = curve(0.02), behind(0.02, 1.5, 30, SPEED_PERSISTENCE)
     pred = tmp_path / "p.json"
     _prediction_json(pred, prior)
     log = tmp_path / "log.csv"
@@ -198,6 +220,14 @@ def test_watch_command(capsys, tmp_path):
     real_tt = real_times(real)[0.1]
     assert abs(est["thresholds"]["eps=0.1"]["step"] - real_tt) <= 2 and est["speed"] == pytest.approx(1.5, rel=0.03)
     assert est["seconds_per_step_source"] == "predicted"
+    # --persistence 1: the whole prediction stretched by the observed speed (x1.5 here)
+    out1 = tmp_path / "est1.json"
+    assert main(["watch", str(log), "--prediction", str(pred), "--persistence", "1", "--json", str(out1)]) == 0
+    capsys.readouterr()
+    stretched = json.loads(out1.read_text())["thresholds"]["eps=0.1"]["step"]
+    assert stretched < est["thresholds"]["eps=0.1"]["step"] - 5  # faster run: the stretched estimate is earlier
+    assert main(["watch", str(log), "--prediction", str(pred), "--persistence", "2"]) == 2
+    assert "persistence" in capsys.readouterr().err
     # never overwrites silently; a bad --window is one clear line
     assert main(["watch", str(log), "--prediction", str(pred), "--json", str(out)]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err

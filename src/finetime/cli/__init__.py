@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--window", default="1", help="steps each logged loss averages, ending at its step: a number, or "
                                                   "'auto' (Trainer's logs: the mean of the batch losses since the "
                                                   "previous record, each taken before its update); default 1")
+    pw.add_argument("--persistence", type=float, default=None, metavar="RHO",
+                    help="how much of the speed observed so far (against the prediction) the rest of the run keeps: "
+                         "0 (default) goes on at the prediction's pace from the loss reached, 1 stretches the whole "
+                         "prediction by it (for a prediction known to be off by a steady factor)")
     pw.add_argument("--follow", type=float, metavar="SECONDS",
                     help="keep reading the log every SECONDS and print each new estimate (Ctrl-C stops)")
     pw.add_argument("--json", type=Path, help="write the estimate as JSON")
@@ -192,6 +196,8 @@ def _watch_once(args, seen: int):
     if len(records) == seen:
         return None, seen
     kw = {"steps": args.steps} if args.steps else {}
+    if args.persistence is not None:
+        kw["persistence"] = args.persistence
     refiner = Refiner.from_prediction(args.prediction, **kw)
     prev = 0
     for r in records:

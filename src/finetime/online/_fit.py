@@ -12,8 +12,12 @@ refined curve is a **time-warp** of the prediction, with a posterior over the sp
   independent observations (``evidence_points``): consecutive losses of one run share their deviation from any warp
   of the prediction (the run changes speed, the prediction's shape is off), so they are far from independent, and
   counting them all made the posterior overconfident in the first tens of steps;
-* up to the last observed step the refined curve is the observed one; beyond it each warped curve is scaled to meet
-  the last observed loss (the level the run has reached is known; the warp gives the shape from there on).
+* up to the last observed step ``s`` the refined curve is the observed one; beyond it each warped curve is scaled to
+  meet the last observed loss (the level the run has reached is known; the warp gives the shape from there on);
+* the speed seen so far carries on past ``s`` only in part: the rest of the run follows ``p(a s + a^rho (t - s))``,
+  ``rho = SPEED_PERSISTENCE``. Where the kernel grows along the run (large effective learning rates, momentum 0.9,
+  AdamW), the first tens of steps run slower than the prediction, which already holds the growth from its refreshes,
+  and then the run speeds up; a whole-run warp (``rho = 1``) carried that early slowness to the end.
 
 The prediction beyond its last step (needed where ``a > 1``) continues with the geometric decay of its last
 quarter (an exponential tail).
@@ -39,7 +43,7 @@ import torch
 from ..training_time import DIVERGENCE_FACTOR
 
 __all__ = ["Refined", "extend_curve", "interpolate", "observed_curve", "warp_posterior", "fit_exponential", "fit_power_law", "refine_curve",
-           "divergence_step", "weighted_quantile", "LOG_SPEEDS", "SPEED_PRIOR_SD", "evidence_points"]
+           "divergence_step", "weighted_quantile", "LOG_SPEEDS", "SPEED_PRIOR_SD", "SPEED_PERSISTENCE", "evidence_points"]
 
 LOG_SPEEDS = torch.linspace(-3.0, 3.0, 301, dtype=torch.float64)
 """Grid of ``log a``: runs from 20x slower to 20x faster than predicted."""
@@ -56,6 +60,12 @@ def evidence_points(k: int) -> float:
 SPEED_PRIOR_SD = 0.5
 """``tau``, the prior's standard deviation of ``log a``. Chosen on the benchmark suite among 0.5, 1 and 2 (the
 intervals are calibrated after this choice, on held-out cells; ``bench/online_bench.py``)."""
+
+SPEED_PERSISTENCE = 0.0
+"""``rho``: how much of the observed speed ``a`` carries on past the last observation (the rest of the run goes at
+``a^rho`` times the prediction's speed; 1 is a warp of the whole run, 0 the prediction's own speed from the level
+reached). Chosen with ``SPEED_PRIOR_SD`` by leave-one-group-out on the benchmark suite among 0, 0.25, 0.5, 0.75 and
+1 (``bench/online_bench.py``, BENCHMARKS.md section 8)."""
 
 _TINY = 1e-12
 
@@ -149,9 +159,11 @@ def observed_curve(t: torch.Tensor, y: torch.Tensor, at: torch.Tensor) -> torch.
 
 def warp_posterior(prior: torch.Tensor, steps: torch.Tensor, losses: torch.Tensor, horizon: int, *,
                    tau: float = SPEED_PRIOR_SD, log_speeds: torch.Tensor = LOG_SPEEDS,
-                   evidence: Callable[[int], float] = evidence_points) -> Refined:
+                   evidence: Callable[[int], float] = evidence_points,
+                   persistence: float = SPEED_PERSISTENCE) -> Refined:
     """Posterior over the time-warps ``p(a t)`` of the ``prior`` curve given observed ``(steps, losses)``; the
-    curves run to ``horizon`` and are scaled to pass through the last observation (see the module docstring)."""
+    curves run to ``horizon``, are scaled to pass through the last observation ``s`` and go on from there at
+    ``a^persistence`` times the prediction's speed (see the module docstring)."""
     prior = torch.as_tensor(prior, dtype=torch.float64)
     t = torch.as_tensor(steps, dtype=torch.float64)
     y = torch.as_tensor(losses, dtype=torch.float64)
@@ -171,10 +183,16 @@ def warp_posterior(prior: torch.Tensor, steps: torch.Tensor, losses: torch.Tenso
         if k > 0:
             log_post = log_post - 0.5 * evidence(k) * torch.log(rss / k + 1e-6)
         last = int(torch.argmax(t))
+        s = t[last]
         ratio = y[last].clamp_min(_TINY) / q[:, last]
-        after = grid > t[last]
+        after = grid > s
+        if persistence != 1.0:
+            x = speeds[:, None] * s + speeds[:, None] ** persistence * (grid[None, after] - s)
+            future = interpolate(p, x)
+        else:
+            future = curves[:, after]
         seen = observed_curve(t, y, grid[~after])
-        curves = torch.cat([seen.expand(curves.shape[0], -1), (curves * ratio[:, None])[:, after]], 1)
+        curves = torch.cat([seen.expand(curves.shape[0], -1), future * ratio[:, None]], 1)
     w = torch.softmax(log_post, 0)
     med = weighted_quantile(speeds, w, 0.5)
     return Refined(curves, w, "warp" if m > 0 and float(t.max()) > 0 else "prior", med)
@@ -232,7 +250,8 @@ def _point(curve: torch.Tensor, method: str) -> Refined:
 
 
 def refine_curve(prior: torch.Tensor | None, steps: torch.Tensor, losses: torch.Tensor, horizon: int, *,
-                 tau: float = SPEED_PRIOR_SD, evidence: Callable[[int], float] = evidence_points) -> Refined:
+                 tau: float = SPEED_PRIOR_SD, evidence: Callable[[int], float] = evidence_points,
+                 persistence: float = SPEED_PERSISTENCE) -> Refined:
     """The refined curves to ``horizon`` from a predicted curve (``None`` or diverged: no usable prior) and the
     observations so far (``steps`` ascending, ``steps[0] == 0`` when the starting loss is known)."""
     t = torch.as_tensor(steps, dtype=torch.float64)
@@ -245,9 +264,9 @@ def refine_curve(prior: torch.Tensor | None, steps: torch.Tensor, losses: torch.
         prior = torch.as_tensor(prior, dtype=torch.float64)
         d = divergence_step(prior)
         if d is None:
-            return warp_posterior(prior, t, y, horizon, tau=tau, evidence=evidence)
+            return warp_posterior(prior, t, y, horizon, tau=tau, evidence=evidence, persistence=persistence)
         if d > 1:
-            return _diverging_warp(prior, d, t, y, horizon, tau, evidence)
+            return _diverging_warp(prior, d, t, y, horizon, tau, evidence, persistence)
     if t.numel() >= MIN_POINTS_FOR_FIT:
         return _point(fit_exponential(t, y, horizon), "exponential")
     if prior is None:
@@ -257,14 +276,15 @@ def refine_curve(prior: torch.Tensor | None, steps: torch.Tensor, losses: torch.
 
 
 def _diverging_warp(prior: torch.Tensor, d: int, t, y, horizon: int, tau: float,
-                    evidence: Callable[[int], float] = evidence_points) -> Refined:
+                    evidence: Callable[[int], float] = evidence_points,
+                    persistence: float = SPEED_PERSISTENCE) -> Refined:
     """Warp posterior of a prediction that diverges at step ``d``: after ``d`` it stands above the divergence line,
     so warps under which the run would already have diverged are unlikely; each refined curve that crosses the line
     diverges there (NaN after it), and the estimate is divergence when those curves weigh more than half."""
     line = DIVERGENCE_FACTOR * float(prior[0])
     p = prior.clone()
     p[d:] = 2 * line
-    r = warp_posterior(p, t, y, horizon, tau=tau, evidence=evidence)
+    r = warp_posterior(p, t, y, horizon, tau=tau, evidence=evidence, persistence=persistence)
     over = r.curves > line
     crossed = torch.cumsum(over.long(), 1) > 0
     curves = torch.where(crossed, torch.full_like(r.curves, math.nan), r.curves)

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..training_time import DEFAULT_EPSILONS, Threshold, steps_to_threshold
-from ._fit import Refined, observed_curve, refine_curve, weighted_quantile
+from ._fit import SPEED_PERSISTENCE, Refined, observed_curve, refine_curve, weighted_quantile
 
 __all__ = ["Refiner", "Estimate", "ThresholdEstimate", "Calibration", "refine", "load_calibration", "time_interval"]
 
@@ -108,7 +108,7 @@ class Estimate:
 
     def summary(self) -> str:
         head = (f"finetime: step {self.observed_step} of {self.steps} observed ({100 * self.observed_fraction:.0f}%), "
-                f"{self.method}" + (f" (run {self.speed:.2g}x the predicted speed)" if self.speed else ""))
+                f"{self.method}" + (f" (so far {self.speed:.2g}x the predicted speed)" if self.speed else ""))
         if self.diverged:
             return head + "\n  the run has diverged (or is predicted to): no training time"
         lines = [head]
@@ -154,20 +154,21 @@ def time_interval(refined: Refined, threshold: Threshold, steps: int, margin: fl
     return int(med), low, high, p_reached
 
 
-def refine(prior: torch.Tensor | None, steps, losses, horizon: int, origin: int = 0) -> Refined:
+def refine(prior: torch.Tensor | None, steps, losses, horizon: int, origin: int = 0,
+           persistence: float = SPEED_PERSISTENCE) -> Refined:
     """``refine_curve`` on plain sequences. ``origin > 0``: ``prior`` is the predicted curve from step ``origin`` on
     (a re-linearization there); observations before it make the refined curve's start and only those from
     ``origin`` on inform the warp."""
     t = torch.as_tensor(steps, dtype=torch.float64)
     y = torch.as_tensor(losses, dtype=torch.float64)
     if origin == 0:
-        return refine_curve(prior, t, y, horizon)
+        return refine_curve(prior, t, y, horizon, persistence=persistence)
     keep = t >= origin
     tt, yy = t[keep] - origin, y[keep]
     if not (tt.numel() and float(tt[0]) == 0):
         tt = torch.cat([torch.zeros(1, dtype=torch.float64), tt])
         yy = torch.cat([torch.as_tensor(prior, dtype=torch.float64)[:1], yy])
-    r = refine_curve(prior, tt, yy, horizon - origin)
+    r = refine_curve(prior, tt, yy, horizon - origin, persistence=persistence)
     before = observed_curve(t, y, torch.arange(origin, dtype=torch.float64))
     curves = torch.cat([before.expand(r.curves.shape[0], -1), r.curves], 1)
     return Refined(curves, r.weights, r.method, r.speed, r.diverged_weight)
@@ -181,12 +182,20 @@ class Refiner:
     ``seconds_per_step``: the predicted step time; replaced by the run's own once ``observe`` gets wall-clock times.
     Observed losses may be whole-training-set losses (as finetime defines the curve) or logged minibatch losses;
     ``window`` says how many steps a logged loss averages (it is placed at the middle of that window).
+    ``persistence``: how much of the speed observed so far (against the prediction) the rest of the run keeps; the
+    default ``SPEED_PERSISTENCE`` (0: the run goes on at the prediction's pace from the loss it has reached) was
+    chosen on the benchmark suite, where early slowness mostly does not last; 1 stretches the whole prediction by it
+    (for a prediction known to be off by a constant factor).
     """
 
     def __init__(self, prior=None, *, steps: int, thresholds=None, seconds_per_step: float | None = None,
-                 loss0: float | None = None, calibration: Calibration | None | str = "default"):
+                 loss0: float | None = None, calibration: Calibration | None | str = "default",
+                 persistence: float = SPEED_PERSISTENCE):
         if steps < 1:
             raise ConfigError(f"steps must be >= 1 (got {steps})")
+        if not 0.0 <= persistence <= 1.0:
+            raise ConfigError(f"persistence must be between 0 and 1 (got {persistence})")
+        self.persistence = float(persistence)
         self.steps = int(steps)
         self.prior = None if prior is None else torch.as_tensor(
             [math.nan if v is None else v for v in prior] if isinstance(prior, list) else prior, dtype=torch.float64)
@@ -293,7 +302,7 @@ class Refiner:
     def refined(self) -> Refined:
         if not self._steps and self.prior is None:
             raise DataError("nothing to estimate from: no prediction and no observed loss")
-        return refine(self.prior, self._steps, self._losses, self.steps, self.origin)
+        return refine(self.prior, self._steps, self._losses, self.steps, self.origin, self.persistence)
 
     def estimate(self) -> Estimate:
         """Remaining steps and seconds to every threshold, with calibrated intervals."""
