@@ -384,6 +384,21 @@ def test_relinearizing_at_the_real_weights_continues_the_real_run_exactly():
         Refiner(curve(0.02), steps=T).relinearize(task.model, 3)
 
 
+def test_relinearizing_with_batch_statistics_warns():
+    """With BatchNorm batch statistics the kernel at the real weights is the running-statistics one, which the
+    benchmark found worse than the curve-only refiner: re-linearizing says so (and still works)."""
+    from finetime import predict
+
+    cfg = RunConfig.from_dict(dict(data="fashion-mnist-mini", model="models_for_tests:tiny_cnn", classes=3,
+                                   per_class=4, image_size=12, steps=20, runs=1, lr=0.05, bn="batch",
+                                   first_steps=0))
+    pred = predict(cfg)
+    refiner = Refiner.from_prediction(pred, calibration=None)
+    with pytest.warns(UserWarning, match="batch statistics"):
+        refiner.relinearize(pred.task.model, 3)
+    assert "re-linearized at step 3" in refiner.estimate().method
+
+
 def test_watch_reads_a_trainer_state_like_the_callback(capsys, tmp_path):
     """`watch --window auto` on Trainer's log_history places each logged mean where the HF callback does: the same
     curve logged every 5 steps gives the speed of the exact warp."""

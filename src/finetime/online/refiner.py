@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from importlib import resources
 from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError, DataError
+from ..network import BatchNormMode
 from ..training_time import DEFAULT_EPSILONS, Threshold, steps_to_threshold
 from ._fit import SPEED_PERSISTENCE, Refined, observed_curve, refine_curve, weighted_quantile
 
@@ -292,6 +294,11 @@ class Refiner:
                               "not a curve or a prediction JSON")
         if step < self.observed_step:
             raise DataError(f"re-linearization at step {step} is before the last observed step {self.observed_step}")
+        if getattr(self.prediction.config.task, "bn", None) == BatchNormMode.BATCH:
+            warnings.warn("re-linearizing a run with BatchNorm batch statistics: the kernel at the real weights is the "
+                          "running-statistics one, and on the benchmark (BENCHMARKS.md, section 8) it made the "
+                          "estimate worse than the curve-only refiner there; keep the curve-only refiner",
+                          UserWarning, stacklevel=2)
         traj, _ = continuation(self.prediction, model, int(step), optimizer=optimizer)
         curves = traj.loss.double()
         mean = alive_mean(curves)
