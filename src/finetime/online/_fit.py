@@ -186,11 +186,7 @@ def warp_posterior(prior: torch.Tensor, steps: torch.Tensor, losses: torch.Tenso
         s = t[last]
         ratio = y[last].clamp_min(_TINY) / q[:, last]
         after = grid > s
-        if persistence != 1.0:
-            x = speeds[:, None] * s + speeds[:, None] ** persistence * (grid[None, after] - s)
-            future = interpolate(p, x)
-        else:
-            future = curves[:, after]
+        future = interpolate(p, speeds[:, None] * s + speeds[:, None] ** persistence * (grid[None, after] - s))
         seen = observed_curve(t, y, grid[~after])
         curves = torch.cat([seen.expand(curves.shape[0], -1), future * ratio[:, None]], 1)
     w = torch.softmax(log_post, 0)
