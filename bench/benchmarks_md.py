@@ -287,23 +287,26 @@ def online(r):
                if "persistence" in r else ""))
 
 
+def _online_relin_rows():
+    """The rows of ``bench/results/online_relin.jsonl`` (``None`` when the file is not there)."""
+    import report
+
+    path = RES / "online_relin.jsonl"
+    return report.load([path]) if path.exists() else None
+
+
 def online_relin():
     import online_relin_bench
 
-    path = RES / "online_relin.jsonl"
-    if not path.exists():
-        return _missing("bench/online_relin_bench.py")
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return online_relin_bench.render(rows)
+    rows = _online_relin_rows()
+    return _missing("bench/online_relin_bench.py") if rows is None else online_relin_bench.render(rows)
 
 
 def online_relin_regimes():
     import online_relin_bench
 
-    path = RES / "online_relin.jsonl"
-    if not path.exists():
-        return _missing("bench/online_relin_bench.py")
-    return online_relin_bench.render_regimes([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
+    rows = _online_relin_rows()
+    return _missing("bench/online_relin_bench.py") if rows is None else online_relin_bench.render_regimes(rows)
 
 
 def gpu():

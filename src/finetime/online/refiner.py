@@ -294,7 +294,7 @@ class Refiner:
                               "not a curve or a prediction JSON")
         if step < self.observed_step:
             raise DataError(f"re-linearization at step {step} is before the last observed step {self.observed_step}")
-        if getattr(self.prediction.config.task, "bn", None) == BatchNormMode.BATCH:
+        if self.prediction.config.task.bn is BatchNormMode.BATCH:
             warnings.warn("re-linearizing a run with BatchNorm batch statistics: the kernel at the real weights is the "
                           "running-statistics one, and on the benchmark (BENCHMARKS.md, section 8) it made the "
                           "estimate worse than the curve-only refiner there; keep the curve-only refiner",
