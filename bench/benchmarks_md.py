@@ -113,43 +113,59 @@ def resolution():
 INTERPOLATION_SUITES = ("paper", "photos", "adamw", "text")
 
 
+def _interpolates_by_default(cfg) -> bool:
+    """Whether the default (``adaptive``) interpolates its kernels for this cell: Adam and AdamW, and SGD or GD
+    without momentum (``PredictorConfig.interpolates``)."""
+    return cfg.get("optimizer", "sgd") != "sgd" or not cfg.get("momentum", 0.0)
+
+
 def interpolation():
-    """Kernels interpolated in time between refreshes against stepwise kernels, per suite and optimizer (the default
-    is one or the other: ``adaptive`` is stepwise for SGD, interpolated for AdamW; the other variant is stored as
-    ``adaptive-interp`` / ``adaptive-stepwise``)."""
+    """Kernels interpolated in time between refreshes against stepwise kernels, per suite, optimizer, momentum and
+    resolution. The default is one or the other (interpolated for Adam, AdamW and SGD without momentum, stepwise for
+    SGD with momentum; ``_interpolates_by_default``) and is stored as ``adaptive``; the other variant as
+    ``adaptive-stepwise`` / ``adaptive-interp``. A cell whose default made no refresh has one curve for both (its
+    stored variants may predate the first real steps)."""
     import report
 
     paths = [RES / f"{s}.jsonl" for s in INTERPOLATION_SUITES]
     if not all(p.exists() for p in paths):
         return _missing("bench/suite.py --config bench/configs/<suite>.toml --repredict adaptive-interp")
-    lines = ["| suite | optimizer | resolution | (cell, eps) pairs | stepwise median / p95 | interpolated median / p95 "
-             "| default |", "|---|---|---|---|---|---|---|"]
+    lines = ["| suite | optimizer | momentum | resolution | (cell, eps) pairs | stepwise median / p95 | interpolated "
+             "median / p95 | default |", "|---|---|---|---|---|---|---|---|"]
     everything = {"stepwise": [], "interpolated": []}
     for stem, path in zip(INTERPOLATION_SUITES, paths):
-        cells = report.load([path])
-        rs = {}
-        for k, sgd_name, adam_name in (("stepwise", "adaptive", "adaptive-stepwise"),
-                                       ("interpolated", "adaptive-interp", "adaptive")):
-            rs[k] = [r for name, adam in ((sgd_name, False), (adam_name, True)) for r in report.rows(cells, name)
-                     if not r["fast"] and r["optimizer"].startswith("Adam") == adam]
-        for opt in sorted({r["optimizer"] for r in rs["stepwise"]}):
-            for px in sorted({r["image_size"] for r in rs["stepwise"] if r["optimizer"] == opt}):
-                sel = {k: [r for r in v if r["optimizer"] == opt and r["image_size"] == px] for k, v in rs.items()}
-                cols = []
-                for k in ("stepwise", "interpolated"):
-                    n, med, p95 = report.summarize(sel[k])
-                    cols.append(f"{100 * med:.1f}% / {100 * p95:.1f}%")
-                default = "interpolated" if opt.startswith("Adam") else "stepwise"
-                lines.append(f"| {stem} | {opt} | {px} | {n} | " + " | ".join(cols) + f" | {default} |")
+        rs = {"stepwise": [], "interpolated": []}
+        for c in report.load([path]):
+            refreshed = bool(c["predictors"]["adaptive"].get("info", {}).get("kernels"))
+            default = "interpolated" if _interpolates_by_default(c["config"]) else "stepwise"
+            for k, variant in (("stepwise", "adaptive-stepwise"), ("interpolated", "adaptive-interp")):
+                name = "adaptive" if k == default or not refreshed else variant
+                if name not in c["predictors"]:
+                    break
+                rs[k] += [r for r in report.rows([c], name) if not r["fast"]]
+        keys = sorted({(r["optimizer"], r["momentum"], r["image_size"]) for r in rs["stepwise"]})
+        for opt, mom, px in keys:
+            sel = {k: [r for r in v if (r["optimizer"], r["momentum"], r["image_size"]) == (opt, mom, px)]
+                   for k, v in rs.items()}
+            cols = []
+            for k in ("stepwise", "interpolated"):
+                n, med, p95 = report.summarize(sel[k])
+                cols.append(f"{100 * med:.1f}% / {100 * p95:.1f}%")
+            adam = opt.startswith("Adam")
+            default = "interpolated" if adam or not mom else "stepwise"
+            lines.append(f"| {stem} | {opt} | {'-' if adam else f'{mom:g}'} | {px} | {n} | " + " | ".join(cols)
+                         + f" | {default} |")
         for k in everything:
             everything[k] += rs[k]
-    for label, keep in (("GD and SGD", lambda r: not r["optimizer"].startswith("Adam")),
+    for label, keep in (("GD and SGD without momentum", lambda r: not r["optimizer"].startswith("Adam")
+                         and not r["momentum"]),
+                        ("GD and SGD with momentum", lambda r: not r["optimizer"].startswith("Adam") and r["momentum"]),
                         ("AdamW", lambda r: r["optimizer"].startswith("Adam")), ("all", lambda r: True)):
         cols = []
         for k in ("stepwise", "interpolated"):
             n, med, p95 = report.summarize([r for r in everything[k] if keep(r)])
             cols.append(f"{100 * med:.1f}% / {100 * p95:.1f}%")
-        lines.append(f"| **all four suites** | **{label}** | | {n} | " + " | ".join(cols) + " | |")
+        lines.append(f"| **all four suites** | **{label}** | | | {n} | " + " | ".join(cols) + " | |")
     return "\n".join(lines) + "\n"
 
 

@@ -106,7 +106,8 @@ BENCH_PREDICTORS = {**PRESETS,
 """The presets, and variants kept as baselines in the results: ``adaptive-full-refresh`` is ``adaptive`` with every
 refresh a whole kernel (``--refresh-samples all``; the default before refreshes on a subset); ``adaptive-stepwise``
 and ``adaptive-interp`` use each refreshed kernel from its checkpoint on, or interpolate it in time between refreshes
-(``--no-interpolate-kernels`` / ``--interpolate-kernels``; the default interpolates for Adam and AdamW only);
+(``--no-interpolate-kernels`` / ``--interpolate-kernels``; the default interpolates for Adam, AdamW and SGD without
+momentum);
 ``adaptive-no-first-steps`` is ``adaptive`` without its first real steps (``--first-steps 0``; it differs from
 ``adaptive`` only with BatchNorm batch statistics)."""
 

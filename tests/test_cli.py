@@ -236,6 +236,12 @@ def test_refresh_samples_flag(capsys, tmp_path):
     rl = json.loads(path.read_text())["predicted"]["relinearization"]
     assert rl["refresh_samples"] == 6 and rl["kernels"] == 3
     assert json.loads(path.read_text())["config"]["refresh_samples"] == 6
+    # without momentum the default interpolates the refreshed kernels in time, with momentum it keeps them stepwise
+    assert rl["interpolated"] and "the kernel interpolated in time between them" in out
+    code, out, _ = run(capsys, "predict", *FAST, "--lr", "0.05", "--momentum", "0.9", "--linearity-tol", "0",
+                       "--refresh-samples", "6", "--json", str(path), "--overwrite")
+    rl = json.loads(path.read_text())["predicted"]["relinearization"]
+    assert code == 0 and rl["kernels"] == 3 and not rl["interpolated"] and "interpolated" not in out
     code, _, err = run(capsys, "predict", *FAST, "--lr", "0.5", "--linearity-tol", "0", "--refresh-samples", "6",
                        "--reanchor", "all")
     assert code != 0 and "--refresh-samples all" in err
@@ -484,5 +490,7 @@ def test_interpolate_kernels_flag_reaches_the_predictor():
     assert default.predictor.interpolate is None and default.predictor.interpolates(default.optimizer)
     off = parse("--optimizer", "adamw", "--lr", "1e-4", "--no-interpolate-kernels")
     assert not off.predictor.interpolates(off.optimizer)
-    on = parse("--interpolate-kernels")
+    on = parse("--momentum", "0.9", "--interpolate-kernels")
     assert on.predictor.interpolates(on.optimizer) and on.to_dict()["interpolate_kernels"] is True
+    stepwise = parse("--momentum", "0.9")
+    assert stepwise.predictor.interpolate is None and not stepwise.predictor.interpolates(stepwise.optimizer)

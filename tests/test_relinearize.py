@@ -503,10 +503,14 @@ def test_interpolation_needs_the_curve_not_reanchored():
         relinearized(p, SGD(lr=0.1), 5, net, checkpoints=[2], reanchor="all", interpolate=True)
     with pytest.raises(ConfigError, match="reanchor none"):
         PredictorConfig(reanchor="all", interpolate=True)
-    sgd, adamw = SGD(lr=0.1), AdamW(lr=0.1)
-    assert PredictorConfig().interpolates(adamw) and not PredictorConfig().interpolates(sgd)
+    sgd, momentum, adamw = SGD(lr=0.1), SGD(lr=0.1, momentum=0.9), AdamW(lr=0.1)
+    # the default: on for Adam and AdamW and for SGD without momentum, off with momentum
+    assert PredictorConfig().interpolates(adamw) and PredictorConfig().interpolates(sgd)
+    assert not PredictorConfig().interpolates(momentum)
     assert not PredictorConfig(reanchor="first").interpolates(adamw)
-    assert PredictorConfig(interpolate=True).interpolates(sgd)
+    assert not PredictorConfig(reanchor="first").interpolates(sgd)
+    assert PredictorConfig(interpolate=True).interpolates(momentum)
+    assert not PredictorConfig(interpolate=False).interpolates(sgd)
     assert not PredictorConfig(interpolate=False).interpolates(adamw)
 
 

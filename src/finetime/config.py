@@ -142,9 +142,9 @@ class PredictorConfig:
     Adam could (BENCHMARKS.md, sections 6 and 7)."""
     interpolate: bool | None = None
     """Let the kernel move linearly in time from one refresh to the next (a second, cheap simulation pass) instead of
-    jumping at the checkpoints (``--interpolate-kernels``); ``None``: the default, on for Adam and AdamW (whose
-    refreshes also re-estimate ``P`` along the path) where the curve is not re-anchored, off for SGD (BENCHMARKS.md,
-    section 1, "The kernel between refreshes")."""
+    jumping at the checkpoints (``--interpolate-kernels``); ``None``: the default where the curve is not
+    re-anchored: on for Adam and AdamW (whose refreshes also re-estimate ``P`` along the path) and for SGD and GD
+    without momentum, off with momentum (BENCHMARKS.md, section 1, "The kernel between refreshes")."""
 
     first_steps: int | str = "auto"
     """Real steps run first on a copy of the model, the prediction time-warped to their measured losses
@@ -155,7 +155,8 @@ class PredictorConfig:
     def interpolates(self, optimizer) -> bool:
         """Whether refreshed kernels are interpolated in time for ``optimizer`` (``interpolate``, or its default)."""
         if self.interpolate is None:
-            return self.reanchor is Reanchor.NONE and optimizer.preconditioned
+            return self.reanchor is Reanchor.NONE and (optimizer.preconditioned
+                                                       or not getattr(optimizer, "momentum", 0.0))
         return self.interpolate
 
     def tolerance(self, optimizer) -> float:

@@ -141,8 +141,8 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                             "keeps the one preconditioned kernel at w0")
         g.add_argument("--interpolate-kernels", action=argparse.BooleanOptionalAction, default=None,
                        help="let the kernel move linearly in time from each refreshed kernel to the next (a second "
-                            "simulation pass) instead of jumping at each checkpoint (default: on for adam and adamw, "
-                            "off for sgd; needs --reanchor none)")
+                            "simulation pass) instead of jumping at each checkpoint (default: on for adam, adamw and "
+                            "sgd without momentum, off for sgd with momentum; needs --reanchor none)")
         g.add_argument("--first-steps", default=None, metavar="K|auto",
                        help="run the first K real steps of the run on a copy of the model (own batch order, the "
                             "configured optimizer, schedule and BatchNorm mode), measure the training loss after "
