@@ -197,23 +197,26 @@ def main(argv=None) -> int:
     ap.add_argument("--kernel-outputs", choices=["sum"], help="with --repredict: kernels of the summed outputs "
                                                              "(pNTK), stored as <predictor>+sum")
     ap.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                    help="with --repredict: only the cells with this flat setting (e.g. bn=batch); repeatable")
+                    help="only the cells with this flat setting (e.g. bn=batch), for new runs and --repredict; "
+                         "repeatable")
     ap.add_argument("--ids", help="with --repredict: only these cells (comma list of ids)")
     args = ap.parse_args(argv)
     tune_allocator()
     cfg = tomllib.loads(args.config.read_text())
     out = args.out or Path(__file__).parent / "results" / f"{args.config.stem}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
+    where = {}
+    for item in args.where:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--where takes KEY=VALUE, got {item!r}")
+        if key not in RunConfig().to_dict():
+            ap.error(f"--where: unknown setting {key!r} (one of {', '.join(sorted(RunConfig().to_dict()))})")
+        try:
+            where[key] = json.loads(value)  # numbers and booleans as in the stored settings
+        except json.JSONDecodeError:
+            where[key] = value
     if args.repredict:
-        where = {}
-        for item in args.where:
-            key, sep, value = item.partition("=")
-            if not sep:
-                ap.error(f"--where takes KEY=VALUE, got {item!r}")
-            try:
-                where[key] = json.loads(value)  # numbers and booleans as in the stored settings
-            except json.JSONDecodeError:
-                where[key] = value
         ids = set(args.ids.split(",")) if args.ids else None
         return repredict(out, args.repredict.split(","), args.quiet, args.kernel_outputs, where, ids)
     done = set()
@@ -227,7 +230,7 @@ def main(argv=None) -> int:
     for c in expand(cfg):
         reps = repeats.get("count", 1) if _matches(c, repeats.get("where", {})) else 1
         cells += [(c, r) for r in range(reps)]
-    todo = [(c, r) for c, r in cells if cell_id(c, r) not in done]
+    todo = [(c, r) for c, r in cells if cell_id(c, r) not in done and _matches(c, where)]
     if args.limit is not None:
         todo = todo[: args.limit]
     print(f"{len(cells)} cells, {len(cells) - len(todo)} done, running {len(todo)} -> {out}", file=sys.stderr)
