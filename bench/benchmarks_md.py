@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RES = HERE / "results"
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "src"))
 
 
 def _results(name: str, cmd: str):
@@ -114,9 +115,11 @@ INTERPOLATION_SUITES = ("paper", "photos", "adamw", "text")
 
 
 def _interpolates_by_default(cfg) -> bool:
-    """Whether the default (``adaptive``) interpolates its kernels for this cell: Adam and AdamW, and SGD or GD
-    without momentum (``PredictorConfig.interpolates``)."""
-    return cfg.get("optimizer", "sgd") != "sgd" or not cfg.get("momentum", 0.0)
+    """Whether the default (``adaptive``) interpolates its kernels for this stored cell
+    (``PredictorConfig.interpolates``: Adam and AdamW, and SGD or GD without momentum)."""
+    from finetime.config import PredictorConfig, RunConfig
+
+    return PredictorConfig().interpolates(RunConfig.from_dict(cfg).optimizer)
 
 
 def interpolation():
@@ -135,26 +138,28 @@ def interpolation():
     everything = {"stepwise": [], "interpolated": []}
     for stem, path in zip(INTERPOLATION_SUITES, paths):
         rs = {"stepwise": [], "interpolated": []}
+        defaults = {}  # (optimizer, momentum, resolution) -> the default's variant
         for c in report.load([path]):
             refreshed = bool(c["predictors"]["adaptive"].get("info", {}).get("kernels"))
             default = "interpolated" if _interpolates_by_default(c["config"]) else "stepwise"
-            for k, variant in (("stepwise", "adaptive-stepwise"), ("interpolated", "adaptive-interp")):
-                name = "adaptive" if k == default or not refreshed else variant
-                if name not in c["predictors"]:
-                    break
-                rs[k] += [r for r in report.rows([c], name) if not r["fast"]]
-        keys = sorted({(r["optimizer"], r["momentum"], r["image_size"]) for r in rs["stepwise"]})
-        for opt, mom, px in keys:
+            names = {k: "adaptive" if k == default or not refreshed else variant
+                     for k, variant in (("stepwise", "adaptive-stepwise"), ("interpolated", "adaptive-interp"))}
+            if not all(name in c["predictors"] for name in names.values()):
+                continue  # a variant not predicted on this cell: the cell is left out of both columns
+            for k, name in names.items():
+                got = [r for r in report.rows([c], name) if not r["fast"]]
+                rs[k] += got
+                defaults.update({(r["optimizer"], r["momentum"], r["image_size"]): default for r in got})
+        for opt, mom, px in sorted(defaults):
             sel = {k: [r for r in v if (r["optimizer"], r["momentum"], r["image_size"]) == (opt, mom, px)]
                    for k, v in rs.items()}
             cols = []
             for k in ("stepwise", "interpolated"):
                 n, med, p95 = report.summarize(sel[k])
                 cols.append(f"{100 * med:.1f}% / {100 * p95:.1f}%")
-            adam = opt.startswith("Adam")
-            default = "interpolated" if adam or not mom else "stepwise"
-            lines.append(f"| {stem} | {opt} | {'-' if adam else f'{mom:g}'} | {px} | {n} | " + " | ".join(cols)
-                         + f" | {default} |")
+            shown = "-" if opt.startswith("Adam") else f"{mom:g}"
+            lines.append(f"| {stem} | {opt} | {shown} | {px} | {n} | " + " | ".join(cols)
+                         + f" | {defaults[opt, mom, px]} |")
         for k in everything:
             everything[k] += rs[k]
     for label, keep in (("GD and SGD without momentum", lambda r: not r["optimizer"].startswith("Adam")

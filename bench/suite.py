@@ -230,10 +230,12 @@ def main(argv=None) -> int:
     for c in expand(cfg):
         reps = repeats.get("count", 1) if _matches(c, repeats.get("where", {})) else 1
         cells += [(c, r) for r in range(reps)]
-    todo = [(c, r) for c, r in cells if cell_id(c, r) not in done and _matches(c, where)]
+    missing = [(c, r) for c, r in cells if cell_id(c, r) not in done]
+    todo = [(c, r) for c, r in missing if _matches(c, where)]
     if args.limit is not None:
         todo = todo[: args.limit]
-    print(f"{len(cells)} cells, {len(cells) - len(todo)} done, running {len(todo)} -> {out}", file=sys.stderr)
+    print(f"{len(cells)} cells, {len(cells) - len(missing)} done, running {len(todo)}"
+          f"{f' of the {len(missing)} not done (--where)' if where else ''} -> {out}", file=sys.stderr)
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), disable=args.quiet or not sys.stderr.isatty(), unit="cell")
