@@ -525,6 +525,14 @@ def test_interpolation_falls_back_to_stepwise_kernels_past_its_memory_bound(monk
     traj, info = relinearized(p, sgd, 12, net, checkpoints=[3, 6], reanchor="none", interpolate=True)
     assert not info.interpolated and info.kernels == 2
     torch.testing.assert_close(traj.loss, stepwise.loss)
+    monkeypatch.undo()
+    # the user's memory budget bounds the kernels kept too: four kernels (first, two refreshes, one interpolated)
+    four = 4 * p.theta.numel() * p.theta.element_size()
+    _, info = relinearized(p, sgd, 12, net, checkpoints=[3, 6], reanchor="none", interpolate=True,
+                           max_memory=four - 1)
+    assert not info.interpolated
+    _, info = relinearized(p, sgd, 12, net, checkpoints=[3, 6], reanchor="none", interpolate=True, max_memory=four)
+    assert info.interpolated
 
 
 def test_validate_replays_with_the_predictions_linearity_decision():

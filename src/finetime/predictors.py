@@ -92,7 +92,8 @@ def _relinearized(problem, config, task, generator, plan) -> Trajectory:
                                                               first=first_checkpoint(config.steps)),
                               reanchor=p.reanchor, linearity_tol=p.tolerance(config.optimizer), runs=config.runs,
                               generator=generator, plan=plan, refresh_samples=samples,
-                              interpolate=p.interpolates(config.optimizer))
+                              interpolate=p.interpolates(config.optimizer),
+                              max_memory=config.kernel.max_memory_bytes)
     traj.info = info.to_dict()
     return traj
 

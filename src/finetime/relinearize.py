@@ -271,7 +271,8 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
                  generator: torch.Generator | None = None, plan: BatchPlan | None = None,
                  refresh_samples: torch.Tensor | None = None, adam_step_bound: float | None = ADAM_STEP_BOUND,
                  adapt_preconditioner: bool = True,
-                 interpolate: bool = False) -> tuple[Trajectory, RelinearizationInfo]:
+                 interpolate: bool = False,
+                 max_memory: int | None = None) -> tuple[Trajectory, RelinearizationInfo]:
     """Simulate ``optimizer`` on the linearization at ``w0`` (``problem``), re-linearizing the real ``network`` at
     ``checkpoints`` (a hook of the simulation driver).
 
@@ -292,7 +293,8 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     simulated again on kernels that grow linearly in time from each refreshed kernel to the next (``_Interpolate``)
     instead of jumping at the checkpoints: the kernel grows during an interval, not at its end. The network is not
     moved again; the returned curves are the second pass's. Where the kernels it keeps would exceed
-    ``INTERPOLATION_MAX_BYTES`` the kernels stay stepwise."""
+    ``INTERPOLATION_MAX_BYTES``, or ``max_memory`` bytes (the user's memory budget, ``--max-memory``), the kernels
+    stay stepwise."""
     if not optimizer.relinearizable:
         raise ConfigError(f"re-linearization does not support {optimizer.name}'s weight decay; use the linear "
                           "predictor")
@@ -317,7 +319,8 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
                               "--refresh-samples all")
         if network.subset_kernel is None:
             raise ValueError("refresh_samples needs network.subset_kernel")
-    if interpolate and _interpolation_bytes(problem, len(checkpoints)) > INTERPOLATION_MAX_BYTES:
+    bound = INTERPOLATION_MAX_BYTES if max_memory is None else min(INTERPOLATION_MAX_BYTES, max_memory)
+    if interpolate and _interpolation_bytes(problem, len(checkpoints)) > bound:
         interpolate = False  # the kernels it keeps would not fit: stepwise kernels (info.interpolated says so)
     plan, r_runs = resolve_plan(problem.n, optimizer, steps, runs, generator, plan)
     info = RelinearizationInfo(sorted(checkpoints),

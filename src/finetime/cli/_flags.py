@@ -167,7 +167,9 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                         "(pNTK) times the identity over classes, one backward pass per sample, about 3x cheaper "
                         "for 5 classes, with a tail error measured in BENCHMARKS.md (default: %(default)s)")
     g.add_argument("--max-memory", type=float, default=None, dest="max_memory_gb",
-                   help="memory budget of the kernel engine in GB (default: half the available memory)")
+                   help="memory budget of the kernel engine in GB (default: half the available memory); the "
+                        "refreshed kernels that --interpolate-kernels keeps must fit in it too (else they stay "
+                        "stepwise)")
     g.add_argument("--device", default=_D["device"], metavar="auto|cpu|cuda|cuda:I",
                    help="where the network runs: kernel, re-linearization, step timing and validate's fine-tuning "
                         "(auto: CUDA when there is one; the simulator runs on the CPU) (default: %(default)s)")
