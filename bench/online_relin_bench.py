@@ -140,14 +140,14 @@ def errors(rows, method, f, keep=lambda r: True):
 
 
 REGIMES = (
-    ("AdamW lr 1e-4, images", lambda c: c.get("optimizer", "sgd") != "sgd" and c["lr"] == 1e-4),
+    ("AdamW lr 1e-4, images", lambda c: not _sgd(c) and c["lr"] == 1e-4),
     ("SGD lr 1e-3 momentum 0.9, BatchNorm frozen",
      lambda c: _sgd(c) and c["lr"] == 1e-3 and c.get("momentum") == 0.9 and c["bn"] == "frozen"),
     ("SGD lr 1e-2, BatchNorm frozen", lambda c: _sgd(c) and c["lr"] == 1e-2 and not c.get("momentum")
      and c["bn"] == "frozen"),
     ("SGD lr 1e-3, BatchNorm batch statistics", lambda c: _sgd(c) and c["lr"] == 1e-3 and c["bn"] == "batch"),
     ("SGD lr 1e-2, BatchNorm batch statistics", lambda c: _sgd(c) and c["lr"] == 1e-2 and c["bn"] == "batch"),
-    ("AdamW lr 1e-3, images", lambda c: c.get("optimizer", "sgd") != "sgd" and c["lr"] == 1e-3),
+    ("AdamW lr 1e-3, images", lambda c: not _sgd(c) and c["lr"] == 1e-3),
     ("SGD lr 1e-2 momentum 0.9 (real runs diverge or nearly)",
      lambda c: _sgd(c) and c["lr"] == 1e-2 and c.get("momentum") == 0.9),
 )
