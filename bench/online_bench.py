@@ -47,6 +47,8 @@ SUITES = (("paper", "adaptive"), ("adamw", "adaptive"), ("text", "adaptive"), ("
 FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.4)
 EPS = (0.01, 0.1, 0.4)
 METHODS = ("refiner", "open-loop", "exponential", "power-law")
+ENSEMBLE = True
+"""The refiner's prior is the prediction's simulated runs where the results store them (``loss_runs``)."""
 CALIBRATION = HERE.parent / "src" / "finetime" / "online" / "calibration.json"
 
 
@@ -89,9 +91,13 @@ def estimates(prior, real, T, f, evidence=evidence_points, tau=SPEED_PRIOR_SD, r
 
 
 def prior_curve(c) -> torch.Tensor:
-    """The cell's predicted curve as the refiner's prior: NaN from its divergence on when most simulated runs
-    diverged (what ``Refiner.from_prediction`` does)."""
-    prior = _curve(c["predictors"][c["_prior"]]["loss"])
+    """The cell's prediction as the refiner's prior: its simulated runs ``(R, T+1)`` where they are stored (NaN
+    from each run's divergence on), else its curve, NaN from its divergence on when most simulated runs diverged
+    (what ``Refiner.from_prediction`` does)."""
+    pred = c["predictors"][c["_prior"]]
+    if ENSEMBLE and pred.get("loss_runs"):
+        return torch.stack([_curve(row) for row in pred["loss_runs"]])
+    prior = _curve(pred["loss"])
     if c["predictors"][c["_prior"]]["diverged_fraction"] > 0.5:
         bad = torch.nonzero(~torch.isfinite(prior))
         prior[int(bad[0]) if len(bad) else 0:] = math.nan

@@ -27,7 +27,8 @@ from finetime.config import PRESETS, RunConfig, TaskConfig
 from finetime.dynamics import simulate
 from finetime.finetune import finetune
 from finetime.optim import describe
-from finetime.predict import Task, kernel_for, preconditioner_name, prepare, problem_from, tolist, training_times
+from finetime.predict import (Task, kernel_for, preconditioner_name, prepare, problem_from, runs_record, tolist,
+                              training_times)
 from finetime.predictors import predict_trajectory, stability_ratio
 from finetime.runtime import tune_allocator
 from finetime.wallclock import seconds_per_step
@@ -128,6 +129,7 @@ def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:
             info["seconds"] = sim
         out[name] = {
             "loss": tolist(traj.loss.double().nanmean(0)),
+            **({"loss_runs": runs} if (runs := runs_record(traj.loss)) is not None else {}),
             "training_time": training_times(traj.loss, c),
             "diverged_fraction": traj.diverged_fraction,
             "seconds": round(sim, 3),
@@ -136,12 +138,28 @@ def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:
     return out
 
 
+def _timings(entry: dict) -> dict:
+    """The timing fields of a stored prediction (``seconds`` and every ``*seconds`` of its ``info``)."""
+    info = entry.get("info") or {}
+    return {"seconds": entry.get("seconds"), "info": {k: v for k, v in info.items() if k.endswith("seconds")}}
+
+
+def keep_timings(old: dict, new: dict) -> dict:
+    """``new`` with the timing fields of ``old`` (``--keep-seconds``), marked ``seconds_kept``."""
+    t = _timings(old)
+    out = {**new, "seconds": t["seconds"], "seconds_kept": True}
+    if "info" in new:
+        out["info"] = {**new["info"], **t["info"]}
+    return out
+
+
 def repredict(path: Path, names: list[str], quiet: bool, kernel_outputs: str | None = None,
-              where: dict | None = None, ids: set[str] | None = None) -> int:
+              where: dict | None = None, ids: set[str] | None = None, keep_seconds: bool = False) -> int:
     """Recompute ``names`` for every cell of ``path`` (or those whose flat settings match ``where``, or whose id is in
     ``ids``) from its task's kernel; real runs are kept as they are. With ``kernel_outputs`` (``sum``) the kernels (the first and every
     refresh) are computed that way and the results are stored as ``<name>+<kernel_outputs>``, with their own kernel
-    seconds."""
+    seconds. ``keep_seconds``: a prediction already stored keeps its timings (the computation re-run unchanged, to
+    store what it did not, e.g. the simulated runs, on a machine slower that day than when it was timed)."""
     cells = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     by_task: dict = {}
     for c in cells:
@@ -157,6 +175,8 @@ def repredict(path: Path, names: list[str], quiet: bool, kernel_outputs: str | N
         kernel_seconds = round(time.perf_counter() - t0, 3)
         for c in group:
             got = predict_cell(config(c), task, kernel, names)
+            if keep_seconds:
+                got = {n: keep_timings(c["predictors"][n], v) if n in c["predictors"] else v for n, v in got.items()}
             if kernel_outputs is not None:
                 got = {f"{n}+{kernel_outputs}": {**v, "kernel_seconds": kernel_seconds} for n, v in got.items()}
             c["predictors"].update(got)
@@ -200,6 +220,9 @@ def main(argv=None) -> int:
                     help="only the cells with this flat setting (e.g. bn=batch), for new runs and --repredict; "
                          "repeatable")
     ap.add_argument("--ids", help="with --repredict: only these cells (comma list of ids)")
+    ap.add_argument("--keep-seconds", action="store_true",
+                    help="with --repredict: keep the stored timings of predictions already there (the same "
+                         "computation re-run to store more of it; marked seconds_kept)")
     args = ap.parse_args(argv)
     tune_allocator()
     cfg = tomllib.loads(args.config.read_text())
@@ -218,7 +241,8 @@ def main(argv=None) -> int:
             where[key] = value
     if args.repredict:
         ids = set(args.ids.split(",")) if args.ids else None
-        return repredict(out, args.repredict.split(","), args.quiet, args.kernel_outputs, where, ids)
+        return repredict(out, args.repredict.split(","), args.quiet, args.kernel_outputs, where, ids,
+                         args.keep_seconds)
     done = set()
     if out.exists():  # identities recomputed from the stored settings, so a file from an older version resumes
         done = {cell_id(RunConfig.from_dict(r["config"]), r.get("repeat", 0))

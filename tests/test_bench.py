@@ -39,3 +39,23 @@ def test_repredict_keeps_real_runs(tmp_path):
     assert suite.main(["--config", str(cfg), "--out", str(out), "--quiet", "--repredict", "paper"]) == 0
     after = json.loads(out.read_text())
     assert after["real"] == before["real"] and "paper" in after["predictors"]
+
+
+def test_repredict_can_keep_the_stored_timings(tmp_path):
+    """``--keep-seconds``: the same predictions re-run to store their simulated runs keep the timings they had."""
+    out = tmp_path / "smoke.jsonl"
+    cfg = ROOT / "bench" / "configs" / "smoke.toml"
+    assert suite.main(["--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    before = [json.loads(line) for line in out.read_text().splitlines()]
+    for c in before:
+        c["predictors"]["linear"]["seconds"] = 123.0
+    out.write_text("".join(json.dumps(c) + "\n" for c in before))
+    assert suite.main(["--config", str(cfg), "--out", str(out), "--quiet", "--repredict", "linear",
+                       "--keep-seconds"]) == 0
+    after = [json.loads(line) for line in out.read_text().splitlines()]
+    for b, a in zip(before, after):
+        got = a["predictors"]["linear"]
+        assert got["seconds"] == 123.0 and got["seconds_kept"] is True
+        assert got["training_time"] == b["predictors"]["linear"]["training_time"]
+        sgd = b["config"].get("batch_size", 0) > 0
+        assert ("loss_runs" in got) == sgd and (not sgd or len(got["loss_runs"]) == b["config"]["runs"])

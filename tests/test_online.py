@@ -13,6 +13,7 @@ from finetime.errors import ConfigError, DataError
 from finetime.online import (Calibration, Refiner, extend_curve, fit_exponential, fit_power_law, refine_curve,
                              warp_posterior)
 from finetime.online._fit import SPEED_PERSISTENCE
+from finetime.online.refiner import time_interval
 from finetime.online.logs import read_log
 from finetime.training_time import Threshold, steps_to_threshold
 
@@ -140,6 +141,74 @@ def test_posterior_weights_and_refined_curve_pass_through_the_observations():
     torch.testing.assert_close(r.curves[:, :11], real[:11].expand(r.curves.shape[0], -1))
     med = r.median_curve()
     assert med.shape == (T + 1,) and med[11:].le(real[10] + 1e-12).all()
+
+
+def test_an_ensemble_of_identical_runs_is_the_single_curve():
+    prior, real = curve(0.02), curve(0.03)
+    t = torch.arange(16, dtype=torch.float64)
+    one = refine_curve(prior, t, real[:16], T)
+    many = refine_curve(prior.expand(4, -1), t, real[:16], T)
+    assert many.curves.shape[0] == 4 * one.curves.shape[0] and many.speed == one.speed
+    torch.testing.assert_close(many.weights.reshape(4, -1).sum(0), one.weights)
+    for e in (0.01, 0.1, 0.4):
+        th = Threshold.eps(e)
+        assert time_interval(many, th, T, None)[:3] == time_interval(one, th, T, None)[:3]
+
+
+def test_the_observed_steps_pick_the_simulated_run_the_real_one_follows():
+    """Two simulated batch orders, one with a loss spike at steps 20-30: a real run seen past the spike without one
+    takes the other run's shape, where the mean of the two would carry half the spike."""
+    smooth = curve(0.02)
+    spiky = smooth.clone()
+    spiky[20:31] += 1.5
+    ensemble = torch.stack([spiky, smooth])
+    t = torch.arange(36, dtype=torch.float64)
+    r = refine_curve(ensemble, t, smooth[:36], T)
+    assert float(r.weights.reshape(2, -1)[1].sum()) > 0.99
+    for e, step in real_times(smooth).items():
+        assert abs(time_interval(r, Threshold.eps(e), T, None)[0] - step) <= 1
+    # a run that diverges at step 40 in half the ensemble, against a real run that goes on smoothly: the diverging
+    # half loses its weight once the real run is past 40 steps
+    blowing = smooth.clone()
+    blowing[40:] = math.nan
+    mixed = torch.stack([blowing, smooth, blowing, smooth])
+    assert refine_curve(mixed, t[:11], smooth[:11], T).diverged_weight == pytest.approx(0.5, abs=0.05)
+    late = refine_curve(mixed, torch.arange(61, dtype=torch.float64), smooth[:61], T)
+    assert not late.diverged and late.diverged_weight < 0.01
+    # three quarters of the runs diverge at step 40: before training the estimate is divergence
+    assert refine_curve(torch.stack([blowing, blowing, blowing, smooth]), t[:1], smooth[:1], T).diverged
+
+
+def test_large_ensembles_stay_within_their_budget():
+    from finetime.online._fit import ENSEMBLE_BUDGET, LOG_SPEEDS, _ensemble_grid
+    runs, grid = _ensemble_grid(32, 150, LOG_SPEEDS)  # the benchmark's runs: all of them, on the whole grid
+    assert runs == 32 and torch.equal(grid, LOG_SPEEDS)
+    runs, grid = _ensemble_grid(32, 20_000, LOG_SPEEDS)
+    assert float(grid[1] - grid[0]) <= 0.1 + 1e-9 and runs * grid.shape[0] * 20_001 <= ENSEMBLE_BUDGET
+    assert 1 <= runs < 32
+    long_curve = curve(0.0005, steps=3000)
+    r = refine_curve(long_curve.expand(32, -1), torch.arange(301, dtype=torch.float64), long_curve[:301], 3000)
+    assert r.curves.numel() <= ENSEMBLE_BUDGET and r.speed == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_prediction_json_hands_its_simulated_runs_to_the_refiner():
+    from finetime.predict import RUNS_JSON_BUDGET, runs_record
+    smooth = curve(0.02)
+    spiky = smooth.clone()
+    spiky[20:31] += 1.5
+    runs = runs_record(torch.stack([spiky, smooth]))
+    assert len(runs) == 2 and runs[1][0] == pytest.approx(float(smooth[0]), rel=1e-6)
+    mean = ((spiky + smooth) / 2).tolist()
+    r = Refiner.from_prediction({"predicted": {"loss": mean, "loss_runs": runs, "training_time": {"eps=0.1": {}}}},
+                                calibration=None)
+    assert r.prior.shape == (2, T + 1) and r.steps == T
+    for s in range(1, 36):
+        r.observe(s, float(smooth[s]))
+    assert abs(r.estimate().thresholds["eps=0.1"].step - real_times(smooth)[0.1]) <= 1
+    # one run (full-batch GD) is the curve itself; the JSON thins many runs to its budget
+    assert runs_record(smooth.unsqueeze(0)) is None
+    thinned = runs_record(curve(0.02, steps=RUNS_JSON_BUDGET // 10 - 1).expand(32, -1))
+    assert len(thinned) == 10
 
 
 def test_calibrated_intervals_contain_the_median_and_widen_with_the_margin():

@@ -33,7 +33,7 @@ from .zoo import Dataset, build_model, freeze_backbone, load_raw, sample_task
 
 __all__ = ["Task", "Prediction", "prepare", "kernel_for", "preconditioner_name", "preconditioner_scales",
            "scales_from_moments", "network_of", "problem_from", "thresholds", "training_times", "curve_summary",
-           "alive_mean", "predict", "tolist"]
+           "runs_record", "alive_mean", "predict", "tolist"]
 
 
 @dataclasses.dataclass
@@ -321,11 +321,11 @@ def training_times(curves: torch.Tensor, config: RunConfig) -> dict[str, dict]:
     return {th.key: summarize_times(steps_to_threshold(curves, th)).to_dict() for th in thresholds(config)}
 
 
-def tolist(t: torch.Tensor | None):
-    """Tensor -> JSON list (8 significant digits) with ``None`` for NaN."""
+def tolist(t: torch.Tensor | None, digits: int = 8):
+    """Tensor -> JSON list (``digits`` significant digits) with ``None`` for NaN."""
     if t is None:
         return None
-    return [None if not math.isfinite(v) else float(f"{v:.8g}") for v in t.tolist()]
+    return [None if not math.isfinite(v) else float(f"{v:.{digits}g}") for v in t.tolist()]
 
 
 def alive_mean(curves: torch.Tensor) -> torch.Tensor:
@@ -343,8 +343,25 @@ def _band(curves: torch.Tensor):
     return mean, lo, hi
 
 
+RUNS_JSON_BUDGET = 200_000
+"""Most loss values of the simulated runs (``loss_runs``) a prediction's JSON holds: runs are thinned evenly to fit."""
+
+
+def runs_record(curves: torch.Tensor) -> list | None:
+    """The simulated runs' loss curves ``(R, T+1)`` for the JSON (6 significant digits, ``None`` from a run's
+    divergence on), thinned evenly to ``RUNS_JSON_BUDGET`` values; ``None`` for a single run (full-batch GD: the
+    curve itself) or when fewer than two runs fit."""
+    R, L = curves.shape
+    keep = min(R, RUNS_JSON_BUDGET // max(L, 1))
+    if R < 2 or keep < 2:
+        return None
+    rows = curves[torch.linspace(0, R - 1, keep).round().long()] if keep < R else curves
+    return [tolist(row, 6) for row in rows.double()]
+
+
 def curve_summary(traj: Trajectory) -> dict:
-    """Mean curve and 5-95% band over the ensemble (diverged runs drop out after they diverge)."""
+    """Mean curve and 5-95% band over the ensemble (diverged runs drop out after they diverge), and the runs
+    themselves (``loss_runs``, ``runs_record``) where there are several."""
     out = {}
     for key, curves in (("loss", traj.loss), ("accuracy", traj.accuracy), ("test_loss", traj.test_loss),
                         ("test_accuracy", traj.test_accuracy)):
@@ -352,6 +369,9 @@ def curve_summary(traj: Trajectory) -> dict:
             continue
         mean, lo, hi = _band(curves.double())
         out[key], out[f"{key}_low"], out[f"{key}_high"] = tolist(mean), tolist(lo), tolist(hi)
+    runs = runs_record(traj.loss)
+    if runs is not None:
+        out["loss_runs"] = runs
     return out
 
 

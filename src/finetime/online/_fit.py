@@ -69,6 +69,10 @@ reached). Chosen with ``SPEED_PRIOR_SD`` by leave-one-group-out on the benchmark
 
 _TINY = 1e-12
 
+LEVEL_POINTS = 1
+"""How many of the last observations set the level the refined curves go on from (geometric mean of the ratios
+of observed to warped losses over them)."""
+
 
 @dataclasses.dataclass
 class Refined:
@@ -157,41 +161,90 @@ def observed_curve(t: torch.Tensor, y: torch.Tensor, at: torch.Tensor) -> torch.
     return y0 * (1 - w) + y1 * w
 
 
+ENSEMBLE_BUDGET = 2_000_000
+"""Most values (curves x steps) the refined curves of an ensemble prior may hold: the speed grid is thinned, then
+the runs, to stay under it (``_ensemble_grid``)."""
+
+
+def _ensemble_grid(runs: int, horizon: int, log_speeds: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """``(runs kept, log speeds)`` for an ensemble of ``runs`` curves to ``horizon``: every speed of the grid while
+    ``runs x speeds x (horizon + 1)`` fits ``ENSEMBLE_BUDGET``; else every ``k``-th speed down to a step of about
+    0.1 in ``log a``, then fewer runs."""
+    per_curve = horizon + 1
+    K = log_speeds.shape[0]
+    step = float(log_speeds[1] - log_speeds[0]) if K > 1 else math.inf
+    stride = 1
+    while runs * math.ceil(K / stride) * per_curve > ENSEMBLE_BUDGET and 2 * stride * step <= 0.1 + 1e-9:
+        stride *= 2
+    grid = log_speeds[::stride]
+    keep = max(1, min(runs, ENSEMBLE_BUDGET // (grid.shape[0] * per_curve)))
+    return keep, grid
+
+
+def _rows_at(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of each row of ``p`` ``(R, L)`` at positions ``x`` ``(K, n)``: ``(R, K, n)``."""
+    R, L = p.shape
+    x = x.clamp(0, L - 1)
+    if L == 1:
+        return p[:, :1, None].expand(R, *x.shape).clone()
+    lo = x.floor().long().clamp_max(L - 2)
+    frac = x - lo
+    return p[:, lo] * (1 - frac) + p[:, lo + 1] * frac
+
+
 def warp_posterior(prior: torch.Tensor, steps: torch.Tensor, losses: torch.Tensor, horizon: int, *,
                    tau: float = SPEED_PRIOR_SD, log_speeds: torch.Tensor = LOG_SPEEDS,
                    evidence: Callable[[int], float] = evidence_points,
                    persistence: float = SPEED_PERSISTENCE) -> Refined:
     """Posterior over the time-warps ``p(a t)`` of the ``prior`` curve given observed ``(steps, losses)``; the
     curves run to ``horizon``, are scaled to pass through the last observation ``s`` and go on from there at
-    ``a^persistence`` times the prediction's speed (see the module docstring)."""
+    ``a^persistence`` times the prediction's speed (see the module docstring).
+
+    ``prior`` may be one curve ``(T+1,)`` or an ensemble ``(R, T+1)`` (the simulated runs of a prediction, one per
+    batch order): then the posterior is over (run, speed) pairs, each run equally likely a priori, and the
+    observations weigh the runs as well as the speeds."""
     prior = torch.as_tensor(prior, dtype=torch.float64)
+    if prior.dim() == 1:
+        prior = prior.unsqueeze(0)
     t = torch.as_tensor(steps, dtype=torch.float64)
     y = torch.as_tensor(losses, dtype=torch.float64)
+    R = prior.shape[0]
+    if R > 1:
+        keep, log_speeds = _ensemble_grid(R, horizon, log_speeds)
+        if keep < R:
+            prior = prior[torch.linspace(0, R - 1, keep).round().long()]
+            R = keep
     speeds = log_speeds.exp()
+    K = speeds.shape[0]
     reach = int(math.ceil(horizon * float(speeds.max()))) + 2
-    p = extend_curve(prior, reach).clamp_min(_TINY)
+    p = torch.stack([extend_curve(row, reach) for row in prior]).clamp_min(_TINY)  # (R, reach+1)
     grid = torch.arange(horizon + 1, dtype=torch.float64)
-    curves = interpolate(p, speeds[:, None] * grid[None, :])  # (K, H+1)
-    log_post = -0.5 * (log_speeds / tau) ** 2
+    log_post = (-0.5 * (log_speeds / tau) ** 2).expand(R, K).clone()
     m = t.shape[0]
     if m > 0 and float(t.max()) > 0:
-        q = interpolate(p, speeds[:, None] * t[None, :])  # (K, m)
-        r = torch.log(y.clamp_min(_TINY))[None, :] - torch.log(q)
+        q = _rows_at(p, speeds[:, None] * t[None, :])  # (R, K, m)
+        r = torch.log(y.clamp_min(_TINY)) - torch.log(q)
         informative = t > 0  # step 0 is the shared starting point, not evidence about the speed
         k = int(informative.sum())
-        rss = (r[:, informative] ** 2).sum(1)
+        rss = (r[..., informative] ** 2).sum(-1)
         if k > 0:
             log_post = log_post - 0.5 * evidence(k) * torch.log(rss / k + 1e-6)
         last = int(torch.argmax(t))
         s = t[last]
-        ratio = y[last].clamp_min(_TINY) / q[:, last]
+        tail = torch.argsort(t)[-LEVEL_POINTS:]
+        tail = tail[t[tail] > 0] if bool((t[tail] > 0).any()) else tail
+        ratio = r[..., tail].mean(-1).exp()  # (R, K): the level over the last few observations
         after = grid > s
-        future = interpolate(p, speeds[:, None] * s + speeds[:, None] ** persistence * (grid[None, after] - s))
+        future = _rows_at(p, speeds[:, None] * s + speeds[:, None] ** persistence * (grid[None, after] - s))
         seen = observed_curve(t, y, grid[~after])
-        curves = torch.cat([seen.expand(curves.shape[0], -1), future * ratio[:, None]], 1)
-    w = torch.softmax(log_post, 0)
-    med = weighted_quantile(speeds, w, 0.5)
-    return Refined(curves, w, "warp" if m > 0 and float(t.max()) > 0 else "prior", med)
+        curves = torch.cat([seen.expand(R, K, -1), future * ratio[..., None]], -1)
+        method = "warp"
+    else:
+        curves = _rows_at(p, speeds[:, None] * grid[None, :])  # (R, K, H+1)
+        method = "prior"
+    w = torch.softmax(log_post.reshape(-1), 0)
+    med = weighted_quantile(speeds.repeat(R), w, 0.5)
+    return Refined(curves.reshape(R * K, -1), w, method, med)
 
 
 def _two_param_fits(y: torch.Tensor, basis: torch.Tensor):
@@ -248,20 +301,24 @@ def _point(curve: torch.Tensor, method: str) -> Refined:
 def refine_curve(prior: torch.Tensor | None, steps: torch.Tensor, losses: torch.Tensor, horizon: int, *,
                  tau: float = SPEED_PRIOR_SD, evidence: Callable[[int], float] = evidence_points,
                  persistence: float = SPEED_PERSISTENCE) -> Refined:
-    """The refined curves to ``horizon`` from a predicted curve (``None`` or diverged: no usable prior) and the
-    observations so far (``steps`` ascending, ``steps[0] == 0`` when the starting loss is known)."""
+    """The refined curves to ``horizon`` from a predicted curve ``(T+1,)`` or ensemble of simulated runs
+    ``(R, T+1)`` (``None`` or diverged: no usable prior) and the observations so far (``steps`` ascending,
+    ``steps[0] == 0`` when the starting loss is known)."""
     t = torch.as_tensor(steps, dtype=torch.float64)
     y = torch.as_tensor(losses, dtype=torch.float64)
-    loss0 = float(y[0]) if t.numel() and float(t[0]) == 0 else (float(prior[0]) if prior is not None else None)
+    if prior is not None:
+        prior = torch.as_tensor(prior, dtype=torch.float64)
+        if prior.dim() == 1:
+            prior = prior.unsqueeze(0)
+    loss0 = float(y[0]) if t.numel() and float(t[0]) == 0 else (float(prior[0, 0]) if prior is not None else None)
     nan = torch.full((horizon + 1,), math.nan, dtype=torch.float64)
     if y.numel() and divergence_step(y, loss0) is not None:
         return _point(nan, "diverged")
     if prior is not None:
-        prior = torch.as_tensor(prior, dtype=torch.float64)
-        d = divergence_step(prior)
-        if d is None:
+        d = [divergence_step(row) for row in prior]
+        if all(x is None for x in d):
             return warp_posterior(prior, t, y, horizon, tau=tau, evidence=evidence, persistence=persistence)
-        if d > 1:
+        if any(x is None or x > 1 for x in d):
             return _diverging_warp(prior, d, t, y, horizon, tau, evidence, persistence)
     if t.numel() >= MIN_POINTS_FOR_FIT:
         return _point(fit_exponential(t, y, horizon), "exponential")
@@ -271,15 +328,18 @@ def refine_curve(prior: torch.Tensor | None, steps: torch.Tensor, losses: torch.
     return _point(nan, "diverged")  # the prediction diverged at once and the run has not yet said otherwise
 
 
-def _diverging_warp(prior: torch.Tensor, d: int, t, y, horizon: int, tau: float,
+def _diverging_warp(prior: torch.Tensor, d: list, t, y, horizon: int, tau: float,
                     evidence: Callable[[int], float] = evidence_points,
                     persistence: float = SPEED_PERSISTENCE) -> Refined:
-    """Warp posterior of a prediction that diverges at step ``d``: after ``d`` it stands above the divergence line,
-    so warps under which the run would already have diverged are unlikely; each refined curve that crosses the line
-    diverges there (NaN after it), and the estimate is divergence when those curves weigh more than half."""
-    line = DIVERGENCE_FACTOR * float(prior[0])
+    """Warp posterior of a prediction (``(R, T+1)``) whose runs diverge at steps ``d`` (``None``: that run does not):
+    after its ``d`` a run stands above the divergence line, so warps under which the real run would already have
+    diverged are unlikely; each refined curve that crosses the line diverges there (NaN after it), and the estimate
+    is divergence when those curves weigh more than half."""
+    line = DIVERGENCE_FACTOR * float(prior[0, 0])
     p = prior.clone()
-    p[d:] = 2 * line
+    for i, at in enumerate(d):
+        if at is not None:
+            p[i, max(at, 1):] = 2 * line
     r = warp_posterior(p, t, y, horizon, tau=tau, evidence=evidence, persistence=persistence)
     over = r.curves > line
     crossed = torch.cumsum(over.long(), 1) > 0

@@ -169,17 +169,31 @@ def refine(prior: torch.Tensor | None, steps, losses, horizon: int, origin: int 
     tt, yy = t[keep] - origin, y[keep]
     if not (tt.numel() and float(tt[0]) == 0):
         tt = torch.cat([torch.zeros(1, dtype=torch.float64), tt])
-        yy = torch.cat([torch.as_tensor(prior, dtype=torch.float64)[:1], yy])
+        yy = torch.cat([torch.as_tensor(prior, dtype=torch.float64).reshape(-1)[:1], yy])
     r = refine_curve(prior, tt, yy, horizon - origin, persistence=persistence)
     before = observed_curve(t, y, torch.arange(origin, dtype=torch.float64))
     curves = torch.cat([before.expand(r.curves.shape[0], -1), r.curves], 1)
     return Refined(curves, r.weights, r.method, r.speed, r.diverged_weight)
 
 
+def _as_prior(prior) -> torch.Tensor:
+    """A predicted curve ``(T+1,)`` or ensemble of simulated runs ``(R, T+1)`` (tensors or lists with ``None`` for a
+    diverged value) as a float64 tensor."""
+    if isinstance(prior, (list, tuple)):
+        nan = lambda v: math.nan if v is None else v  # noqa: E731
+        prior = [[nan(v) for v in row] if isinstance(row, (list, tuple)) else nan(row) for row in prior]
+    t = torch.as_tensor(prior, dtype=torch.float64)
+    if t.dim() not in (1, 2) or t.shape[-1] < 1:
+        raise DataError(f"a prediction's loss curve must be (T+1,) or (runs, T+1); got shape {tuple(t.shape)}")
+    return t
+
+
 class Refiner:
     """Online estimate of the remaining training time from a prediction and the losses observed so far.
 
-    ``prior``: the predicted loss curve ``(T+1,)`` (``None``: no prediction; curve fits only). ``steps``: the run's
+    ``prior``: the predicted loss curve ``(T+1,)``, or the prediction's simulated runs ``(R, T+1)`` (what
+    ``from_prediction`` passes when the prediction has them: the posterior then weighs the runs too), or ``None`` (no
+    prediction; curve fits only). ``steps``: the run's
     planned number of steps ``T``. ``thresholds``: ``Threshold`` objects or keys (``"eps=0.1"``, ``"target=0.5"``).
     ``seconds_per_step``: the predicted step time; replaced by the run's own once ``observe`` gets wall-clock times.
     Observed losses may be whole-training-set losses (as finetime defines the curve) or logged minibatch losses;
@@ -199,8 +213,7 @@ class Refiner:
             raise ConfigError(f"persistence must be between 0 and 1 (got {persistence})")
         self.persistence = float(persistence)
         self.steps = int(steps)
-        self.prior = None if prior is None else torch.as_tensor(
-            [math.nan if v is None else v for v in prior] if isinstance(prior, list) else prior, dtype=torch.float64)
+        self.prior = None if prior is None else _as_prior(prior)
         ths = thresholds if thresholds is not None else [Threshold.eps(e) for e in DEFAULT_EPSILONS]
         self.thresholds = [Threshold.parse(t) if isinstance(t, str) else t for t in ths]
         self.predicted_seconds_per_step = seconds_per_step
@@ -211,7 +224,7 @@ class Refiner:
         self._clock: list[tuple[float, float]] = []
         self.origin = 0  # the step the prior starts at (> 0 after a re-linearization at the real weights)
         self.prediction = None  # the live Prediction, which re-linearization needs
-        start = loss0 if loss0 is not None else (float(self.prior[0]) if self.prior is not None else None)
+        start = loss0 if loss0 is not None else (float(self.prior.reshape(-1)[0]) if self.prior is not None else None)
         if start is not None:
             self.observe(0, start)
 
@@ -234,12 +247,14 @@ class Refiner:
             raise DataError("not a finetime prediction: it has no 'predicted' loss curve "
                             "(write one with `finetime predict --json FILE`)")
         curve = pred["loss"]
-        if pred.get("diverged"):
+        if pred.get("loss_runs"):  # the simulated runs: each carries its own divergence (None from it on)
+            curve = pred["loss_runs"]
+        elif pred.get("diverged"):
             at = pred.get("diverged_step")
             if at is None:
                 at = next((i for i, v in enumerate(curve) if v is None), 0)
             curve = [v if i < at else math.nan for i, v in enumerate(curve)]
-        kw.setdefault("steps", len(curve) - 1)
+        kw.setdefault("steps", len(pred["loss"]) - 1)
         kw.setdefault("thresholds", list(pred.get("training_time", {})) or None)
         kw.setdefault("seconds_per_step", pred.get("seconds_per_step"))
         refiner = cls(curve, **kw)
