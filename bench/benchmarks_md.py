@@ -305,7 +305,12 @@ def online(r):
             + ("\nHow much of the speed observed so far the rest of the run keeps (`finetime.online._fit."
                "SPEED_PERSISTENCE`; 1 is a time-warp of the whole prediction; refiner TT error, whole suite):\n\n"
                + online_bench.render_evidence(r["persistence"], online_bench.PERSISTENCE_HEAD)
-               if "persistence" in r else ""))
+               if "persistence" in r else "")
+            + ("\nWhat the refiner starts from (`finetime.online._fit.warp_posterior`: the prediction's mean curve, or its "
+               "simulated runs, one per batch order, weighed by the observations too) and how many of the last "
+               "observations set the level the refined curves go on from (`LEVEL_POINTS`; refiner TT error, whole "
+               "suite):\n\n" + online_bench.render_evidence(r["prior"], online_bench.PRIOR_HEAD)
+               if "prior" in r else ""))
 
 
 def _online_relin_rows():

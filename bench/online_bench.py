@@ -37,8 +37,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 from finetime import intervals  # noqa: E402
 from finetime.online import refine_curve, time_interval  # noqa: E402
-from finetime.online._fit import (MIN_POINTS_FOR_FIT, SPEED_PERSISTENCE, SPEED_PRIOR_SD, Refined,  # noqa: E402
-                                   evidence_points, fit_exponential, fit_power_law)
+from finetime.online._fit import (LEVEL_POINTS, MIN_POINTS_FOR_FIT, SPEED_PERSISTENCE, SPEED_PRIOR_SD,  # noqa: E402
+                                   Refined, evidence_points, fit_exponential, fit_power_law)
 from finetime.online.refiner import LEVEL  # noqa: E402
 from finetime.training_time import Threshold, relative_error  # noqa: E402
 from report import MIN_REAL_TT, load, quantile  # noqa: E402
@@ -70,13 +70,14 @@ def measurable(c) -> bool:
 
 
 def estimates(prior, real, T, f, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=False,
-              persistence=SPEED_PERSISTENCE):
+              persistence=SPEED_PERSISTENCE, level_points=LEVEL_POINTS):
     """{method: Refined or None (cannot estimate)} from the first round(f T) steps of the real curve; the refiner's
     posterior with ``evidence``, ``tau`` and ``persistence`` (the refiner alone with ``refiner_only``)."""
     m = int(round(f * T))
     t = torch.arange(m + 1, dtype=torch.float64)
     y = real[: m + 1]
-    out = {"refiner": refine_curve(prior, t, y, T, tau=tau, evidence=evidence, persistence=persistence)}
+    out = {"refiner": refine_curve(prior, t, y, T, tau=tau, evidence=evidence, persistence=persistence,
+                                   level_points=level_points)}
     if refiner_only:
         return out
     out["open-loop"] = refine_curve(prior, t[:1], y[:1], T)
@@ -90,12 +91,12 @@ def estimates(prior, real, T, f, evidence=evidence_points, tau=SPEED_PRIOR_SD, r
     return out
 
 
-def prior_curve(c) -> torch.Tensor:
+def prior_curve(c, ensemble: bool = True) -> torch.Tensor:
     """The cell's prediction as the refiner's prior: its simulated runs ``(R, T+1)`` where they are stored (NaN
     from each run's divergence on), else its curve, NaN from its divergence on when most simulated runs diverged
     (what ``Refiner.from_prediction`` does)."""
     pred = c["predictors"][c["_prior"]]
-    if ENSEMBLE and pred.get("loss_runs"):
+    if ensemble and pred.get("loss_runs"):
         return torch.stack([_curve(row) for row in pred["loss_runs"]])
     prior = _curve(pred["loss"])
     if c["predictors"][c["_prior"]]["diverged_fraction"] > 0.5:
@@ -104,20 +105,22 @@ def prior_curve(c) -> torch.Tensor:
     return prior
 
 
-def collect(cells, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=False, persistence=SPEED_PERSISTENCE):
+def collect(cells, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=False, persistence=SPEED_PERSISTENCE,
+            ensemble=ENSEMBLE, level_points=LEVEL_POINTS):
     """One row per (cell, observed fraction, estimate, eps) of the measurable cells (``estimates``)."""
     rows = []
     for c in cells:
         if not measurable(c):
             continue
         real = c["real"]
-        prior = prior_curve(c)
+        prior = prior_curve(c, ensemble)
         rc = _curve(real["loss"])
         T = rc.shape[0] - 1
         cfg = c["config"]
         group = f"{c['_suite']} {cfg['data']} {cfg['image_size']}px"
         for f in FRACTIONS:
-            for name, r in estimates(prior, rc, T, f, evidence, tau, refiner_only, persistence).items():
+            for name, r in estimates(prior, rc, T, f, evidence, tau, refiner_only, persistence,
+                                     level_points).items():
                 for e in EPS:
                     actual = real["training_time"][f"eps={e}"]["step"]
                     row = {"cell": c["id"], "suite": c["_suite"], "group": group, "fraction": f, "method": name,
@@ -310,6 +313,20 @@ def persistence_study(cells):
 
 PERSISTENCE_HEAD = "observed speed carried past the last observation (persistence), prior sd of log speed"
 
+LEVEL_WINDOWS = (1, 3, 5, 10)
+"""How many of the last observations set the level the refined curves go on from (``LEVEL_POINTS``)."""
+
+
+def prior_study(cells):
+    """The refiner's prior as the prediction's mean curve or its simulated runs (``loss_runs``, where stored) x the
+    observations that set the level, and the pair chosen by leave-one-group-out."""
+    runs = {(ens, w): collect(cells, refiner_only=True, ensemble=ens, level_points=w)
+            for ens in (False, True) for w in LEVEL_WINDOWS}
+    return _choice_study(runs, lambda k: f"{'simulated runs' if k[0] else 'mean curve'}, level from the last {k[1]}")
+
+
+PRIOR_HEAD = "prior (the prediction's mean curve or its simulated runs), observations that set the level"
+
 
 def render_evidence(study, head="evidence of k observed steps, prior sd of log speed") -> str:
     lines = [f"| {head} | " + " | ".join(
@@ -374,6 +391,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=HERE / "results" / "online.json")
     ap.add_argument("--calibrate", action="store_true", help=f"write the fitted margins to {CALIBRATION}")
     args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # thousands of small tensor operations: one thread is fastest, and shares the machine
     cells = []
     for stem, prior in SUITES:
         for c in load([HERE / "results" / f"{stem}.jsonl"]):
@@ -404,10 +422,12 @@ def main(argv=None):
                            "coverage": open_loop_coverage(ol_rows)}
     result["evidence"] = evidence_study(cells)
     result["persistence"] = persistence_study(cells)
+    result["prior"] = prior_study(cells)
     args.out.write_text(json.dumps(result, indent=1))
     print(render(result))
     print(render_evidence(result["evidence"]))
     print(render_evidence(result["persistence"], PERSISTENCE_HEAD))
+    print(render_evidence(result["prior"], PRIOR_HEAD))
     print(render_open_loop(result))
     try:
         plot(result, args.out.with_suffix(".png"))

@@ -161,48 +161,54 @@ def observed_curve(t: torch.Tensor, y: torch.Tensor, at: torch.Tensor) -> torch.
     return y0 * (1 - w) + y1 * w
 
 
+ENSEMBLE_LOG_SPEED_STEP = 0.08
+"""Step of the speed grid (in ``log a``) for an ensemble prior: every 4th point of ``LOG_SPEEDS`` (0.02); the runs'
+own spread fills in between."""
+
 ENSEMBLE_BUDGET = 2_000_000
-"""Most values (curves x steps) the refined curves of an ensemble prior may hold: the speed grid is thinned, then
-the runs, to stay under it (``_ensemble_grid``)."""
+"""Most values (curves x steps, or x observations) an ensemble prior's posterior may hold: runs are thinned evenly
+to stay under it (``_ensemble_grid``)."""
+
+PRUNE_MASS = 1e-6
+"""An ensemble's (run, speed) pairs of least posterior weight, together at most this much, are dropped before their
+curves are built."""
 
 
-def _ensemble_grid(runs: int, horizon: int, log_speeds: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """``(runs kept, log speeds)`` for an ensemble of ``runs`` curves to ``horizon``: every speed of the grid while
-    ``runs x speeds x (horizon + 1)`` fits ``ENSEMBLE_BUDGET``; else every ``k``-th speed down to a step of about
-    0.1 in ``log a``, then fewer runs."""
-    per_curve = horizon + 1
+def _ensemble_grid(runs: int, horizon: int, observed: int, log_speeds: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """``(runs kept, log speeds)`` for an ensemble of ``runs`` curves to ``horizon`` with ``observed`` observations:
+    the grid thinned to a step of ``ENSEMBLE_LOG_SPEED_STEP`` and as many runs as ``ENSEMBLE_BUDGET`` allows (at
+    least one)."""
     K = log_speeds.shape[0]
     step = float(log_speeds[1] - log_speeds[0]) if K > 1 else math.inf
-    stride = 1
-    while runs * math.ceil(K / stride) * per_curve > ENSEMBLE_BUDGET and 2 * stride * step <= 0.1 + 1e-9:
-        stride *= 2
-    grid = log_speeds[::stride]
-    keep = max(1, min(runs, ENSEMBLE_BUDGET // (grid.shape[0] * per_curve)))
+    grid = log_speeds[::max(1, int(round(ENSEMBLE_LOG_SPEED_STEP / step)))]
+    keep = max(1, min(runs, ENSEMBLE_BUDGET // (grid.shape[0] * max(horizon + 1, observed))))
     return keep, grid
 
 
-def _rows_at(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation of each row of ``p`` ``(R, L)`` at positions ``x`` ``(K, n)``: ``(R, K, n)``."""
-    R, L = p.shape
+def _pairs_at(p: torch.Tensor, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of the rows ``rows`` ``(P,)`` of ``p`` ``(R, L)`` at positions ``x`` ``(P, n)``."""
+    L = p.shape[1]
     x = x.clamp(0, L - 1)
     if L == 1:
-        return p[:, :1, None].expand(R, *x.shape).clone()
+        return p[rows, :1].expand(-1, x.shape[1]).clone()
     lo = x.floor().long().clamp_max(L - 2)
     frac = x - lo
-    return p[:, lo] * (1 - frac) + p[:, lo + 1] * frac
+    rr = rows[:, None]
+    return p[rr, lo] * (1 - frac) + p[rr, lo + 1] * frac
 
 
 def warp_posterior(prior: torch.Tensor, steps: torch.Tensor, losses: torch.Tensor, horizon: int, *,
                    tau: float = SPEED_PRIOR_SD, log_speeds: torch.Tensor = LOG_SPEEDS,
                    evidence: Callable[[int], float] = evidence_points,
-                   persistence: float = SPEED_PERSISTENCE) -> Refined:
+                   persistence: float = SPEED_PERSISTENCE, level_points: int = LEVEL_POINTS) -> Refined:
     """Posterior over the time-warps ``p(a t)`` of the ``prior`` curve given observed ``(steps, losses)``; the
-    curves run to ``horizon``, are scaled to pass through the last observation ``s`` and go on from there at
-    ``a^persistence`` times the prediction's speed (see the module docstring).
+    curves run to ``horizon``, are scaled to the level of the last observations (``level_points``) at the last
+    one ``s`` and go on from there at ``a^persistence`` times the prediction's speed (see the module docstring).
 
     ``prior`` may be one curve ``(T+1,)`` or an ensemble ``(R, T+1)`` (the simulated runs of a prediction, one per
     batch order): then the posterior is over (run, speed) pairs, each run equally likely a priori, and the
-    observations weigh the runs as well as the speeds."""
+    observations weigh the runs as well as the speeds (on a coarser speed grid, ``ENSEMBLE_LOG_SPEED_STEP``; pairs
+    of negligible weight, ``PRUNE_MASS``, dropped)."""
     prior = torch.as_tensor(prior, dtype=torch.float64)
     if prior.dim() == 1:
         prior = prior.unsqueeze(0)
@@ -210,7 +216,7 @@ def warp_posterior(prior: torch.Tensor, steps: torch.Tensor, losses: torch.Tenso
     y = torch.as_tensor(losses, dtype=torch.float64)
     R = prior.shape[0]
     if R > 1:
-        keep, log_speeds = _ensemble_grid(R, horizon, log_speeds)
+        keep, log_speeds = _ensemble_grid(R, horizon, t.shape[0], log_speeds)
         if keep < R:
             prior = prior[torch.linspace(0, R - 1, keep).round().long()]
             R = keep
@@ -220,31 +226,36 @@ def warp_posterior(prior: torch.Tensor, steps: torch.Tensor, losses: torch.Tenso
     p = torch.stack([extend_curve(row, reach) for row in prior]).clamp_min(_TINY)  # (R, reach+1)
     grid = torch.arange(horizon + 1, dtype=torch.float64)
     log_post = (-0.5 * (log_speeds / tau) ** 2).expand(R, K).clone()
-    m = t.shape[0]
-    if m > 0 and float(t.max()) > 0:
-        q = _rows_at(p, speeds[:, None] * t[None, :])  # (R, K, m)
+    observed = t.shape[0] > 0 and float(t.max()) > 0
+    if observed:
+        q = _pairs_at(p, torch.arange(R).repeat_interleave(K), speeds.repeat(R)[:, None] * t[None, :]).reshape(R, K, -1)
         r = torch.log(y.clamp_min(_TINY)) - torch.log(q)
         informative = t > 0  # step 0 is the shared starting point, not evidence about the speed
         k = int(informative.sum())
         rss = (r[..., informative] ** 2).sum(-1)
         if k > 0:
             log_post = log_post - 0.5 * evidence(k) * torch.log(rss / k + 1e-6)
-        last = int(torch.argmax(t))
-        s = t[last]
-        tail = torch.argsort(t)[-LEVEL_POINTS:]
+        tail = torch.argsort(t)[-level_points:]
         tail = tail[t[tail] > 0] if bool((t[tail] > 0).any()) else tail
-        ratio = r[..., tail].mean(-1).exp()  # (R, K): the level over the last few observations
-        after = grid > s
-        future = _rows_at(p, speeds[:, None] * s + speeds[:, None] ** persistence * (grid[None, after] - s))
-        seen = observed_curve(t, y, grid[~after])
-        curves = torch.cat([seen.expand(R, K, -1), future * ratio[..., None]], -1)
-        method = "warp"
-    else:
-        curves = _rows_at(p, speeds[:, None] * grid[None, :])  # (R, K, H+1)
-        method = "prior"
+        ratio = r[..., tail].mean(-1).exp().reshape(-1)  # per pair: the level over the last few observations
     w = torch.softmax(log_post.reshape(-1), 0)
-    med = weighted_quantile(speeds.repeat(R), w, 0.5)
-    return Refined(curves.reshape(R * K, -1), w, method, med)
+    pairs = torch.arange(R * K)
+    if R > 1:  # drop the pairs of least weight, PRUNE_MASS together at most
+        order = torch.argsort(w)
+        pairs = torch.sort(order[torch.cumsum(w[order], 0) > PRUNE_MASS]).values
+        w = w[pairs] / w[pairs].sum()
+    rows, ks = pairs // K, pairs % K
+    a = speeds[ks][:, None]
+    if observed:
+        s = t.max()
+        after = grid > s
+        future = _pairs_at(p, rows, a * s + a ** persistence * (grid[None, after] - s))
+        seen = observed_curve(t, y, grid[~after])
+        curves = torch.cat([seen.expand(pairs.shape[0], -1), future * ratio[pairs][:, None]], -1)
+    else:
+        curves = _pairs_at(p, rows, a * grid[None, :])
+    med = weighted_quantile(speeds[ks], w, 0.5)
+    return Refined(curves, w, "warp" if observed else "prior", med)
 
 
 def _two_param_fits(y: torch.Tensor, basis: torch.Tensor):
@@ -300,7 +311,7 @@ def _point(curve: torch.Tensor, method: str) -> Refined:
 
 def refine_curve(prior: torch.Tensor | None, steps: torch.Tensor, losses: torch.Tensor, horizon: int, *,
                  tau: float = SPEED_PRIOR_SD, evidence: Callable[[int], float] = evidence_points,
-                 persistence: float = SPEED_PERSISTENCE) -> Refined:
+                 persistence: float = SPEED_PERSISTENCE, level_points: int = LEVEL_POINTS) -> Refined:
     """The refined curves to ``horizon`` from a predicted curve ``(T+1,)`` or ensemble of simulated runs
     ``(R, T+1)`` (``None`` or diverged: no usable prior) and the observations so far (``steps`` ascending,
     ``steps[0] == 0`` when the starting loss is known)."""
@@ -317,9 +328,10 @@ def refine_curve(prior: torch.Tensor | None, steps: torch.Tensor, losses: torch.
     if prior is not None:
         d = [divergence_step(row) for row in prior]
         if all(x is None for x in d):
-            return warp_posterior(prior, t, y, horizon, tau=tau, evidence=evidence, persistence=persistence)
+            return warp_posterior(prior, t, y, horizon, tau=tau, evidence=evidence, persistence=persistence,
+                                  level_points=level_points)
         if any(x is None or x > 1 for x in d):
-            return _diverging_warp(prior, d, t, y, horizon, tau, evidence, persistence)
+            return _diverging_warp(prior, d, t, y, horizon, tau, evidence, persistence, level_points)
     if t.numel() >= MIN_POINTS_FOR_FIT:
         return _point(fit_exponential(t, y, horizon), "exponential")
     if prior is None:
@@ -330,7 +342,7 @@ def refine_curve(prior: torch.Tensor | None, steps: torch.Tensor, losses: torch.
 
 def _diverging_warp(prior: torch.Tensor, d: list, t, y, horizon: int, tau: float,
                     evidence: Callable[[int], float] = evidence_points,
-                    persistence: float = SPEED_PERSISTENCE) -> Refined:
+                    persistence: float = SPEED_PERSISTENCE, level_points: int = LEVEL_POINTS) -> Refined:
     """Warp posterior of a prediction (``(R, T+1)``) whose runs diverge at steps ``d`` (``None``: that run does not):
     after its ``d`` a run stands above the divergence line, so warps under which the real run would already have
     diverged are unlikely; each refined curve that crosses the line diverges there (NaN after it), and the estimate
@@ -340,7 +352,8 @@ def _diverging_warp(prior: torch.Tensor, d: list, t, y, horizon: int, tau: float
     for i, at in enumerate(d):
         if at is not None:
             p[i, max(at, 1):] = 2 * line
-    r = warp_posterior(p, t, y, horizon, tau=tau, evidence=evidence, persistence=persistence)
+    r = warp_posterior(p, t, y, horizon, tau=tau, evidence=evidence, persistence=persistence,
+                       level_points=level_points)
     over = r.curves > line
     crossed = torch.cumsum(over.long(), 1) > 0
     curves = torch.where(crossed, torch.full_like(r.curves, math.nan), r.curves)
