@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/online_bench.py [--calibrate] [--out bench/results/online.json]
 
-For every cell of the stored suites (bench/results/paper.jsonl with the `adaptive` prediction, adamw.jsonl with
-`linear`, text.jsonl and photos.jsonl with `adaptive`: the default predictor of each) and every observed fraction f in 0, 5, 10, 20,
-40% of the run, the real whole-training-set losses of steps 0..fT are given to
+For every cell of the stored suites (bench/results/paper.jsonl, adamw.jsonl, text.jsonl and photos.jsonl, each with
+its default `adaptive` prediction) and every observed fraction f in 0, 5, 10, 20, 40% of the run, the real
+whole-training-set losses of steps 0..fT are given to
 
-* `refiner`: `finetime.online.refine_curve` (time-warp posterior of the prediction; kernel-free fallback),
-* `open-loop`: the prediction alone (what `finetime predict` said before training),
+* `refiner`: `finetime.online.refine_curve` (time-warp posterior of the prediction's simulated runs where the
+  results store them, `loss_runs`, else of its curve; kernel-free fallback),
+* `open-loop`: the refiner with nothing observed but the starting loss (its prior alone: the prediction's simulated
+  runs under the speed prior),
+* `predict`: the training times `finetime predict` printed before training (the median over its simulated runs),
 * `exponential` and `power-law`: kernel-free fits to the observed points only (need >= 6 points),
 
 and the training time read off each estimated curve is scored against the real one with the README's definitions
@@ -46,7 +49,10 @@ from report import MIN_REAL_TT, load, quantile  # noqa: E402
 SUITES = (("paper", "adaptive"), ("adamw", "adaptive"), ("text", "adaptive"), ("photos", "adaptive"))
 FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.4)
 EPS = (0.01, 0.1, 0.4)
-METHODS = ("refiner", "open-loop", "exponential", "power-law")
+METHODS = ("refiner", "open-loop", "predict", "exponential", "power-law")
+"""``open-loop``: the refiner with nothing but the starting loss observed (its prior: the prediction's simulated runs
+under the speed prior); ``predict``: the training times `finetime predict` printed (the median over its simulated
+runs)."""
 ENSEMBLE = True
 """The refiner's prior is the prediction's simulated runs where the results store them (``loss_runs``)."""
 CALIBRATION = HERE.parent / "src" / "finetime" / "online" / "calibration.json"
@@ -133,6 +139,17 @@ def collect(cells, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=Fa
                                    error=relative_error(med, actual, predicted_diverged=r.diverged,
                                                         actual_diverged=real["diverged"]))
                     rows.append(row)
+            if not refiner_only:  # what `finetime predict` printed (its training times, read per simulated run)
+                pred = c["predictors"][c["_prior"]]
+                div = pred["diverged_fraction"] > 0.5
+                for e in EPS:
+                    actual = real["training_time"][f"eps={e}"]["step"]
+                    step = None if div else pred["training_time"][f"eps={e}"]["step"]
+                    rows.append({"cell": c["id"], "suite": c["_suite"], "group": group, "fraction": f,
+                                 "method": "predict", "eps": e, "actual": actual,
+                                 "practitioner": practitioner(cfg), "predicted": step, "diverged": div,
+                                 "error": relative_error(step, actual, predicted_diverged=div,
+                                                         actual_diverged=real["diverged"])})
     return rows
 
 

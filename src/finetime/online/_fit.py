@@ -13,7 +13,8 @@ refined curve is a **time-warp** of the prediction, with a posterior over the sp
   of the prediction (the run changes speed, the prediction's shape is off), so they are far from independent, and
   counting them all made the posterior overconfident in the first tens of steps;
 * up to the last observed step ``s`` the refined curve is the observed one; beyond it each warped curve is scaled to
-  meet the last observed loss (the level the run has reached is known; the warp gives the shape from there on);
+  the level the run has reached (the geometric mean of the observed-to-warped ratios over the last
+  ``LEVEL_POINTS`` observations; the warp gives the shape from there on);
 * the speed seen so far carries on past ``s`` only in part: the rest of the run follows ``p(a s + a^rho (t - s))``,
   ``rho = SPEED_PERSISTENCE``. Where the kernel grows along the run (large effective learning rates, momentum 0.9,
   AdamW), the first tens of steps run slower than the prediction, which already holds the growth from its refreshes,
@@ -22,7 +23,12 @@ refined curve is a **time-warp** of the prediction, with a posterior over the sp
 The prediction beyond its last step (needed where ``a > 1``) continues with the geometric decay of its last
 quarter (an exponential tail).
 
-Where the prediction diverges at step ``d``, its curve stands above the divergence line from ``d`` on and is warped
+The prior may be the prediction's simulated runs ``(R, T+1)``, one per batch order, rather than their mean: the
+posterior is then over (run, speed) pairs, each run equally likely a priori, so the observations pick the runs the
+real one resembles (at large learning rates the simulated runs spike and recover at different steps, and their
+mean carries a smeared spike that none of them has).
+
+Where the prediction (or one of its runs) diverges at step ``d``, its curve stands above the divergence line from ``d`` on and is warped
 like any other: warps under which the run would already have diverged lose their weight, and the estimate is
 divergence when the curves that still diverge within the run weigh more than half. Without a prediction (or one
 that diverged at once) the refiner falls back to the kernel-free fit of an exponential ``c + b exp(-k t)``. Where the run itself has diverged
@@ -69,9 +75,10 @@ reached). Chosen with ``SPEED_PRIOR_SD`` by leave-one-group-out on the benchmark
 
 _TINY = 1e-12
 
-LEVEL_POINTS = 1
+LEVEL_POINTS = 3
 """How many of the last observations set the level the refined curves go on from (geometric mean of the ratios
-of observed to warped losses over them)."""
+of observed to warped losses over them). Chosen with the ensemble prior by leave-one-group-out on the benchmark
+suite among 1, 3, 5 and 10 (six of the eight groups picked 3; ``bench/online_bench.py``, BENCHMARKS.md section 8)."""
 
 
 @dataclasses.dataclass
