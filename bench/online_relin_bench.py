@@ -70,7 +70,7 @@ def _times(est):
 def _stored(c) -> dict:
     """The cell's stored default prediction, as the refiner reads a prediction JSON."""
     pred = c["predictors"][c["_prior"]]
-    return {"predicted": {k: pred[k] for k in ("loss", "training_time")} | {
+    return {"predicted": {k: pred[k] for k in ("loss", "loss_runs", "training_time") if k in pred} | {
         "diverged": pred["diverged_fraction"] > 0.5, "seconds_per_step": None}}
 
 
