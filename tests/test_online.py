@@ -88,6 +88,23 @@ def test_exact_prediction_of_a_real_run_is_kept_by_the_refiner():
         assert abs(th.step - int(steps_to_threshold(real.unsqueeze(0), Threshold.parse(key))[0])) <= 1
 
 
+def test_an_sgd_prediction_hands_its_runs_through_the_json_to_watch(tmp_path, capsys):
+    """`finetime predict --json` of an SGD run keeps its simulated runs; `finetime watch` refines from them."""
+    out = tmp_path / "p.json"
+    assert main(["predict", "--data", "fashion-mnist-mini", "--model", "models_for_tests:tiny_cnn", "--classes", "3",
+                 "--per-class", "4", "--image-size", "12", "--steps", "30", "--runs", "4", "--batch-size", "4",
+                 "--lr", "0.05", "--predictor", "linear", "--json", str(out)]) == 0
+    pred = json.loads(out.read_text())["predicted"]
+    assert len(pred["loss_runs"]) == 4 and all(len(run) == 31 for run in pred["loss_runs"])
+    r = Refiner.from_prediction(out, calibration=None)
+    assert r.prior.shape == (4, 31) and r.steps == 30
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss\n" + "".join(f"{s},{pred['loss_runs'][2][s]}\n" for s in range(1, 11)))
+    capsys.readouterr()
+    assert main(["watch", str(log), "--prediction", str(out)]) == 0
+    assert "step 10 of 30 observed" in capsys.readouterr().out
+
+
 def test_divergence_observed_and_predicted():
     prior = curve(0.02)
     r = Refiner(prior, steps=T, calibration=None)
