@@ -28,11 +28,12 @@ posterior is then over (run, speed) pairs, each run equally likely a priori, so 
 real one resembles (at large learning rates the simulated runs spike and recover at different steps, and their
 mean carries a smeared spike that none of them has).
 
-Where the prediction (or one of its runs) diverges at step ``d``, its curve stands above the divergence line from ``d`` on and is warped
-like any other: warps under which the run would already have diverged lose their weight, and the estimate is
-divergence when the curves that still diverge within the run weigh more than half. Without a prediction (or one
-that diverged at once) the refiner falls back to the kernel-free fit of an exponential ``c + b exp(-k t)``. Where the run itself has diverged
-(non-finite, or above ``DIVERGENCE_FACTOR * loss[0]``), the refined estimate is divergence.
+Where the prediction (or one of its runs) diverges at step ``d``, its curve stands above the divergence line from
+``d`` on and is warped like any other: warps under which the run would already have diverged lose their weight, and
+the estimate is divergence when the curves that still diverge within the run weigh more than half. Without a
+prediction (or one that diverged at once) the refiner falls back to the kernel-free fit of an exponential
+``c + b exp(-k t)``. Where the run itself has diverged (non-finite, or above ``DIVERGENCE_FACTOR * loss[0]``), the
+refined estimate is divergence.
 
 ``fit_exponential`` and ``fit_power_law`` (``c + b (t + s)^-d``) are also the kernel-free baselines of
 ``bench/online_bench.py``.
@@ -235,7 +236,8 @@ def warp_posterior(prior: torch.Tensor, steps: torch.Tensor, losses: torch.Tenso
     log_post = (-0.5 * (log_speeds / tau) ** 2).expand(R, K).clone()
     observed = t.shape[0] > 0 and float(t.max()) > 0
     if observed:
-        q = _pairs_at(p, torch.arange(R).repeat_interleave(K), speeds.repeat(R)[:, None] * t[None, :]).reshape(R, K, -1)
+        every = torch.arange(R).repeat_interleave(K)
+        q = _pairs_at(p, every, speeds.repeat(R)[:, None] * t[None, :]).reshape(R, K, -1)  # at the observed steps
         r = torch.log(y.clamp_min(_TINY)) - torch.log(q)
         informative = t > 0  # step 0 is the shared starting point, not evidence about the speed
         k = int(informative.sum())
