@@ -105,7 +105,7 @@ def prior_curve(c, ensemble: bool = True) -> torch.Tensor:
     if ensemble and pred.get("loss_runs"):
         return torch.stack([_curve(row) for row in pred["loss_runs"]])
     prior = _curve(pred["loss"])
-    if c["predictors"][c["_prior"]]["diverged_fraction"] > 0.5:
+    if pred["diverged_fraction"] > 0.5:
         bad = torch.nonzero(~torch.isfinite(prior))
         prior[int(bad[0]) if len(bad) else 0:] = math.nan
     return prior
@@ -124,32 +124,32 @@ def collect(cells, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=Fa
         T = rc.shape[0] - 1
         cfg = c["config"]
         group = f"{c['_suite']} {cfg['data']} {cfg['image_size']}px"
+        pred = c["predictors"][c["_prior"]]
+        pred_div = pred["diverged_fraction"] > 0.5
         for f in FRACTIONS:
+            def row(name, e, **scored):
+                return {"cell": c["id"], "suite": c["_suite"], "group": group, "fraction": f, "method": name,
+                        "eps": e, "actual": real["training_time"][f"eps={e}"]["step"],
+                        "practitioner": practitioner(cfg), **scored}
+
+            def error(step, diverged, e):
+                return relative_error(step, real["training_time"][f"eps={e}"]["step"], predicted_diverged=diverged,
+                                      actual_diverged=real["diverged"])
+
             for name, r in estimates(prior, rc, T, f, evidence, tau, refiner_only, persistence,
                                      level_points).items():
                 for e in EPS:
-                    actual = real["training_time"][f"eps={e}"]["step"]
-                    row = {"cell": c["id"], "suite": c["_suite"], "group": group, "fraction": f, "method": name,
-                           "eps": e, "actual": actual, "practitioner": practitioner(cfg)}
                     if r is None:
-                        row.update(error=None)
-                    else:
-                        med, lo, hi, _ = time_interval(r, Threshold.eps(e), T, None, LEVEL)
-                        row.update(predicted=med, low=lo, high=hi, diverged=r.diverged,
-                                   error=relative_error(med, actual, predicted_diverged=r.diverged,
-                                                        actual_diverged=real["diverged"]))
-                    rows.append(row)
+                        rows.append(row(name, e, error=None))
+                        continue
+                    med, lo, hi, _ = time_interval(r, Threshold.eps(e), T, None, LEVEL)
+                    rows.append(row(name, e, predicted=med, low=lo, high=hi, diverged=r.diverged,
+                                    error=error(med, r.diverged, e)))
             if not refiner_only:  # what `finetime predict` printed (its training times, read per simulated run)
-                pred = c["predictors"][c["_prior"]]
-                div = pred["diverged_fraction"] > 0.5
                 for e in EPS:
-                    actual = real["training_time"][f"eps={e}"]["step"]
-                    step = None if div else pred["training_time"][f"eps={e}"]["step"]
-                    rows.append({"cell": c["id"], "suite": c["_suite"], "group": group, "fraction": f,
-                                 "method": "predict", "eps": e, "actual": actual,
-                                 "practitioner": practitioner(cfg), "predicted": step, "diverged": div,
-                                 "error": relative_error(step, actual, predicted_diverged=div,
-                                                         actual_diverged=real["diverged"])})
+                    step = None if pred_div else pred["training_time"][f"eps={e}"]["step"]
+                    rows.append(row("predict", e, predicted=step, diverged=pred_div,
+                                    error=error(step, pred_div, e)))
     return rows
 
 

@@ -193,7 +193,8 @@ class Refiner:
 
     ``prior``: the predicted loss curve ``(T+1,)``, or the prediction's simulated runs ``(R, T+1)`` (what
     ``from_prediction`` passes when the prediction has them: the posterior then weighs the runs too), or ``None`` (no
-    prediction; curve fits only). ``steps``: the run's planned number of steps ``T``. ``thresholds``: ``Threshold`` objects or keys (``"eps=0.1"``, ``"target=0.5"``).
+    prediction; curve fits only). ``steps``: the run's planned number of steps ``T``. ``thresholds``: ``Threshold``
+    objects or keys (``"eps=0.1"``, ``"target=0.5"``).
     ``seconds_per_step``: the predicted step time; replaced by the run's own once ``observe`` gets wall-clock times.
     Observed losses may be whole-training-set losses (as finetime defines the curve) or logged minibatch losses;
     ``window`` says how many steps a logged loss averages (it is placed at the middle of that window).
