@@ -408,7 +408,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=HERE / "results" / "online.json")
     ap.add_argument("--calibrate", action="store_true", help=f"write the fitted margins to {CALIBRATION}")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)  # thousands of small tensor operations: as fast as two threads here, and one core is left free
+    torch.set_num_threads(1)  # thousands of small tensor operations: as fast as two threads here; one core left free
     cells = []
     for stem, prior in SUITES:
         for c in load([HERE / "results" / f"{stem}.jsonl"]):
