@@ -79,7 +79,8 @@ _TINY = 1e-12
 LEVEL_POINTS = 3
 """How many of the last observations set the level the refined curves go on from (geometric mean of the ratios
 of observed to warped losses over them). Chosen with the ensemble prior by leave-one-group-out on the benchmark
-suite among 1, 3, 5 and 10 (six of the eight groups picked 3; ``bench/online_bench.py``, BENCHMARKS.md section 8)."""
+suite among 1, 3, 5 and 10 (five of the eight groups picked 3, two 1, one 5; ``bench/online_bench.py``,
+BENCHMARKS.md section 8)."""
 
 
 @dataclasses.dataclass
