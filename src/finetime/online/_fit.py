@@ -150,12 +150,7 @@ def extend_curve(curve: torch.Tensor, horizon: int) -> torch.Tensor:
 
 def interpolate(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Linear interpolation of ``p`` (values at ``0..len-1``) at real positions ``x`` (clamped to the ends)."""
-    x = x.clamp(0, p.shape[0] - 1)
-    lo = x.floor().long().clamp_max(p.shape[0] - 2) if p.shape[0] > 1 else x.floor().long()
-    if p.shape[0] == 1:
-        return p[0].expand_as(x).clone()
-    frac = x - lo
-    return p[lo] * (1 - frac) + p[lo + 1] * frac
+    return _pairs_at(p.unsqueeze(0), torch.zeros(1, dtype=torch.long), x.reshape(1, -1)).reshape(x.shape)
 
 
 def observed_curve(t: torch.Tensor, y: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
