@@ -17,9 +17,11 @@ and the training time read off each estimated curve is scored against the real o
 (relative error, divergence mismatches 100%, cells with real TT(eps=0.4) < 10 left out as in the suite tables).
 
 Intervals: the refiner's 90% interval is its posterior's 5-95% band widened by a margin (log steps) per observed
-fraction. `--calibrate` fits the margins on all cells (split-conformal 90% quantile of the extra margin each row
-needs) and writes `src/finetime/online/calibration.json`; the coverage reported is held out: each group
-(suite x dataset x resolution) is scored with margins fitted on the other groups only. No real run is trained here:
+fraction, and by the prediction's calibration bin (its linearity check's gap bin, or fitted to its first real steps:
+`finetime.intervals.prediction_bin`) where the bin has at least `MIN_BIN_ROWS` scored rows at that fraction.
+`--calibrate` fits the margins on all cells (split-conformal 90% quantile of the extra margin each row needs) and
+writes `src/finetime/online/calibration.json`; the coverage reported is held out: each group (suite x dataset x
+resolution) is scored with margins fitted on the other groups only, per bin and (for comparison) pooled. No real run is trained here:
 the real curves are the suites' stored ones.
 """
 
@@ -126,10 +128,11 @@ def collect(cells, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=Fa
         group = f"{c['_suite']} {cfg['data']} {cfg['image_size']}px"
         pred = c["predictors"][c["_prior"]]
         pred_div = pred["diverged_fraction"] > 0.5
+        bin_ = gap_bin(c)
         for f in FRACTIONS:
             def row(name, e, **scored):
                 return {"cell": c["id"], "suite": c["_suite"], "group": group, "fraction": f, "method": name,
-                        "eps": e, "actual": real["training_time"][f"eps={e}"]["step"],
+                        "eps": e, "bin": bin_, "actual": real["training_time"][f"eps={e}"]["step"],
                         "practitioner": practitioner(cfg), **scored}
 
             def error(step, diverged, e):
@@ -181,20 +184,57 @@ def fit_margins(rows):
     return {f: conformal(by[f]) for f in FRACTIONS}
 
 
-def heldout_coverage(rows):
+MIN_BIN_ROWS = 30
+"""A calibration bin gets margins of its own at an observed fraction only with at least this many scored rows there;
+else the pooled margin applies."""
+
+
+def fit_bin_margins(rows):
+    """``{bin: {fraction: margin or None}}``: the split-conformal margin of each prediction bin (``gap_bin``), None
+    where the bin has fewer than ``MIN_BIN_ROWS`` rows at that fraction."""
+    by = defaultdict(list)
+    for r in rows:
+        s = needed_margin(r)
+        if s is not None:
+            by[r["bin"], r["fraction"]].append(s)
+    return {b: {f: (conformal(by[b, f]) if len(by[b, f]) >= MIN_BIN_ROWS else None) for f in FRACTIONS}
+            for b in sorted({b for b, _ in by})}
+
+
+def _margin(pooled, binned, r):
+    m = (binned or {}).get(r["bin"], {}).get(r["fraction"])
+    return pooled[r["fraction"]] if m is None else m
+
+
+def heldout_coverage(rows, by_bin=True, keep=lambda r: True):
+    """Coverage of the 90% intervals on each group (suite x dataset x resolution) with margins fitted on the other
+    groups (per prediction bin with ``by_bin``, else pooled), over the rows ``keep`` selects: ``{fraction: (share,
+    rows)}``."""
     groups = sorted({r["group"] for r in rows})
     hit, tot = defaultdict(int), defaultdict(int)
     for g in groups:
-        margins = fit_margins([r for r in rows if r["group"] != g])
+        others = [r for r in rows if r["group"] != g]
+        pooled, binned = fit_margins(others), (fit_bin_margins(others) if by_bin else None)
         for r in rows:
-            if r["group"] != g:
+            if r["group"] != g or not keep(r):
                 continue
             s = needed_margin(r)
             if s is None:
                 continue
             tot[r["fraction"]] += 1
-            hit[r["fraction"]] += s <= margins[r["fraction"]] + 1e-12
+            hit[r["fraction"]] += s <= _margin(pooled, binned, r) + 1e-12
     return {f: (hit[f] / tot[f] if tot[f] else math.nan, tot[f]) for f in FRACTIONS}
+
+
+def interval_width(rows, pooled, binned):
+    """Median over the scorable refiner rows of the 90% interval's width, as the ratio ``(high + 1) / (low + 1)``
+    (rows whose interval is open above left out), by observed fraction."""
+    out = {}
+    for f in FRACTIONS:
+        w = [math.exp(math.log((r["high"] + 1) / (r["low"] + 1)) + 2 * _margin(pooled, binned, r)) for r in rows
+             if r["fraction"] == f and needed_margin(r) is not None and r["high"] is not None]
+        out[f] = statistics.median(w) if w else math.nan
+    return out
 
 
 def table(rows, keep=lambda r: True):
@@ -376,8 +416,25 @@ def render(result) -> str:
                                                            for f in FRACTIONS) + " |")
     lines.append("| 90% interval coverage, held out | " + " | ".join(
         f"{100 * cov[str(f)][0]:.1f}% ({cov[str(f)][1]})" for f in FRACTIONS) + " |")
+    if "coverage_pooled" in result:
+        lines.append("| the same with one margin for every bin | " + " | ".join(
+            f"{100 * result['coverage_pooled'][str(f)][0]:.1f}%" for f in FRACTIONS) + " |")
+        for kind, w in result["width"].items():
+            lines.append(f"| median interval width, high / low ({kind}) | " + " | ".join(
+                f"{w[str(f)]:.2f}" for f in FRACTIONS) + " |")
     lines.append("| posterior band alone, coverage | " + " | ".join(
         f"{100 * result['raw_coverage'][str(f)]:.1f}%" for f in FRACTIONS) + " |")
+    if "coverage_by_bin" in result:
+        lines += ["", "| prediction bin | margin by observed fraction (log steps; - : pooled) | held-out coverage, one "
+                      "margin for every bin | held-out coverage, the bin's own margins |", "|---|---|---|---|"]
+        for b, cov_b in result["coverage_by_bin"].items():
+            m = result["bin_margins"][b]
+            fmt = lambda c: ", ".join(f"{100 * c[str(f)][0]:.0f}%" if c[str(f)][1] else "-"  # noqa: E731
+                                      for f in FRACTIONS)
+            n = sum(cov_b["bin margins"][str(f)][1] for f in FRACTIONS)
+            lines.append(f"| {b} ({n} rows) | " + ", ".join("-" if m[str(f)] is None else f"{m[str(f)]:.2f}"
+                                                           for f in FRACTIONS)
+                         + f" | {fmt(cov_b['pooled margin'])} | {fmt(cov_b['bin margins'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -415,7 +472,7 @@ def main(argv=None):
             c["_suite"], c["_prior"] = stem, prior
             cells.append(c)
     rows = collect(cells)
-    margins = fit_margins(rows)
+    margins, bin_margins = fit_margins(rows), fit_bin_margins(rows)
     raw = defaultdict(list)
     for r in rows:
         s = needed_margin(r)
@@ -430,7 +487,14 @@ def main(argv=None):
         "tables": {name: {f"{m}@{f}": v for (m, f), v in table(rows, keep).items()} for name, keep in
                    slices.items()},
         "margins": {str(f): v for f, v in margins.items()},
+        "bin_margins": {b: {str(f): v for f, v in m.items()} for b, m in bin_margins.items()},
         "coverage": {str(f): v for f, v in heldout_coverage(rows).items()},
+        "coverage_pooled": {str(f): v for f, v in heldout_coverage(rows, by_bin=False).items()},
+        "coverage_by_bin": {b: {kind: {str(f): v for f, v in heldout_coverage(
+            rows, by_bin=kind == "bin margins", keep=lambda r, b=b: r["bin"] == b).items()}
+            for kind in ("pooled margin", "bin margins")} for b in bin_margins},
+        "width": {kind: {str(f): v for f, v in interval_width(rows, margins, binned).items()}
+                  for kind, binned in (("pooled margin", None), ("bin margins", bin_margins))},
         "raw_coverage": {str(f): (sum(v) / len(v) if v else math.nan) for f, v in raw.items()},
     }
     ol_rows = open_loop_rows(cells)
@@ -453,6 +517,7 @@ def main(argv=None):
     if args.calibrate:
         CALIBRATION.write_text(json.dumps({
             "fractions": list(FRACTIONS), "margins": [round(margins[f], 4) for f in FRACTIONS], "level": LEVEL,
+            "bins": {b: [None if m[f] is None else round(m[f], 4) for f in FRACTIONS] for b, m in bin_margins.items()},
             "open_loop": {"gap_bins": list(GAP_BINS), "margins": {b: (None if math.isinf(m) else round(m, 4))
                                                                   for b, m in ol_margins.items()}},
             "source": "bench/online_bench.py --calibrate: split-conformal margins over "

@@ -98,6 +98,7 @@ def test_an_sgd_prediction_hands_its_runs_through_the_json_to_watch(tmp_path, ca
     assert len(pred["loss_runs"]) == 4 and all(len(run) == 31 for run in pred["loss_runs"])
     r = Refiner.from_prediction(out, calibration=None)
     assert r.prior.shape == (4, 31) and r.steps == 30
+    assert pred["interval_bin"] == "no check" == r.interval_bin  # --predictor linear makes no linearity check
     log = tmp_path / "log.csv"
     log.write_text("step,loss\n" + "".join(f"{s},{pred['loss_runs'][2][s]}\n" for s in range(1, 11)))
     capsys.readouterr()
@@ -257,6 +258,37 @@ def test_calibrated_intervals_contain_the_median_and_widen_with_the_margin():
     assert "(90%:" in b.summary()
     shipped = Refiner(prior, steps=T)
     assert shipped.calibration is not None and shipped.estimate().calibrated
+
+
+def test_interval_margins_by_prediction_bin_fall_back_to_the_pooled_ones():
+    cal = Calibration((0.0, 0.1, 0.2), (0.1, 0.2, 0.3), bins={"0-0.01": [0.05, None, 0.15], ">= 0.1": [0.4, 0.6, 0.8]})
+    assert cal.margin(0.1) == pytest.approx(0.2)
+    assert cal.margin(0.1, ">= 0.1") == pytest.approx(0.6)
+    assert cal.margin(0.05, ">= 0.1") == pytest.approx(0.5)
+    assert cal.margin(0.1, "0-0.01") == pytest.approx(0.2)  # too few rows of that bin there: the pooled margin
+    assert cal.margin(0.15, "0-0.01") == pytest.approx((0.2 + 0.15) / 2)
+    assert cal.margin(0.1, "no check") == pytest.approx(0.2)  # a bin the calibration does not have
+    prior, real = curve(0.02), curve(0.025)
+    easy = Refiner(prior, steps=T, calibration=cal, interval_bin="0-0.01")
+    hard = Refiner(prior, steps=T, calibration=cal, interval_bin=">= 0.1")
+    for r in (easy, hard):
+        for s in range(1, 16):
+            r.observe(s, float(real[s]))
+    a, b = easy.estimate().thresholds["eps=0.1"], hard.estimate().thresholds["eps=0.1"]
+    assert a.step == b.step and b.low < a.low and (b.high or T + 1) > (a.high or T + 1)
+
+
+def test_the_prediction_bin_is_read_from_a_prediction_json_or_derived_for_older_ones():
+    base = {"loss": curve(0.02).tolist(), "training_time": {"eps=0.1": {}}}
+    assert Refiner.from_prediction({"predicted": {**base, "interval_bin": ">= 0.1"}}).interval_bin == ">= 0.1"
+    older = {"predicted": {**base, "relinearization": {"loss_gaps": [0.05, 0.3]}}, "config": {"bn": "frozen"}}
+    assert Refiner.from_prediction(older).interval_bin == "0.01-0.1"
+    fitted = {"predicted": {**base, "relinearization": {"loss_gaps": [3.0]}, "first_steps": {"speed": 0.5}},
+              "config": {"bn": "frozen"}}
+    assert Refiner.from_prediction(fitted).interval_bin == "first steps, far from linear"
+    batch = {"predicted": {**base, "first_steps": {"speed": 0.3}}, "config": {"bn": "batch"}}
+    assert Refiner.from_prediction(batch).interval_bin == "first steps, batch statistics"
+    assert Refiner.from_prediction({"predicted": base}).interval_bin == "no check"
 
 
 def test_observe_checks_its_input_and_measures_the_step_time():

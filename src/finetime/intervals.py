@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-__all__ = ["open_loop_margin", "model_interval", "gap_bin", "first_steps_bin"]
+__all__ = ["open_loop_margin", "model_interval", "gap_bin", "first_steps_bin", "prediction_bin"]
 
 
 @lru_cache(maxsize=1)
@@ -45,6 +45,13 @@ def first_steps_bin(batch_statistics: bool) -> str:
     return "first steps, " + ("batch statistics" if batch_statistics else "far from linear")
 
 
+def prediction_bin(gap: float | None, first_steps: bool = False, batch_statistics: bool = False,
+                   bins=(0.01, 0.1)) -> str:
+    """The calibration bin of a prediction: fitted to its first real steps (``first_steps``; ``batch_statistics``:
+    with ``--bn batch``), else its linearity check's gap bin."""
+    return first_steps_bin(batch_statistics) if first_steps else gap_bin(gap, bins)
+
+
 def open_loop_margin(gap: float | None, first_steps: bool = False, batch_statistics: bool = False) -> float | None:
     """The calibrated half-width (log steps) for a prediction with this linearity-check gap, or of one fitted to its
     first real steps (``first_steps``; ``batch_statistics``: with ``--bn batch``); ``None`` when finetime has no
@@ -52,9 +59,7 @@ def open_loop_margin(gap: float | None, first_steps: bool = False, batch_statist
     t = _table()
     if not t:
         return None
-    if first_steps:
-        return t["margins"].get(first_steps_bin(batch_statistics))
-    return t["margins"].get(gap_bin(gap, tuple(t.get("gap_bins", (0.01, 0.1)))))
+    return t["margins"].get(prediction_bin(gap, first_steps, batch_statistics, tuple(t.get("gap_bins", (0.01, 0.1)))))
 
 
 def model_interval(step: int | None, margin: float | None, steps: int) -> list | None:

@@ -19,7 +19,7 @@ from .dynamics import Problem, Trajectory, mse_curve, spectral_projections
 from .errors import ConfigError
 from .kernel import (Kernel, compute_kernel, factored_inverse_root_scale, fingerprint_data, fingerprint_model,
                      gradient_moments, inverse_root_scale, parameter_preconditioner, summed_outputs_kernel)
-from .intervals import first_steps_bin, gap_bin, model_interval, open_loop_margin
+from .intervals import model_interval, open_loop_margin, prediction_bin
 from .kernel.distributed import broadcast_value, is_main
 from .losses import residual
 from .network import BatchNormMode, batch_statistics_outputs, eval_mode, network_outputs
@@ -465,9 +465,9 @@ class Prediction:
             "diverged_step": _median_divergence(traj) if self.diverged else None,
             "sharpness": self.sharpness,
             "max_stable_lr": cfg.optimizer.stable_lr(self.sharpness),
-            "interval_note": "90% model-error interval, " + (f"bin {first_steps_bin(batch)}" if fitted else
-                                                              f"linearity-check bin {gap_bin(gap)}")
-                             + " (finetime.intervals)",
+            "interval_bin": prediction_bin(gap, fitted, batch),
+            "interval_note": "90% model-error interval, " + ("" if fitted else "linearity-check ")
+                             + f"bin {prediction_bin(gap, fitted, batch)} (finetime.intervals)",
             "method": traj.method,
             "predictor": cfg.predictor_name,
             "preconditioned": cfg.optimizer.preconditioned,

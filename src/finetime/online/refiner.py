@@ -34,16 +34,27 @@ LEVEL = 0.9
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """Extra half-width (in log steps) added to the posterior's, by observed fraction of the run (interpolated)."""
+    """Extra half-width (in log steps) added to the posterior's, by observed fraction of the run (interpolated), and
+    by the prediction's calibration bin where the suite had enough rows of it (``bins``; else the pooled
+    ``margins``)."""
 
     fractions: tuple[float, ...]
     margins: tuple[float, ...]
     level: float = LEVEL
     source: str = ""
     open_loop: dict | None = None  # margins of predictions before training, by linearity-check bin
+    bins: dict | None = None  # {bin: margins by fraction (None where that bin had too few rows)}
 
-    def margin(self, fraction: float) -> float:
-        return float(_lerp(self.fractions, self.margins, min(max(fraction, self.fractions[0]), self.fractions[-1])))
+    def margin(self, fraction: float, bin: str | None = None) -> float:
+        """The margin after ``fraction`` of the run, for a prediction of calibration bin ``bin``
+        (``finetime.intervals.prediction_bin``; ``None`` or a bin without enough rows: the pooled margin)."""
+        x = min(max(fraction, self.fractions[0]), self.fractions[-1])
+        pooled = float(_lerp(self.fractions, self.margins, x))
+        by_bin = (self.bins or {}).get(bin) if bin is not None else None
+        if not by_bin:
+            return pooled
+        return float(_lerp(self.fractions, [pooled_f if m is None else m for m, pooled_f in
+                                            zip(by_bin, self.margins)], x))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,7 +77,7 @@ def load_calibration(path: str | Path | None = None) -> Calibration | None:
         return None
     d = json.loads(text)
     return Calibration(tuple(d["fractions"]), tuple(d["margins"]), d.get("level", LEVEL), d.get("source", ""),
-                       d.get("open_loop"))
+                       d.get("open_loop"), d.get("bins"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +187,20 @@ def refine(prior: torch.Tensor | None, steps, losses, horizon: int, origin: int 
     return Refined(curves, r.weights, r.method, r.speed, r.diverged_weight)
 
 
+def _interval_bin(prediction: dict) -> str | None:
+    """The calibration bin of a prediction dict (``predicted.interval_bin``; derived from its linearity check and
+    first steps for JSON written before the field)."""
+    from ..intervals import prediction_bin
+
+    pred = prediction["predicted"]
+    if pred.get("interval_bin"):
+        return pred["interval_bin"]
+    gaps = (pred.get("relinearization") or {}).get("loss_gaps")
+    fitted = (pred.get("first_steps") or {}).get("speed") is not None
+    batch = (prediction.get("config") or {}).get("bn") == "batch"
+    return prediction_bin(gaps[0] if gaps else None, fitted, batch)
+
+
 def _as_prior(prior) -> torch.Tensor:
     """A predicted curve ``(T+1,)`` or ensemble of simulated runs ``(R, T+1)`` (tensors or lists with ``None`` for a
     diverged value) as a float64 tensor."""
@@ -202,11 +227,13 @@ class Refiner:
     default ``SPEED_PERSISTENCE`` (0: the run goes on at the prediction's pace from the loss it has reached) was
     chosen on the benchmark suite, where early slowness mostly does not last; 1 stretches the whole prediction by it
     (for a prediction known to be off by a constant factor).
+    ``interval_bin``: the prediction's calibration bin (``finetime.intervals.prediction_bin``; ``from_prediction``
+    reads it), which picks the interval's margin where the suite calibrated that bin.
     """
 
     def __init__(self, prior=None, *, steps: int, thresholds=None, seconds_per_step: float | None = None,
                  loss0: float | None = None, calibration: Calibration | None | str = "default",
-                 persistence: float = SPEED_PERSISTENCE):
+                 persistence: float = SPEED_PERSISTENCE, interval_bin: str | None = None):
         if steps < 1:
             raise ConfigError(f"steps must be >= 1 (got {steps})")
         if not 0.0 <= persistence <= 1.0:
@@ -218,6 +245,7 @@ class Refiner:
         self.thresholds = [Threshold.parse(t) if isinstance(t, str) else t for t in ths]
         self.predicted_seconds_per_step = seconds_per_step
         self.calibration = load_calibration() if calibration == "default" else calibration
+        self.interval_bin = interval_bin
         self._steps: list[float] = []  # where each observation sits (the middle of its window)
         self._now = 0  # the last step observed (the end of the last window)
         self._losses: list[float] = []
@@ -257,6 +285,7 @@ class Refiner:
         kw.setdefault("steps", len(pred["loss"]) - 1)
         kw.setdefault("thresholds", list(pred.get("training_time", {})) or None)
         kw.setdefault("seconds_per_step", pred.get("seconds_per_step"))
+        kw.setdefault("interval_bin", _interval_bin(prediction))
         refiner = cls(curve, **kw)
         refiner.prediction = live
         return refiner
@@ -331,7 +360,7 @@ class Refiner:
         r = self.refined()
         now = self.observed_step
         fraction = min(now / self.steps, 1.0)
-        margin = self.calibration.margin(fraction) if self.calibration else None
+        margin = self.calibration.margin(fraction, self.interval_bin) if self.calibration else None
         sps, source = self.seconds_per_step()
         out = {}
         for th in self.thresholds:
