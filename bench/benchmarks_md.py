@@ -6,7 +6,8 @@ Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw
 {{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{online_relin_regimes}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}, {{scale}}, {{photos_suite}}
 (bench/results/photos.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
 {{photos_intervals}} (coverage on photos.jsonl of intervals fitted on the other suites), {{interpolation}} (kernels
-interpolated between refreshes against stepwise ones, all four suites), {{bn_batch_photos}}, {{step_timing}}, {{growth}} (bench/results/growth.json), {{first_steps}} (bench/results/first_steps.json); a missing results file renders as a note saying which command produces it.
+interpolated between refreshes against stepwise ones, all four suites), {{bn_batch_photos}}, {{step_timing}}, {{growth}} (bench/results/growth.json), {{first_steps}} (bench/results/first_steps.json), {{noise}}
+(bench/results/noise.jsonl: the hard regimes' real runs by batch order); a missing results file renders as a note saying which command produces it.
 """
 
 from __future__ import annotations
@@ -328,6 +329,13 @@ def online_relin():
     return _missing("bench/online_relin_bench.py") if rows is None else online_relin_bench.render(rows)
 
 
+def noise():
+    import noise_bench
+
+    path = RES / "noise.jsonl"
+    return noise_bench.render() if path.exists() else _missing("bench/noise_bench.py")
+
+
 def online_relin_regimes():
     import online_relin_bench
 
@@ -544,7 +552,7 @@ def main():
                     ("photos_suite", photos_suite), ("resolution", resolution),
                     ("photos_intervals", photos_intervals), ("bn_batch_photos", bn_batch_photos),
                     ("step_timing", step_timing), ("interpolation", interpolation), ("growth", growth),
-                    ("first_steps", first_steps)):
+                    ("first_steps", first_steps), ("noise", noise)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
     print("wrote BENCHMARKS.md")

@@ -21,8 +21,8 @@ fraction, and by the prediction's calibration bin (its linearity check's gap bin
 `finetime.intervals.prediction_bin`) where the bin has at least `MIN_BIN_ROWS` scored rows at that fraction.
 `--calibrate` fits the margins on all cells (split-conformal 90% quantile of the extra margin each row needs) and
 writes `src/finetime/online/calibration.json`; the coverage reported is held out: each group (suite x dataset x
-resolution) is scored with margins fitted on the other groups only, per bin and (for comparison) pooled. No real run is trained here:
-the real curves are the suites' stored ones.
+resolution) is scored with margins fitted on the other groups only, per bin and (for comparison) pooled. No real run
+is trained here: the real curves are the suites' stored ones.
 """
 
 from __future__ import annotations

@@ -59,3 +59,54 @@ def test_repredict_can_keep_the_stored_timings(tmp_path):
         assert got["training_time"] == b["predictors"]["linear"]["training_time"]
         sgd = b["config"].get("batch_size", 0) > 0
         assert ("loss_runs" in got) == sgd and (not sgd or len(got["loss_runs"]) == b["config"]["runs"])
+
+
+def test_noise_bench_retrains_other_orders_and_scores_the_floor(tmp_path):
+    """``bench/noise_bench.py`` on the smoke suite: the other batch orders and the re-run of order 0 are trained
+    for real; the re-run of a deterministic run matches it, so the ``same order`` error is 0."""
+    import noise_bench
+
+    source = tmp_path / "smoke.jsonl"
+    assert suite.main(["--config", str(ROOT / "bench" / "configs" / "smoke.toml"), "--out", str(source),
+                       "--quiet"]) == 0
+    out = tmp_path / "noise.jsonl"
+    args = ["--source", str(source), "--predictor", "linear", "--every-sgd", "--out", str(out), "--orders", "1"]
+    assert noise_bench.main(args) == 0
+    runs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["order"] for r in runs) == [0, 1]  # one SGD configuration: order 1, then order 0 again
+    stored = [json.loads(line) for line in source.read_text().splitlines()]
+    sgd = [c for c in stored if c["config"]["batch_size"] == 4]
+    by_order = {r["order"]: r for r in runs}
+    # order 1 is the suite's own repeat 1 (the same batch order), order 0 the suite's repeat 0
+    assert by_order[1]["real"]["loss"] == next(c for c in sgd if c["repeat"] == 1)["real"]["loss"]
+    assert by_order[0]["real"]["loss"] == next(c for c in sgd if c["repeat"] == 0)["real"]["loss"]
+    assert noise_bench.main(args) == 0  # resumes: nothing left to train
+    assert len(out.read_text().splitlines()) == 2
+    cells = noise_bench.selected(report.load([source]), every_sgd=True)
+    rows = noise_bench.score(cells, runs, "linear", min_real_tt=0)
+    same = [r for r in rows if r["method"] == "same order"]
+    assert same and all(r["error"] == 0.0 for r in same)
+    for r in rows:  # two orders: each predicts the other
+        if r["method"] == "other orders" and r["actual"] is not None and r["predicted"] is not None:
+            other = [x["actual"] for x in rows if x["method"] == "other orders" and x["eps"] == r["eps"]
+                     and x["order"] != r["order"]]
+            assert other == [r["predicted"]]
+    assert "other orders median / p95" in "\n".join(noise_bench.table(rows))
+
+
+def test_noise_bench_pair_floor_is_the_least_worst_case_error():
+    import noise_bench
+    from finetime.training_time import relative_error
+
+    def run(step, diverged=False):
+        return {"diverged": diverged, "training_time": {"eps=0.1": {"step": step}}}
+
+    floor = noise_bench.pair_floor(run(40), run(60), 0.1)
+    assert floor == 0.2
+    # the estimate 48 errs by exactly the floor on both runs, and any other is worse on one of them
+    assert relative_error(48, 40) == relative_error(48, 60) == 0.2
+    assert all(max(relative_error(x, 40), relative_error(x, 60)) >= floor for x in range(30, 70))
+    assert noise_bench.pair_floor(run(None, True), run(50), 0.1) == 1.0
+    assert noise_bench.pair_floor(run(None, True), run(None, True), 0.1) == 0.0
+    assert noise_bench.pair_floor(run(None), run(50), 0.1) == 1.0
+    assert noise_bench.pair_floor(run(None), run(None), 0.1) == 0.0

@@ -1,0 +1,302 @@
+"""The noise floor of the hard regimes: the same configuration fine-tuned again, with other batch orders and its own.
+
+    .venv/bin/python bench/noise_bench.py [--orders 2]      # train (resumable; about 80 minutes for the default)
+    .venv/bin/python bench/noise_bench.py --report           # tables only, from the stored runs
+
+A prediction made before training does not know which batch order the run will draw, so its error on a run cannot
+fall below how much the real training time changes with the batch order alone. The paper suite measured that spread
+for three gentle configurations only (BENCHMARKS.md section 1, "noise floor"). This bench measures it where the
+suite's errors are large: every minibatch-SGD cell of ``bench/results/paper.jsonl`` (both seeds, repeat 0) with
+lr 1e-3 and momentum 0.9 (the usual recipe), lr 1e-2 without momentum, or BatchNorm batch statistics.
+
+Each such configuration is fine-tuned for real ``--orders`` more times, with the suite's batch orders of repeats 1, 2,
+... (``seed + 2 + 1000 r``), from the same pretrained weights and head (the suite's own run is order 0), and then once
+more with order 0 itself: the same batches in the same order, only the floating-point rounding differs (this
+process's thread count, the order of reductions). Full-batch GD cells of the same regimes (lr 1e-3 with momentum
+0.9, lr 1e-2, batch statistics) have no batch order to vary; those whose run is scored are re-run only.
+
+Written to ``bench/results/noise.jsonl`` (one line per configuration and order; ``order`` 0 is the re-run), then
+scored with the README's definitions (relative error, divergence mismatches 100%, pairs whose real TT(eps=0.4) < 10
+left out unless the run diverged):
+
+* `same order`: the stored run's training time as the prediction of its re-run. Not even knowing the batch order
+  exactly can do better where this is large: the run is chaotic.
+* `pair floor`: the least error one estimate can have on the worse of the two (``|a - b| / (a + b)``), over the pairs
+  whose losses agree to within 1% of the starting loss over the first 10% of the run (``SAME_PREFIX``; the table of
+  training times shows by how much each pair differs). Those first steps are all an estimator during training sees;
+  from them it gives both runs the same estimate, and errs by at least this on one of them.
+* `other orders`: each run predicted by the median training time of the same configuration's other orders (the
+  divergence call by their majority). No predictor that is blind to the batch order can expect to do better than
+  the real runs themselves do at predicting each other; this is the floor.
+* `predict`: the default prediction's stored training times (`adaptive`, the median over its simulated batch
+  orders), the same for every order of a configuration.
+* `refiner` at 10% and 20% observed: `finetime.online.refine_curve` from each run's own first steps, with the
+  stored prediction's simulated runs as its prior (as `bench/online_bench.py`); the new orders are runs the refiner's
+  calibration never saw, so the coverage of its calibrated 90% intervals (the shipped calibration, with the
+  prediction's bin) on them is a held-out check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from online_bench import _curve, estimates, gap_bin, prior_curve  # noqa: E402
+from report import MIN_REAL_TT, load, quantile  # noqa: E402
+from suite import prepare_model  # noqa: E402  (a fresh copy of the pretrained model and its new head)
+
+from finetime.batches import batch_plan  # noqa: E402
+from finetime.config import RunConfig  # noqa: E402
+from finetime.finetune import finetune  # noqa: E402
+from finetime.online import load_calibration, time_interval  # noqa: E402
+from finetime.online.refiner import LEVEL  # noqa: E402
+from finetime.predict import prepare, tolist, training_times  # noqa: E402
+from finetime.training_time import Threshold, relative_error  # noqa: E402
+
+SOURCE = HERE / "results" / "paper.jsonl"
+OUT = HERE / "results" / "noise.jsonl"
+EPS = (0.01, 0.1, 0.4)
+FRACTIONS = (0.1, 0.2)
+SAME_PREFIX = 0.01
+"""``pair floor`` rows: only pairs whose losses over the first ``FRACTIONS[0]`` of the run differ by less than this
+(relative to the starting loss), which no estimator from those steps can tell apart."""
+
+
+def regime(cfg: dict, every_sgd: bool = False) -> str | None:
+    """The hard regime a stored cell belongs to (None: not measured here; ``every_sgd``: other minibatch-SGD cells
+    are ``"SGD, other"``)."""
+    kind = "SGD" if cfg["batch_size"] else "GD"
+    if cfg["bn"] == "batch":
+        return f"{kind}, BatchNorm batch statistics"
+    if cfg["lr"] == 1e-3 and cfg["momentum"] == 0.9:
+        return f"{kind} lr 1e-3, momentum 0.9"
+    if cfg["lr"] == 1e-2 and (cfg["momentum"] == 0.0 or kind == "GD"):
+        return f"{kind} lr 1e-2" + (", momentum 0" if kind == "SGD" else "")
+    return "SGD, other" if every_sgd and kind == "SGD" else None
+
+
+def selected(cells: list[dict], every_sgd: bool = False) -> list[dict]:
+    """The suite's cells measured here (repeat 0); full-batch ones only where their run is scored (``_measurable``):
+    they have no batch order to vary, only the re-run, and each costs 35-150 s."""
+    out = [c for c in cells if c.get("repeat", 0) == 0 and regime(c["config"], every_sgd) is not None
+           and (c["config"]["batch_size"] or _measurable(c["real"]))]
+    for c in out:
+        c["_regime"] = regime(c["config"], every_sgd)
+    return out
+
+
+def train(cells: list[dict], orders: int, out: Path) -> None:
+    """Fine-tune each selected cell with batch orders 1..orders, then once more with its own order 0 (resumable:
+    runs already in ``out`` are kept). Orders outermost, so that an interrupted run leaves whole orders."""
+    done = set()
+    if out.exists():
+        done = {(r["id"], r["order"]) for r in map(json.loads, filter(str.strip, out.read_text().splitlines()))}
+    todo = [(c, k) for k in [*range(1, orders + 1), 0] for c in cells
+            if (c["id"], k) not in done and (k == 0 or c["config"]["batch_size"])]  # full batch: the re-run only
+    print(f"{len(cells)} configurations x {orders} orders and a re-run: {len(todo)} runs to train -> {out}",
+          file=sys.stderr)
+    tasks = {}
+    for c, k in todo:
+        cfg = RunConfig.from_dict(c["config"])
+        if cfg.task not in tasks:
+            tasks = {cfg.task: prepare(cfg)}  # one task's data and model held at a time
+        task = tasks[cfg.task]
+        plan = batch_plan(task.data.x.shape[0], cfg.optimizer, cfg.steps, 1,
+                          torch.Generator().manual_seed(cfg.task.seed + 2 + 1000 * k))
+        real = finetune(prepare_model(cfg), task.data.x, task.data.y, cfg.optimizer, cfg.steps, plan,
+                        loss=cfg.loss, params=task.trained, bn=cfg.task.bn)
+        rec = {"id": c["id"], "order": k, "config": c["config"],
+               "real": {"loss": tolist(real.loss), "training_time": training_times(real.loss.unsqueeze(0), cfg),
+                        "diverged": real.diverged, "train_seconds": round(real.train_seconds, 3),
+                        "threads": torch.get_num_threads()}}
+        with open(out, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        print(f"{c['id']} order {k}: TT(0.1) {rec['real']['training_time']['eps=0.1']['step']} "
+              f"(stored order 0: {c['real']['training_time']['eps=0.1']['step']}), diverged {real.diverged}",
+              file=sys.stderr, flush=True)
+
+
+def _tt(real: dict, e: float):
+    return real["training_time"][f"eps={e}"]["step"]
+
+
+def _measurable(real: dict, min_real_tt: int = MIN_REAL_TT) -> bool:
+    return real["diverged"] or (_tt(real, 0.4) or 0) >= min_real_tt
+
+
+def _by_order(runs: list[dict]) -> tuple[dict, dict]:
+    """{id: {order: real}} of the other orders (1, 2, ...) and {id: real} of the re-runs of order 0."""
+    extra, rerun = defaultdict(dict), {}
+    for r in runs:
+        if r["order"] == 0:
+            rerun[r["id"]] = r["real"]
+        else:
+            extra[r["id"]][r["order"]] = r["real"]
+    return extra, rerun
+
+
+def score(cells: list[dict], runs: list[dict], predictor: str = "adaptive",
+          min_real_tt: int = MIN_REAL_TT) -> list[dict]:
+    """One row per (configuration, order, eps, method) of the measurable runs; ``same order`` rows score the stored
+    run's training time as a prediction of its re-run."""
+    extra, rerun = _by_order(runs)
+    calibration = load_calibration()
+    rows = []
+    for c in cells:
+        reals = {0: c["real"], **extra.get(c["id"], {})}
+        again = rerun.get(c["id"])
+        if again is not None and _measurable(again, min_real_tt):
+            for e in EPS:
+                rows.append({"id": c["id"], "order": 0, "eps": e, "regime": c["_regime"], "method": "same order",
+                             "error": relative_error(_tt(c["real"], e), _tt(again, e),
+                                                     predicted_diverged=c["real"]["diverged"],
+                                                     actual_diverged=again["diverged"]),
+                             "predicted": _tt(c["real"], e), "actual": _tt(again, e)})
+                if _measurable(c["real"], min_real_tt) and prefix_gap(c["real"], again, FRACTIONS[0]) < SAME_PREFIX:
+                    rows.append({"id": c["id"], "order": 0, "eps": e, "regime": c["_regime"], "method": "pair floor",
+                                 "error": pair_floor(c["real"], again, e)})
+        if len(reals) < 2:
+            continue  # no other batch order (full batch, or not trained yet)
+        c["_prior"] = predictor
+        prior = prior_curve(c)
+        pred = c["predictors"][predictor]
+        pred_div = pred["diverged_fraction"] > 0.5
+
+        def row(method, k, e, real, step, diverged):
+            err = relative_error(step, _tt(real, e), predicted_diverged=diverged, actual_diverged=real["diverged"])
+            return {"id": c["id"], "order": k, "eps": e, "method": method, "error": err,
+                    "regime": c["_regime"], "predicted": step, "actual": _tt(real, e)}
+
+        for k, real in sorted(reals.items()):
+            if not _measurable(real, min_real_tt):
+                continue
+            others = [v for j, v in reals.items() if j != k]
+            curve = _curve(real["loss"])
+            T = curve.shape[0] - 1
+            refined = {f: estimates(prior, curve, T, f, refiner_only=True)["refiner"] for f in FRACTIONS}
+            for e in EPS:
+                div = sum(o["diverged"] for o in others) > len(others) / 2
+                steps = [_tt(o, e) for o in others if not o["diverged"]]
+                reached = [s for s in steps if s is not None]
+                step = None if div or len(reached) <= len(steps) / 2 else int(round(statistics.median(reached)))
+                rows.append(row("other orders", k, e, real, step, div))
+                rows.append(row("predict", k, e, real, None if pred_div else _tt(pred, e), pred_div))
+                for f, r in refined.items():
+                    med, lo, hi, _ = time_interval(r, Threshold.eps(e), T, calibration.margin(f, gap_bin(c)),
+                                                   LEVEL)
+                    rows.append(row(f"refiner {int(100 * f)}%", k, e, real, med, r.diverged))
+                    if not r.diverged and med is not None and _tt(real, e) is not None:
+                        rows[-1]["covered"] = lo <= _tt(real, e) <= (math.inf if hi is None else hi)
+    return rows
+
+
+def pair_floor(a: dict, b: dict, e: float) -> float:
+    """The least error one estimate can have on the worse of two runs: ``|a - b| / (a + b)`` for training times a and
+    b (the estimate between them that errs equally on both), 1 where they disagree on divergence or on reaching the
+    threshold, 0 where neither reaches it or both diverge."""
+    if a["diverged"] or b["diverged"]:
+        return float(a["diverged"] != b["diverged"])
+    ta, tb = _tt(a, e), _tt(b, e)
+    if ta is None or tb is None:
+        return float((ta is None) != (tb is None))
+    return abs(ta - tb) / max(ta + tb, 1)
+
+
+def prefix_gap(a: dict, b: dict, fraction: float) -> float:
+    """How far two runs' observed losses are apart over the first ``fraction`` of the run: the largest difference,
+    relative to the starting loss."""
+    la, lb = _curve(a["loss"]), _curve(b["loss"])
+    m = int(round(fraction * (la.shape[0] - 1)))
+    return float(((la[: m + 1] - lb[: m + 1]).abs() / la[0]).nan_to_num(math.inf).max())
+
+
+def spreads(cells: list[dict], runs: list[dict], predictor: str = "adaptive") -> list[str]:
+    """Per configuration: real TT(eps=0.1) of every order (the re-run of order 0 in brackets)."""
+    extra, rerun = _by_order(runs)
+    lines = ["| regime | configuration | real TT(0.1): order 0 (re-run), 1, 2, ... | re-run against order 0: largest "
+             "loss difference over the first 10% / 20% of the run | predict |", "|---|---|---|---|---|"]
+
+    def tt(r):
+        return "div." if r["diverged"] else str(_tt(r, 0.1))
+
+    for c in sorted(cells, key=lambda c: (c["_regime"], c["config"]["image_size"], c["config"]["per_class"],
+                                          c["config"]["batch_size"], c["config"]["seed"])):
+        others = [extra[c["id"]][k] for k in sorted(extra.get(c["id"], {}))]
+        if not others and c["id"] not in rerun:
+            continue
+        cfg = c["config"]
+        first = tt(c["real"]) + (f" ({tt(rerun[c['id']])})" if c["id"] in rerun else "")
+        gap = (" / ".join(f"{100 * prefix_gap(c['real'], rerun[c['id']], f):.2g}%" for f in FRACTIONS)
+               if c["id"] in rerun else "-")
+        pred = c["predictors"][predictor]
+        p = "div." if pred["diverged_fraction"] > 0.5 else str(_tt(pred, 0.1))
+        lines.append(f"| {c['_regime']} | {cfg['data']} {cfg['image_size']} px, {cfg['per_class']}/class, seed "
+                     f"{cfg['seed']}, batch {cfg['batch_size'] or 'full'} | "
+                     f"{', '.join([first, *map(tt, others)])} | {gap} "
+                     f"| {p} |")
+    return lines
+
+
+def table(rows: list[dict]) -> list[str]:
+    methods = ["pair floor", "same order", "other orders", "predict", *(f"refiner {int(100 * f)}%" for f in FRACTIONS)]
+    regimes = sorted({r["regime"] for r in rows})
+    lines = ["| regime | pairs (re-run / orders) | " + " | ".join(f"{m} median / p95" for m in methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for name, keep in [*((g, lambda r, g=g: r["regime"] == g) for g in regimes), ("all", lambda r: True)]:
+        cells, n = [], {}
+        for m in methods:
+            errs = [r["error"] for r in rows if r["method"] == m and keep(r)]
+            n[m] = len(errs)
+            cells.append(f"{100 * statistics.median(errs):.1f}% / {100 * quantile(errs, 0.95):.1f}%" if errs else "-")
+        lines.append(f"| {name} | {n['same order']} / {n['other orders']} | " + " | ".join(cells) + " |")
+    cover = []
+    for f in FRACTIONS:
+        hits = [r["covered"] for r in rows if r["method"] == f"refiner {int(100 * f)}%" and "covered" in r
+                and r["order"] > 0]
+        if hits:
+            cover.append(f"{100 * sum(hits) / len(hits):.1f}% of {len(hits)} at {int(100 * f)}% observed")
+    if cover:
+        lines += ["", "The refiner's calibrated 90% intervals on the orders the calibration never saw (1, 2, ...) "
+                      "contain the real training time in " + ", ".join(cover) + "."]
+    return lines
+
+
+def render(source: Path = SOURCE, out: Path = OUT, predictor: str = "adaptive", every_sgd: bool = False) -> str:
+    """Both tables (training times by batch order; errors by regime) from the stored runs."""
+    cells = selected(load([source]), every_sgd)
+    runs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the refiner's many small tensor operations (as online_bench)
+    try:
+        rows = score(cells, runs, predictor)
+    finally:
+        torch.set_num_threads(threads)
+    return "\n".join(spreads(cells, runs, predictor)) + "\n\n" + "\n".join(table(rows)) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--orders", type=int, default=2, help="batch orders to train besides the suite's own")
+    ap.add_argument("--report", action="store_true", help="only score the stored runs")
+    ap.add_argument("--source", type=Path, default=SOURCE, help="the suite results whose cells are re-trained")
+    ap.add_argument("--predictor", default="adaptive", help="the stored prediction scored and used as the prior")
+    ap.add_argument("--every-sgd", action="store_true", help="every minibatch-SGD cell, not only the hard regimes")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    if not args.report:
+        train(selected(load([args.source]), args.every_sgd), args.orders, args.out)
+    print(render(args.source, args.out, args.predictor, args.every_sgd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
