@@ -1,6 +1,6 @@
 """The noise floor of the hard regimes: the same configuration fine-tuned again, with other batch orders and its own.
 
-    .venv/bin/python bench/noise_bench.py [--orders 2]      # train (resumable; about 80 minutes for the default)
+    .venv/bin/python bench/noise_bench.py [--orders 2]      # train (resumable; about 100 minutes on 2 cores)
     .venv/bin/python bench/noise_bench.py --report           # tables only, from the stored runs
 
 A prediction made before training does not know which batch order the run will draw, so its error on a run cannot
@@ -152,16 +152,18 @@ def score(cells: list[dict], runs: list[dict], predictor: str = "adaptive",
     calibration = load_calibration()
     rows = []
     for c in cells:
+        def row(method, k, e, real, step, diverged):
+            err = relative_error(step, _tt(real, e), predicted_diverged=diverged, actual_diverged=real["diverged"])
+            return {"id": c["id"], "order": k, "eps": e, "method": method, "error": err,
+                    "regime": c["_regime"], "predicted": step, "actual": _tt(real, e)}
+
         reals = {0: c["real"], **extra.get(c["id"], {})}
         again = rerun.get(c["id"])
         if again is not None and _measurable(again, min_real_tt):
+            same_prefix = prefix_gap(c["real"], again, FRACTIONS[0]) < SAME_PREFIX
             for e in EPS:
-                rows.append({"id": c["id"], "order": 0, "eps": e, "regime": c["_regime"], "method": "same order",
-                             "error": relative_error(_tt(c["real"], e), _tt(again, e),
-                                                     predicted_diverged=c["real"]["diverged"],
-                                                     actual_diverged=again["diverged"]),
-                             "predicted": _tt(c["real"], e), "actual": _tt(again, e)})
-                if _measurable(c["real"], min_real_tt) and prefix_gap(c["real"], again, FRACTIONS[0]) < SAME_PREFIX:
+                rows.append(row("same order", 0, e, again, _tt(c["real"], e), c["real"]["diverged"]))
+                if _measurable(c["real"], min_real_tt) and same_prefix:
                     rows.append({"id": c["id"], "order": 0, "eps": e, "regime": c["_regime"], "method": "pair floor",
                                  "error": pair_floor(c["real"], again, e)})
         if len(reals) < 2:
@@ -170,11 +172,6 @@ def score(cells: list[dict], runs: list[dict], predictor: str = "adaptive",
         prior = prior_curve(c)
         pred = c["predictors"][predictor]
         pred_div = pred["diverged_fraction"] > 0.5
-
-        def row(method, k, e, real, step, diverged):
-            err = relative_error(step, _tt(real, e), predicted_diverged=diverged, actual_diverged=real["diverged"])
-            return {"id": c["id"], "order": k, "eps": e, "method": method, "error": err,
-                    "regime": c["_regime"], "predicted": step, "actual": _tt(real, e)}
 
         for k, real in sorted(reals.items()):
             if not _measurable(real, min_real_tt):

@@ -45,12 +45,12 @@ class Calibration:
     open_loop: dict | None = None  # margins of predictions before training, by linearity-check bin
     bins: dict | None = None  # {bin: margins by fraction (None where that bin had too few rows)}
 
-    def margin(self, fraction: float, bin: str | None = None) -> float:
-        """The margin after ``fraction`` of the run, for a prediction of calibration bin ``bin``
+    def margin(self, fraction: float, bin_name: str | None = None) -> float:
+        """The margin after ``fraction`` of the run, for a prediction of calibration bin ``bin_name``
         (``finetime.intervals.prediction_bin``; ``None`` or a bin without enough rows: the pooled margin)."""
         x = min(max(fraction, self.fractions[0]), self.fractions[-1])
         pooled = float(_lerp(self.fractions, self.margins, x))
-        by_bin = (self.bins or {}).get(bin) if bin is not None else None
+        by_bin = (self.bins or {}).get(bin_name) if bin_name is not None else None
         if not by_bin:
             return pooled
         return float(_lerp(self.fractions, [pooled_f if m is None else m for m, pooled_f in
