@@ -34,6 +34,10 @@ left out unless the run diverged):
   stored prediction's simulated runs as its prior (as `bench/online_bench.py`); the new orders are runs the refiner's
   calibration never saw, so the coverage of its calibrated 90% intervals (the shipped calibration, with the
   prediction's bin) on them is a held-out check.
+
+A last table checks what `predict` prints against every order of the SGD cells: its 5-95% band over simulated batch
+orders (width against the real spread over orders) and its 90% model-error interval (the suite's own run, which the
+calibration saw, against the other orders, which it did not).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from suite import prepare_model  # noqa: E402  (a fresh copy of the pretrained m
 from finetime.batches import batch_plan  # noqa: E402
 from finetime.config import RunConfig  # noqa: E402
 from finetime.finetune import finetune  # noqa: E402
+from finetime.intervals import model_interval  # noqa: E402
 from finetime.online import load_calibration, time_interval  # noqa: E402
 from finetime.online.refiner import LEVEL  # noqa: E402
 from finetime.predict import prepare, tolist, training_times  # noqa: E402
@@ -267,6 +272,48 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def bands(cells: list[dict], runs: list[dict], predictor: str = "adaptive") -> list[str]:
+    """How the prediction's printed ranges hold the real runs of every batch order (0, 1, 2, ...), SGD cells whose
+    prediction reaches the threshold: its 5-95% band over simulated batch orders, and its 90% model-error interval
+    (``finetime.intervals``, the shipped calibration, the cell's bin; orders 1, 2, ... were never calibrated on)."""
+    extra, _ = _by_order(runs)
+    open_loop = (load_calibration().open_loop or {}).get("margins", {})
+    stats = defaultdict(lambda: defaultdict(list))
+    for c in cells:
+        pred = c["predictors"][predictor]
+        if not c["config"]["batch_size"] or pred["diverged_fraction"] > 0.5:
+            continue
+        c["_prior"] = predictor
+        margin = open_loop.get(gap_bin(c))  # the margin `predict` prints its interval with
+        reals = [c["real"], *(extra.get(c["id"], {})[k] for k in sorted(extra.get(c["id"], {})))]
+        s = stats[c["_regime"]]
+        for e in EPS:
+            t = pred["training_time"][f"eps={e}"]
+            if t["step"] is None or t["low"] is None or t["high"] is None:
+                continue
+            s["width"].append((t["high"] + 1) / (t["low"] + 1))
+            tts = [(k, _tt(r, e)) for k, r in enumerate(reals)
+                   if _measurable(r) and not r["diverged"] and _tt(r, e) is not None]
+            if len(tts) >= 2:
+                s["spread"].append((max(x for _, x in tts) + 1) / (min(x for _, x in tts) + 1))
+            interval = model_interval(t["step"], margin, c["config"]["steps"])
+            for k, x in tts:
+                s["band"].append(t["low"] <= x <= t["high"])
+                if interval is not None:
+                    inside = interval[0] <= x <= (math.inf if interval[1] is None else interval[1])
+                    s["interval new" if k else "interval"].append(inside)
+    lines = ["| regime | real training times | in the 5-95% band over batch orders | band width, high / low (median) "
+             "| real spread over orders, max / min (median) | in the 90% model-error interval: the suite's run / the "
+             "other orders |", "|---|---|---|---|---|---|"]
+    for g in sorted(stats):
+        s = stats[g]
+        share = lambda v: f"{100 * sum(v) / len(v):.0f}%" if v else "-"  # noqa: E731
+        ratio = lambda v: f"x{statistics.median(v):.2f}" if v else "-"  # noqa: E731
+        lines.append(f"| {g} | {len(s['band'])} | {share(s['band'])} | {ratio(s['width'])} | {ratio(s['spread'])} | "
+                     f"{share(s['interval'])} / {share(s['interval new'])} |")
+    return lines
+
+
 def render(source: Path = SOURCE, out: Path = OUT, predictor: str = "adaptive", every_sgd: bool = False) -> str:
     """Both tables (training times by batch order; errors by regime) from the stored runs."""
     cells = selected(load([source]), every_sgd)
@@ -277,7 +324,8 @@ def render(source: Path = SOURCE, out: Path = OUT, predictor: str = "adaptive", 
         rows = score(cells, runs, predictor)
     finally:
         torch.set_num_threads(threads)
-    return "\n".join(spreads(cells, runs, predictor)) + "\n\n" + "\n".join(table(rows)) + "\n"
+    return ("\n".join(spreads(cells, runs, predictor)) + "\n\n" + "\n".join(table(rows)) + "\n\n"
+            + "\n".join(bands(cells, runs, predictor)) + "\n")
 
 
 def main(argv=None) -> int:

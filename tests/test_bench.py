@@ -92,6 +92,8 @@ def test_noise_bench_retrains_other_orders_and_scores_the_floor(tmp_path):
                      and x["order"] != r["order"]]
             assert other == [r["predicted"]]
     assert "other orders median / p95" in "\n".join(noise_bench.table(rows))
+    band = noise_bench.bands(cells, runs, "linear")
+    assert len(band) == 3 and band[2].startswith("| SGD, other |")  # one SGD configuration, all its orders
 
 
 def test_noise_bench_pair_floor_is_the_least_worst_case_error():
