@@ -254,13 +254,12 @@ GAP_BINS = (0.01, 0.1)
 
 
 def gap_bin(c) -> str:
-    """The calibration bin of a cell's default prediction, as ``predict`` chooses it: fitted to its first real steps
-    (``finetime.first_steps``), or its linearity check's gap bin (``finetime.intervals.gap_bin``)."""
+    """The calibration bin of a cell's default prediction, as ``predict`` chooses it
+    (``finetime.intervals.prediction_bin``): fitted to its first real steps, or its linearity check's gap bin."""
     info = c["predictors"][c["_prior"]].get("info") or {}
-    if (info.get("first_steps") or {}).get("speed") is not None:
-        return intervals.first_steps_bin(c["config"].get("bn") == "batch")
     gaps = info.get("loss_gaps")
-    return intervals.gap_bin(gaps[0] if gaps else None, GAP_BINS)
+    return intervals.prediction_bin(gaps[0] if gaps else None, (info.get("first_steps") or {}).get("speed") is not None,
+                                    c["config"].get("bn") == "batch", GAP_BINS)
 
 
 def open_loop_rows(cells):

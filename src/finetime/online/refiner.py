@@ -187,7 +187,7 @@ def refine(prior: torch.Tensor | None, steps, losses, horizon: int, origin: int 
     return Refined(curves, r.weights, r.method, r.speed, r.diverged_weight)
 
 
-def _interval_bin(prediction: dict) -> str | None:
+def _interval_bin(prediction: dict) -> str:
     """The calibration bin of a prediction dict (``predicted.interval_bin``; derived from its linearity check and
     first steps for JSON written before the field)."""
     from ..intervals import prediction_bin
