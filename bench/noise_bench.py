@@ -54,7 +54,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from online_bench import _curve, estimates, gap_bin, prior_curve  # noqa: E402
+from online_bench import _curve, estimates, gap_bin, measurable_run, prior_curve  # noqa: E402
 from report import MIN_REAL_TT, load, quantile  # noqa: E402
 from suite import prepare_model  # noqa: E402  (a fresh copy of the pretrained model and its new head)
 
@@ -90,10 +90,10 @@ def regime(cfg: dict, every_sgd: bool = False) -> str | None:
 
 
 def selected(cells: list[dict], every_sgd: bool = False) -> list[dict]:
-    """The suite's cells measured here (repeat 0); full-batch ones only where their run is scored (``_measurable``):
+    """The suite's cells measured here (repeat 0); full-batch ones only where their run is scored (``measurable_run``):
     they have no batch order to vary, only the re-run, and each costs 35-150 s."""
     out = [c for c in cells if c.get("repeat", 0) == 0 and regime(c["config"], every_sgd) is not None
-           and (c["config"]["batch_size"] or _measurable(c["real"]))]
+           and (c["config"]["batch_size"] or measurable_run(c["real"]))]
     for c in out:
         c["_regime"] = regime(c["config"], every_sgd)
     return out
@@ -134,10 +134,6 @@ def _tt(real: dict, e: float):
     return real["training_time"][f"eps={e}"]["step"]
 
 
-def _measurable(real: dict, min_real_tt: int = MIN_REAL_TT) -> bool:
-    return real["diverged"] or (_tt(real, 0.4) or 0) >= min_real_tt
-
-
 def _by_order(runs: list[dict]) -> tuple[dict, dict]:
     """{id: {order: real}} of the other orders (1, 2, ...) and {id: real} of the re-runs of order 0."""
     extra, rerun = defaultdict(dict), {}
@@ -164,11 +160,11 @@ def score(cells: list[dict], runs: list[dict], predictor: str = "adaptive",
 
         reals = {0: c["real"], **extra.get(c["id"], {})}
         again = rerun.get(c["id"])
-        if again is not None and _measurable(again, min_real_tt):
+        if again is not None and measurable_run(again, min_real_tt):
             same_prefix = prefix_gap(c["real"], again, FRACTIONS[0]) < SAME_PREFIX
             for e in EPS:
                 rows.append(row("same order", 0, e, again, _tt(c["real"], e), c["real"]["diverged"]))
-                if _measurable(c["real"], min_real_tt) and same_prefix:
+                if measurable_run(c["real"], min_real_tt) and same_prefix:
                     rows.append({"id": c["id"], "order": 0, "eps": e, "regime": c["_regime"], "method": "pair floor",
                                  "error": pair_floor(c["real"], again, e)})
         if len(reals) < 2:
@@ -179,7 +175,7 @@ def score(cells: list[dict], runs: list[dict], predictor: str = "adaptive",
         pred_div = pred["diverged_fraction"] > 0.5
 
         for k, real in sorted(reals.items()):
-            if not _measurable(real, min_real_tt):
+            if not measurable_run(real, min_real_tt):
                 continue
             others = [v for j, v in reals.items() if j != k]
             curve = _curve(real["loss"])
@@ -293,7 +289,7 @@ def bands(cells: list[dict], runs: list[dict], predictor: str = "adaptive") -> l
                 continue
             s["width"].append((t["high"] + 1) / (t["low"] + 1))
             tts = [(k, _tt(r, e)) for k, r in enumerate(reals)
-                   if _measurable(r) and not r["diverged"] and _tt(r, e) is not None]
+                   if measurable_run(r) and not r["diverged"] and _tt(r, e) is not None]
             if len(tts) >= 2:
                 s["spread"].append((max(x for _, x in tts) + 1) / (min(x for _, x in tts) + 1))
             interval = model_interval(t["step"], margin, c["config"]["steps"])

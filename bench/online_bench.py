@@ -70,11 +70,15 @@ def practitioner(cfg) -> bool:
                                        and cfg.get("momentum", 0.0) == 0.9)
 
 
+def measurable_run(real: dict, min_real_tt: int = MIN_REAL_TT) -> bool:
+    """The suite tables' rule: real runs whose TT(eps=0.4) is below ``min_real_tt`` steps are left out, unless they
+    diverged."""
+    return real["diverged"] or (real["training_time"].get("eps=0.4", {}).get("step") or 0) >= min_real_tt
+
+
 def measurable(c) -> bool:
-    """The suite tables' rule: cells whose real TT(eps=0.4) is below ``MIN_REAL_TT`` steps are left out, unless the
-    real run diverged."""
-    real = c["real"]
-    return real["diverged"] or (real["training_time"].get("eps=0.4", {}).get("step") or 0) >= MIN_REAL_TT
+    """``measurable_run`` of a cell's real run."""
+    return measurable_run(c["real"])
 
 
 def estimates(prior, real, T, f, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=False,
