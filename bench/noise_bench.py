@@ -145,6 +145,11 @@ def _by_order(runs: list[dict]) -> tuple[dict, dict]:
     return extra, rerun
 
 
+def _orders(c: dict, extra: dict) -> dict:
+    """{order: real run} of a cell, in order: the suite's own run (0) and the other orders trained here."""
+    return {0: c["real"], **{k: v for k, v in sorted(extra.get(c["id"], {}).items())}}
+
+
 def score(cells: list[dict], runs: list[dict], predictor: str = "adaptive",
           min_real_tt: int = MIN_REAL_TT) -> list[dict]:
     """One row per (configuration, order, eps, method) of the measurable runs; ``same order`` rows score the stored
@@ -158,7 +163,7 @@ def score(cells: list[dict], runs: list[dict], predictor: str = "adaptive",
             return {"id": c["id"], "order": k, "eps": e, "method": method, "error": err,
                     "regime": c["_regime"], "predicted": step, "actual": _tt(real, e)}
 
-        reals = {0: c["real"], **extra.get(c["id"], {})}
+        reals = _orders(c, extra)
         again = rerun.get(c["id"])
         if again is not None and measurable_run(again, min_real_tt):
             same_prefix = prefix_gap(c["real"], again, FRACTIONS[0]) < SAME_PREFIX
@@ -228,7 +233,7 @@ def spreads(cells: list[dict], runs: list[dict], predictor: str = "adaptive") ->
 
     for c in sorted(cells, key=lambda c: (c["_regime"], c["config"]["image_size"], c["config"]["per_class"],
                                           c["config"]["batch_size"], c["config"]["seed"])):
-        others = [extra[c["id"]][k] for k in sorted(extra.get(c["id"], {}))]
+        others = list(_orders(c, extra).values())[1:]
         if not others and c["id"] not in rerun:
             continue
         cfg = c["config"]
@@ -281,7 +286,7 @@ def bands(cells: list[dict], runs: list[dict], predictor: str = "adaptive") -> l
             continue
         c["_prior"] = predictor
         margin = open_loop.get(gap_bin(c))  # the margin `predict` prints its interval with
-        reals = [c["real"], *(extra.get(c["id"], {})[k] for k in sorted(extra.get(c["id"], {})))]
+        reals = list(_orders(c, extra).values())
         s = stats[c["_regime"]]
         for e in EPS:
             t = pred["training_time"][f"eps={e}"]
@@ -311,7 +316,8 @@ def bands(cells: list[dict], runs: list[dict], predictor: str = "adaptive") -> l
 
 
 def render(source: Path = SOURCE, out: Path = OUT, predictor: str = "adaptive", every_sgd: bool = False) -> str:
-    """Both tables (training times by batch order; errors by regime) from the stored runs."""
+    """The three tables (training times by batch order; errors by regime; what `predict` prints against every order)
+    from the stored runs."""
     cells = selected(load([source]), every_sgd)
     runs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
     threads = torch.get_num_threads()
