@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from finetime.kernel import compute_kernel, gradient_moments
+from finetime.kernel.distributed import shutdown
 from models_for_tests import tiny_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,8 @@ def _worker(rank, world, init, out):
         result = _kernels(tiny_cnn(3, image_size=12), x, r)
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        shutdown()
+    assert not dist.is_initialized()  # the group is gone before interpreter exit
 
 
 def test_two_gloo_ranks_give_the_one_process_kernel(tmp_path):
@@ -64,15 +66,24 @@ def test_two_gloo_ranks_give_the_one_process_kernel(tmp_path):
                 torch.testing.assert_close(d_sharded[name], d_single[name], rtol=1e-5, atol=1e-8)
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
-                    reason="torchrun not installed")
+def _torchrun():
+    return shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT / "src"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+
+
+needs_torchrun = pytest.mark.skipif(not Path(_torchrun()).exists(), reason="torchrun not installed")
+
+
+@needs_torchrun
 def test_torchrun_predict_equals_one_process(tmp_path):
     args = ["predict", "--data", "fashion-mnist-mini", "--model", "models_for_tests:tiny_cnn", "--classes", "3",
             "--per-class", "4", "--image-size", "12", "--steps", "20", "--lr", "0.1", "--quiet", "--predictor",
             "linear"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT / "src"),
-                                                         os.environ.get("PYTHONPATH", "")])}
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env, torchrun = _env(), _torchrun()
     sharded = tmp_path / "sharded.json"
     proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "finetime", *args, "--json",
                            str(sharded)], env=env, capture_output=True, text=True, timeout=300)
@@ -89,3 +100,16 @@ def test_torchrun_predict_equals_one_process(tmp_path):
         assert u == pytest.approx(v, rel=1e-5)
     for key, v in b["predicted"]["training_time"].items():
         assert a["predicted"]["training_time"][key]["step"] == v["step"]
+
+
+@needs_torchrun
+def test_torchrun_validate_is_refused_by_every_rank_cleanly(tmp_path):
+    """An error raised on every rank exits with the CLI's message and code 2, not an abort in the backend's
+    teardown."""
+    proc = subprocess.run([_torchrun(), "--standalone", "--nproc-per-node", "2", "-m", "finetime", "validate", "--data",
+                           "fashion-mnist-mini", "--model", "models_for_tests:tiny_cnn", "--classes", "3",
+                           "--per-class", "4", "--image-size", "12", "--steps", "5", "--quiet"],
+                          env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.count("run it without torchrun") == 2, proc.stderr[-2000:]
+    assert "exitcode: 2" in proc.stderr and "SIGABRT" not in proc.stderr, proc.stderr[-2000:]

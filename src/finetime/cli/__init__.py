@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, FinetimeError
 from ..device import resolve_device
-from ..kernel.distributed import init_from_env, is_main
+from ..kernel.distributed import init_from_env, is_main, shutdown
 from ..progress import TerminalProgress
 from ..runtime import configure_threads, tune_allocator
 from ..sweep import SWEEPABLE
@@ -262,7 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        return COMMANDS[args.command](args)
+        try:
+            code = COMMANDS[args.command](args)
+        except BaseException:
+            shutdown(wait=False)
+            raise
+        shutdown()
+        return code
     except FinetimeError as exc:
         if debug:
             raise

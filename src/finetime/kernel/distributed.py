@@ -22,7 +22,7 @@ import os
 import torch
 
 __all__ = ["Shard", "current_shard", "sample_span", "all_reduce_sum", "init_from_env", "is_main", "broadcast_value",
-           "world_size"]
+           "shutdown", "world_size"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,3 +94,18 @@ def init_from_env(device: str = "cpu") -> bool:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
     return True
+
+
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group, if one was joined, tearing it down here rather than at interpreter exit, where a rank
+    that finished first could abort in the backend's teardown while another still ran (``terminate called without
+    an active exception``). ``wait``: first wait for every rank to get here (after a successful command; after an
+    error the other ranks may be inside a collective and never arrive)."""
+    d = _dist()
+    if d is None:
+        return
+    try:
+        if wait:
+            d.barrier()
+    finally:
+        d.destroy_process_group()
