@@ -102,13 +102,17 @@ def run_cell(cfg: RunConfig, task: Task, kernel, kernel_seconds: float, step_sec
 BENCH_PREDICTORS = {**PRESETS,
                     "adaptive-full-refresh": dataclasses.replace(PRESETS["adaptive"], refresh_samples="all"),
                     "adaptive-stepwise": dataclasses.replace(PRESETS["adaptive"], interpolate=False),
-                    "adaptive-interp": dataclasses.replace(PRESETS["adaptive"], interpolate=True),
+                    "adaptive-interp": dataclasses.replace(PRESETS["adaptive"], interpolate=True,
+                                                           interpolation="linear"),
+                    "adaptive-geometric": dataclasses.replace(PRESETS["adaptive"], interpolate=True,
+                                                              interpolation="geometric"),
                     "adaptive-no-first-steps": dataclasses.replace(PRESETS["adaptive"], first_steps=0)}
 """The presets, and variants kept as baselines in the results: ``adaptive-full-refresh`` is ``adaptive`` with every
 refresh a whole kernel (``--refresh-samples all``; the default before refreshes on a subset); ``adaptive-stepwise``
-and ``adaptive-interp`` use each refreshed kernel from its checkpoint on, or interpolate it in time between refreshes
-(``--no-interpolate-kernels`` / ``--interpolate-kernels``; the default interpolates for Adam, AdamW and SGD without
-momentum);
+and ``adaptive-interp`` use each refreshed kernel from its checkpoint on, or interpolate it linearly in time between
+refreshes (``--no-interpolate-kernels`` / ``--interpolate-kernels --kernel-interpolation linear``; the default
+interpolates for Adam, AdamW and SGD without momentum, and with momentum where the kernel grows ``GROWTH_JUMP``-fold
+between two refreshes); ``adaptive-geometric`` interpolates geometrically between every two refreshes;
 ``adaptive-no-first-steps`` is ``adaptive`` without its first real steps (``--first-steps 0``; it differs from
 ``adaptive`` only with BatchNorm batch statistics)."""
 

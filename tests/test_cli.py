@@ -492,5 +492,10 @@ def test_interpolate_kernels_flag_reaches_the_predictor():
     assert not off.predictor.interpolates(off.optimizer)
     on = parse("--momentum", "0.9", "--interpolate-kernels")
     assert on.predictor.interpolates(on.optimizer) and on.to_dict()["interpolate_kernels"] is True
-    stepwise = parse("--momentum", "0.9")
-    assert stepwise.predictor.interpolate is None and not stepwise.predictor.interpolates(stepwise.optimizer)
+    assert on.predictor.interpolation_for(on.optimizer) == ("geometric", 0.0)
+    momentum = parse("--momentum", "0.9")  # the default: geometric, only across a large growth
+    assert momentum.predictor.interpolate is None and momentum.predictor.interpolates(momentum.optimizer)
+    assert momentum.predictor.interpolation_for(momentum.optimizer)[1] > 1
+    lin = parse("--momentum", "0.9", "--kernel-interpolation", "linear")
+    assert lin.predictor.interpolation_for(lin.optimizer)[0] == "linear"
+    assert lin.to_dict()["kernel_interpolation"] == "linear"

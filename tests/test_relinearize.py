@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from finetime.batches import batch_plan
@@ -490,9 +491,64 @@ def test_interpolated_kernel_grows_linearly_between_refreshes():
     assert (traj.loss[0, 1:knot + 1] < stepwise.loss[0, 1:knot + 1]).all()  # the kernel grows before the refresh
 
 
-def test_interpolation_needs_the_curve_not_reanchored():
-    import pytest
+def _scaled_kernel_run(factor: float, steps: int, knot: int, **kw):
+    """Full-batch GD relinearized once at ``knot`` on a network whose refreshed kernel is ``factor`` times the
+    first, and the same run written out by hand with the kernel ``scale(t) Theta0`` from ``scale``."""
+    from finetime.kernel import Kernel
+    from finetime.losses import residual
 
+    m, x, y, p = _setup(seed=3, n=6)
+    sgd = SGD(lr=1.5 / factor)
+    net = Network(m, x, [n for n, _ in m.named_parameters()],
+                  kernel=lambda mm: Kernel(factor * p.theta, p.f0.clone()))
+    traj, info = relinearized(p, sgd, steps, net, checkpoints=[knot], reanchor="none", **kw)
+
+    def by_hand(scale):
+        f = p.f0.clone()
+        losses = [torch.nn.functional.cross_entropy(f, y)]
+        for t in range(steps):
+            f = f - sgd.lr * scale(t) * (p.theta @ residual(f, y, p.loss).reshape(-1) / p.n).view_as(f)
+            losses.append(torch.nn.functional.cross_entropy(f, y))
+        return torch.stack(losses)
+
+    return traj, info, by_hand
+
+
+def test_geometric_interpolation_grows_the_trace_by_a_constant_factor():
+    """A refreshed kernel 8 times the first: geometrically interpolated, the second pass runs on ``8**w Theta0``
+    (``w`` the middle of each switch's sub-interval), then on ``8 Theta0``; the trace of the straight line at
+    ``geometric_weight`` is exactly geometric."""
+    from finetime.relinearize import INTERPOLATION_POINTS, geometric_weight
+
+    steps, knot = 40, 2 * INTERPOLATION_POINTS
+    traj, info, by_hand = _scaled_kernel_run(8.0, steps, knot, interpolate=True, interpolation="geometric")
+    want = by_hand(lambda t: 8.0 ** (((t // 2) * 2 + 1) / knot) if t < knot else 8.0)
+    torch.testing.assert_close(traj.loss[0], want)
+    assert info.interpolated
+    for w in (0.0, 0.1, 0.5, 0.9, 1.0):
+        for r in (0.25, 3.0, 50.0):
+            u = geometric_weight(w, r)
+            assert (1 - u) + u * r == pytest.approx(r ** w)
+    assert geometric_weight(0.3, 1.0) == 0.3 and geometric_weight(0.3, float("nan")) == 0.3
+
+
+def test_min_growth_keeps_small_changes_stepwise():
+    """With ``min_growth`` an interval over which the kernel grows less keeps its first kernel: no second pass at
+    all when no interval qualifies, the same curve as stepwise kernels; a larger growth is interpolated."""
+    steps, knot = 30, 10
+    stepwise, info_s, _ = _scaled_kernel_run(2.0, steps, knot)
+    kept, info_k, _ = _scaled_kernel_run(2.0, steps, knot, interpolate=True, interpolation="geometric",
+                                         min_growth=10.0)
+    assert not info_k.interpolated and not info_s.interpolated
+    torch.testing.assert_close(kept.loss, stepwise.loss)
+    grown, info_g, _ = _scaled_kernel_run(16.0, steps, knot, interpolate=True, interpolation="geometric",
+                                                min_growth=10.0)
+    assert info_g.interpolated
+    step16, _, _ = _scaled_kernel_run(16.0, steps, knot)
+    assert (grown.loss[0, 2:knot + 1] < step16.loss[0, 2:knot + 1]).all()  # the kernel grows before the refresh
+
+
+def test_interpolation_needs_the_curve_not_reanchored():
     from finetime.config import PredictorConfig
     from finetime.errors import ConfigError
     from finetime.optim import AdamW
@@ -504,9 +560,19 @@ def test_interpolation_needs_the_curve_not_reanchored():
     with pytest.raises(ConfigError, match="reanchor none"):
         PredictorConfig(reanchor="all", interpolate=True)
     sgd, momentum, adamw = SGD(lr=0.1), SGD(lr=0.1, momentum=0.9), AdamW(lr=0.1)
-    # the default: on for Adam and AdamW and for SGD without momentum, off with momentum
+    # the default: every interval, linearly, for Adam and AdamW and for SGD without momentum; with momentum
+    # geometrically, only across a GROWTH_JUMP-fold growth
+    from finetime.config import GROWTH_JUMP
+
     assert PredictorConfig().interpolates(adamw) and PredictorConfig().interpolates(sgd)
-    assert not PredictorConfig().interpolates(momentum)
+    assert PredictorConfig().interpolation_for(adamw) == PredictorConfig().interpolation_for(sgd) == ("linear", 0.0)
+    assert PredictorConfig().interpolates(momentum)
+    assert PredictorConfig().interpolation_for(momentum) == ("geometric", GROWTH_JUMP)
+    assert PredictorConfig(interpolate=True).interpolation_for(momentum) == ("geometric", 0.0)
+    assert PredictorConfig(interpolation="linear").interpolation_for(momentum) == ("linear", GROWTH_JUMP)
+    assert not PredictorConfig(interpolate=False).interpolates(momentum)
+    with pytest.raises(ConfigError, match="kernel-interpolation"):
+        PredictorConfig(interpolation="cubic")
     assert not PredictorConfig(reanchor="first").interpolates(adamw)
     assert not PredictorConfig(reanchor="first").interpolates(sgd)
     assert PredictorConfig(interpolate=True).interpolates(momentum)

@@ -118,6 +118,19 @@ FAR_FROM_LINEAR = 1.0
 weights, its loss is at least twice the linear model's (the summary warns; ``--first-steps auto`` measures the first
 real steps)."""
 
+INTERPOLATIONS = ("linear", "geometric")
+"""How the kernel moves from one refresh to the next when interpolated: ``linear`` in time, or ``geometric``: the
+straight line between the two kernels travelled so that the trace changes by the same factor at every step (for a
+growing kernel slower than linear at first, faster at the end)."""
+
+GROWTH_JUMP = 10.0
+"""With momentum the default keeps each refreshed kernel stepwise, except across an interval over which the kernel's
+trace grows this many times or more: there a jump makes the simulation run on a kernel far too small and then, at
+once, on one too large for its step (the curve stalls, then spikes or diverges), and the kernel is interpolated
+geometrically instead. Chosen on the benchmark suites: with the usual recipe (lr 1e-3, momentum 0.9) at 32 px the
+trace grows 12-54 times between the first two refreshes, and geometric interpolation does better there; in every
+64-224 px cell with momentum, where stepwise kernels do better, at most 6.8 times (BENCHMARKS.md, section 1)."""
+
 FIRST_STEPS = 5
 """Real steps ``--first-steps auto`` runs with BatchNorm batch statistics, or where the linearity check finds the
 network far from linear (``FAR_FROM_LINEAR``); about as many as the step timing runs (``finetime.first_steps``)."""
@@ -141,10 +154,15 @@ class PredictorConfig:
     each refresh re-estimates Adam's ``P`` from the second moments along the path and moves no weight further than
     Adam could (BENCHMARKS.md, sections 6 and 7)."""
     interpolate: bool | None = None
-    """Let the kernel move linearly in time from one refresh to the next (a second, cheap simulation pass) instead of
-    jumping at the checkpoints (``--interpolate-kernels``); ``None``: the default where the curve is not
-    re-anchored: on for Adam and AdamW (whose refreshes also re-estimate ``P`` along the path) and for SGD and GD
-    without momentum, off with momentum (BENCHMARKS.md, section 1, "The kernel between refreshes")."""
+    """Let the kernel move in time from one refresh to the next (a second, cheap simulation pass) instead of jumping
+    at the checkpoints (``--interpolate-kernels``); ``None``: the default where the curve is not re-anchored: every
+    interval for Adam and AdamW (whose refreshes also re-estimate ``P`` along the path) and for SGD and GD without
+    momentum; with momentum only across the intervals over which the kernel's trace grows ``GROWTH_JUMP``-fold or
+    more, the others stepwise (``interpolation_for``; BENCHMARKS.md, section 1, "The kernel between refreshes")."""
+    interpolation: str | None = None
+    """How an interpolated kernel moves between refreshes (``--kernel-interpolation``, ``INTERPOLATIONS``):
+    ``linear`` in time, or ``geometric`` (its trace by the same factor every step); ``None``: geometric with
+    momentum, linear otherwise."""
 
     first_steps: int | str = "auto"
     """Real steps run first on a copy of the model, the prediction time-warped to their measured losses
@@ -153,11 +171,20 @@ class PredictorConfig:
     ``paper``, ``relinearized3``) run none: they are the kernel's predictions alone."""
 
     def interpolates(self, optimizer) -> bool:
-        """Whether refreshed kernels are interpolated in time for ``optimizer`` (``interpolate``, or its default)."""
+        """Whether refreshed kernels may be interpolated in time for ``optimizer`` (``interpolate``, or its default:
+        wherever the curve is not re-anchored; which intervals, and how: ``interpolation_for``)."""
         if self.interpolate is None:
-            return self.reanchor is Reanchor.NONE and (optimizer.preconditioned
-                                                       or not getattr(optimizer, "momentum", 0.0))
+            return self.reanchor is Reanchor.NONE
         return self.interpolate
+
+    def interpolation_for(self, optimizer) -> tuple[str, float]:
+        """``(how, min_growth)`` of the interpolation for ``optimizer``: ``how`` one of ``INTERPOLATIONS``; an
+        interval over which the kernel's trace grows less than ``min_growth``-fold keeps its first kernel. The
+        default with momentum: geometric across the intervals with a ``GROWTH_JUMP``-fold growth, stepwise
+        elsewhere; an explicit ``interpolate=True``, or no momentum: every interval."""
+        momentum = not optimizer.preconditioned and bool(getattr(optimizer, "momentum", 0.0))
+        how = self.interpolation or ("geometric" if momentum else "linear")
+        return how, GROWTH_JUMP if momentum and self.interpolate is None else 0.0
 
     def tolerance(self, optimizer) -> float:
         """The linearity check's tolerance for ``optimizer``: ``linearity_tol``, or the optimizer's default."""
@@ -174,6 +201,9 @@ class PredictorConfig:
                 flag = "--predictor" if name == "kind" else "--reanchor"
                 raise ConfigError(f"{flag} must be one of {', '.join(m.value for m in enum_)}, "
                                   f"got {getattr(self, name)!r}") from None
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"--kernel-interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                              f"got {self.interpolation!r}")
         if self.interpolate and self.reanchor is not Reanchor.NONE:
             raise ConfigError("--interpolate-kernels needs --reanchor none: a re-anchored curve jumps to the network's "
                               "outputs at each checkpoint")
@@ -217,6 +247,7 @@ _KERNEL = {"kernel_method": "method", "projection_dim": "projection_dim", "max_m
 _PREDICTOR = {"predictor": "kind", "relinearize": "relinearize", "reanchor": "reanchor",
               "linearity_tol": "linearity_tol", "refresh_samples": "refresh_samples",
               "relinearize_adam": "relinearize_adam", "interpolate_kernels": "interpolate",
+              "kernel_interpolation": "interpolation",
               "first_steps": "first_steps"}
 
 

@@ -87,12 +87,13 @@ def _relinearized(problem, config, task, generator, plan) -> Trajectory:
     setting = "all" if p.refresh_samples == "auto" and p.reanchor is not Reanchor.NONE else p.refresh_samples
     m = refresh_sample_count(setting, problem.n, problem.c)
     samples = balanced_indices(problem.y.cpu(), problem.c, m) if m < problem.n else None  # indices into CPU data
+    how, min_growth = p.interpolation_for(config.optimizer)
     traj, info = relinearized(problem, config.optimizer, config.steps, network_of(task),
                               checkpoints=checkpoint_schedule(config.steps, p.relinearize,
                                                               first=first_checkpoint(config.steps)),
                               reanchor=p.reanchor, linearity_tol=p.tolerance(config.optimizer), runs=config.runs,
                               generator=generator, plan=plan, refresh_samples=samples,
-                              interpolate=p.interpolates(config.optimizer),
+                              interpolate=p.interpolates(config.optimizer), interpolation=how, min_growth=min_growth,
                               max_memory=config.kernel.max_memory_bytes)
     traj.info = info.to_dict()
     return traj

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from typing import Callable
 
 import torch
 
 from .batches import BatchPlan
-from .config import Reanchor
+from .config import INTERPOLATIONS, Reanchor
 from .dynamics import ExactStepper, Problem, Recorder, Trajectory, resolve_plan, solve
 from .errors import ConfigError
 from .kernel import Kernel
@@ -271,7 +272,7 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
                  generator: torch.Generator | None = None, plan: BatchPlan | None = None,
                  refresh_samples: torch.Tensor | None = None, adam_step_bound: float | None = ADAM_STEP_BOUND,
                  adapt_preconditioner: bool = True,
-                 interpolate: bool = False,
+                 interpolate: bool = False, interpolation: str = "linear", min_growth: float = 0.0,
                  max_memory: int | None = None) -> tuple[Trajectory, RelinearizationInfo]:
     """Simulate ``optimizer`` on the linearization at ``w0`` (``problem``), re-linearizing the real ``network`` at
     ``checkpoints`` (a hook of the simulation driver).
@@ -290,11 +291,13 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     (``network.adapt``), the function-space rule's ``rho_t`` restarting from it.
 
     ``interpolate`` (with ``reanchor="none"``): once the checkpoints have given their kernels, the same runs are
-    simulated again on kernels that grow linearly in time from each refreshed kernel to the next (``_Interpolate``)
-    instead of jumping at the checkpoints: the kernel grows during an interval, not at its end. The network is not
-    moved again; the returned curves are the second pass's. Where the kernels it keeps would exceed
-    ``INTERPOLATION_MAX_BYTES``, or ``max_memory`` bytes (the user's memory budget, ``--max-memory``), the kernels
-    stay stepwise."""
+    simulated again on kernels that move from each refreshed kernel to the next (``_Interpolate``) instead of
+    jumping at the checkpoints: the kernel grows during an interval, not at its end (``interpolation``: ``linear`` in
+    time, or ``geometric``, its trace changing by the same factor every step). An interval over which the kernel's
+    trace grows less than ``min_growth``-fold keeps its first kernel; where every interval does, the second pass is
+    not run (``info.interpolated`` false). The network is not moved again; the returned curves are the second
+    pass's. Where the kernels it keeps would exceed ``INTERPOLATION_MAX_BYTES``, or ``max_memory`` bytes (the user's
+    memory budget, ``--max-memory``), the kernels stay stepwise."""
     if not optimizer.relinearizable:
         raise ConfigError(f"re-linearization does not support {optimizer.name}'s weight decay; use the linear "
                           "predictor")
@@ -307,6 +310,8 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     if interpolate and reanchor is not Reanchor.NONE:
         raise ConfigError("interpolating the kernel between refreshes needs --reanchor none (a re-anchored curve "
                           "jumps to the network's outputs)")
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"kernel interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     if refresh_samples is not None:
         refresh_samples = torch.as_tensor(refresh_samples, dtype=torch.long).cpu().unique()  # they index the data
         if refresh_samples.numel() == 0 or refresh_samples.min() < 0 or refresh_samples.max() >= problem.n:
@@ -331,8 +336,10 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     traj, _ = solve(ExactStepper(problem, optimizer, steps, plan, track=True), steps, runs=r_runs, recorder=rec,
                     method="relinearized", checkpoints=info.checkpoints, hook=hook)
     if interpolate and hook.history:
-        traj = _interpolated(problem, optimizer, steps, plan, r_runs, hook.history, hook.restarts)
-        info.interpolated = True
+        interp = _Interpolate([(0, problem)] + hook.history, hook.restarts, interpolation == "geometric", min_growth)
+        if interp.moves:
+            traj = _interpolated(problem, optimizer, steps, plan, r_runs, interp)
+            info.interpolated = True
     return traj, info
 
 
@@ -356,15 +363,25 @@ def _interpolation_bytes(problem: Problem, refreshes: int) -> int:
 
 
 class _Interpolate:
-    """The second pass's hook: between consecutive refreshes (``w0``'s kernel at step 0) the kernel grows linearly in
-    time from one refreshed kernel to the next, in ``INTERPOLATION_POINTS`` switches per interval; after the last
-    refresh its kernel is kept."""
+    """The second pass's hook: between consecutive refreshes (``w0``'s kernel at step 0) the kernel moves from one
+    refreshed kernel to the next, linearly in time or geometrically (``geometric``), in ``INTERPOLATION_POINTS``
+    switches per interval; an interval whose kernel's trace grows less than ``min_growth``-fold keeps its first
+    kernel, and after the last refresh its kernel is kept. ``moves``: whether any interval is interpolated."""
 
-    def __init__(self, knots: list[tuple[int, Problem]], restarts: set[int] = frozenset()):
+    def __init__(self, knots: list[tuple[int, Problem]], restarts: set[int] = frozenset(), geometric: bool = False,
+                 min_growth: float = 0.0):
         self.knots = knots
+        self.geometric = geometric
+        # the trace ratio of each interval's end to its start
+        self.ratios = [_trace(b.theta) / _trace(a.theta) for (_, a), (_, b) in zip(knots, knots[1:])]
+        moving = [r >= min_growth for r in self.ratios]  # NaN ratios keep their first kernel
+        self.moves = any(moving)
         self.restarts = restarts  # where the first pass restarted Adam's rho_t on a new P; the second pass does too
         self.at: dict[int, tuple[int, float]] = {}  # switch step -> (interval, interpolation weight)
         for i, ((t0, _), (t1, _)) in enumerate(zip(knots, knots[1:])):
+            if not moving[i]:
+                self.at[t0] = (i, 0.0)
+                continue
             cuts = sorted({t0 + (j * (t1 - t0)) // INTERPOLATION_POINTS for j in range(INTERPOLATION_POINTS)})
             for lo, hi in zip(cuts, cuts[1:] + [t1]):
                 self.at[lo] = (i, ((lo + hi) / 2 - t0) / (t1 - t0))
@@ -376,12 +393,27 @@ class _Interpolate:
         if w == 0.0:
             return p0
         p1 = self.knots[i + 1][1]
+        if self.geometric:
+            w = geometric_weight(w, self.ratios[i])
         lerp = lambda a, b: None if a is None or b is None else torch.lerp(a, b, w)  # noqa: E731
         return dataclasses.replace(p0, theta=lerp(p0.theta, p1.theta), theta_test=lerp(p0.theta_test, p1.theta_test))
 
     def __call__(self, t: int, stepper: ExactStepper, state: FunctionState):
         stepper = stepper.with_problem(self.problem_at(t))
         return stepper, _rebase(stepper, state, t in self.restarts)
+
+
+def _trace(theta: torch.Tensor) -> float:
+    return float(torch.diagonal(theta).sum())
+
+
+def geometric_weight(w: float, ratio: float) -> float:
+    """The weight ``u`` of the straight line ``(1 - u) A + u B`` at which its trace is ``tr(A) ratio**w`` (``ratio``:
+    ``tr(B) / tr(A)``), so that the trace moves geometrically as ``w`` goes from 0 to 1; ``w`` where the ratio is
+    about 1 or not positive."""
+    if not math.isfinite(ratio) or ratio <= 0 or abs(ratio - 1) < 1e-6:
+        return w
+    return (ratio ** w - 1) / (ratio - 1)
 
 
 def _rebase(stepper: ExactStepper, state: FunctionState, restart: bool) -> FunctionState:
@@ -394,10 +426,9 @@ def _rebase(stepper: ExactStepper, state: FunctionState, restart: bool) -> Funct
 
 
 def _interpolated(problem: Problem, optimizer: Optimizer, steps: int, plan, runs: int,
-                  history: list[tuple[int, Problem]], restarts: set[int]) -> Trajectory:
-    """The same runs (same batch order) again on kernels interpolated between the refreshed ones (``_Interpolate``),
-    Adam's ``rho_t`` restarting at the ``restarts`` checkpoints as in the first pass."""
-    hook = _Interpolate([(0, problem)] + history, restarts)
+                  hook: _Interpolate) -> Trajectory:
+    """The same runs (same batch order) again on kernels interpolated between the refreshed ones (``hook``), Adam's
+    ``rho_t`` restarting at the checkpoints where the first pass restarted it."""
     stepper = ExactStepper(hook.problem_at(0), optimizer, steps, plan, track=True)
     switches = sorted(t for t in hook.at if 0 < t < steps)
     traj, _ = solve(stepper, steps, runs=runs, method="relinearized", checkpoints=switches, hook=hook)

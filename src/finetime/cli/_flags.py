@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import FAR_FROM_LINEAR, FIRST_STEPS, PRESETS, Reanchor, RunConfig
+from ..config import (FAR_FROM_LINEAR, FIRST_STEPS, GROWTH_JUMP, INTERPOLATIONS, PRESETS, Reanchor,
+                      RunConfig)
 from ..kernel import KernelMethod
 from ..network import BatchNormMode
 from ..optim import OPTIMIZERS, SCHEDULES, Sampling
@@ -140,9 +141,13 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                             "moments along the path, no weight moved further than Adam could; --no-relinearize-adam "
                             "keeps the one preconditioned kernel at w0")
         g.add_argument("--interpolate-kernels", action=argparse.BooleanOptionalAction, default=None,
-                       help="let the kernel move linearly in time from each refreshed kernel to the next (a second "
+                       help="let the kernel move in time from each refreshed kernel to the next (a second "
                             "simulation pass) instead of jumping at each checkpoint (default: on for adam, adamw and "
-                            "sgd without momentum, off for sgd with momentum; needs --reanchor none)")
+                            "sgd without momentum; with momentum only between refreshes whose kernel grows "
+                            f"{GROWTH_JUMP:g}-fold or more; needs --reanchor none)")
+        g.add_argument("--kernel-interpolation", choices=INTERPOLATIONS, default=None,
+                       help="how an interpolated kernel moves: linear in time, or geometric (its trace by the same "
+                            "factor every step; default: geometric with momentum, linear otherwise)")
         g.add_argument("--first-steps", default=None, metavar="K|auto",
                        help="run the first K real steps of the run on a copy of the model (own batch order, the "
                             "configured optimizer, schedule and BatchNorm mode), measure the training loss after "
