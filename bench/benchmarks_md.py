@@ -6,7 +6,8 @@ Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw
 {{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{online_relin_regimes}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}, {{scale}}, {{photos_suite}}
 (bench/results/photos.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
 {{photos_intervals}} (coverage on photos.jsonl of intervals fitted on the other suites), {{interpolation}} (kernels
-interpolated between refreshes against stepwise ones, all four suites), {{bn_batch_photos}}, {{step_timing}}, {{growth}} (bench/results/growth.json), {{first_steps}} (bench/results/first_steps.json), {{noise}}
+interpolated between refreshes against stepwise ones, all four suites), {{momentum_interpolation}} (with momentum:
+stepwise, linear, geometric and the default, paper and photos suites), {{bn_batch_photos}}, {{step_timing}}, {{growth}} (bench/results/growth.json), {{first_steps}} (bench/results/first_steps.json), {{noise}}
 (bench/results/noise.jsonl: the hard regimes' real runs by batch order); a missing results file renders as a note saying which command produces it.
 """
 
@@ -115,48 +116,70 @@ def resolution():
 INTERPOLATION_SUITES = ("paper", "photos", "adamw", "text")
 
 
-def _interpolates_by_default(cfg) -> bool:
-    """Whether the default (``adaptive``) interpolates its kernels for this stored cell
-    (``PredictorConfig.interpolates``: Adam and AdamW, and SGD or GD without momentum)."""
+def _default_interpolation(cfg) -> tuple[str, float]:
+    """How the default (``adaptive``) interpolates its kernels for this stored cell
+    (``PredictorConfig.interpolation_for``): ``("linear", 0)`` for Adam, AdamW and SGD or GD without momentum,
+    ``("geometric", GROWTH_JUMP)`` with momentum."""
     from finetime.config import PredictorConfig, RunConfig
 
-    return PredictorConfig().interpolates(RunConfig.from_dict(cfg).optimizer)
+    return PredictorConfig().interpolation_for(RunConfig.from_dict(cfg).optimizer)
+
+
+def _variant_names(c) -> dict[str, str] | None:
+    """The stored prediction of this cell for each way of moving the kernel between refreshes: ``stepwise``,
+    ``linear`` (in time, every interval) and ``geometric`` (every interval), and ``default``: ``adaptive`` itself,
+    which is one of them or, with momentum, geometric only across the intervals of a ``GROWTH_JUMP``-fold growth.
+    A cell whose default made no refresh has one curve for all; ``None`` for a variant not stored."""
+    info = c["predictors"]["adaptive"].get("info", {})
+    how, min_growth = _default_interpolation(c["config"])
+    if not info.get("kernels"):
+        return {"stepwise": "adaptive", "linear": "adaptive", "geometric": "adaptive", "default": "adaptive"}
+    moved = bool(info.get("interpolated"))
+    whole = moved and not min_growth  # the default interpolated every interval
+    names = {"stepwise": "adaptive" if not moved else "adaptive-stepwise",
+             "linear": "adaptive" if whole and how == "linear" else "adaptive-interp",
+             "geometric": "adaptive" if whole and how == "geometric" else "adaptive-geometric",
+             "default": "adaptive"}
+    return {k: v if v in c["predictors"] else None for k, v in names.items()}
+
+
+def _default_label(cfg) -> str:
+    how, min_growth = _default_interpolation(cfg)
+    return how if not min_growth else f"stepwise; {how} across a x{min_growth:g} growth"
 
 
 def interpolation():
-    """Kernels interpolated in time between refreshes against stepwise kernels, per suite, optimizer, momentum and
-    resolution. The default is one or the other (interpolated for Adam, AdamW and SGD without momentum, stepwise for
-    SGD with momentum; ``_interpolates_by_default``) and is stored as ``adaptive``; the other variant as
-    ``adaptive-stepwise`` / ``adaptive-interp``. A cell whose default made no refresh has one curve for both (its
-    stored variants may predate the first real steps)."""
+    """Kernels interpolated linearly in time between refreshes against stepwise kernels, per suite, optimizer,
+    momentum and resolution, and the default (``_default_label``: linear for Adam, AdamW and SGD without momentum;
+    with momentum stepwise except across a ``GROWTH_JUMP``-fold growth, there geometric), stored as ``adaptive``;
+    the other variants as ``adaptive-stepwise`` / ``adaptive-interp`` (``_variant_names``). A cell without one of
+    the variants is left out of every column (the stored variants may predate the first real steps)."""
     import report
 
     paths = [RES / f"{s}.jsonl" for s in INTERPOLATION_SUITES]
     if not all(p.exists() for p in paths):
         return _missing("bench/suite.py --config bench/configs/<suite>.toml --repredict adaptive-interp")
-    lines = ["| suite | optimizer | momentum | resolution | (cell, eps) pairs | stepwise median / p95 | interpolated "
-             "median / p95 | default |", "|---|---|---|---|---|---|---|---|"]
-    everything = {"stepwise": [], "interpolated": []}
+    kinds = ("stepwise", "linear", "default")
+    lines = ["| suite | optimizer | momentum | resolution | (cell, eps) pairs | stepwise median / p95 | linear in time "
+             "median / p95 | default median / p95 | default |", "|---|---|---|---|---|---|---|---|---|"]
+    everything = {k: [] for k in kinds}
     for stem, path in zip(INTERPOLATION_SUITES, paths):
-        rs = {"stepwise": [], "interpolated": []}
-        defaults = {}  # (optimizer, momentum, resolution) -> the default's variant
+        rs = {k: [] for k in kinds}
+        defaults = {}  # (optimizer, momentum, resolution) -> the default's way
         for c in report.load([path]):
-            refreshed = bool(c["predictors"]["adaptive"].get("info", {}).get("kernels"))
-            default = "interpolated" if _interpolates_by_default(c["config"]) else "stepwise"
-            names = {k: "adaptive" if k == default or not refreshed else variant
-                     for k, variant in (("stepwise", "adaptive-stepwise"), ("interpolated", "adaptive-interp"))}
-            if not all(name in c["predictors"] for name in names.values()):
-                continue  # a variant not predicted on this cell: the cell is left out of both columns
-            for k, name in names.items():
-                got = [r for r in report.rows([c], name) if not r["fast"]]
+            names = _variant_names(c)
+            if any(names[k] is None for k in kinds):
+                continue  # a variant not predicted on this cell: the cell is left out of every column
+            for k in kinds:
+                got = [r for r in report.rows([c], names[k]) if not r["fast"]]
                 rs[k] += got
-                defaults.update({(r["optimizer"], r["momentum"], r["image_size"]): default for r in got})
+                defaults.update({(r["optimizer"], r["momentum"], r["image_size"]): _default_label(c["config"])
+                                 for r in got})
         for opt, mom, px in sorted(defaults):
-            sel = {k: [r for r in v if (r["optimizer"], r["momentum"], r["image_size"]) == (opt, mom, px)]
-                   for k, v in rs.items()}
             cols = []
-            for k in ("stepwise", "interpolated"):
-                n, med, p95 = report.summarize(sel[k])
+            for k in kinds:
+                n, med, p95 = report.summarize([r for r in rs[k]
+                                                if (r["optimizer"], r["momentum"], r["image_size"]) == (opt, mom, px)])
                 cols.append(f"{100 * med:.1f}% / {100 * p95:.1f}%")
             shown = "-" if opt.startswith("Adam") else f"{mom:g}"
             lines.append(f"| {stem} | {opt} | {shown} | {px} | {n} | " + " | ".join(cols)
@@ -168,10 +191,52 @@ def interpolation():
                         ("GD and SGD with momentum", lambda r: not r["optimizer"].startswith("Adam") and r["momentum"]),
                         ("AdamW", lambda r: r["optimizer"].startswith("Adam")), ("all", lambda r: True)):
         cols = []
-        for k in ("stepwise", "interpolated"):
+        for k in kinds:
             n, med, p95 = report.summarize([r for r in everything[k] if keep(r)])
             cols.append(f"{100 * med:.1f}% / {100 * p95:.1f}%")
         lines.append(f"| **all four suites** | **{label}** | | | {n} | " + " | ".join(cols) + " | |")
+    return "\n".join(lines) + "\n"
+
+
+def momentum_interpolation():
+    """With momentum, on the cells that refresh their kernel (paper and photographs' suites): stepwise kernels,
+    interpolated linearly or geometrically across every interval, and the default (geometric only across a
+    ``GROWTH_JUMP``-fold growth), by learning rate, batch and resolution; the largest growth of the kernel's trace
+    between two refreshes in each group."""
+    import report
+
+    lines = ["| suite | optimizer | lr | resolution | (cell, eps) pairs | largest growth between refreshes "
+             "| stepwise | linear | geometric | default |", "|---|---|---|---|---|---|---|---|---|---|"]
+    kinds = ("stepwise", "linear", "geometric", "default")
+    for stem in ("paper", "photos"):
+        path = RES / f"{stem}.jsonl"
+        if not path.exists():
+            return _missing(f"bench/suite.py --config bench/configs/{stem}.toml")
+        groups: dict[tuple, dict] = {}
+        for c in report.load([path]):
+            info = c["predictors"]["adaptive"].get("info", {})
+            sgd = c["config"].get("optimizer", "sgd") == "sgd"
+            if not (sgd and c["config"].get("momentum") and info.get("kernels")):
+                continue
+            names = _variant_names(c)
+            if any(v is None for v in names.values()):
+                continue
+            ratios = [1.0] + info["trace_ratios"]
+            growth = max(b / a for a, b in zip(ratios, ratios[1:]))
+            for k in kinds:
+                for r in report.rows([c], names[k]):
+                    if r["fast"]:
+                        continue
+                    g = groups.setdefault((r["optimizer"], r["lr"], r["image_size"]), {"growth": 0.0, **{
+                        q: [] for q in kinds}})
+                    g[k].append(r)
+                    g["growth"] = max(g["growth"], growth)
+        for (opt, lr, px), g in sorted(groups.items()):
+            cols = []
+            for k in kinds:
+                n, med, p95 = report.summarize(g[k])
+                cols.append(f"{100 * med:.1f}% / {100 * p95:.1f}%")
+            lines.append(f"| {stem} | {opt} | {lr:g} | {px} | {n} | x{g['growth']:.1f} | " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -551,7 +616,8 @@ def main():
                     ("floor", floor), ("subsample", subsample), ("bn_batch", bn_batch), ("scale", scale),
                     ("photos_suite", photos_suite), ("resolution", resolution),
                     ("photos_intervals", photos_intervals), ("bn_batch_photos", bn_batch_photos),
-                    ("step_timing", step_timing), ("interpolation", interpolation), ("growth", growth),
+                    ("step_timing", step_timing), ("interpolation", interpolation),
+                    ("momentum_interpolation", momentum_interpolation), ("growth", growth),
                     ("first_steps", first_steps), ("noise", noise)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
