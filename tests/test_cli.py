@@ -237,7 +237,7 @@ def test_refresh_samples_flag(capsys, tmp_path):
     assert rl["refresh_samples"] == 6 and rl["kernels"] == 3
     assert json.loads(path.read_text())["config"]["refresh_samples"] == 6
     # without momentum the default interpolates the refreshed kernels in time, with momentum it keeps them stepwise
-    assert rl["interpolated"] and "the kernel interpolated in time between them" in out
+    assert rl["interpolated"] and "the kernel moving linearly in time between them" in out
     code, out, _ = run(capsys, "predict", *FAST, "--lr", "0.05", "--momentum", "0.9", "--linearity-tol", "0",
                        "--refresh-samples", "6", "--json", str(path), "--overwrite")
     rl = json.loads(path.read_text())["predicted"]["relinearization"]
@@ -499,3 +499,17 @@ def test_interpolate_kernels_flag_reaches_the_predictor():
     lin = parse("--momentum", "0.9", "--kernel-interpolation", "linear")
     assert lin.predictor.interpolation_for(lin.optimizer)[0] == "linear"
     assert lin.to_dict()["kernel_interpolation"] == "linear"
+
+
+def test_summary_says_how_the_kernel_moved_between_refreshes():
+    from finetime.cli._summary import _fmt_predictor
+
+    rl = {"kernels": 3, "linear_regime": False, "interpolated": True, "interpolation": "geometric",
+          "interpolated_intervals": 1}
+    line = _fmt_predictor({"predictor": "adaptive", "method": "relinearized", "relinearization": rl})
+    assert "moving geometrically in time across 1 of the 3 intervals" in line and "stepwise" in line
+    rl.update(interpolation="linear", interpolated_intervals=3)
+    line = _fmt_predictor({"predictor": "adaptive", "method": "relinearized", "relinearization": rl})
+    assert line.endswith("the kernel moving linearly in time between them)")
+    rl.update(interpolated=False)
+    assert "moving" not in _fmt_predictor({"predictor": "adaptive", "method": "relinearized", "relinearization": rl})

@@ -542,8 +542,9 @@ def test_min_growth_keeps_small_changes_stepwise():
     assert not info_k.interpolated and not info_s.interpolated
     torch.testing.assert_close(kept.loss, stepwise.loss)
     grown, info_g, _ = _scaled_kernel_run(16.0, steps, knot, interpolate=True, interpolation="geometric",
-                                                min_growth=10.0)
-    assert info_g.interpolated
+                                          min_growth=10.0)
+    assert info_g.interpolated and info_g.interpolation == "geometric" and info_g.interpolated_intervals == 1
+    assert info_k.interpolation is None and info_k.to_dict()["interpolated_intervals"] == 0
     step16, _, _ = _scaled_kernel_run(16.0, steps, knot)
     assert (grown.loss[0, 2:knot + 1] < step16.loss[0, 2:knot + 1]).all()  # the kernel grows before the refresh
 

@@ -44,7 +44,8 @@ class RelinearizationInfo:
     ``i`` (the network moved to the linear model's weights, against the linear model's own outputs there);
     ``trace_ratios[i]`` the kernel's trace there over the initial one; ``linear_regime`` is set when the linearity
     check kept the one-kernel prediction; ``interpolated`` when the curves are those of the second pass on kernels
-    interpolated between the refreshes."""
+    interpolated between the refreshes (``interpolation``: how, ``interpolated_intervals``: across how many of the
+    ``kernels`` intervals that end at a refresh)."""
 
     checkpoints: list[int]
     kernel_seconds: float = 0.0
@@ -56,6 +57,8 @@ class RelinearizationInfo:
     kernels: int = 0
     refresh_samples: int | None = None  # samples each refresh computed the new kernel on (None: all)
     interpolated: bool = False
+    interpolation: str | None = None
+    interpolated_intervals: int = 0
 
     @property
     def seconds(self) -> float:
@@ -64,6 +67,7 @@ class RelinearizationInfo:
     def to_dict(self) -> dict:
         return {"checkpoints": self.checkpoints, "kernels": self.kernels, "linear_regime": self.linear_regime,
                 "refresh_samples": self.refresh_samples, "interpolated": self.interpolated,
+                "interpolation": self.interpolation, "interpolated_intervals": self.interpolated_intervals,
                 "loss_gaps": [round(g, 4) for g in self.loss_gaps],
                 "trace_ratios": [round(r, 3) for r in self.trace_ratios],
                 "kernel_seconds": round(self.kernel_seconds, 3), "network_seconds": round(self.network_seconds, 3)}
@@ -339,7 +343,8 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
         interp = _Interpolate([(0, problem)] + hook.history, hook.restarts, interpolation == "geometric", min_growth)
         if interp.moves:
             traj = _interpolated(problem, optimizer, steps, plan, r_runs, interp)
-            info.interpolated = True
+            info.interpolated, info.interpolation = True, interpolation
+            info.interpolated_intervals = interp.intervals
     return traj, info
 
 
@@ -366,7 +371,8 @@ class _Interpolate:
     """The second pass's hook: between consecutive refreshes (``w0``'s kernel at step 0) the kernel moves from one
     refreshed kernel to the next, linearly in time or geometrically (``geometric``), in ``INTERPOLATION_POINTS``
     switches per interval; an interval whose kernel's trace grows less than ``min_growth``-fold keeps its first
-    kernel, and after the last refresh its kernel is kept. ``moves``: whether any interval is interpolated."""
+    kernel, and after the last refresh its kernel is kept. ``intervals``: how many intervals are interpolated;
+    ``moves``: whether any is."""
 
     def __init__(self, knots: list[tuple[int, Problem]], restarts: set[int] = frozenset(), geometric: bool = False,
                  min_growth: float = 0.0):
@@ -375,7 +381,8 @@ class _Interpolate:
         # the trace ratio of each interval's end to its start
         self.ratios = [_trace(b.theta) / _trace(a.theta) for (_, a), (_, b) in zip(knots, knots[1:])]
         moving = [r >= min_growth for r in self.ratios]  # NaN ratios keep their first kernel
-        self.moves = any(moving)
+        self.intervals = sum(moving)
+        self.moves = self.intervals > 0
         self.restarts = restarts  # where the first pass restarted Adam's rho_t on a new P; the second pass does too
         self.at: dict[int, tuple[int, float]] = {}  # switch step -> (interval, interpolation weight)
         for i, ((t0, _), (t1, _)) in enumerate(zip(knots, knots[1:])):

@@ -126,7 +126,12 @@ def _fmt_predictor(pr: dict, batch_statistics: bool = False) -> str:
                 "paper": f"paper ({pr['method'].upper()} with the effective learning rate, one kernel)"}.get(name, name)
     if rl["linear_regime"]:
         return f"{name} (linearity check passed: one kernel)"
-    how = ", the kernel interpolated in time between them" if rl.get("interpolated") else ""
+    how = ""
+    if rl.get("interpolated"):
+        n, of = rl.get("interpolated_intervals") or rl["kernels"], rl["kernels"]
+        across = "between them" if n >= of else f"across {n} of the {of} intervals that end at one (elsewhere stepwise)"
+        adverb = {"geometric": "geometrically"}.get(rl.get("interpolation"), "linearly")
+        how = f", the kernel moving {adverb} in time {across}"
     return f"{name} ({rl['kernels']} kernels refreshed along the predicted path{how})"
 
 
