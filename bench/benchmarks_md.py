@@ -125,7 +125,7 @@ def _default_interpolation(cfg) -> tuple[str, float]:
     return PredictorConfig().interpolation_for(RunConfig.from_dict(cfg).optimizer)
 
 
-def _variant_names(c) -> dict[str, str] | None:
+def _variant_names(c) -> dict[str, str | None]:
     """The stored prediction of this cell for each way of moving the kernel between refreshes: ``stepwise``,
     ``linear`` (in time, every interval) and ``geometric`` (every interval), and ``default``: ``adaptive`` itself,
     which is one of them or, with momentum, geometric only across the intervals of a ``GROWTH_JUMP``-fold growth.
