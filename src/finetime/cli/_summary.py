@@ -129,7 +129,7 @@ def _fmt_predictor(pr: dict, batch_statistics: bool = False) -> str:
     how = ""
     if rl.get("interpolated"):
         n, of = rl.get("interpolated_intervals") or rl["kernels"], rl["kernels"]
-        across = "between them" if n >= of else f"across {n} of the {of} intervals that end at one (elsewhere stepwise)"
+        across = "between them" if n >= of else f"across {n} of the {of} intervals (stepwise across the others)"
         adverb = {"geometric": "geometrically"}.get(rl.get("interpolation"), "linearly")
         how = f", the kernel moving {adverb} in time {across}"
     return f"{name} ({rl['kernels']} kernels refreshed along the predicted path{how})"
