@@ -1,6 +1,8 @@
 """Re-linearization: a checkpoint at every step is real gradient descent; coefficient tracking is exact."""
 
 import copy
+import dataclasses
+import math
 
 import pytest
 import torch
@@ -547,6 +549,20 @@ def test_min_growth_keeps_small_changes_stepwise():
     assert info_k.interpolation is None and info_k.to_dict()["interpolated_intervals"] == 0
     step16, _, _ = _scaled_kernel_run(16.0, steps, knot)
     assert (grown.loss[0, 2:knot + 1] < step16.loss[0, 2:knot + 1]).all()  # the kernel grows before the refresh
+
+
+def test_a_kernel_without_trace_does_not_stop_interpolation():
+    """A zero first kernel has no growth ratio (NaN, no division by zero): linear interpolation across every
+    interval (``min_growth`` 0) still moves it, a ``min_growth`` keeps it, and the geometric weight falls back to
+    the linear one."""
+    from finetime.relinearize import _Interpolate
+
+    _, _, _, p = _setup(seed=3, n=6)
+    zero = dataclasses.replace(p, theta=torch.zeros_like(p.theta))
+    every = _Interpolate([(0, zero), (8, p)], geometric=True)
+    assert math.isnan(every.ratios[0]) and every.intervals == 1
+    torch.testing.assert_close(every.problem_at(4).theta, torch.lerp(zero.theta, p.theta, 4.5 / 8))  # mid-step
+    assert _Interpolate([(0, zero), (8, p)], geometric=True, min_growth=10.0).intervals == 0
 
 
 def test_interpolation_needs_the_curve_not_reanchored():

@@ -447,6 +447,7 @@ class Prediction:
         fitted = first is not None and first.get("speed") is not None
         batch = self.config.task.bn is BatchNormMode.BATCH
         margin = open_loop_margin(gap, first_steps=fitted, batch_statistics=batch)
+        interval_bin = prediction_bin(gap, fitted, batch)
         times = {}
         for k, est in self.times.items():
             v = est.to_dict()
@@ -465,9 +466,9 @@ class Prediction:
             "diverged_step": _median_divergence(traj) if self.diverged else None,
             "sharpness": self.sharpness,
             "max_stable_lr": cfg.optimizer.stable_lr(self.sharpness),
-            "interval_bin": prediction_bin(gap, fitted, batch),
+            "interval_bin": interval_bin,
             "interval_note": "90% model-error interval, " + ("" if fitted else "linearity-check ")
-                             + f"bin {prediction_bin(gap, fitted, batch)} (finetime.intervals)",
+                             + f"bin {interval_bin} (finetime.intervals)",
             "method": traj.method,
             "predictor": cfg.predictor_name,
             "preconditioned": cfg.optimizer.preconditioned,

@@ -378,9 +378,10 @@ class _Interpolate:
                  min_growth: float = 0.0):
         self.knots = knots
         self.geometric = geometric
-        # the trace ratio of each interval's end to its start
-        self.ratios = [_trace(b.theta) / _trace(a.theta) for (_, a), (_, b) in zip(knots, knots[1:])]
-        moving = [r >= min_growth for r in self.ratios]  # NaN ratios keep their first kernel
+        # the trace ratio of each interval's end to its start (NaN for a kernel without trace)
+        self.ratios = [_growth(a.theta, b.theta) for (_, a), (_, b) in zip(knots, knots[1:])]
+        # min_growth 0: every interval, as linear interpolation always did; otherwise a NaN ratio keeps its kernel
+        moving = [min_growth <= 0 or r >= min_growth for r in self.ratios]
         self.intervals = sum(moving)
         self.moves = self.intervals > 0
         self.restarts = restarts  # where the first pass restarted Adam's rho_t on a new P; the second pass does too
@@ -410,8 +411,10 @@ class _Interpolate:
         return stepper, _rebase(stepper, state, t in self.restarts)
 
 
-def _trace(theta: torch.Tensor) -> float:
-    return float(torch.diagonal(theta).sum())
+def _growth(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``tr(b) / tr(a)``; NaN where ``a`` has no positive trace."""
+    ta, tb = float(torch.diagonal(a).sum()), float(torch.diagonal(b).sum())
+    return tb / ta if ta > 0 else math.nan
 
 
 def geometric_weight(w: float, ratio: float) -> float:
