@@ -146,6 +146,11 @@ def collect(cells, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=Fa
             for name, r in estimates(prior, rc, T, f, evidence, tau, refiner_only, persistence,
                                      level_points).items():
                 for e in EPS:
+                    if name == "refiner" and f == 0:  # nothing observed: Refiner.estimate says what predict said
+                        step = None if pred_div else pred["training_time"][f"eps={e}"]["step"]
+                        rows.append(row(name, e, predicted=step, low=None, high=None, diverged=pred_div,
+                                        as_predicted=True, error=error(step, pred_div, e)))
+                        continue
                     if r is None:
                         rows.append(row(name, e, error=None))
                         continue
@@ -161,8 +166,11 @@ def collect(cells, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=Fa
 
 
 def needed_margin(r) -> float | None:
-    """Extra log-margin the row's posterior band needs to contain the real time (None: not scorable)."""
-    if r["method"] != "refiner" or r["error"] is None or r.get("diverged") or r["actual"] is None \
+    """Extra log-margin the row's posterior band needs to contain the real time (None: not scorable). With nothing
+    observed the refiner's rows are the prediction's own (its interval is scored by ``open_loop_coverage``); the
+    posterior's margin there, for refiners with no such interval, is fitted on the prior alone (``open-loop``)."""
+    posterior = r["method"] == "refiner" or (r["method"] == "open-loop" and r["fraction"] == 0)
+    if not posterior or r.get("as_predicted") or r["error"] is None or r.get("diverged") or r["actual"] is None \
             or r["predicted"] is None:
         return None
     a = math.log(r["actual"] + 1)

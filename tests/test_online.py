@@ -104,6 +104,16 @@ def test_an_sgd_prediction_hands_its_runs_through_the_json_to_watch(tmp_path, ca
     capsys.readouterr()
     assert main(["watch", str(log), "--prediction", str(out)]) == 0
     assert "step 10 of 30 observed" in capsys.readouterr().out
+    # nothing observed yet: the refiner says what predict printed, training times and model-error intervals alike
+    est = Refiner.from_prediction(out).estimate()
+    assert est.method == "prediction" and est.calibrated and est.speed is None
+    assert est.loss == pytest.approx(pred["loss"], rel=1e-5)
+    for key, tt in pred["training_time"].items():
+        got = est.thresholds[key]
+        assert (got.step, [got.low, got.high], got.remaining_steps) == (tt["step"], tt["interval"], tt["step"])
+    # a threshold the prediction did not print is read off the refined curves instead
+    other = Refiner.from_prediction(out, thresholds=["eps=0.1", "target=0.5"]).estimate()
+    assert other.method == "prior"
 
 
 def test_divergence_observed_and_predicted():

@@ -252,6 +252,9 @@ class Refiner:
         self._clock: list[tuple[float, float]] = []
         self.origin = 0  # the step the prior starts at (> 0 after a re-linearization at the real weights)
         self.prediction = None  # the live Prediction, which re-linearization needs
+        # what the prediction printed (``training_time`` and ``loss``; set by from_prediction)
+        self.predicted_times: dict | None = None
+        self.predicted_loss: list | None = None
         start = loss0 if loss0 is not None else (float(self.prior.reshape(-1)[0]) if self.prior is not None else None)
         if start is not None:
             self.observe(0, start)
@@ -288,6 +291,8 @@ class Refiner:
         kw.setdefault("interval_bin", _interval_bin(prediction))
         refiner = cls(curve, **kw)
         refiner.prediction = live
+        refiner.predicted_times = pred.get("training_time") or None
+        refiner.predicted_loss = pred["loss"]
         return refiner
 
     def observe(self, step: float, loss: float, *, seconds: float | None = None, window: int = 1) -> None:
@@ -355,24 +360,38 @@ class Refiner:
             raise DataError("nothing to estimate from: no prediction and no observed loss")
         return refine(self.prior, self._steps, self._losses, self.steps, self.origin, self.persistence)
 
+    def _as_predicted(self, key: str) -> tuple[int | None, int | None, int | None, float] | None:
+        """``(step, low, high, reached_probability)`` as the prediction printed them for threshold ``key`` (its
+        model-error interval), or ``None`` where it has none for that key."""
+        tt = (self.predicted_times or {}).get(key)
+        if not isinstance(tt, dict) or "interval" not in tt:
+            return None
+        lo, hi = tt["interval"] if tt["interval"] else (None, None)
+        return tt["step"], lo, hi, float(tt.get("reached_fraction", 1.0 if tt["step"] is not None else 0.0))
+
     def estimate(self) -> Estimate:
-        """Remaining steps and seconds to every threshold, with calibrated intervals."""
+        """Remaining steps and seconds to every threshold, with calibrated intervals. Before any step is observed
+        (step 0 alone), a refiner made by ``from_prediction`` says what the prediction said (method ``prediction``):
+        its training times and their model-error intervals, where it has them for every threshold."""
         r = self.refined()
         now = self.observed_step
         fraction = min(now / self.steps, 1.0)
         margin = self.calibration.margin(fraction, self.interval_bin) if self.calibration else None
         sps, source = self.seconds_per_step()
+        blind = now == 0 and not self.origin
+        said_all = blind and not r.diverged and all(self._as_predicted(th.key) is not None for th in self.thresholds)
         out = {}
         for th in self.thresholds:
             if r.diverged:
                 out[th.key] = ThresholdEstimate(th.key, None, None, None, None, None, None, None, 0.0)
                 continue
-            med, lo, hi, p = time_interval(r, th, self.steps, margin)
+            med, lo, hi, p = self._as_predicted(th.key) if said_all else time_interval(r, th, self.steps, margin)
             left = None if med is None else max(med - now, 0)
             sec = lambda s: None if s is None or sps is None else round(max(s - now, 0) * sps, 3)  # noqa: E731
             out[th.key] = ThresholdEstimate(th.key, med, lo, hi, left, sec(med), sec(lo), sec(hi), p)
-        curve = r.median_curve()[: self.steps + 1]
-        loss = [None if not math.isfinite(v) else float(f"{v:.6g}") for v in curve.tolist()]
-        method = r.method + (f", re-linearized at step {self.origin}" if self.origin else "")
-        return Estimate(now, fraction, self.steps, method, r.speed, r.diverged, sps, source, out, loss,
-                        margin is not None)
+        curve = _as_prior(self.predicted_loss) if said_all and self.predicted_loss else r.median_curve()
+        loss = [None if not math.isfinite(v) else float(f"{v:.6g}") for v in curve[: self.steps + 1].tolist()]
+        method = "prediction" if said_all else r.method + (f", re-linearized at step {self.origin}" if self.origin
+                                                           else "")
+        return Estimate(now, fraction, self.steps, method, None if said_all else r.speed, r.diverged, sps, source,
+                        out, loss, said_all or margin is not None)
