@@ -7,7 +7,7 @@ Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw
 (bench/results/photos.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
 {{photos_intervals}} (coverage on photos.jsonl of intervals fitted on the other suites), {{interpolation}} (kernels
 interpolated between refreshes against stepwise ones, all four suites), {{momentum_interpolation}} (with momentum:
-stepwise, linear, geometric and the default, paper and photos suites), {{bn_batch_photos}}, {{step_timing}}, {{growth}} (bench/results/growth.json), {{first_steps}} (bench/results/first_steps.json), {{noise}}
+stepwise, linear, geometric and the default, paper and photos suites), {{bn_batch_photos}}, {{step_timing}}, {{cost}} (bench/results/cost.json), {{growth}} (bench/results/growth.json), {{first_steps}} (bench/results/first_steps.json), {{noise}}
 (bench/results/noise.jsonl: the hard regimes' real runs by batch order); a missing results file renders as a note saying which command produces it.
 """
 
@@ -478,6 +478,31 @@ def _predicted_tt(p: dict) -> str:
     return "diverges" if p.get("diverged") else _eps_pair(p["tt"])
 
 
+@_results("cost.json", "bench/cost_bench.py")
+def cost(r):
+    lines = ["| cell | real training s | prediction s: total (kernel, re-linearization, first steps, simulation, step "
+             "timing) | real / prediction | real / kernel floor | refreshed | TT error eps 0.01 / 0.1 / 0.4 |",
+             "|---|---|---|---|---|---|---|"]
+    for c in r["cells"]:
+        cfg, p = c["config"], c["predicted"]
+        cs = p["cost"]
+        parts = ", ".join(f"{cs[k]:.1f}" for k in ("kernel", "relinearization", "first_steps", "simulation",
+                                                    "step_timing"))
+        bn = ", batch statistics" if cfg["bn"] == "batch" else ""
+        errs = " / ".join(f"{100 * p['error'][k]:.0f}%" for k in ("eps=0.01", "eps=0.1", "eps=0.4"))
+        lines.append(f"| {cfg['image_size']} px, {cfg['per_class']}/class, {_optimizer_label(cfg)}{bn} | "
+                     f"{c['real']['train_seconds']:.1f} | {cs['total']:.1f} ({parts}) | **{c['ratio']}x** | "
+                     f"{c.get('real_over_floor', '-')}x | {'yes' if p['relinearized'] else 'no'} | {errs} |")
+    lines += ["", "| optimizer | cells | median real s | median prediction s | median real / prediction | median "
+                  "real / kernel floor | median parts: kernel, re-linearization, first steps, simulation, step "
+                  "timing |", "|---|---|---|---|---|---|---|"]
+    for name, v in r["summary"].items():
+        parts = ", ".join(f"{x:.1f}" for x in v["median_parts"].values())
+        lines.append(f"| {name} | {v['cells']} | {v['median_real_seconds']:.1f} | {v['median_prediction_seconds']:.1f}"
+                     f" | **{v['median_ratio']}x** | {v.get('median_real_over_floor') or '-'}x | {parts} |")
+    return "\n".join(lines) + "\n"
+
+
 @_results("subsample.json", "bench/subsample_bench.py")
 def subsample(r):
     lines = ["| cell | kernel on | TT eps 0.1 / 0.4 | error eps 0.1 / 0.4 | prediction s (kernel, re-lin., sim., "
@@ -613,7 +638,7 @@ def main():
                     ("text_kernel", text_kernel), ("adam_rule", adam_rule), ("pntk", pntk), ("kernel", kernel), ("dynamics", dynamics),
                     ("extrapolation", extrapolation), ("testcurves", testcurves), ("online", online),
                     ("online_relin", online_relin), ("online_relin_regimes", online_relin_regimes), ("gpu", gpu), ("distributed", distributed),
-                    ("floor", floor), ("subsample", subsample), ("bn_batch", bn_batch), ("scale", scale),
+                    ("floor", floor), ("cost", cost), ("subsample", subsample), ("bn_batch", bn_batch), ("scale", scale),
                     ("photos_suite", photos_suite), ("resolution", resolution),
                     ("photos_intervals", photos_intervals), ("bn_batch_photos", bn_batch_photos),
                     ("step_timing", step_timing), ("interpolation", interpolation),
