@@ -106,7 +106,8 @@ BENCH_PREDICTORS = {**PRESETS,
                                                            interpolation="linear"),
                     "adaptive-geometric": dataclasses.replace(PRESETS["adaptive"], interpolate=True,
                                                               interpolation="geometric"),
-                    "adaptive-no-first-steps": dataclasses.replace(PRESETS["adaptive"], first_steps=0)}
+                    "adaptive-no-first-steps": dataclasses.replace(PRESETS["adaptive"], first_steps=0),
+                    "adaptive-2-refreshes": dataclasses.replace(PRESETS["adaptive"], relinearize=2)}
 """The presets, and variants kept as baselines in the results: ``adaptive-full-refresh`` is ``adaptive`` with every
 refresh a whole kernel (``--refresh-samples all``; the default before refreshes on a subset); ``adaptive-stepwise``
 and ``adaptive-interp`` use each refreshed kernel from its checkpoint on, or interpolate it linearly in time between
@@ -114,7 +115,8 @@ refreshes (``--no-interpolate-kernels`` / ``--interpolate-kernels --kernel-inter
 interpolates for Adam, AdamW and SGD without momentum, and with momentum where the kernel grows ``GROWTH_JUMP``-fold
 between two refreshes); ``adaptive-geometric`` interpolates geometrically between every two refreshes;
 ``adaptive-no-first-steps`` is ``adaptive`` without its first real steps (``--first-steps 0``; it differs from
-``adaptive`` only with BatchNorm batch statistics)."""
+``adaptive`` only with BatchNorm batch statistics); ``adaptive-2-refreshes`` refreshes the kernel at ``T/15`` and
+``3T/15`` only (``--relinearize 2``), a third cheaper re-linearization."""
 
 
 def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:
