@@ -114,6 +114,20 @@ def test_an_sgd_prediction_hands_its_runs_through_the_json_to_watch(tmp_path, ca
     # a threshold the prediction did not print is read off the refined curves instead
     other = Refiner.from_prediction(out, thresholds=["eps=0.1", "target=0.5"]).estimate()
     assert other.method == "prior"
+    # `watch` started with the run: nothing logged yet (an empty file, a header) is the prediction itself
+    first = pred["training_time"]["eps=0.1"]
+    for text in ("", "step,loss\n"):
+        log.write_text(text)
+        assert main(["watch", str(log), "--prediction", str(out)]) == 0
+        said = capsys.readouterr().out
+        assert "step 0 of 30 observed (0%), prediction" in said and f"step {first['step']} " in said
+    log.write_text("when,what\n")  # a header without step and loss columns is still an error
+    assert main(["watch", str(log), "--prediction", str(out)]) == 2
+    assert "step and loss columns" in capsys.readouterr().err
+    # a log that runs past the prediction's steps says so
+    log.write_text("step,loss\n5,0.5\n45,0.1\n")
+    assert main(["watch", str(log), "--prediction", str(out)]) == 0
+    assert "reaches step 45, past the prediction's 30 steps" in capsys.readouterr().err
 
 
 def test_divergence_observed_and_predicted():

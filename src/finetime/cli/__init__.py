@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "Face trainer_state.json) and the prediction JSON written by `predict --json`, "
                                     "and print the refined training time to each threshold: steps and seconds left "
                                     "with a 90%% interval (finetime.online.Refiner). Logged minibatch losses are "
-                                    "fine; --window says how many steps each logged loss averages.")
+                                    "fine; --window says how many steps each logged loss averages. A log with "
+                                    "nothing logged yet (empty, or a header) gives the prediction itself, so the "
+                                    "watcher can start with the run.")
     pw.add_argument("log", type=Path, help="training log: CSV / JSON lines (step, loss[, seconds]) or "
                                            "trainer_state.json")
     pw.add_argument("--prediction", type=Path, required=True, help="prediction JSON from `finetime predict --json`")
@@ -192,8 +194,8 @@ def _watch_once(args, seen: int):
     from ..online import Refiner
     from ..online.logs import read_log
 
-    records = read_log(args.log)
-    if len(records) == seen:
+    records = read_log(args.log, allow_empty=True)  # nothing logged yet: the prediction itself
+    if seen is not None and len(records) == seen:
         return None, seen
     kw = {"steps": args.steps} if args.steps else {}
     if args.persistence is not None:
@@ -208,6 +210,11 @@ def _watch_once(args, seen: int):
         prev = r.step
         if at > 0:
             refiner.observe(at, r.loss, seconds=r.seconds, window=window)
+    if records and records[-1].step > refiner.steps and (seen is None or seen == 0 or
+                                                          records[seen - 1].step <= refiner.steps):
+        print(f"finetime: note: {args.log} reaches step {records[-1].step}, past the prediction's {refiner.steps} "
+              "steps; the estimates cover the predicted run only (predict again with --steps for a longer one)",
+              file=sys.stderr)
     return refiner.estimate(), len(records)
 
 
@@ -219,7 +226,7 @@ def cmd_watch(args) -> int:
     if args.window != "auto" and not (args.window.isdigit() and int(args.window) >= 1):
         raise ConfigError(f"--window must be a positive number of steps or 'auto' (got {args.window!r})")
     check_file(args.json, "--json", args.overwrite)
-    est, seen = _watch_once(args, 0)
+    est, seen = _watch_once(args, None)
     print(est.summary())
     if args.json:
         write_json(est.to_dict(), args.json, overwrite=args.overwrite)
