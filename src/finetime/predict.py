@@ -25,6 +25,7 @@ from .losses import residual
 from .network import BatchNormMode, batch_statistics_outputs, eval_mode, network_outputs
 from .predictors import predict_trajectory
 from .relinearize import Network
+from .runtime import preload_optimizers
 from .spectrum import sharpness
 from .subset import class_balanced_subset, kernel_sample_count, to_full_set
 from .training_time import Threshold, TimeEstimate, steps_to_threshold, summarize_times
@@ -495,6 +496,7 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
     """Predict the loss curves, training times and seconds of ``config``. ``diagnostics`` adds the kernel spectrum,
     the gradient map and per-sample convergence times (what ``finetime report`` draws)."""
     task = task or prepare(config)
+    preload_optimizers()
     t0 = time.perf_counter()
     kernel = kernel_for(task, kernel_in=kernel_in, kernel_out=kernel_out,
                         progress=(lambda d, n: progress("kernel", d, n)) if progress else None)
