@@ -86,6 +86,18 @@ def test_sweep_rows_match_predict():
         assert single.times["target=0.9"].step == r["steps_to_target"]["step"]
 
 
+def test_sweep_ranks_unreached_before_divergent_settings():
+    """Rows that reach the target come first by seconds; then those that do not within their budget, lowest final loss
+    first; then the divergent ones, whatever order the grid lists them in."""
+    base = RunConfig.from_dict({**SMALL, "steps": 6, "target_loss": (0.05,)})
+    rows = sweep(base, {"lr": [1e9, 1e-4, 0.02, 1e8]})["rows"]
+    assert [r["status"] for r in rows] == ["not reached", "not reached", "diverges", "diverges"]
+    assert rows[0]["settings"]["lr"] == 0.02 and rows[0]["final_loss"] < rows[1]["final_loss"]
+    reached = sweep(base.replace(target_loss=(0.99 * rows[0]["final_loss"] + 0.01 * rows[1]["final_loss"],)),
+                    {"lr": [1e9, 1e-4, 0.02]})["rows"]
+    assert [r["status"] for r in reached] == ["ok", "not reached", "diverges"]
+
+
 def test_sweep_keeps_the_paper_predictor_and_refuses_unknown_grid_keys():
     base = RunConfig.from_dict({**SMALL, "predictor": "paper"})
     assert sweep(base, {"lr": [0.02, 0.2]})["config"]["predictor"] == "paper"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import time
 from typing import Callable
 
@@ -23,6 +24,7 @@ from .kernel.distributed import broadcast_value, is_main
 from .losses import per_sample_loss
 from .predict import kernel_for, preconditioner_name, prepare, problem_from
 from .predictors import predict_trajectory
+from .runtime import preload_optimizers
 from .training_time import steps_to_epsilon, steps_to_target, summarize_times
 from .wallclock import seconds_per_step
 
@@ -70,6 +72,18 @@ def _budget_groups(configs: list[RunConfig]) -> dict[int, tuple[str, int]]:
     return out
 
 
+def _rank(row: dict) -> tuple:
+    """Sort key of a sweep row: by seconds to the target; then the settings that do not reach it within their
+    budget, lowest final loss first; then those predicted to diverge; last the invalid ones."""
+    if "error" in row:
+        return (3, 0.0)
+    if row["seconds_to_target"] is not None:
+        return (0, row["seconds_to_target"])
+    if row["status"] == "diverges":
+        return (2, 0.0)
+    return (1, math.inf if row["final_loss"] is None else row["final_loss"])
+
+
 def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=None,
           progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Predict every configuration of ``grid`` (on top of ``base``) from one kernel; rows ranked by seconds.
@@ -89,6 +103,7 @@ def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=
                           "validate")
     base = base.replace(kernel_samples="all")
     task = prepare(base.replace(weight_decay=wd) if wd > 0 else base)
+    preload_optimizers()
     kernels: dict = {}  # one per preconditioner: the plain J J^T, or Adam's J P J^T per batch size
     keys = {preconditioner_name(c.optimizer) for c in valid}
     if len(keys) > 1 and (kernel_in is not None or kernel_out is not None):
@@ -165,8 +180,7 @@ def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=
         })
         if progress:
             progress("sweep", i + 1, len(cells))
-    rank = lambda r: (r.get("seconds_to_target") is None, r.get("seconds_to_target") or 0.0)  # noqa: E731
-    rows.sort(key=rank)
+    rows.sort(key=_rank)
     return {
         "config": {**base.to_dict(), "grid": grid, "chosen_classes": task.data.class_names,
                    "data_source": task.data.source, "kernel": kernel.meta},
