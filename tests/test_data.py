@@ -64,6 +64,10 @@ def test_shipped_text_data_and_csv(tmp_path):
     own = load_raw(f"csv:{path}")
     assert own.class_names == ["x", "y"] and len(own.train_x) == 8 and len(own.test_x) == 2
     assert "a, b" in list(own.train_x) + list(own.test_x)
+    for bad, line in (('text,label\nc,y\nd\n', 3), ('text,label\nc,y\nd, \n', 3)):  # no label, a blank one
+        path.write_text(bad)
+        with pytest.raises(DataError, match=f"t.csv, line {line}: no label"):
+            load_raw(f"csv:{path}")
 
 
 def test_image_folder_is_read_at_the_requested_size(tmp_path):

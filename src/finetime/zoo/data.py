@@ -273,7 +273,13 @@ def _read_csv(path: Path, opener=open) -> list[tuple[str, str]]:
             cols = reader.fieldnames or []
             if "text" not in cols or "label" not in cols:
                 raise DataError(f"{path} must have 'text' and 'label' columns; it has {', '.join(cols) or 'none'}")
-            rows = [(r["text"] or "", r["label"]) for r in reader]
+            rows = []
+            for r in reader:
+                label = r["label"]
+                if label is None or not label.strip():
+                    raise DataError(f"{path}, line {reader.line_num}: no label (every row needs a text and a label; "
+                                    "a text with commas must be quoted)")
+                rows.append((r["text"] or "", label))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read {path} as a UTF-8 CSV file: {exc}") from exc
     if not rows:
