@@ -379,6 +379,11 @@ def test_automatic_threads_count_free_cores():
     assert choose_threads(3).threads == 3
 
 
+def test_negative_threads_is_a_clear_error(capsys):
+    code, _, err = run(capsys, "predict", *FAST, "--threads", "-3")
+    assert code == 2 and "--threads must be 0 (one per free core) or a positive number, got -3" in err
+
+
 def test_adamw_flags_and_their_errors(capsys, tmp_path):
     path = tmp_path / "a.json"
     code, out, _ = run(capsys, "predict", *FAST, "--optimizer", "adamw", "--lr", "1e-3", "--batch-size", "4",

@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from .errors import ConfigError
+
 __all__ = ["tune_allocator", "preload_optimizers", "ThreadChoice", "choose_threads", "configure_threads"]
 
 
@@ -96,6 +98,8 @@ def _busy_cores(cores: set[int], window: float) -> float | None:
 
 def choose_threads(requested: int = 0, window: float = 0.25) -> ThreadChoice:
     """``requested`` threads, or (0) as many as there are cores not kept busy by other processes, at least one."""
+    if requested < 0:
+        raise ConfigError(f"--threads must be 0 (one per free core) or a positive number, got {requested}")
     try:
         cores = set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
