@@ -86,6 +86,13 @@ def test_sweep_rows_match_predict():
         assert single.times["target=0.9"].step == r["steps_to_target"]["step"]
 
 
+def test_counts_in_a_config_dict_must_be_whole_numbers():
+    assert RunConfig.from_dict({**SMALL, "steps": 20.0}).steps == 20  # JSON writes some counts as floats
+    for key, value in (("classes", 2.5), ("batch_size", "8"), ("seed", True), ("steps", float("inf"))):
+        with pytest.raises(ConfigError, match=f"--{key.replace('_', '-')} must be a whole number"):
+            RunConfig.from_dict({**SMALL, key: value})
+
+
 def test_sweep_ranks_unreached_before_divergent_settings():
     """Rows that reach the target come first by seconds; then those that do not within their budget, lowest final loss
     first; then the divergent ones, whatever order the grid lists them in."""

@@ -200,6 +200,9 @@ def test_config_file_with_flag_override(capsys, tmp_path):
     toml.write_text("learning_rate = 3\n")
     code, _, err = run(capsys, "predict", "--config", str(toml))
     assert code == 2 and "unknown setting(s)" in err
+    toml.write_text('data = "fashion-mnist-mini"\nmodel = "models_for_tests:tiny_cnn"\nclasses = 3\nsteps = 1.5\n')
+    code, _, err = run(capsys, "predict", "--config", str(toml))
+    assert code == 2 and "--steps must be a whole number, got 1.5" in err
     code, _, err = run(capsys, "report", str(tmp_path / "missing.json"), "--out", str(tmp_path))
     assert code == 2 and "does not exist" in err
 

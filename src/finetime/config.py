@@ -50,6 +50,22 @@ class Reanchor(str, enum.Enum):
     NONE = "none"
 
 
+INTEGER_SETTINGS = frozenset({"classes", "per_class", "test_per_class", "image_size", "seed", "max_length", "steps",
+                              "runs", "batch_size", "warmup_steps", "step_size", "projection_dim", "extrapolate_to",
+                              "relinearize"})
+"""Flat settings that count something: a config file or dict must give whole numbers for them."""
+
+
+def _whole(key: str, value):
+    """``value`` as an int when it is a whole number (``150`` or ``150.0``; ``None`` kept), else a ``ConfigError``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or int(value) != value:
+        raise ConfigError(f"--{key.replace('_', '-')} must be a whole number, got {value!r}")
+    return int(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
     """What is fine-tuned, on what: the kernel depends on these settings only."""
@@ -405,6 +421,8 @@ class RunConfig:
         unknown = set(d) - cls.flat_keys()
         if unknown:
             raise ConfigError(f"unknown setting(s) in config: {', '.join(sorted(unknown))}")
+        for k in INTEGER_SETTINGS & set(d):
+            d[k] = _whole(k, d[k])
         for k in ("target_loss", "epsilon"):
             if k in d and d[k] is not None:
                 d[k] = tuple(float(v) for v in (d[k] if isinstance(d[k], (list, tuple)) else [d[k]]))
