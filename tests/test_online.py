@@ -328,6 +328,8 @@ def test_observe_checks_its_input_and_measures_the_step_time():
         r.observe(2, 1.0)
     with pytest.raises(DataError, match=">= 0"):
         r.observe(-1, 1.0)
+    with pytest.raises(DataError, match="must be numbers"):
+        r.observe(7, "abc")
     with pytest.raises(DataError, match="prediction"):
         Refiner.from_prediction({"config": {}})
 

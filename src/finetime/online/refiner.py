@@ -298,12 +298,16 @@ class Refiner:
     def observe(self, step: float, loss: float, *, seconds: float | None = None, window: int = 1) -> None:
         """Record the loss after ``step`` updates (``window`` > 1: a mean over the ``window`` steps ending at
         ``step``), and optionally the wall-clock seconds since training started."""
-        loss = float(loss)
-        at = float(step) - (window - 1) / 2 if window > 1 else float(step)
+        try:
+            loss, step = float(loss), float(step)
+            seconds = None if seconds is None else float(seconds)
+        except (TypeError, ValueError):
+            raise DataError(f"step, loss and seconds must be numbers (got {step!r}, {loss!r}, {seconds!r})") from None
+        at = step - (window - 1) / 2 if window > 1 else step
         if at < 0:
-            raise DataError(f"step must be >= 0 (got {step})")
+            raise DataError(f"step must be >= 0 (got {step:g})")
         if self._steps and at < self._steps[-1]:
-            raise DataError(f"steps must be observed in order: {step} after {self._steps[-1]:g}")
+            raise DataError(f"steps must be observed in order: {step:g} after {self._steps[-1]:g}")
         self._now = max(self._now, int(step))
         if self._steps and at == self._steps[-1]:
             self._losses[-1] = loss
@@ -311,7 +315,7 @@ class Refiner:
             self._steps.append(at)
             self._losses.append(loss)
         if seconds is not None:
-            self._clock.append((float(step), float(seconds)))
+            self._clock.append((step, seconds))
 
     @property
     def observed_step(self) -> int:
