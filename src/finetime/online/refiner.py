@@ -382,14 +382,14 @@ class Refiner:
         fraction = min(now / self.steps, 1.0)
         margin = self.calibration.margin(fraction, self.interval_bin) if self.calibration else None
         sps, source = self.seconds_per_step()
-        blind = now == 0 and not self.origin
-        said_all = blind and not r.diverged and all(self._as_predicted(th.key) is not None for th in self.thresholds)
+        said = {th.key: self._as_predicted(th.key) for th in self.thresholds} if now == 0 and not self.origin else {}
+        said_all = bool(said) and not r.diverged and all(v is not None for v in said.values())
         out = {}
         for th in self.thresholds:
             if r.diverged:
                 out[th.key] = ThresholdEstimate(th.key, None, None, None, None, None, None, None, 0.0)
                 continue
-            med, lo, hi, p = self._as_predicted(th.key) if said_all else time_interval(r, th, self.steps, margin)
+            med, lo, hi, p = said[th.key] if said_all else time_interval(r, th, self.steps, margin)
             left = None if med is None else max(med - now, 0)
             sec = lambda s: None if s is None or sps is None else round(max(s - now, 0) * sps, 3)  # noqa: E731
             out[th.key] = ThresholdEstimate(th.key, med, lo, hi, left, sec(med), sec(lo), sec(hi), p)
