@@ -1,6 +1,6 @@
 """What a default prediction costs against the fine-tuning it predicts, both timed in one run.
 
-    .venv/bin/python bench/cost_bench.py      # writes bench/results/cost.json (about 12 minutes on 2 cores)
+    .venv/bin/python bench/cost_bench.py      # writes bench/results/cost.json (about 25 minutes on 2 cores)
 
 The suite's cost table (BENCHMARKS.md, section 1) divides real runs timed when the suite was run by predictions
 re-run and re-timed on other days (this machine's speed varies by up to 1.8x from one day to the next). Here every
