@@ -194,6 +194,24 @@ def test_projections_are_unbiased_and_chunk_invariant(method, kw):
     assert one.meta["plan"]["exact_weight_fraction"] < 1
 
 
+@pytest.mark.parametrize("k,d,dtype", [(64, 5000, torch.float32), (256, 30, torch.float64), (8, 3, torch.float32)])
+def test_very_sparse_projection_is_the_coalesced_draw(k, d, dtype):
+    """The CSR projection built from the sorted places equals the plain construction from the same draws (COO,
+    coalesced, to CSR), repeated places summed."""
+    import math
+    from finetime.kernel.projection import param_generator, very_sparse
+
+    got = very_sparse(k, d, param_generator(3, 1), dtype)
+    gen = param_generator(3, 1)
+    nnz = max(1, round(k * math.sqrt(d)))
+    rows, cols = torch.randint(0, k, (nnz,), generator=gen), torch.randint(0, d, (nnz,), generator=gen)
+    vals = (torch.randint(0, 2, (nnz,), generator=gen, dtype=torch.float64) * 2 - 1) / math.sqrt(k / math.sqrt(d))
+    ref = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals.to(dtype), (k, d)).coalesce()
+    assert ref.values().numel() < nnz or d * k < 50  # repeated places do occur
+    torch.testing.assert_close(got.to_dense(), ref.to_dense(), rtol=0, atol=0)
+    assert torch.equal(got.col_indices(), ref.to_sparse_csr().col_indices())
+
+
 def test_projection_error_falls_with_dimension():
     torch.manual_seed(8)
     m = SmallConvNet(3, width=8).double().eval()
