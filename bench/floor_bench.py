@@ -5,7 +5,8 @@
 For each N x resolution (EfficientNet-Lite0 on Fashion-MNIST, 5 classes, every weight trained), on the same model,
 data and threads, one after the other: the floor (a forward pass and C = 5 backward passes, one per output, over
 all samples in chunks of 32: what any per-sample kernel must at least do) and the engine's default kernel
-(`factored`). Writes bench/results/floor.json.
+(`factored`), after an untimed warm-up of both on a few samples (the first passes of a process are slower). Writes
+bench/results/floor.json.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=HERE / "results" / "floor.json")
     args = ap.parse_args(argv)
     rows = []
+    warm = prepare(RunConfig.from_dict({"data": "fashion-mnist", "per_class": 2, "image_size": 32}))
+    floor_seconds(warm.model, warm.data.x, warm.config.task.classes)  # untimed: the process's one-time warm-up
+    compute_kernel(warm.model, warm.data.x, params=warm.trained)
     for spec in args.sizes.split(","):
         n, px = (int(v) for v in spec.split("x"))
         task = prepare(RunConfig.from_dict({"data": "fashion-mnist", "per_class": n // 5, "image_size": px}))
