@@ -151,7 +151,11 @@ def test_fallback_module_with_custom_parameter():
     check_exact(nn.Sequential(nn.Linear(6, 4), nn.Tanh(), Scaled()), torch.randn(5, 6, dtype=torch.float64))
 
 
-def test_test_cross_kernel_and_jw0():
+@pytest.mark.parametrize("block_rows", [1024, 4])  # one product, or the symmetric training Gram in blocks
+def test_test_cross_kernel_and_jw0(monkeypatch, block_rows):
+    from finetime.kernel import engine
+
+    monkeypatch.setattr(engine, "GRAM_BLOCK_ROWS", block_rows)
     torch.manual_seed(5)
     m = SmallConvNet(3).double().eval()
     x, xt = torch.randn(5, 3, 6, 6, dtype=torch.float64), torch.randn(3, 3, 6, 6, dtype=torch.float64)
@@ -210,6 +214,19 @@ def test_very_sparse_projection_is_the_coalesced_draw(k, d, dtype):
     assert ref.values().numel() < nnz or d * k < 50  # repeated places do occur
     torch.testing.assert_close(got.to_dense(), ref.to_dense(), rtol=0, atol=0)
     assert torch.equal(got.col_indices(), ref.to_sparse_csr().col_indices())
+
+
+@pytest.mark.parametrize("n", [5, 16, 23])
+def test_symmetric_gram_blocks_equal_the_whole_product(monkeypatch, n):
+    """The training Gram formed block by block above the diagonal and mirrored equals ``a a^T`` (blocks of 8 rows
+    here: one block, exact multiples and a ragged last block)."""
+    from finetime.kernel import engine
+
+    monkeypatch.setattr(engine, "GRAM_BLOCK_ROWS", 8)
+    a = torch.randn(n, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    out = torch.ones(n, n, dtype=torch.float64)
+    engine._add_symmetric_outer(out, a)
+    torch.testing.assert_close(out, 1 + a @ a.T, rtol=1e-12, atol=1e-12)
 
 
 def test_projection_error_falls_with_dimension():
