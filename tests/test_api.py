@@ -88,6 +88,8 @@ def test_sweep_rows_match_predict():
 
 def test_counts_in_a_config_dict_must_be_whole_numbers():
     assert RunConfig.from_dict({**SMALL, "steps": 20.0}).steps == 20  # JSON writes some counts as floats
+    import numpy as np
+    assert RunConfig.from_dict({**SMALL, "batch_size": np.int64(4)}).optimizer.batch_size == 4  # a numpy grid
     for key, value in (("classes", 2.5), ("batch_size", "8"), ("seed", True), ("steps", float("inf"))):
         with pytest.raises(ConfigError, match=f"--{key.replace('_', '-')} must be a whole number"):
             RunConfig.from_dict({**SMALL, key: value})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import numbers
 
 from .device import Precision, check_device_spec
 from .errors import ConfigError
@@ -60,7 +61,7 @@ def _whole(key: str, value):
     """``value`` as an int when it is a whole number (``150`` or ``150.0``; ``None`` kept), else a ``ConfigError``."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
             or int(value) != value:
         raise ConfigError(f"--{key.replace('_', '-')} must be a whole number, got {value!r}")
     return int(value)
