@@ -42,9 +42,9 @@ def _eps_pair(d: dict) -> str:
     return " / ".join("-" if d[k] is None else str(d[k]) for k in ("eps=0.1", "eps=0.4"))
 
 
-def _eps_errors(d: dict) -> str:
-    """The relative errors at eps 0.1 and 0.4, in percent."""
-    return " / ".join(f"{100 * d[k]:.0f}%" for k in ("eps=0.1", "eps=0.4"))
+def _eps_errors(d: dict, keys=("eps=0.1", "eps=0.4")) -> str:
+    """The relative errors at ``keys`` (eps 0.1 and 0.4), in percent."""
+    return " / ".join(f"{100 * d[k]:.0f}%" for k in keys)
 
 
 def _missing(cmd):
@@ -467,10 +467,10 @@ def _optimizer_label(cfg: dict) -> str:
             else f"SGD b{cfg['batch_size']} lr {cfg['lr']:g} m {cfg['momentum']:g}")
 
 
-def _cost_cell(cs: dict) -> str:
-    """``total (kernel, re-linearization, simulation, step timing)`` seconds of a prediction's ``cost_seconds``."""
-    parts = ", ".join(f"{cs[k]:.1f}" for k in ("kernel", "relinearization", "simulation", "step_timing"))
-    return f"{cs['total']:.1f} ({parts})"
+def _cost_cell(cs: dict, parts=("kernel", "relinearization", "simulation", "step_timing")) -> str:
+    """``total (kernel, re-linearization, simulation, step timing)`` seconds (or the ``parts`` given) of a
+    prediction's ``cost_seconds``."""
+    return f"{cs['total']:.1f} ({', '.join(f'{cs[k]:.1f}' for k in parts)})"
 
 
 def _predicted_tt(p: dict) -> str:
@@ -485,13 +485,11 @@ def cost(r):
              "|---|---|---|---|---|---|---|"]
     for c in r["cells"]:
         cfg, p = c["config"], c["predicted"]
-        cs = p["cost"]
-        parts = ", ".join(f"{cs[k]:.1f}" for k in ("kernel", "relinearization", "first_steps", "simulation",
-                                                    "step_timing"))
+        cost_cell = _cost_cell(p["cost"], ("kernel", "relinearization", "first_steps", "simulation", "step_timing"))
         bn = ", batch statistics" if cfg["bn"] == "batch" else ""
-        errs = " / ".join(f"{100 * p['error'][k]:.0f}%" for k in ("eps=0.01", "eps=0.1", "eps=0.4"))
+        errs = _eps_errors(p["error"], ("eps=0.01", "eps=0.1", "eps=0.4"))
         lines.append(f"| {cfg['image_size']} px, {cfg['per_class']}/class, {_optimizer_label(cfg)}{bn} | "
-                     f"{c['real']['train_seconds']:.1f} | {cs['total']:.1f} ({parts}) | **{c['ratio']}x** | "
+                     f"{c['real']['train_seconds']:.1f} | {cost_cell} | **{c['ratio']}x** | "
                      f"{c.get('real_over_floor', '-')}x | {'yes' if p['relinearized'] else 'no'} | {errs} |")
     lines += ["", "| optimizer | cells | median real s | median prediction s | median real / prediction | median "
                   "real / kernel floor | median parts: kernel, re-linearization, first steps, simulation, step "

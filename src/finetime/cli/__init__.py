@@ -210,8 +210,7 @@ def _watch_once(args, seen: int):
         prev = r.step
         if at > 0:
             refiner.observe(at, r.loss, seconds=r.seconds, window=window)
-    if records and records[-1].step > refiner.steps and (seen is None or seen == 0 or
-                                                          records[seen - 1].step <= refiner.steps):
+    if records and records[-1].step > refiner.steps and (not seen or records[seen - 1].step <= refiner.steps):
         print(f"finetime: note: {args.log} reaches step {records[-1].step}, past the prediction's {refiner.steps} "
               "steps; the estimates cover the predicted run only (predict again with --steps for a longer one)",
               file=sys.stderr)
