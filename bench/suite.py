@@ -34,8 +34,8 @@ from finetime.runtime import tune_allocator
 from finetime.wallclock import seconds_per_step
 from finetime.zoo import is_text_data
 
-PREDICTION_KEYS = ("predictor", "relinearize", "reanchor", "linearity_tol", "refresh_samples", "relinearize_adam",
-                   "first_steps")
+PREDICTION_KEYS = ("predictor", "relinearize", "reanchor", "linearity_tol", "end_tol", "refresh_samples",
+                   "relinearize_adam", "first_steps")
 """Flat settings that choose how a prediction is made, not what is trained: left out of cell identities."""
 
 
@@ -107,7 +107,9 @@ BENCH_PREDICTORS = {**PRESETS,
                     "adaptive-geometric": dataclasses.replace(PRESETS["adaptive"], interpolate=True,
                                                               interpolation="geometric"),
                     "adaptive-no-first-steps": dataclasses.replace(PRESETS["adaptive"], first_steps=0),
-                    "adaptive-2-refreshes": dataclasses.replace(PRESETS["adaptive"], relinearize=2)}
+                    "adaptive-2-refreshes": dataclasses.replace(PRESETS["adaptive"], relinearize=2),
+                    "adaptive-always-refresh": dataclasses.replace(PRESETS["adaptive"], linearity_tol=1e-9),
+                    "adaptive-no-end-check": dataclasses.replace(PRESETS["adaptive"], end_tol=0.0)}
 """The presets, and variants kept as baselines in the results: ``adaptive-full-refresh`` is ``adaptive`` with every
 refresh a whole kernel (``--refresh-samples all``; the default before refreshes on a subset); ``adaptive-stepwise``
 and ``adaptive-interp`` use each refreshed kernel from its checkpoint on, or interpolate it linearly in time between
@@ -116,7 +118,10 @@ interpolates for Adam, AdamW and SGD without momentum, and with momentum where t
 between two refreshes); ``adaptive-geometric`` interpolates geometrically between every two refreshes;
 ``adaptive-no-first-steps`` is ``adaptive`` without its first real steps (``--first-steps 0``; it differs from
 ``adaptive`` only with BatchNorm batch statistics); ``adaptive-2-refreshes`` refreshes the kernel at ``T/15`` and
-``3T/15`` only (``--relinearize 2``), a third cheaper re-linearization."""
+``3T/15`` only (``--relinearize 2``), a third cheaper re-linearization; ``adaptive-always-refresh`` refreshes
+wherever the check's loss gap is not zero (``--linearity-tol 1e-9``), on the cells whose check passes: what
+``adaptive`` would predict there if the check failed; ``adaptive-no-end-check`` is ``adaptive`` without its end
+check (``--end-tol 0``; the default before it), on the cells whose first check passes."""
 
 
 def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:

@@ -368,7 +368,8 @@ def test_help_points_to_the_projects_own_definitions(capsys):
 
 def test_summary_names_the_predictor_threads_and_same_order(capsys, tmp_path):
     code, out, _ = run(capsys, "predict", *FAST, "--lr", "0.001", "--threads", "1")
-    assert code == 0 and "predictor  adaptive (linearity check passed: one kernel)" in out
+    assert code == 0 and "predictor  adaptive (linearity checks passed: one kernel)" in out
+    assert "end check at step 29: off by" in out and "one kernel kept" in out
     assert "threads    1 (--threads)" in out and "dynamics: relinearized" not in out
     code, out, _ = run(capsys, "validate", *FAST, "--batch-size", "4", "--runs", "2")
     assert code == 0 and "same order: the predictor replayed on the real run's batch order" in out
@@ -521,3 +522,14 @@ def test_summary_says_how_the_kernel_moved_between_refreshes():
     assert line.endswith("the kernel moving linearly in time between them)")
     rl.update(interpolated=False)
     assert "moving" not in _fmt_predictor({"predictor": "adaptive", "method": "relinearized", "relinearization": rl})
+
+
+def test_end_check_refresh_is_named_in_the_summary_and_the_json(capsys, tmp_path):
+    out_json = tmp_path / "p.json"
+    code, out, _ = run(capsys, "predict", *FAST, "--lr", "0.001", "--end-tol", "1e-9", "--json", str(out_json))
+    assert code == 0 and "the kernel refreshed at the end of the run" in out
+    assert "end check at step 29: off by" in out and "kernel refreshed there" in out
+    rl = json.loads(out_json.read_text())["predicted"]["relinearization"]
+    assert rl["end_check"]["refreshed"] and rl["kernels"] == 1 and rl["interpolation"] == "geometric"
+    code, out, _ = run(capsys, "predict", *FAST, "--lr", "0.001", "--end-tol", "-1")
+    assert code == 2 and "--end-tol must be >= 0" in out + _

@@ -631,6 +631,8 @@ def test_validate_replays_with_the_predictions_linearity_decision():
     assert refreshed.predictor.kind is Predictor.RELINEARIZED and refreshed.predictor.tolerance(cfg.optimizer) == 0
     assert refreshed.predictor.relinearize == cfg.predictor.relinearize
     assert replay_config(cfg, None) is cfg
+    ended = replay_config(cfg, {"linear_regime": False, "end_check": {"step": 149, "gap": 0.5, "refreshed": True}})
+    assert ended.predictor.tolerance(cfg.optimizer) > 1e300 and 0 < ended.predictor.end_tol < 1e-300
     lin = RunConfig.from_dict({"lr": 1e-3, "batch_size": 8, "predictor": "linear"})
     assert replay_config(lin, {"linear_regime": True}) is lin
 
@@ -669,3 +671,101 @@ def test_adam_second_moments_average_the_path_by_the_trapezoid_rule():
         scales = scales_from_second_moments(opt, want, task.moments)
         for k in names:
             torch.testing.assert_close(got[k], parameter_preconditioner(scales[k], shapes[k].shape))
+
+
+def test_end_check_keeps_one_kernel_for_a_linear_model():
+    """A linear model at its own linear model's weights has its loss at the end too: the end check passes, no
+    kernel is computed and the curve is the one-kernel simulation."""
+    from finetime.dynamics import simulate
+
+    m, x, y, p = _setup(n=10, linear=True)
+    sgd = SGD(lr=0.5, momentum=0.5, batch_size=4)
+    calls = []
+    net = Network(m, x, [n for n, _ in m.named_parameters()], kernel=lambda mm: calls.append(1))
+    a, info = relinearized(p, sgd, 20, net, checkpoints=[3, 9], runs=3, generator=torch.Generator().manual_seed(0),
+                           linearity_tol=1e-6, end_tol=1e-6)
+    b = simulate(p, sgd, 20, runs=3, generator=torch.Generator().manual_seed(0))
+    assert info.linear_regime and info.kernels == 0 and not calls
+    assert info.end_check["step"] == 19 and not info.end_check["refreshed"] and info.end_check["gap"] < 1e-8
+    torch.testing.assert_close(a.loss, b.loss)
+
+
+def _end_setup():
+    m, x, y, p = _setup(n=8)
+    params = [n for n, _ in m.named_parameters()]
+    net = Network(m, x, params, kernel=lambda mm: compute_kernel(mm, x, method="exact"))
+    return m, x, y, p, params, net
+
+
+def test_end_check_refreshes_the_kernel_at_the_end_and_moves_it_geometrically():
+    """A check that passes and an end check that fails: the same curves as one refresh at step T-1 with the kernel
+    interpolated geometrically from w0's (and no check); the end gap is the network's loss at the linear model's
+    final weights against the linear model's, over the loss decrease the linear model predicts."""
+    from finetime.dynamics import simulate
+    from finetime.relinearize import apply_coefficients
+
+    m, x, y, p, params, net = _end_setup()
+    sgd = SGD(lr=0.5, momentum=0.5)
+    steps = 16
+    got, info = relinearized(p, sgd, steps, net, checkpoints=[2, 6], reanchor="none", linearity_tol=10.0,
+                             end_tol=1e-9)
+    one, one_info = relinearized(p, sgd, steps, net, checkpoints=[steps - 1], reanchor="none", interpolate=True,
+                                 interpolation="geometric")
+    assert info.loss_gaps[0] < 10.0 and not info.linear_regime and info.kernels == 1
+    assert info.end_check["refreshed"] and info.end_check["step"] == steps - 1
+    assert info.interpolated and info.interpolation == "geometric"
+    torch.testing.assert_close(got.loss, one.loss)
+    assert info.trace_ratios == pytest.approx(one_info.trace_ratios)
+    lin = simulate(p, sgd, steps)
+    assert not torch.allclose(got.loss, lin.loss)
+    _, st = solve(ExactStepper(p, sgd, steps - 1, None, track=True), steps - 1, runs=1)
+    moved = copy.deepcopy(m)
+    apply_coefficients(moved, x, st.a[0].view(p.n, p.c), params)
+    with torch.no_grad():
+        l_net = float(torch.nn.functional.cross_entropy(moved(x), y))
+    l0, l_lin = float(lin.loss[0, 0]), float(lin.loss[0, steps - 1])
+    assert info.end_check["gap"] == pytest.approx(abs(l_net - l_lin) / (l0 - l_lin), abs=1e-4)
+    # a tolerance over the gap keeps the one kernel, and 0 turns the end check off
+    kept, kept_info = relinearized(p, sgd, steps, net, checkpoints=[2, 6], reanchor="none", linearity_tol=10.0,
+                                   end_tol=info.end_check["gap"] + 0.01)
+    assert kept_info.linear_regime and not kept_info.end_check["refreshed"] and kept_info.kernels == 0
+    torch.testing.assert_close(kept.loss, lin.loss)
+    off, off_info = relinearized(p, sgd, steps, net, checkpoints=[2, 6], reanchor="none", linearity_tol=10.0)
+    assert off_info.end_check is None and off_info.linear_regime
+    torch.testing.assert_close(off.loss, lin.loss)
+
+
+def test_end_check_only_after_a_passed_check():
+    """A failed first check refreshes at the schedule's checkpoints only; no check (tolerance 0) means no end check."""
+    m, x, y, p, params, net = _end_setup()
+    sgd = SGD(lr=0.5)
+    _, failed = relinearized(p, sgd, 16, net, checkpoints=[2, 6], reanchor="none", linearity_tol=1e-12,
+                             end_tol=1e-9)
+    assert not failed.linear_regime and failed.kernels == 2 and failed.end_check is None
+    _, unchecked = relinearized(p, sgd, 16, net, checkpoints=[2, 6], reanchor="none", end_tol=1e-9)
+    assert unchecked.kernels == 2 and unchecked.end_check is None
+
+
+def test_progress_gap_without_a_predicted_decrease_is_none():
+    from finetime.relinearize import _progress_gap
+
+    y = torch.tensor([0, 1])
+    f0 = torch.tensor([[2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    worse = torch.zeros(2, 2, dtype=torch.float64)
+    assert _progress_gap(worse, f0, f0, y, Loss.CE) is None
+    assert _progress_gap(f0, worse, f0, y, Loss.CE) is None  # the linear model's loss went up
+    better = 2 * f0
+    g = _progress_gap(f0, better, f0, y, Loss.CE)  # the network stayed where it started: the whole decrease is off
+    assert g == pytest.approx(1.0)
+
+
+def test_end_tol_setting():
+    from finetime.config import END_TOL, PRESETS, RunConfig
+    from finetime.errors import ConfigError
+
+    assert PRESETS["adaptive"].end_tol == END_TOL
+    assert RunConfig.from_dict({"end_tol": 0.2}).predictor.end_tol == 0.2
+    assert RunConfig.from_dict({"end_tol": 0.2}).to_dict()["end_tol"] == 0.2
+    for bad in (-0.1, float("nan"), float("inf"), "x"):
+        with pytest.raises(ConfigError, match="--end-tol"):
+            RunConfig.from_dict({"end_tol": bad})

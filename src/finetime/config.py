@@ -130,6 +130,17 @@ ones included, so a small gap at the check foretells a larger departure later (A
 6-7: at 0.01, 7 of 12 lr 1e-5 image cells and every lr 3e-5 text cell kept one kernel and were predicted too slow)."""
 
 
+END_TOL = 0.4
+"""The end check's tolerance (``PredictorConfig.end_tol``): where the linearity check at ~T/15 keeps one kernel, the
+network is moved to the linear model's weights at the end of the run and evaluated; if its loss differs from the
+linear model's by this fraction of the loss decrease the linear model predicts or more, the kernel is refreshed
+there and moves geometrically in time from ``w0``'s to it. The gap at ~T/15 is measured early, before momentum has
+built up and before a slowly growing kernel has grown; the end check sees the whole run. Chosen on the benchmark
+suites (BENCHMARKS.md, section 1, "The end check"): of the image cells whose first check passes, 32 of the 33 with
+an end gap of 0.41-0.67 (lr 1e-4 with momentum 0.9, lr 1e-3 without it at 32 px, MNIST, AdamW lr 1e-5) were
+predicted better with the end refresh, and those at 0.12-0.34 (lr 1e-4 without momentum) better without it; the
+text cells at 0.09-0.28 would have gained from it too."""
+
 FAR_FROM_LINEAR = 1.0
 """A linearity-check loss gap from which the network is far from linear: at step ~T/15, moved to the linear model's
 weights, its loss is at least twice the linear model's (the summary warns; ``--first-steps auto`` measures the first
@@ -186,6 +197,9 @@ class PredictorConfig:
     (``finetime.first_steps``); 0: none; ``auto``: ``FIRST_STEPS`` with BatchNorm batch statistics or where the
     linearity check's loss gap is ``FAR_FROM_LINEAR`` or more, none otherwise. The other presets (``linear``,
     ``paper``, ``relinearized3``) run none: they are the kernel's predictions alone."""
+    end_tol: float = END_TOL
+    """The end check's tolerance, as a fraction of the loss decrease the linear model predicts (``END_TOL``); 0: no
+    end check. Only where the linearity check keeps one kernel."""
 
     def interpolates(self, optimizer) -> bool:
         """Whether refreshed kernels may be interpolated in time for ``optimizer`` (``interpolate``, or its default:
@@ -237,6 +251,8 @@ class PredictorConfig:
         object.__setattr__(self, "first_steps", fs)
         if self.linearity_tol is not None and not (self.linearity_tol >= 0 and math.isfinite(self.linearity_tol)):
             raise ConfigError(f"--linearity-tol must be >= 0 (0 turns the check off), got {self.linearity_tol}")
+        if not (isinstance(self.end_tol, (int, float)) and self.end_tol >= 0 and math.isfinite(self.end_tol)):
+            raise ConfigError(f"--end-tol must be >= 0 (0 turns the end check off), got {self.end_tol!r}")
 
 
 PRESETS: dict[str, PredictorConfig] = {
@@ -262,7 +278,7 @@ _SCHEDULE_KEYS = ("schedule", "warmup_steps", "step_size", "gamma")
 _KERNEL = {"kernel_method": "method", "projection_dim": "projection_dim", "max_memory_gb": "max_memory_gb",
            "kernel_outputs": "outputs"}
 _PREDICTOR = {"predictor": "kind", "relinearize": "relinearize", "reanchor": "reanchor",
-              "linearity_tol": "linearity_tol", "refresh_samples": "refresh_samples",
+              "linearity_tol": "linearity_tol", "end_tol": "end_tol", "refresh_samples": "refresh_samples",
               "relinearize_adam": "relinearize_adam", "interpolate_kernels": "interpolate",
               "kernel_interpolation": "interpolation",
               "first_steps": "first_steps"}

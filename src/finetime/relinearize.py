@@ -59,6 +59,10 @@ class RelinearizationInfo:
     interpolated: bool = False
     interpolation: str | None = None
     interpolated_intervals: int = 0
+    end_check: dict | None = None
+    """Where the linearity check kept one kernel and the end check ran: ``{"step", "gap", "refreshed"}``, ``gap`` the
+    network's loss at the linear model's weights at ``step`` against the linear model's, as a fraction of the loss
+    decrease the linear model predicts by then (``_progress_gap``)."""
 
     @property
     def seconds(self) -> float:
@@ -68,6 +72,7 @@ class RelinearizationInfo:
         return {"checkpoints": self.checkpoints, "kernels": self.kernels, "linear_regime": self.linear_regime,
                 "refresh_samples": self.refresh_samples, "interpolated": self.interpolated,
                 "interpolation": self.interpolation, "interpolated_intervals": self.interpolated_intervals,
+                "end_check": self.end_check,
                 "loss_gaps": [round(g, 4) for g in self.loss_gaps],
                 "trace_ratios": [round(r, 3) for r in self.trace_ratios],
                 "kernel_seconds": round(self.kernel_seconds, 3), "network_seconds": round(self.network_seconds, 3)}
@@ -157,8 +162,10 @@ class _Refresh:
 
     def __init__(self, problem: Problem, network: Network, reanchor: Reanchor, linearity_tol: float,
                  recorder: Recorder, info: RelinearizationInfo, samples: torch.Tensor | None = None,
-                 step_bound: float | None = None, adapt: bool = True, keep_history: bool = False):
+                 step_bound: float | None = None, adapt: bool = True, keep_history: bool = False,
+                 end_at: int | None = None, end_tol: float = 0.0):
         self.problem, self.network, self.reanchor, self.tol = problem, network, reanchor, linearity_tol
+        self.end_at, self.end_tol = end_at, end_tol  # the end check (after a passed linearity check)
         self.rec, self.info = recorder, info
         self.samples = samples
         self.rows = None if samples is None else subset_rows(samples, problem.c)
@@ -176,8 +183,11 @@ class _Refresh:
         self.restarts: set[int] = set()  # checkpoints where Adam's P was re-estimated (its rho_t restarts)
 
     def __call__(self, t: int, stepper: ExactStepper, state: FunctionState):
-        if self.done:
+        end = self.done and t == self.end_at and self.end_tol > 0 and self.info.linear_regime
+        if not end and (self.done or t == self.end_at):  # the end check's step is no refresh of its own
             return stepper, state
+        if end:  # the linear model's weights at t are w0 + J(w0)^T a: move a fresh copy of the network from w0
+            self.work, self.last, self.done = copy.deepcopy(self.network.model), 0, False
         i, self.count = self.count, self.count + 1
         p, info = self.problem, self.info
         n, c = p.n, p.c
@@ -192,7 +202,7 @@ class _Refresh:
         apply_coefficients(self.work, self.network.x, state.a[alive].mean(0).view(n, c), self.network.params,
                            precondition=self.precondition, shrink=state.slots.get("shrink", 1.0), bound=bound)
         prev, self.last = self.last, t
-        if check:
+        if check or end:
             with torch.no_grad():
                 f_net = self.network.evaluate(self.work)
         info.network_seconds += time.perf_counter() - t_net
@@ -203,6 +213,14 @@ class _Refresh:
                 info.linear_regime = True
                 self.done = True
                 return stepper, state
+        if end:
+            gap = _progress_gap(sim(f_net), mean[: n * c].view(n, c), p.f0, p.y, p.loss)
+            refresh = gap is not None and gap >= self.end_tol
+            info.end_check = {"step": t, "gap": None if gap is None else round(gap, 4), "refreshed": refresh}
+            if not refresh:
+                self.done = True
+                return stepper, state
+            info.linear_regime = False
         if self.adapt and self.network.adapt is not None:  # Adam's v where the network now is, averaged over the path
             t_a = time.perf_counter()
             self.precondition = self.network.adapt(self.work, (t - prev) / t, self.samples)
@@ -277,7 +295,7 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
                  refresh_samples: torch.Tensor | None = None, adam_step_bound: float | None = ADAM_STEP_BOUND,
                  adapt_preconditioner: bool = True,
                  interpolate: bool = False, interpolation: str = "linear", min_growth: float = 0.0,
-                 max_memory: int | None = None) -> tuple[Trajectory, RelinearizationInfo]:
+                 max_memory: int | None = None, end_tol: float = 0.0) -> tuple[Trajectory, RelinearizationInfo]:
     """Simulate ``optimizer`` on the linearization at ``w0`` (``problem``), re-linearizing the real ``network`` at
     ``checkpoints`` (a hook of the simulation driver).
 
@@ -301,7 +319,13 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     trace grows less than ``min_growth``-fold keeps its first kernel; where every interval does, the second pass is
     not run (``info.interpolated`` false). The network is not moved again; the returned curves are the second
     pass's. Where the kernels it keeps would exceed ``INTERPOLATION_MAX_BYTES``, or ``max_memory`` bytes (the user's
-    memory budget, ``--max-memory``), the kernels stay stepwise."""
+    memory budget, ``--max-memory``), the kernels stay stepwise.
+
+    ``end_tol > 0`` adds the end check where the linearity check keeps one kernel: at step ``steps - 1`` the network
+    is moved from ``w0`` to the linear model's weights and evaluated; if its loss differs from the linear model's by
+    ``end_tol`` times the loss decrease the linear model predicts or more (``info.end_check``), the kernel is
+    refreshed there and the runs are simulated again on kernels that move geometrically in time from ``w0``'s to
+    it (``config.END_TOL``). Not where those two kernels and one between them would exceed the memory bound."""
     if not optimizer.relinearizable:
         raise ConfigError(f"re-linearization does not support {optimizer.name}'s weight decay; use the linear "
                           "predictor")
@@ -331,15 +355,24 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     bound = INTERPOLATION_MAX_BYTES if max_memory is None else min(INTERPOLATION_MAX_BYTES, max_memory)
     if interpolate and _interpolation_bytes(problem, len(checkpoints)) > bound:
         interpolate = False  # the kernels it keeps would not fit: stepwise kernels (info.interpolated says so)
+    if end_tol > 0 and (linearity_tol <= 0 or _interpolation_bytes(problem, 1) > bound):
+        end_tol = 0.0  # no linearity check to pass, or the end refresh's kernels would not fit
     plan, r_runs = resolve_plan(problem.n, optimizer, steps, runs, generator, plan)
     info = RelinearizationInfo(sorted(checkpoints),
                                refresh_samples=None if refresh_samples is None else refresh_samples.numel())
     rec = Recorder(problem, r_runs, steps, problem.theta.dtype)
+    end_at = steps - 1 if end_tol > 0 else None
     hook = _Refresh(problem, network, reanchor, linearity_tol, rec, info, refresh_samples,
-                    adam_step_bound, adapt_preconditioner, keep_history=interpolate)
+                    adam_step_bound, adapt_preconditioner, keep_history=interpolate or end_at is not None,
+                    end_at=end_at, end_tol=end_tol)
+    stops = sorted(set(info.checkpoints) | ({end_at} if end_at else set()))
     traj, _ = solve(ExactStepper(problem, optimizer, steps, plan, track=True), steps, runs=r_runs, recorder=rec,
-                    method="relinearized", checkpoints=info.checkpoints, hook=hook)
-    if interpolate and hook.history:
+                    method="relinearized", checkpoints=stops, hook=hook)
+    if info.end_check and info.end_check["refreshed"]:  # w0's kernel moving geometrically to the end's
+        interp = _Interpolate([(0, problem)] + hook.history, hook.restarts, geometric=True)
+        traj = _interpolated(problem, optimizer, steps, plan, r_runs, interp)
+        info.interpolated, info.interpolation, info.interpolated_intervals = True, "geometric", interp.intervals
+    elif interpolate and hook.history:
         interp = _Interpolate([(0, problem)] + hook.history, hook.restarts, interpolation == "geometric", min_growth)
         if interp.moves:
             traj = _interpolated(problem, optimizer, steps, plan, r_runs, interp)
@@ -443,6 +476,15 @@ def _interpolated(problem: Problem, optimizer: Optimizer, steps: int, plan, runs
     switches = sorted(t for t in hook.at if 0 < t < steps)
     traj, _ = solve(stepper, steps, runs=runs, method="relinearized", checkpoints=switches, hook=hook)
     return traj
+
+
+def _progress_gap(f_net: torch.Tensor, f_lin: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, loss) -> float | None:
+    """``|L(f_net) - L(f_lin)| / (L(f0) - L(f_lin))``: the loss gap between the network at the linear model's
+    weights and the linear model, as a fraction of the loss decrease the linear model predicts from ``f0``; ``None``
+    where it predicts none."""
+    (l_net, l_lin, l0), _ = mean_loss_and_accuracy(torch.stack([f_net, f_lin, f0.to(f_lin.dtype)]), y, loss)
+    drop = float(l0 - l_lin)
+    return float((l_net - l_lin).abs()) / drop if drop > 0 else None
 
 
 def _loss_gap(f_net: torch.Tensor, f_lin: torch.Tensor, y: torch.Tensor, loss) -> float:

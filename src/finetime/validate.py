@@ -10,6 +10,7 @@ can fall on the other side of its tolerance and give another predictor's curve, 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Callable
 
 from .batches import batch_plan
@@ -103,15 +104,19 @@ class Validation:
 
 
 def replay_config(config: RunConfig, info: dict | None) -> RunConfig:
-    """The configuration that replays a prediction on another batch order with the same linearity-check decision
-    (``info``: the prediction's re-linearization record): its one kernel where the check passed, refreshes without
-    a check where it failed; ``config`` itself for a prediction without a check."""
+    """The configuration that replays a prediction on another batch order with the same linearity-check decisions
+    (``info``: the prediction's re-linearization record): its one kernel where the check (and the end check) passed;
+    where the check passed and the end check refreshed, a check no gap fails and an end check every gap fails;
+    refreshes without a check where the check failed; ``config`` itself for a prediction without a check."""
     p = config.predictor
     if info is None or "linear_regime" not in info or p.kind is not Predictor.RELINEARIZED \
             or p.tolerance(config.optimizer) == 0:
         return config
     if info["linear_regime"]:
         return dataclasses.replace(config, predictor=dataclasses.replace(p, kind=Predictor.LINEAR))
+    if (info.get("end_check") or {}).get("refreshed"):
+        return dataclasses.replace(config, predictor=dataclasses.replace(
+            p, linearity_tol=sys.float_info.max, end_tol=sys.float_info.min))
     return dataclasses.replace(config, predictor=dataclasses.replace(p, linearity_tol=0.0))
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import (FAR_FROM_LINEAR, FIRST_STEPS, GROWTH_JUMP, INTERPOLATIONS, PRESETS, Reanchor,
+from ..config import (END_TOL, FAR_FROM_LINEAR, FIRST_STEPS, GROWTH_JUMP, INTERPOLATIONS, PRESETS, Reanchor,
                       RunConfig)
 from ..kernel import KernelMethod
 from ..network import BatchNormMode
@@ -131,6 +131,11 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                        help="linearity check at the first checkpoint: if the network moved there has the linear "
                             "model's loss to within this relative tolerance, keep the one-kernel prediction; 0 turns "
                             "the check off (default: the preset's; adaptive: 0.01 for SGD, 0.001 for Adam and AdamW)")
+        g.add_argument("--end-tol", type=float, default=None, metavar="TOL",
+                       help="end check, where the linearity check keeps one kernel: the network moved to the linear "
+                            "model's weights at the last step; if its loss is off the linear model's by this fraction "
+                            "of the predicted loss decrease or more, the kernel is refreshed there and moves "
+                            f"geometrically in time from the first to it; 0 turns it off (default: {END_TOL:g})")
         g.add_argument("--refresh-samples", default=None, metavar="M|auto|all",
                        help="each re-linearization computes the new kernel on a class-balanced subset of M training "
                             "samples and carries it to the others through the previous kernel (Nystrom); auto: "

@@ -125,7 +125,11 @@ def _fmt_predictor(pr: dict, batch_statistics: bool = False) -> str:
         return {"linear": "linear (exact simulation, one kernel at the pretrained weights)",
                 "paper": f"paper ({pr['method'].upper()} with the effective learning rate, one kernel)"}.get(name, name)
     if rl["linear_regime"]:
-        return f"{name} (linearity check passed: one kernel)"
+        return f"{name} (linearity checks passed: one kernel)" if rl.get("end_check") else \
+            f"{name} (linearity check passed: one kernel)"
+    if (rl.get("end_check") or {}).get("refreshed"):
+        return (f"{name} (linearity check passed; the kernel refreshed at the end of the run and moving geometrically "
+                "in time from the pretrained weights' to it)")
     how = ""
     if rl.get("interpolated"):
         n, of = rl.get("interpolated_intervals") or rl["kernels"], rl["kernels"]
@@ -143,6 +147,16 @@ def _gap_pct(gap: float) -> str:
 def _fmt_relinearization(rl: dict) -> str:
     gaps = rl["loss_gaps"]
     first = rl["checkpoints"][0] if rl["checkpoints"] else None
+    end = rl.get("end_check")
+    if end is not None:
+        gap = "-" if end["gap"] is None else f"{100 * end['gap']:.0f}%"
+        seen = (f"linearity check at step {first}: the network there has the linear model's loss to within "
+                f"{100 * gaps[0]:.1f}%; end check at step {end['step']}: off by {gap} of the predicted loss decrease")
+        if not end["refreshed"]:
+            return f"{seen}, one kernel kept"
+        sub = rl.get("refresh_samples")
+        return (f"{seen}, kernel refreshed there" + (f" on {sub} samples, carried to all" if sub else "")
+                + f" (trace x{rl['trace_ratios'][0]:.2g}), moving geometrically in time from the first")
     if rl["linear_regime"]:
         return (f"linearity check at step {first}: the network there has the linear model's loss to within "
                 f"{100 * gaps[0]:.1f}%, one kernel kept")
