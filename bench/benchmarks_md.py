@@ -7,7 +7,8 @@ Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw
 (bench/results/photos.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
 {{photos_intervals}} (coverage on photos.jsonl of intervals fitted on the other suites), {{interpolation}} (kernels
 interpolated between refreshes against stepwise ones, all four suites), {{momentum_interpolation}} (with momentum:
-stepwise, linear, geometric and the default, paper and photos suites), {{bn_batch_photos}}, {{step_timing}}, {{cost}} (bench/results/cost.json), {{growth}} (bench/results/growth.json), {{first_steps}} (bench/results/first_steps.json), {{noise}}
+stepwise, linear, geometric and the default, paper and photos suites), {{end_check}} (the end check on the cells whose
+linearity check passes), {{bn_batch_photos}}, {{step_timing}}, {{cost}} (bench/results/cost.json), {{growth}} (bench/results/growth.json), {{first_steps}} (bench/results/first_steps.json), {{noise}}
 (bench/results/noise.jsonl: the hard regimes' real runs by batch order); a missing results file renders as a note saying which command produces it.
 """
 
@@ -129,9 +130,13 @@ def _variant_names(c) -> dict[str, str | None]:
     """The stored prediction of this cell for each way of moving the kernel between refreshes: ``stepwise``,
     ``linear`` (in time, every interval) and ``geometric`` (every interval), and ``default``: ``adaptive`` itself,
     which is one of them or, with momentum, geometric only across the intervals of a ``GROWTH_JUMP``-fold growth.
-    A cell whose default made no refresh has one curve for all; ``None`` for a variant not stored."""
+    A cell whose default made no refresh has one curve for all; ``None`` for a variant not stored. A cell whose
+    default refreshed only at the end check enters with its prediction without that check (``adaptive-no-end-check``)
+    in every column: these tables are about the refreshes at the checkpoints."""
     info = c["predictors"]["adaptive"].get("info", {})
     how, min_growth = _default_interpolation(c["config"])
+    if (info.get("end_check") or {}).get("refreshed"):
+        return dict.fromkeys(("stepwise", "linear", "geometric", "default"), "adaptive-no-end-check")
     if not info.get("kernels"):
         return {"stepwise": "adaptive", "linear": "adaptive", "geometric": "adaptive", "default": "adaptive"}
     moved = bool(info.get("interpolated"))
@@ -141,6 +146,58 @@ def _variant_names(c) -> dict[str, str | None]:
              "geometric": "adaptive" if whole and how == "geometric" else "adaptive-geometric",
              "default": "adaptive"}
     return {k: v if v in c["predictors"] else None for k, v in names.items()}
+
+
+def end_check():
+    """The end check on the cells whose linearity check passes, all four suites: per setting (batch sizes together),
+    the end gaps, how many
+    cells the end check refreshed, the errors with it (``adaptive``), without it (``adaptive-no-end-check``) and with
+    three refreshes whatever the check says (``adaptive-always-refresh``), and the seconds it added (median per
+    cell, ``adaptive`` minus ``adaptive-no-end-check``, both timed in one ``--repredict`` run)."""
+    import statistics
+
+    import report
+    from finetime.zoo import is_text_data
+
+    names = ("adaptive-no-end-check", "adaptive", "adaptive-always-refresh")
+    lines = ["| suite | setting | cells | end gap | refreshed at the end | without the end check: median / p95 | "
+             "default (with it) | three refreshes | seconds added (median): default / three refreshes |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    every = {n: [] for n in names}
+    for stem in INTERPOLATION_SUITES:
+        path = RES / f"{stem}.jsonl"
+        if not path.exists():
+            continue
+        groups: dict[tuple, list] = {}
+        for c in report.load([path]):
+            if "adaptive-no-end-check" not in c["predictors"]:
+                continue
+            cfg = c["config"]
+            key = (report.optimizer_kind(cfg), cfg["lr"], cfg.get("momentum") or 0.0, cfg["image_size"],
+                   cfg["data"], cfg["per_class"])
+            groups.setdefault(key, []).append(c)
+        for (opt, lr, mom, px, data, per), cs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            ends = [c["predictors"]["adaptive"]["info"]["end_check"] for c in cs]
+            gaps = [e["gap"] for e in ends if e["gap"] is not None]
+            cols = []
+            for n in names:
+                rs = [r for r in report.rows(cs, n) if not r["fast"]]
+                every[n] += rs
+                k, med, p95 = report.summarize(rs)
+                cols.append(f"{100 * med:.1f}% / {100 * p95:.1f}%" if k else "-")
+            added = [statistics.median(c["predictors"][n]["seconds"] - c["predictors"]["adaptive-no-end-check"]["seconds"]
+                                       for c in cs) for n in names[1:]]
+            shown = "" if opt.startswith("Adam") else f" m {mom:g}"
+            size = f"{px} tokens" if is_text_data(data) else f"{px} px"
+            lines.append(f"| {stem} | {data} {size}, {per}/class, {opt} lr {lr:g}{shown} | {len(cs)} | "
+                         f"{min(gaps):.2f}-{max(gaps):.2f} | {sum(e['refreshed'] for e in ends)} | "
+                         + " | ".join(cols) + f" | {added[0]:+.1f} s / {added[1]:+.1f} s |")
+    cols = []
+    for n in names:
+        k, med, p95 = report.summarize(every[n])
+        cols.append(f"**{100 * med:.1f}% / {100 * p95:.1f}%** ({k})")
+    lines.append("| **all** | | | | | " + " | ".join(cols) + " | |")
+    return "\n".join(lines) + "\n"
 
 
 def _default_label(cfg) -> str:
@@ -216,8 +273,9 @@ def momentum_interpolation():
         for c in report.load([path]):
             info = c["predictors"]["adaptive"].get("info", {})
             sgd = c["config"].get("optimizer", "sgd") == "sgd"
-            if not (sgd and c["config"].get("momentum") and info.get("kernels")):
-                continue
+            if not (sgd and c["config"].get("momentum") and info.get("kernels")) \
+                    or (info.get("end_check") or {}).get("refreshed"):
+                continue  # no refresh at the checkpoints (the end check's refresh is not this table's)
             names = _variant_names(c)
             if any(v is None for v in names.values()):
                 continue
@@ -640,7 +698,7 @@ def main():
                     ("photos_suite", photos_suite), ("resolution", resolution),
                     ("photos_intervals", photos_intervals), ("bn_batch_photos", bn_batch_photos),
                     ("step_timing", step_timing), ("interpolation", interpolation),
-                    ("momentum_interpolation", momentum_interpolation), ("growth", growth),
+                    ("momentum_interpolation", momentum_interpolation), ("end_check", end_check), ("growth", growth),
                     ("first_steps", first_steps), ("noise", noise)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
