@@ -365,7 +365,7 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     hook = _Refresh(problem, network, reanchor, linearity_tol, rec, info, refresh_samples,
                     adam_step_bound, adapt_preconditioner, keep_history=interpolate or end_at is not None,
                     end_at=end_at, end_tol=end_tol)
-    stops = sorted(set(info.checkpoints) | ({end_at} if end_at else set()))
+    stops = sorted(set(info.checkpoints) | ({end_at} if end_at is not None else set()))
     traj, _ = solve(ExactStepper(problem, optimizer, steps, plan, track=True), steps, runs=r_runs, recorder=rec,
                     method="relinearized", checkpoints=stops, hook=hook)
     if info.end_check and info.end_check["refreshed"]:  # w0's kernel moving geometrically to the end's

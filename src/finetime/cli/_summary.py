@@ -114,9 +114,13 @@ def _fmt_predictor(pr: dict, batch_statistics: bool = False) -> str:
         return f"{name} (the trained linear head simulated in weight space: exact)"
     if pr.get("preconditioned"):
         how = ", interpolated in time between refreshes" if rl is not None and rl.get("interpolated") else ""
-        where = ("at the pretrained weights" if rl is None or rl["linear_regime"]
-                 else f"at the pretrained weights, {rl['kernels']} refreshed along the predicted path with P "
-                      f"re-estimated there{how}")
+        if rl is not None and (rl.get("end_check") or {}).get("refreshed"):
+            where = ("at the pretrained weights and at the end of the run (end check), with P re-estimated there, "
+                     "moving geometrically in time from the first to it")
+        else:
+            where = ("at the pretrained weights" if rl is None or rl["linear_regime"]
+                     else f"at the pretrained weights, {rl['kernels']} refreshed along the predicted path with P "
+                          f"re-estimated there{how}")
         return f"{name} (Adam on the preconditioned kernel J P J^T {where}; README 'Adam')"
     if rl is None and batch_statistics and pr.get("first_steps") and name not in ("linear", "paper"):
         return (f"{name} (one kernel at the pretrained weights, fitted to the first real steps: with batch "
