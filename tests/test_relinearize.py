@@ -746,6 +746,15 @@ def test_end_check_only_after_a_passed_check():
     assert unchecked.kernels == 2 and unchecked.end_check is None
 
 
+def test_no_end_check_where_the_last_step_is_a_checkpoint():
+    """A run so short that its first checkpoint is its last step keeps the linearity check there, and has no end
+    check."""
+    m, x, y, p, params, net = _end_setup()
+    _, info = relinearized(p, SGD(lr=0.01), 2, net, checkpoints=[1], reanchor="none", linearity_tol=10.0,
+                           end_tol=1e-9)
+    assert len(info.loss_gaps) == 1 and info.linear_regime and info.end_check is None
+
+
 def test_progress_gap_without_a_predicted_decrease_is_none():
     from finetime.relinearize import _progress_gap
 

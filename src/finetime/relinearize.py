@@ -361,7 +361,8 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     info = RelinearizationInfo(sorted(checkpoints),
                                refresh_samples=None if refresh_samples is None else refresh_samples.numel())
     rec = Recorder(problem, r_runs, steps, problem.theta.dtype)
-    end_at = steps - 1 if end_tol > 0 else None
+    # the end check's step: the last one, where it comes after every checkpoint (a short run may have none later)
+    end_at = steps - 1 if end_tol > 0 and steps - 1 > max(info.checkpoints, default=0) else None
     hook = _Refresh(problem, network, reanchor, linearity_tol, rec, info, refresh_samples,
                     adam_step_bound, adapt_preconditioner, keep_history=interpolate or end_at is not None,
                     end_at=end_at, end_tol=end_tol)
