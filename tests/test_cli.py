@@ -532,7 +532,7 @@ def test_end_check_refresh_is_named_in_the_summary_and_the_json(capsys, tmp_path
     rl = json.loads(out_json.read_text())["predicted"]["relinearization"]
     assert rl["end_check"]["refreshed"] and rl["kernels"] == 1 and rl["interpolation"] == "geometric"
     code, out, _ = run(capsys, "predict", *FAST, "--lr", "0.001", "--end-tol", "-1")
-    assert code == 2 and "--end-tol must be >= 0" in out + _
+    assert code == 2 and "--end-tol must be a number >= 0" in out + _
     code, out, _ = run(capsys, "predict", *FAST, "--optimizer", "adamw", "--lr", "1e-3", "--batch-size", "4",
                        "--linearity-tol", "100", "--end-tol", "1e-9")
     assert code == 0 and "at the end of the run (end check), with P re-estimated there" in out

@@ -775,6 +775,9 @@ def test_end_tol_setting():
     assert PRESETS["adaptive"].end_tol == END_TOL
     assert RunConfig.from_dict({"end_tol": 0.2}).predictor.end_tol == 0.2
     assert RunConfig.from_dict({"end_tol": 0.2}).to_dict()["end_tol"] == 0.2
-    for bad in (-0.1, float("nan"), float("inf"), "x"):
+    import numpy as np
+
+    assert RunConfig.from_dict({"end_tol": np.float32(0.25)}).predictor.end_tol == 0.25
+    for bad in (-0.1, float("nan"), float("inf"), "x", True):
         with pytest.raises(ConfigError, match="--end-tol"):
             RunConfig.from_dict({"end_tol": bad})

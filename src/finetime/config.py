@@ -251,8 +251,10 @@ class PredictorConfig:
         object.__setattr__(self, "first_steps", fs)
         if self.linearity_tol is not None and not (self.linearity_tol >= 0 and math.isfinite(self.linearity_tol)):
             raise ConfigError(f"--linearity-tol must be >= 0 (0 turns the check off), got {self.linearity_tol}")
-        if not (isinstance(self.end_tol, (int, float)) and self.end_tol >= 0 and math.isfinite(self.end_tol)):
-            raise ConfigError(f"--end-tol must be >= 0 (0 turns the end check off), got {self.end_tol!r}")
+        et = self.end_tol
+        if isinstance(et, bool) or not isinstance(et, numbers.Real) or not (et >= 0 and math.isfinite(et)):
+            raise ConfigError(f"--end-tol must be a number >= 0 (0 turns the end check off), got {et!r}")
+        object.__setattr__(self, "end_tol", float(et))
 
 
 PRESETS: dict[str, PredictorConfig] = {
