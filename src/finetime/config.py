@@ -266,7 +266,8 @@ PRESETS: dict[str, PredictorConfig] = {
 """Named predictors (``--predictor``, and the rows of the benchmark):
 
 * ``adaptive`` (default): a linearity check at step ~T/15; where it fails, the kernel is refreshed at ~T/15, 3T/15 and
-  7T/15 along the predicted path, the curve continuing from the linear model's own outputs; where the check finds
+  7T/15 along the predicted path, the curve continuing from the linear model's own outputs; where it passes, the end
+  check (``end_tol``) may refresh the kernel once, at the last step; where the check finds
   the network far from linear the curve is then time-warped to the first real steps (``first_steps``); with
   BatchNorm batch statistics no check and no refresh, the one kernel fitted to those steps.
 * ``linear``: the exact simulator on the one kernel at the pretrained weights.

@@ -111,7 +111,7 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                    help="normalized thresholds: first step within eps*(L0-LT) of the final loss (default: 0.01,0.1,0.4)")
     g.add_argument("--runs", type=int, default=_D["runs"], help="batch orders simulated for SGD bands (default: %(default)s)")
     what = {"adaptive": "adaptive (a linearity check at step T/15, the kernel refreshed along the predicted path "
-                        "where it fails)",
+                        "where it fails, and at the last step where it passes but the end check fails)",
             "linear": "linear (the exact simulator on the one kernel at the pretrained weights)",
             "paper": "paper (the paper's gradient-flow ODE / SDE with the effective learning rate)",
             "relinearized3": "relinearized3 (three re-linearizations, the curve re-anchored on the real network "
