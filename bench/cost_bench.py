@@ -99,6 +99,7 @@ def measure(spec: dict) -> dict:
             "predicted": {"tt": tt, "diverged": pr["diverged"], "error": {k: round(v, 4) for k, v in err.items()},
                           "relinearized": bool(pr.get("relinearization")) and not
                           pr["relinearization"].get("linear_regime", False),
+                          "end_check": (pr.get("relinearization") or {}).get("end_check"),
                           "first_steps": (pr.get("first_steps") or {}).get("steps", 0),
                           "cost": cost, "wall_seconds": round(wall, 2),
                           "seconds_per_step": pr["seconds_per_step"]},
