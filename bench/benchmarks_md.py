@@ -25,6 +25,8 @@ RES = HERE / "results"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "src"))
 
+from finetime.relinearize import end_refreshed  # noqa: E402
+
 
 def _results(name: str, cmd: str):
     """A renderer of ``bench/results/<name>``: called with the parsed JSON, or replaced by the note naming ``cmd``
@@ -135,7 +137,7 @@ def _variant_names(c) -> dict[str, str | None]:
     in every column: these tables are about the refreshes at the checkpoints."""
     info = c["predictors"]["adaptive"].get("info", {})
     how, min_growth = _default_interpolation(c["config"])
-    if (info.get("end_check") or {}).get("refreshed"):
+    if end_refreshed(info):
         return dict.fromkeys(("stepwise", "linear", "geometric", "default"), "adaptive-no-end-check")
     if not info.get("kernels"):
         return {"stepwise": "adaptive", "linear": "adaptive", "geometric": "adaptive", "default": "adaptive"}
@@ -150,8 +152,7 @@ def _variant_names(c) -> dict[str, str | None]:
 
 def end_check():
     """The end check on the cells whose linearity check passes, all four suites: per setting (batch sizes together),
-    the end gaps, how many
-    cells the end check refreshed, the errors with it (``adaptive``), without it (``adaptive-no-end-check``) and with
+    the end gaps, how many cells the end check refreshed, the errors with it (``adaptive``), without it (``adaptive-no-end-check``) and with
     three refreshes whatever the check says (``adaptive-always-refresh``), and the seconds it added (median per
     cell, ``adaptive`` minus ``adaptive-no-end-check``, both timed in one ``--repredict`` run)."""
     import statistics
@@ -274,7 +275,7 @@ def momentum_interpolation():
             info = c["predictors"]["adaptive"].get("info", {})
             sgd = c["config"].get("optimizer", "sgd") == "sgd"
             if not (sgd and c["config"].get("momentum") and info.get("kernels")) \
-                    or (info.get("end_check") or {}).get("refreshed"):
+                    or end_refreshed(info):
                 continue  # no refresh at the checkpoints (the end check's refresh is not this table's)
             names = _variant_names(c)
             if any(v is None for v in names.values()):
@@ -541,7 +542,7 @@ def _refreshed(p: dict) -> str:
     (the end check; results stored before it was recorded say ``yes``)."""
     if not p["relinearized"]:
         return "no"
-    return "at the end" if (p.get("end_check") or {}).get("refreshed") else "yes"
+    return "at the end" if end_refreshed(p) else "yes"
 
 
 @_results("cost.json", "bench/cost_bench.py")

@@ -35,7 +35,7 @@ from .network import eval_mode, network_outputs, on_model
 from .optim import FunctionState, Optimizer
 
 __all__ = ["apply_coefficients", "relinearized", "checkpoint_schedule", "first_checkpoint", "RelinearizationInfo",
-           "Network"]
+           "Network", "end_refreshed"]
 
 
 @dataclasses.dataclass
@@ -106,6 +106,12 @@ class Network:
             return self.outputs(model)
         with eval_mode(model):
             return network_outputs(model, self.x)
+
+
+def end_refreshed(info: dict | None) -> bool:
+    """Whether a re-linearization record (``RelinearizationInfo.to_dict()``, as stored in a prediction's JSON) had
+    its kernel refreshed by the end check."""
+    return bool(((info or {}).get("end_check") or {}).get("refreshed"))
 
 
 ADAM_STEP_BOUND = 1.0

@@ -20,6 +20,7 @@ from .finetune import RealRun, finetune
 from .predict import Prediction, curve_summary, predict, tolist, training_times
 from .first_steps import FirstSteps
 from .predictors import predict_trajectory, real_run_generator
+from .relinearize import end_refreshed
 from .training_time import relative_error
 
 __all__ = ["Validation", "validate", "compare_times", "test_curve_errors", "replay_config"]
@@ -114,7 +115,7 @@ def replay_config(config: RunConfig, info: dict | None) -> RunConfig:
         return config
     if info["linear_regime"]:
         return dataclasses.replace(config, predictor=dataclasses.replace(p, kind=Predictor.LINEAR))
-    if (info.get("end_check") or {}).get("refreshed"):
+    if end_refreshed(info):
         return dataclasses.replace(config, predictor=dataclasses.replace(
             p, linearity_tol=sys.float_info.max, end_tol=sys.float_info.min))
     return dataclasses.replace(config, predictor=dataclasses.replace(p, linearity_tol=0.0))

@@ -6,6 +6,7 @@ import sys
 
 from ..config import FAR_FROM_LINEAR
 from ..optim import describe
+from ..relinearize import end_refreshed
 from ..zoo import is_text_data
 
 __all__ = ["print_summary", "print_validation", "print_sweep", "fmt_seconds"]
@@ -114,7 +115,7 @@ def _fmt_predictor(pr: dict, batch_statistics: bool = False) -> str:
         return f"{name} (the trained linear head simulated in weight space: exact)"
     if pr.get("preconditioned"):
         how = ", interpolated in time between refreshes" if rl is not None and rl.get("interpolated") else ""
-        if rl is not None and (rl.get("end_check") or {}).get("refreshed"):
+        if end_refreshed(rl):
             where = ("at the pretrained weights and at the end of the run (end check), with P re-estimated there, "
                      "moving geometrically in time from the first to it")
         else:
@@ -131,7 +132,7 @@ def _fmt_predictor(pr: dict, batch_statistics: bool = False) -> str:
     if rl["linear_regime"]:
         return f"{name} (linearity checks passed: one kernel)" if rl.get("end_check") else \
             f"{name} (linearity check passed: one kernel)"
-    if (rl.get("end_check") or {}).get("refreshed"):
+    if end_refreshed(rl):
         return (f"{name} (linearity check passed; the kernel refreshed at the end of the run and moving geometrically "
                 "in time from the pretrained weights' to it)")
     how = ""
