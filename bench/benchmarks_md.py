@@ -302,11 +302,14 @@ def momentum_interpolation():
 def photos_intervals():
     """Coverage on the photographs of the open-loop 90% model-error intervals fitted without them: margins per
     linearity-check bin fitted on the other suites' cells (``online_bench.open_loop_margins``, as ``--calibrate``
-    fits the shipped ones), scored on every (cell, eps) pair of the photographs."""
+    fits the shipped ones, with its band scale, which was chosen with the photographs in), scored on every (cell,
+    eps) pair of the photographs."""
     import math
 
     import online_bench
     import report
+
+    from finetime.intervals import band_scale
 
     if not (RES / "photos.jsonl").exists():
         return _missing("bench/suite.py --config bench/configs/photos.toml")
@@ -316,11 +319,13 @@ def photos_intervals():
         for c in cells:
             c["_suite"], c["_prior"] = stem, prior
         rows[stem] = online_bench.open_loop_rows(cells)
-    margins = online_bench.open_loop_margins([r for stem, rs in rows.items() if stem != "photos" for r in rs])
+    scale = band_scale()
+    margins = online_bench.open_loop_margins([r for stem, rs in rows.items() if stem != "photos" for r in rs], scale)
     hit, tot = {}, {}
     for r in rows["photos"]:
         m = margins.get(r["bin"], math.inf)
-        ok = r["score"] is not None and r["score"] <= m + 1e-12
+        score = online_bench.open_loop_score(r, scale)
+        ok = score is not None and score <= m + 1e-12
         for key in (r["bin"], "all"):
             tot[key] = tot.get(key, 0) + 1
             hit[key] = hit.get(key, 0) + ok
@@ -422,7 +427,7 @@ def online(r):
     return (f"{r['cells']} cells, {r['pairs_per_method_and_fraction']} (cell, eps) pairs per estimate and observed "
             f"fraction.\n\n" + online_bench.render(r) + "\n![TT error against the fraction of the run observed]"
             "(bench/results/online.png)\n\nThe open-loop prediction's own 90% interval (`predict`'s "
-            "`training_time[key][\"interval\"]`, `finetime.intervals`), by the linearity check's loss gap:\n\n"
+            "`training_time[key][\"interval\"]`, `finetime.intervals`), by the linearity check's loss gap. "
             + online_bench.render_open_loop(r)
             + ("\nHow much the observed steps count (`finetime.online._fit.evidence_points`; refiner TT error, whole "
                "suite, by the fraction observed):\n\n" + online_bench.render_evidence(r["evidence"])

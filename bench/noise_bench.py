@@ -297,7 +297,7 @@ def bands(cells: list[dict], runs: list[dict], predictor: str = "adaptive") -> l
                    if measurable_run(r) and not r["diverged"] and _tt(r, e) is not None]
             if len(tts) >= 2:
                 s["spread"].append((max(x for _, x in tts) + 1) / (min(x for _, x in tts) + 1))
-            interval = model_interval(t["step"], margin, c["config"]["steps"])
+            interval = model_interval(t["step"], margin, c["config"]["steps"], band=(t["low"], t["high"]))
             for k, x in tts:
                 s["band"].append(t["low"] <= x <= t["high"])
                 if interval is not None:

@@ -276,10 +276,12 @@ def gap_bin(c) -> str:
 
 def open_loop_rows(cells):
     """Per (cell, eps) of the measured cells: the prediction's own training time (what `predict` prints) against
-    the real one, with the prediction's linearity-check bin. ``score``: the log-margin an interval around the
-    prediction needs to contain the real time; ``None`` where no finite interval can (the prediction diverged or
-    never reaches the threshold while the real run does). The one-kernel ``linear`` prediction of every cell gives the
-    rows of the "no check" bin (``--predictor linear``, ``--no-relinearize-adam``), marked ``default=False``."""
+    the real one, with the prediction's linearity-check bin: ``d`` is ``log((TT_real + 1) / (TT_pred + 1))``,
+    ``None`` where no finite interval can hold the real time (the prediction diverged or never reaches the threshold
+    while the real run does), and ``below`` / ``above`` the log half-widths of the prediction's 5-95% band over
+    simulated batch orders about its step (``above`` infinite where some orders never reach the threshold). The
+    one-kernel ``linear`` prediction of every cell gives the rows of the "no check" bin (``--predictor linear``,
+    ``--no-relinearize-adam``), marked ``default=False``."""
     rows = []
     for c in cells:
         if not measurable(c):
@@ -294,43 +296,92 @@ def open_loop_rows(cells):
                 a = real["training_time"][f"eps={e}"]["step"]
                 if a is None or real["diverged"]:
                     continue  # an interval of steps has nothing to cover
-                p = None if pred["diverged_fraction"] > 0.5 else pred["training_time"][f"eps={e}"]["step"]
-                rows.append({"group": f"{c['_suite']} {cfg['data']} {cfg['image_size']}px", "bin": b,
-                             "default": default, "score": None if p is None else abs(math.log((a + 1) / (p + 1)))})
+                t = pred["training_time"][f"eps={e}"]
+                p = None if pred["diverged_fraction"] > 0.5 else t["step"]
+                row = {"group": f"{c['_suite']} {cfg['data']} {cfg['image_size']}px", "bin": b, "default": default,
+                       "sgd": bool(cfg["batch_size"]), "d": None, "below": 0.0, "above": 0.0}
+                if p is not None:
+                    row["d"] = math.log((a + 1) / (p + 1))
+                    row["below"] = max(math.log((p + 1) / (t["low"] + 1)), 0.0)
+                    row["above"] = math.inf if t["high"] is None else max(math.log((t["high"] + 1) / (p + 1)), 0.0)
+                rows.append(row)
     return rows
 
 
-def open_loop_margins(rows):
+BAND_SCALES = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
+"""Scales of the band's log half-widths tried for the open-loop interval (``finetime.intervals.band_scale``; 0: the
+symmetric interval about the step); the one whose intervals are narrowest, held out by group, is calibrated."""
+
+
+def open_loop_score(r, scale: float) -> float | None:
+    """The log margin the row's interval (its band scaled by ``scale``) needs on either side to hold the real time
+    (``None``: no finite interval can)."""
+    if r["d"] is None:
+        return None
+    below = scale * r["below"]
+    above = scale * r["above"] if scale > 0 else 0.0
+    return max(-r["d"] - below, r["d"] - above, 0.0)
+
+
+def open_loop_margins(rows, scale: float = 0.0):
     bins = sorted({r["bin"] for r in rows})
-    return {b: conformal([r["score"] if r["score"] is not None else math.inf for r in rows if r["bin"] == b])
-            for b in bins}
+    return {b: conformal([s if (s := open_loop_score(r, scale)) is not None else math.inf
+                          for r in rows if r["bin"] == b]) for b in bins}
 
 
-def open_loop_coverage(rows):
-    """Held-out coverage per bin and overall: each group scored with margins fitted on the other groups."""
-    hit, tot = defaultdict(int), defaultdict(int)
+def open_loop_coverage(rows, scale: float = 0.0, keep=lambda r: True):
+    """Held-out coverage per bin and overall (``all``: the default predictions; ``GD`` / ``SGD`` of those), each
+    group scored with margins fitted on the other groups, and the median width of the default predictions' held-out
+    intervals (``(high + 1) / (low + 1)``, before rounding): ``({key: (share, rows)}, width)``."""
+    hit, tot, widths = defaultdict(int), defaultdict(int), []
     for g in sorted({r["group"] for r in rows}):
-        margins = open_loop_margins([r for r in rows if r["group"] != g])
+        margins = open_loop_margins([r for r in rows if r["group"] != g], scale)
         for r in rows:
-            if r["group"] != g:
+            if r["group"] != g or not keep(r):
                 continue
             m = margins.get(r["bin"], math.inf)
-            ok = r["score"] is not None and r["score"] <= m + 1e-12
-            for key in (r["bin"],) + (("all",) if r["default"] else ()):
+            s = open_loop_score(r, scale)
+            ok = s is not None and s <= m + 1e-12
+            keys = (r["bin"],) + (("all", "SGD" if r["sgd"] else "GD") if r["default"] else ())
+            for key in keys:
                 tot[key] += 1
                 hit[key] += ok
-    return {k: (hit[k] / tot[k], tot[k]) for k in tot}
+            if r["default"] and r["d"] is not None:
+                spread = scale * (r["below"] + (r["above"] if scale > 0 else 0.0))
+                widths.append(math.exp(spread + 2 * m))
+    return {k: (hit[k] / tot[k], tot[k]) for k in tot}, (statistics.median(widths) if widths else math.nan)
+
+
+def band_scale_study(rows) -> dict:
+    """``{scale: (held-out coverage of the default predictions, median held-out width)}`` for each of
+    ``BAND_SCALES``."""
+    out = {}
+    for k in BAND_SCALES:
+        cov, width = open_loop_coverage(rows, k)
+        out[k] = (cov["all"][0], width)
+    return out
 
 
 def render_open_loop(result) -> str:
     ol = result["open_loop"]
-    lines = ["| linearity check (loss gap at step T/15), or fitted to the first real steps | margin (log steps) | 90% interval coverage, held out |",
-             "|---|---|---|"]
+    lines = [f"The 5-95% band over simulated batch orders, its log half-widths scaled by {ol['band_scale']:g} "
+             "(`band_scale`), widened on each side by the bin's margin:", "",
+             "| linearity check (loss gap at step T/15), or fitted to the first real steps | margin (log steps) | "
+             "90% interval coverage, held out |", "|---|---|---|"]
     for b, m in ol["margins"].items():
         cov, n = ol["coverage"][b]
         lines.append(f"| {b} | {'none' if m is None else f'{m:.2f}'} | {100 * cov:.1f}% ({n}) |")
+    for key, name in (("GD", "full-batch GD"), ("SGD", "minibatch")):
+        if key in ol["coverage"]:
+            cov, n = ol["coverage"][key]
+            lines.append(f"| default predictions, {name} | | {100 * cov:.1f}% ({n}) |")
     cov, n = ol["coverage"]["all"]
     lines.append(f"| all default predictions | | **{100 * cov:.1f}%** ({n}) |")
+    lines += ["", "| band scale | held-out coverage, default predictions | median held-out width, (high + 1) / (low + 1) |",
+              "|---|---|---|"]
+    for k, (cov, width) in ol["band_scales"].items():
+        mark = " (calibrated)" if float(k) == ol["band_scale"] else ""
+        lines.append(f"| {float(k):g}{mark} | {100 * cov:.1f}% | x{width:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -509,9 +560,12 @@ def main(argv=None):
         "raw_coverage": {str(f): (sum(v) / len(v) if v else math.nan) for f, v in raw.items()},
     }
     ol_rows = open_loop_rows(cells)
-    ol_margins = open_loop_margins(ol_rows)
-    result["open_loop"] = {"margins": {b: (None if math.isinf(m) else m) for b, m in ol_margins.items()},
-                           "coverage": open_loop_coverage(ol_rows)}
+    study = band_scale_study(ol_rows)
+    scale = min(study, key=lambda k: study[k][1])
+    ol_margins = open_loop_margins(ol_rows, scale)
+    result["open_loop"] = {"band_scale": scale, "band_scales": {str(k): v for k, v in study.items()},
+                           "margins": {b: (None if math.isinf(m) else m) for b, m in ol_margins.items()},
+                           "coverage": open_loop_coverage(ol_rows, scale)[0]}
     result["evidence"] = evidence_study(cells)
     result["persistence"] = persistence_study(cells)
     result["prior"] = prior_study(cells)
@@ -529,8 +583,8 @@ def main(argv=None):
         CALIBRATION.write_text(json.dumps({
             "fractions": list(FRACTIONS), "margins": [round(margins[f], 4) for f in FRACTIONS], "level": LEVEL,
             "bins": {b: [None if m[f] is None else round(m[f], 4) for f in FRACTIONS] for b, m in bin_margins.items()},
-            "open_loop": {"gap_bins": list(GAP_BINS), "margins": {b: (None if math.isinf(m) else round(m, 4))
-                                                                  for b, m in ol_margins.items()}},
+            "open_loop": {"gap_bins": list(GAP_BINS), "band_scale": scale,
+                          "margins": {b: (None if math.isinf(m) else round(m, 4)) for b, m in ol_margins.items()}},
             "source": "bench/online_bench.py --calibrate: split-conformal margins over "
                       f"{result['cells']} suite cells ({', '.join(stem for stem, _ in SUITES)})"}, indent=1) + "\n")
         print(f"wrote {CALIBRATION}")

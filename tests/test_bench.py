@@ -112,3 +112,30 @@ def test_noise_bench_pair_floor_is_the_least_worst_case_error():
     assert noise_bench.pair_floor(run(None, True), run(None, True), 0.1) == 0.0
     assert noise_bench.pair_floor(run(None), run(50), 0.1) == 1.0
     assert noise_bench.pair_floor(run(None), run(None), 0.1) == 0.0
+
+
+def test_open_loop_band_scale_is_the_narrowest_held_out_interval():
+    """The open-loop calibration's band scale: scores by hand, margins per bin, and the scale whose held-out
+    intervals are narrowest is chosen. Two groups of minibatch rows whose real times lie two band half-widths from
+    the step, the bands of many widths: scale 2 holds every one with no margin, and is narrower than the others."""
+    import math
+
+    import online_bench as ob
+
+    r = {"d": 0.5, "below": 0.1, "above": 0.2, "bin": "b", "group": "g", "default": True, "sgd": True}
+    assert ob.open_loop_score(r, 0.0) == 0.5 and ob.open_loop_score(r, 2.0) == 0.5 - 0.4
+    assert ob.open_loop_score({**r, "d": -0.5}, 1.0) == 0.5 - 0.1
+    assert ob.open_loop_score({**r, "above": math.inf}, 1.0) == 0.0
+    assert ob.open_loop_score({**r, "above": math.inf}, 0.0) == 0.5  # no band: symmetric about the step
+    assert ob.open_loop_score({**r, "d": None}, 1.0) is None
+    rows = []
+    for g in ("g1", "g2"):
+        for i in range(40):
+            half = 0.05 + 0.01 * i
+            rows.append({"d": (-1) ** i * 2 * half, "below": half, "above": half, "bin": "b", "group": g,
+                         "default": True, "sgd": True})
+    study = ob.band_scale_study(rows)
+    assert min(study, key=lambda k: study[k][1]) == 2.0  # two half-widths out: scale 2 needs no margin
+    cov, width = ob.open_loop_coverage(rows, 2.0)
+    assert cov["all"][0] == 1.0 and cov["SGD"] == cov["all"] and "GD" not in cov
+    assert width < study[0.0][1]

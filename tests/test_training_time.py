@@ -46,3 +46,23 @@ def test_model_error_intervals_follow_the_calibration():
     assert lo <= 40 <= hi and lo == max(int(math.floor(41 * math.exp(-small) - 1)), 0)
     assert model_interval(140, large, 150)[1] is None  # beyond the run
     assert model_interval(None, small, 150) is None
+
+
+def test_model_error_interval_widens_the_batch_order_band():
+    """The interval is the 5-95% band over simulated orders, its log half-widths about the step scaled, widened by
+    the margin: by hand; a band of zero width (full-batch GD) or a scale of 0 is the symmetric interval; a band
+    whose upper end is never reached leaves the interval open above."""
+    from finetime.intervals import band_scale, model_interval
+
+    m = 0.2
+    lo, hi = model_interval(40, m, 500, band=(35, 48), scale=3.0)
+    assert lo == max(int(math.floor(41 * math.exp(-(3 * math.log(41 / 36) + m)) - 1)), 0)
+    assert hi == int(math.ceil(41 * math.exp(3 * math.log(49 / 41) + m) - 1))
+    assert lo < model_interval(40, m, 500, band=(35, 48), scale=1.0)[0] < 35  # wider with the scale, beyond the band
+    symmetric = model_interval(40, m, 500)
+    assert model_interval(40, m, 500, band=(40, 40), scale=3.0) == symmetric
+    assert model_interval(40, m, 500, band=(35, 48), scale=0.0) == symmetric
+    assert model_interval(40, m, 500, band=(35, None), scale=3.0)[1] is None
+    assert model_interval(40, m, 500, band=(35, None), scale=0.0) == symmetric
+    assert band_scale() > 0  # the shipped calibration scales the band
+    assert model_interval(40, m, 500, band=(35, 48)) == model_interval(40, m, 500, band=(35, 48), scale=band_scale())

@@ -453,7 +453,8 @@ class Prediction:
         for k, est in self.times.items():
             v = est.to_dict()
             v["seconds"] = None if v["step"] is None else round(v["step"] * sps, 3)
-            v["interval"] = None if self.diverged else model_interval(v["step"], margin, self.config.steps)
+            v["interval"] = None if self.diverged else model_interval(v["step"], margin, self.config.steps,
+                                                                      band=(v["low"], v["high"]))
             times[k] = v
         traj, cfg = self.trajectory, self.config
         predicted = curve_summary(traj)
