@@ -195,7 +195,7 @@ def score(cells: list[dict], runs: list[dict], predictor: str = "adaptive",
                 rows.append(row("predict", k, e, real, None if pred_div else _tt(pred, e), pred_div))
                 for f, r in refined.items():
                     med, lo, hi, _ = time_interval(r, Threshold.eps(e), T, calibration.margin(f, gap_bin(c)),
-                                                   LEVEL)
+                                                   LEVEL, calibration.band_scale)
                     rows.append(row(f"refiner {int(100 * f)}%", k, e, real, med, r.diverged))
                     if not r.diverged and med is not None and _tt(real, e) is not None:
                         rows[-1]["covered"] = lo <= _tt(real, e) <= (math.inf if hi is None else hi)

@@ -165,18 +165,27 @@ def collect(cells, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=Fa
     return rows
 
 
-def needed_margin(r) -> float | None:
-    """Extra log-margin the row's posterior band needs to contain the real time (None: not scorable). With nothing
-    observed the refiner's rows are the prediction's own (its interval is scored by ``open_loop_coverage``); the
-    posterior's margin there, for refiners with no such interval, is fitted on the prior alone (``open-loop``)."""
+def needed_margin(r, scale: float = 1.0) -> float | None:
+    """Extra log-margin the row's posterior band, its log half-widths about the median scaled by ``scale`` (once
+    anything is observed), needs to contain the real time (None: not scorable). With nothing observed the refiner's rows are the prediction's own
+    (its interval is scored by ``open_loop_coverage``); the posterior's margin there, for refiners with no such
+    interval, is fitted on the prior alone (``open-loop``)."""
     posterior = r["method"] == "refiner" or (r["method"] == "open-loop" and r["fraction"] == 0)
     if not posterior or r.get("as_predicted") or r["error"] is None or r.get("diverged") or r["actual"] is None \
             or r["predicted"] is None:
         return None
+    k = _scale(r, scale)
     a = math.log(r["actual"] + 1)
-    lo = math.log(r["low"] + 1)
-    hi = math.inf if r["high"] is None else math.log(r["high"] + 1)
+    m = math.log(r["predicted"] + 1)
+    lo = m - k * (m - math.log(r["low"] + 1))
+    hi = math.inf if r["high"] is None else m + k * (math.log(r["high"] + 1) - m)
     return max(lo - a, a - hi, 0.0)
+
+
+def _scale(r, scale: float) -> float:
+    """The band scale of a row: ``scale`` once anything is observed; before that the band is the speed prior's, not
+    a posterior's, and stays as it is (``Refiner.estimate`` does the same)."""
+    return scale if r["fraction"] > 0 else 1.0
 
 
 def conformal(scores, level=LEVEL):
@@ -187,10 +196,10 @@ def conformal(scores, level=LEVEL):
     return s[k - 1]
 
 
-def fit_margins(rows):
+def fit_margins(rows, scale: float = 1.0):
     by = defaultdict(list)
     for r in rows:
-        s = needed_margin(r)
+        s = needed_margin(r, scale)
         if s is not None:
             by[r["fraction"]].append(s)
     return {f: conformal(by[f]) for f in FRACTIONS}
@@ -201,12 +210,12 @@ MIN_BIN_ROWS = 30
 else the pooled margin applies."""
 
 
-def fit_bin_margins(rows):
+def fit_bin_margins(rows, scale: float = 1.0):
     """``{bin: {fraction: margin or None}}``: the split-conformal margin of each prediction bin (``gap_bin``), None
     where the bin has fewer than ``MIN_BIN_ROWS`` rows at that fraction."""
     by = defaultdict(list)
     for r in rows:
-        s = needed_margin(r)
+        s = needed_margin(r, scale)
         if s is not None:
             by[r["bin"], r["fraction"]].append(s)
     return {b: {f: (conformal(by[b, f]) if len(by[b, f]) >= MIN_BIN_ROWS else None) for f in FRACTIONS}
@@ -218,7 +227,7 @@ def _margin(pooled, binned, r):
     return pooled[r["fraction"]] if m is None else m
 
 
-def heldout_coverage(rows, by_bin=True, keep=lambda r: True):
+def heldout_coverage(rows, by_bin=True, keep=lambda r: True, scale: float = 1.0):
     """Coverage of the 90% intervals on each group (suite x dataset x resolution) with margins fitted on the other
     groups (per prediction bin with ``by_bin``, else pooled), over the rows ``keep`` selects: ``{fraction: (share,
     rows)}``."""
@@ -226,11 +235,11 @@ def heldout_coverage(rows, by_bin=True, keep=lambda r: True):
     hit, tot = defaultdict(int), defaultdict(int)
     for g in groups:
         others = [r for r in rows if r["group"] != g]
-        pooled, binned = fit_margins(others), (fit_bin_margins(others) if by_bin else None)
+        pooled, binned = fit_margins(others, scale), (fit_bin_margins(others, scale) if by_bin else None)
         for r in rows:
             if r["group"] != g or not keep(r):
                 continue
-            s = needed_margin(r)
+            s = needed_margin(r, scale)
             if s is None:
                 continue
             tot[r["fraction"]] += 1
@@ -238,14 +247,44 @@ def heldout_coverage(rows, by_bin=True, keep=lambda r: True):
     return {f: (hit[f] / tot[f] if tot[f] else math.nan, tot[f]) for f in FRACTIONS}
 
 
-def interval_width(rows, pooled, binned):
+def _width(r, margin: float, scale: float) -> float:
+    """The row's interval width as the ratio ``(high + 1) / (low + 1)``: its band scaled, plus the margin twice."""
+    return math.exp(_scale(r, scale) * math.log((r["high"] + 1) / (r["low"] + 1)) + 2 * margin)
+
+
+def interval_width(rows, pooled, binned, scale: float = 1.0):
     """Median over the scorable refiner rows of the 90% interval's width, as the ratio ``(high + 1) / (low + 1)``
     (rows whose interval is open above left out), by observed fraction."""
     out = {}
     for f in FRACTIONS:
-        w = [math.exp(math.log((r["high"] + 1) / (r["low"] + 1)) + 2 * _margin(pooled, binned, r)) for r in rows
+        w = [_width(r, _margin(pooled, binned, r), scale) for r in rows
              if r["fraction"] == f and needed_margin(r) is not None and r["high"] is not None]
         out[f] = statistics.median(w) if w else math.nan
+    return out
+
+
+REFINER_BAND_SCALES = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
+"""Scales of the posterior band's log half-widths tried for the refiner's interval (``Calibration.band_scale``; 1:
+the band as it is); the one whose intervals are narrowest once anything is observed, held out by group, is
+calibrated."""
+
+
+def refiner_band_scale_study(rows) -> dict:
+    """``{scale: ({fraction: held-out coverage}, {fraction: median held-out width}, median held-out width once
+    anything is observed)}``: each group's rows with bin margins fitted on the other groups."""
+    out = {}
+    for k in REFINER_BAND_SCALES:
+        widths = defaultdict(list)
+        for g in sorted({r["group"] for r in rows}):
+            others = [r for r in rows if r["group"] != g]
+            pooled, binned = fit_margins(others, k), fit_bin_margins(others, k)
+            for r in rows:
+                if r["group"] == g and needed_margin(r) is not None and r["high"] is not None:
+                    widths[r["fraction"]].append(_width(r, _margin(pooled, binned, r), k))
+        cov = heldout_coverage(rows, scale=k)
+        observed = [w for f, ws in widths.items() if f > 0 for w in ws]
+        out[k] = ({f: cov[f][0] for f in FRACTIONS}, {f: statistics.median(ws) for f, ws in widths.items()},
+                  statistics.median(observed) if observed else math.nan)
     return out
 
 
@@ -486,6 +525,15 @@ def render(result) -> str:
                 f"{w[str(f)]:.2f}" for f in FRACTIONS) + " |")
     lines.append("| posterior band alone, coverage | " + " | ".join(
         f"{100 * result['raw_coverage'][str(f)]:.1f}%" for f in FRACTIONS) + " |")
+    if "band_scales" in result:
+        lines += ["", "| posterior band scale | " + " | ".join(
+            f"{int(100 * f)}% observed: coverage / width" for f in FRACTIONS if f > 0) + " | median width, 5-40% |",
+                  "|---|" + "---|" * (len(FRACTIONS) + 0)]
+        for k, v in result["band_scales"].items():
+            mark = " (calibrated)" if float(k) == result["band_scale"] else ""
+            lines.append(f"| {float(k):g}{mark} | " + " | ".join(
+                f"{100 * v['coverage'][str(f)]:.1f}% / x{v['width'][str(f)]:.2f}" for f in FRACTIONS if f > 0)
+                         + f" | x{v['width_observed']:.2f} |")
     if "coverage_by_bin" in result:
         lines += ["", "| prediction bin | margin by observed fraction (log steps; - : pooled) | held-out coverage, one "
                       "margin for every bin | held-out coverage, the bin's own margins |", "|---|---|---|---|"]
@@ -534,7 +582,9 @@ def main(argv=None):
             c["_suite"], c["_prior"] = stem, prior
             cells.append(c)
     rows = collect(cells)
-    margins, bin_margins = fit_margins(rows), fit_bin_margins(rows)
+    scales = refiner_band_scale_study(rows)
+    rscale = min(scales, key=lambda k: scales[k][2])
+    margins, bin_margins = fit_margins(rows, rscale), fit_bin_margins(rows, rscale)
     raw = defaultdict(list)
     for r in rows:
         s = needed_margin(r)
@@ -548,14 +598,18 @@ def main(argv=None):
         "pairs_per_method_and_fraction": sum(1 for r in rows if r["method"] == "refiner" and r["fraction"] == 0),
         "tables": {name: {f"{m}@{f}": v for (m, f), v in table(rows, keep).items()} for name, keep in
                    slices.items()},
+        "band_scale": rscale,
+        "band_scales": {str(k): {"coverage": {str(f): c for f, c in v[0].items()},
+                                 "width": {str(f): w for f, w in v[1].items()}, "width_observed": v[2]}
+                        for k, v in scales.items()},
         "margins": {str(f): v for f, v in margins.items()},
         "bin_margins": {b: {str(f): v for f, v in m.items()} for b, m in bin_margins.items()},
-        "coverage": {str(f): v for f, v in heldout_coverage(rows).items()},
-        "coverage_pooled": {str(f): v for f, v in heldout_coverage(rows, by_bin=False).items()},
+        "coverage": {str(f): v for f, v in heldout_coverage(rows, scale=rscale).items()},
+        "coverage_pooled": {str(f): v for f, v in heldout_coverage(rows, by_bin=False, scale=rscale).items()},
         "coverage_by_bin": {b: {kind: {str(f): v for f, v in heldout_coverage(
-            rows, by_bin=kind == "bin margins", keep=lambda r, b=b: r["bin"] == b).items()}
+            rows, by_bin=kind == "bin margins", keep=lambda r, b=b: r["bin"] == b, scale=rscale).items()}
             for kind in ("pooled margin", "bin margins")} for b in bin_margins},
-        "width": {kind: {str(f): v for f, v in interval_width(rows, margins, binned).items()}
+        "width": {kind: {str(f): v for f, v in interval_width(rows, margins, binned, rscale).items()}
                   for kind, binned in (("pooled margin", None), ("bin margins", bin_margins))},
         "raw_coverage": {str(f): (sum(v) / len(v) if v else math.nan) for f, v in raw.items()},
     }
@@ -582,6 +636,7 @@ def main(argv=None):
     if args.calibrate:
         CALIBRATION.write_text(json.dumps({
             "fractions": list(FRACTIONS), "margins": [round(margins[f], 4) for f in FRACTIONS], "level": LEVEL,
+            "band_scale": rscale,
             "bins": {b: [None if m[f] is None else round(m[f], 4) for f in FRACTIONS] for b, m in bin_margins.items()},
             "open_loop": {"gap_bins": list(GAP_BINS), "band_scale": scale,
                           "margins": {b: (None if math.isinf(m) else round(m, 4)) for b, m in ol_margins.items()}},

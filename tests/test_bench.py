@@ -139,3 +139,30 @@ def test_open_loop_band_scale_is_the_narrowest_held_out_interval():
     cov, width = ob.open_loop_coverage(rows, 2.0)
     assert cov["all"][0] == 1.0 and cov["SGD"] == cov["all"] and "GD" not in cov
     assert width < study[0.0][1]
+
+
+def test_refiner_band_scale_is_the_narrowest_held_out_interval():
+    """The refiner's posterior-band scale: the needed margin by hand, and the scale whose held-out intervals are
+    narrowest once anything is observed is chosen: real times two band half-widths from the median, bands of many
+    widths, in two groups, at each observed fraction: scale 2 holds them all with no margin."""
+    import math
+
+    import online_bench as ob
+    import pytest
+
+    def row(group, f, h, sign):
+        return {"method": "refiner", "fraction": f, "group": group, "bin": "b", "error": 0.0, "diverged": False,
+                "predicted": 99.0, "low": 100 * math.exp(-h) - 1, "high": 100 * math.exp(h) - 1,
+                "actual": 100 * math.exp(sign * 2 * h) - 1}
+
+    r = row("g", 0.1, 0.2, 1)
+    assert ob.needed_margin(r) == pytest.approx(0.2) and ob.needed_margin(r, 2.0) == pytest.approx(0.0, abs=1e-12)
+    assert ob.needed_margin({**r, "high": None}, 1.0) == 0.0
+    assert ob.needed_margin({**r, "as_predicted": True}) is None
+    before = {**r, "method": "open-loop", "fraction": 0.0}  # nothing observed: the prior's band, not scaled
+    assert ob.needed_margin(before, 2.0) == ob.needed_margin(before) == pytest.approx(0.2)
+    rows = [row(g, f, 0.05 + 0.01 * i, (-1) ** i) for g in ("g1", "g2") for f in ob.FRACTIONS[1:] for i in range(40)]
+    study = ob.refiner_band_scale_study(rows)
+    assert min(study, key=lambda k: study[k][2]) == 2.0
+    cov, width, _ = study[2.0]
+    assert all(cov[f] == 1.0 for f in ob.FRACTIONS[1:]) and width[0.1] < study[1.0][1][0.1]

@@ -10,8 +10,8 @@ import torch
 from finetime import RunConfig, validate
 from finetime.cli import main
 from finetime.errors import ConfigError, DataError
-from finetime.online import (Calibration, Refiner, extend_curve, fit_exponential, fit_power_law, refine_curve,
-                             warp_posterior)
+from finetime.online import (Calibration, Refiner, extend_curve, fit_exponential, fit_power_law, load_calibration,
+                             refine_curve, warp_posterior)
 from finetime.online._fit import SPEED_PERSISTENCE
 from finetime.online.refiner import time_interval
 from finetime.online.logs import read_log
@@ -300,6 +300,37 @@ def test_interval_margins_by_prediction_bin_fall_back_to_the_pooled_ones():
             r.observe(s, float(real[s]))
     a, b = easy.estimate().thresholds["eps=0.1"], hard.estimate().thresholds["eps=0.1"]
     assert a.step == b.step and b.low < a.low and (b.high or T + 1) > (a.high or T + 1)
+
+
+def test_the_posterior_band_is_scaled_about_its_median_before_the_margin():
+    """``time_interval`` with ``scale``: the 5-95% band's log half-widths (of step + 1) about the median, scaled, then
+    widened by the margin, by hand; scale 1 is the band widened as before; a Refiner takes the calibration's scale."""
+    from finetime.online._fit import Refined
+
+    curves = torch.ones(5, T + 1, dtype=torch.float64)
+    for i, s in enumerate((20, 30, 40, 50, 60)):  # each run crosses eps=0.1 at a known step
+        curves[i, s:] = 0.0
+    r = Refined(curves, torch.full((5,), 0.2, dtype=torch.float64), "warp")
+    th = Threshold.eps(0.1)
+    med, lo, hi, p = time_interval(r, th, T, None)
+    assert (med, lo, hi, p) == (40, 20, 60, 1.0)
+    m = 0.1
+    assert time_interval(r, th, T, m) == (40, math.floor(21 * math.exp(-m) - 1), math.ceil(61 * math.exp(m) - 1), 1.0)
+    _, lo2, hi2, _ = time_interval(r, th, T, m, scale=2.0)
+    assert lo2 == max(math.floor(41 * (21 / 41) ** 2 * math.exp(-m) - 1), 0)
+    assert hi2 == math.ceil(41 * (61 / 41) ** 2 * math.exp(m) - 1)
+    assert time_interval(r, th, 80, m, scale=2.0)[2] is None  # past the run's end
+    assert Calibration((0.0, 1.0), (m, m)).band_scale == 1.0
+    assert load_calibration().band_scale >= 1.0
+    prior, real = curve(0.02), curve(0.025)
+    ref = Refiner(prior, steps=T, calibration=Calibration((0.0, 1.0), (m, m), band_scale=2.0))
+    for s in range(1, 16):
+        ref.observe(s, float(real[s]))
+    est = ref.estimate().thresholds["eps=0.1"]
+    assert (est.step, est.low, est.high) == time_interval(ref.refined(), th, T, m, scale=2.0)[:3]
+    bare = Refiner(prior, steps=T, calibration=Calibration((0.0, 1.0), (m, m), band_scale=2.0))
+    est = bare.estimate().thresholds["eps=0.1"]  # nothing observed: the speed prior's band, not scaled
+    assert (est.step, est.low, est.high) == time_interval(bare.refined(), th, T, m)[:3]
 
 
 def test_the_prediction_bin_is_read_from_a_prediction_json_or_derived_for_older_ones():

@@ -34,9 +34,10 @@ LEVEL = 0.9
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """Extra half-width (in log steps) added to the posterior's, by observed fraction of the run (interpolated), and
-    by the prediction's calibration bin where the suite had enough rows of it (``bins``; else the pooled
-    ``margins``)."""
+    """Extra half-width (in log steps) added to the posterior's 5-95% band, by observed fraction of the run
+    (interpolated), and by the prediction's calibration bin where the suite had enough rows of it (``bins``; else the
+    pooled ``margins``); once a step is observed the band's log half-widths about its median are first scaled by
+    ``band_scale`` (1: the band as it is; before any step the band is the speed prior's and is not scaled)."""
 
     fractions: tuple[float, ...]
     margins: tuple[float, ...]
@@ -44,6 +45,7 @@ class Calibration:
     source: str = ""
     open_loop: dict | None = None  # margins of predictions before training, by linearity-check bin
     bins: dict | None = None  # {bin: margins by fraction (None where that bin had too few rows)}
+    band_scale: float = 1.0
 
     def margin(self, fraction: float, bin_name: str | None = None) -> float:
         """The margin after ``fraction`` of the run, for a prediction of calibration bin ``bin_name``
@@ -77,7 +79,7 @@ def load_calibration(path: str | Path | None = None) -> Calibration | None:
         return None
     d = json.loads(text)
     return Calibration(tuple(d["fractions"]), tuple(d["margins"]), d.get("level", LEVEL), d.get("source", ""),
-                       d.get("open_loop"), d.get("bins"))
+                       d.get("open_loop"), d.get("bins"), float(d.get("band_scale", 1.0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +147,10 @@ def _fmt_s(s: float) -> str:
 
 
 def time_interval(refined: Refined, threshold: Threshold, steps: int, margin: float | None,
-                  level: float = LEVEL) -> tuple[int | None, int | None, int | None, float]:
-    """``(median, low, high, reached_probability)`` of the training time to ``threshold`` over the refined curves,
-    the band widened by ``margin`` (log steps; ``None``: the posterior's 5-95% band alone)."""
+                  level: float = LEVEL, scale: float = 1.0) -> tuple[int | None, int | None, int | None, float]:
+    """``(median, low, high, reached_probability)`` of the training time to ``threshold`` over the refined curves:
+    the posterior's 5-95% band, its log half-widths (of ``step + 1``) about the median scaled by ``scale``, widened by
+    ``margin`` (log steps) on each side (``None``: the posterior's band alone, unscaled)."""
     curves = refined.curves[:, : steps + 1]
     tt = steps_to_threshold(curves, threshold).double()
     reached = tt >= 0
@@ -160,6 +163,9 @@ def time_interval(refined: Refined, threshold: Threshold, steps: int, margin: fl
     tail = (1 - level) / 2
     lo, hi = weighted_quantile(tt, w, tail), weighted_quantile(tt, w, 1 - tail)
     if margin is not None:
+        if scale != 1.0:
+            lo = (med + 1) * ((lo + 1) / (med + 1)) ** scale - 1
+            hi = (med + 1) * ((hi + 1) / (med + 1)) ** scale - 1 if math.isfinite(hi) else hi
         lo = (lo + 1) * math.exp(-margin) - 1
         hi = (hi + 1) * math.exp(margin) - 1 if math.isfinite(hi) else hi
     low = max(int(math.floor(lo)), 0)
@@ -381,6 +387,7 @@ class Refiner:
         now = self.observed_step
         fraction = min(now / self.steps, 1.0)
         margin = self.calibration.margin(fraction, self.interval_bin) if self.calibration else None
+        scale = self.calibration.band_scale if self.calibration and now > 0 else 1.0  # before a step: the prior's band
         sps, source = self.seconds_per_step()
         said = {th.key: self._as_predicted(th.key) for th in self.thresholds} if now == 0 and not self.origin else {}
         said_all = bool(said) and not r.diverged and all(v is not None for v in said.values())
@@ -389,7 +396,7 @@ class Refiner:
             if r.diverged:
                 out[th.key] = ThresholdEstimate(th.key, None, None, None, None, None, None, None, 0.0)
                 continue
-            med, lo, hi, p = said[th.key] if said_all else time_interval(r, th, self.steps, margin)
+            med, lo, hi, p = said[th.key] if said_all else time_interval(r, th, self.steps, margin, scale=scale)
             left = None if med is None else max(med - now, 0)
             sec = lambda s: None if s is None or sps is None else round(max(s - now, 0) * sps, 3)  # noqa: E731
             out[th.key] = ThresholdEstimate(th.key, med, lo, hi, left, sec(med), sec(lo), sec(hi), p)
