@@ -16,13 +16,16 @@ whole-training-set losses of steps 0..fT are given to
 and the training time read off each estimated curve is scored against the real one with the README's definitions
 (relative error, divergence mismatches 100%, cells with real TT(eps=0.4) < 10 left out as in the suite tables).
 
-Intervals: the refiner's 90% interval is its posterior's 5-95% band widened by a margin (log steps) per observed
-fraction, and by the prediction's calibration bin (its linearity check's gap bin, or fitted to its first real steps:
-`finetime.intervals.prediction_bin`) where the bin has at least `MIN_BIN_ROWS` scored rows at that fraction.
-`--calibrate` fits the margins on all cells (split-conformal 90% quantile of the extra margin each row needs) and
-writes `src/finetime/online/calibration.json`; the coverage reported is held out: each group (suite x dataset x
-resolution) is scored with margins fitted on the other groups only, per bin and (for comparison) pooled. No real run
-is trained here: the real curves are the suites' stored ones.
+Intervals: the refiner's 90% interval is its posterior's 5-95% band, its log half-widths about the median scaled
+once anything is observed (by the scale among `REFINER_BAND_SCALES` whose held-out intervals are narrowest), widened
+by a margin (log steps) per observed fraction, and by the prediction's calibration bin (its linearity check's gap
+bin, or fitted to its first real steps: `finetime.intervals.prediction_bin`) where the bin has at least
+`MIN_BIN_ROWS` scored rows at that fraction. `predict`'s own interval is its band over simulated batch orders, scaled
+likewise (`BAND_SCALES`), widened by a margin per bin. `--calibrate` fits the scales and margins on all cells
+(split-conformal 90% quantile of the extra margin each row needs) and writes `src/finetime/online/calibration.json`;
+the coverage reported is held out: each group (suite x dataset x resolution) is scored with margins fitted on the
+other groups only, per bin and (for comparison) pooled. No real run is trained here: the real curves are the
+suites' stored ones.
 """
 
 from __future__ import annotations
@@ -167,9 +170,9 @@ def collect(cells, evidence=evidence_points, tau=SPEED_PRIOR_SD, refiner_only=Fa
 
 def needed_margin(r, scale: float = 1.0) -> float | None:
     """Extra log-margin the row's posterior band, its log half-widths about the median scaled by ``scale`` (once
-    anything is observed), needs to contain the real time (None: not scorable). With nothing observed the refiner's rows are the prediction's own
-    (its interval is scored by ``open_loop_coverage``); the posterior's margin there, for refiners with no such
-    interval, is fitted on the prior alone (``open-loop``)."""
+    anything is observed), needs to contain the real time (None: not scorable). With nothing observed the refiner's
+    rows are the prediction's own (its interval is scored by ``open_loop_coverage``); the posterior's margin there,
+    for refiners with no such interval, is fitted on the prior alone (``open-loop``)."""
     posterior = r["method"] == "refiner" or (r["method"] == "open-loop" and r["fraction"] == 0)
     if not posterior or r.get("as_predicted") or r["error"] is None or r.get("diverged") or r["actual"] is None \
             or r["predicted"] is None:
@@ -368,7 +371,7 @@ def open_loop_margins(rows, scale: float = 0.0):
                           for r in rows if r["bin"] == b]) for b in bins}
 
 
-def open_loop_coverage(rows, scale: float = 0.0, keep=lambda r: True):
+def open_loop_coverage(rows, scale: float = 0.0):
     """Held-out coverage per bin and overall (``all``: the default predictions; ``GD`` / ``SGD`` of those), each
     group scored with margins fitted on the other groups, and the median width of the default predictions' held-out
     intervals (``(high + 1) / (low + 1)``, before rounding): ``({key: (share, rows)}, width)``."""
@@ -376,7 +379,7 @@ def open_loop_coverage(rows, scale: float = 0.0, keep=lambda r: True):
     for g in sorted({r["group"] for r in rows}):
         margins = open_loop_margins([r for r in rows if r["group"] != g], scale)
         for r in rows:
-            if r["group"] != g or not keep(r):
+            if r["group"] != g:
                 continue
             m = margins.get(r["bin"], math.inf)
             s = open_loop_score(r, scale)
@@ -416,8 +419,8 @@ def render_open_loop(result) -> str:
             lines.append(f"| default predictions, {name} | | {100 * cov:.1f}% ({n}) |")
     cov, n = ol["coverage"]["all"]
     lines.append(f"| all default predictions | | **{100 * cov:.1f}%** ({n}) |")
-    lines += ["", "| band scale | held-out coverage, default predictions | median held-out width, (high + 1) / (low + 1) |",
-              "|---|---|---|"]
+    lines += ["", "| band scale | held-out coverage, default predictions | median held-out width, (high + 1) / "
+                  "(low + 1) |", "|---|---|---|"]
     for k, (cov, width) in ol["band_scales"].items():
         mark = " (calibrated)" if float(k) == ol["band_scale"] else ""
         lines.append(f"| {float(k):g}{mark} | {100 * cov:.1f}% | x{width:.2f} |")
@@ -528,7 +531,7 @@ def render(result) -> str:
     if "band_scales" in result:
         lines += ["", "| posterior band scale | " + " | ".join(
             f"{int(100 * f)}% observed: coverage / width" for f in FRACTIONS if f > 0) + " | median width, 5-40% |",
-                  "|---|" + "---|" * (len(FRACTIONS) + 0)]
+                  "|---|" + "---|" * len(FRACTIONS)]
         for k, v in result["band_scales"].items():
             mark = " (calibrated)" if float(k) == result["band_scale"] else ""
             lines.append(f"| {float(k):g}{mark} | " + " | ".join(
