@@ -126,7 +126,11 @@ def test_validate_freeze_backbone_is_exact(capsys, tmp_path):
     assert max(abs(a - b) / b for a, b in zip(real, replay)) < 1e-5
     assert all(e["relative"] == 0 for e in r["error_replay"].values())
     assert {"loss", "accuracy", "training_time", "train_seconds"} <= set(r["actual"])
-    assert set(r["error"]["eps=0.1"]) == {"predicted", "actual", "difference", "relative"}
+    assert set(r["error"]["eps=0.1"]) == {"predicted", "actual", "difference", "relative", "in_interval"}
+    for key, e in r["error"].items():  # whether the printed 90% interval holds the real step
+        iv, a = r["predicted"]["training_time"][key]["interval"], e["actual"]
+        assert e["in_interval"] == (None if iv is None or a is None else iv[0] <= a <= (iv[1] or a))
+    assert "real in the 90% interval" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

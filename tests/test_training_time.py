@@ -66,3 +66,15 @@ def test_model_error_interval_widens_the_batch_order_band():
     assert model_interval(40, m, 500, band=(35, None), scale=0.0) == symmetric
     assert band_scale() > 0  # the shipped calibration scales the band
     assert model_interval(40, m, 500, band=(35, 48)) == model_interval(40, m, 500, band=(35, 48), scale=band_scale())
+
+
+def test_validation_says_whether_the_interval_holds_the_real_step():
+    from finetime.validate import compare_times
+
+    predicted = {"a": {"step": 40, "interval": [30, 52]}, "b": {"step": 40, "interval": [30, None]},
+                 "c": {"step": 40, "interval": [30, 52]}, "d": {"step": 40, "interval": None},
+                 "e": {"step": 40, "interval": [30, 52]}}
+    actual = {"a": {"step": 52}, "b": {"step": 140}, "c": {"step": 29}, "d": {"step": 41}, "e": {"step": None}}
+    out = compare_times(predicted, actual, predicted_diverged=False, actual_diverged=False)
+    assert [out[k]["in_interval"] for k in "abcde"] == [True, True, False, None, None]
+    assert compare_times(predicted, actual, predicted_diverged=False, actual_diverged=True)["a"]["in_interval"] is None

@@ -27,16 +27,21 @@ __all__ = ["Validation", "validate", "compare_times", "test_curve_errors", "repl
 
 
 def compare_times(predicted: dict, actual: dict, *, predicted_diverged: bool, actual_diverged: bool) -> dict:
-    """Per threshold: predicted and actual steps, their difference and the relative error (README, definitions)."""
+    """Per threshold: predicted and actual steps, their difference, the relative error (README, definitions) and
+    whether the prediction's 90% model-error interval holds the real step (``in_interval``; ``None`` where the
+    prediction has no interval or the real run never reached the threshold)."""
     out = {}
     for key, p in predicted.items():
         a = actual[key]["step"]
         ps = p["step"]
+        iv = p.get("interval")
         out[key] = {
             "predicted": ps,
             "actual": a,
             "difference": None if ps is None or a is None else ps - a,
             "relative": relative_error(ps, a, predicted_diverged=predicted_diverged, actual_diverged=actual_diverged),
+            "in_interval": None if not iv or a is None or actual_diverged else
+            iv[0] <= a and (iv[1] is None or a <= iv[1]),
         }
     return out
 

@@ -18,8 +18,12 @@ def _fmt_step(v: dict) -> str:
     band = f" [{v['low'] if v['low'] is not None else '>T'}, {v['high'] if v['high'] is not None else '>T'}]"
     secs = f"  ~{fmt_seconds(v['seconds'])}" if v.get("seconds") is not None else ""
     iv = v.get("interval")
-    model = "" if not iv else f"  (90%: {iv[0]}-{iv[1]})" if iv[1] is not None else f"  (90%: {iv[0]} to >T)"
+    model = f"  (90%: {_fmt_interval(iv)})" if iv else ""
     return f"step {v['step']}{band if v['low'] != v['high'] else ''}{model}{secs}"
+
+
+def _fmt_interval(iv: list) -> str:
+    return f"{iv[0]}-{iv[1]}" if iv[1] is not None else f"{iv[0]} to >T"
 
 
 def fmt_seconds(s: float) -> str:
@@ -186,12 +190,15 @@ def print_validation(result: dict, out=None) -> None:
     print(f"real training loss        {_fmt_curve(ac['loss'], c['steps'])}", file=out)
     if ac["diverged"]:
         print("REAL RUN DIVERGED", file=out)
-    print("training time (steps)     predicted   same order   real     error", file=out)
+    print("training time (steps)     predicted   same order   real     error   real in the 90% interval", file=out)
     for key, e in result["error"].items():
         rep = result.get("error_replay", {}).get(key, {}).get("predicted")
         fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
+        iv = pr["training_time"].get(key, {}).get("interval")
+        inside = "-" if e.get("in_interval") is None else "yes" if e["in_interval"] else "no"
+        span = f" ({_fmt_interval(iv)})" if iv else ""
         print(f"  {key:<22}  {fmt(e['predicted']):>9}   {fmt(rep):>10}   {fmt(e['actual']):>5}   "
-              f"{100 * e['relative']:5.1f}%", file=out)
+              f"{100 * e['relative']:5.1f}%   {inside}{span}", file=out)
     if "error_replay" in result:
         print("  (same order: the predictor replayed on the real run's batch order, with the prediction's "
               "linearity-check decision and first real steps; the gap to 'predicted' is batch-order noise)", file=out)
