@@ -132,6 +132,8 @@ def test_validate_freeze_backbone_is_exact(capsys, tmp_path):
         assert e["in_interval"] == (None if iv is None or a is None else iv[0] <= a <= (iv[1] or a))
     assert "real in the 90% interval" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run(capsys, "report", str(path), "--out", str(tmp_path / "rep"))[0] == 0
+    assert "real in the interval" in (tmp_path / "rep" / "report.html").read_text()
 
 
 def test_sweep_equals_individual_predictions(capsys, tmp_path):
@@ -186,6 +188,11 @@ def test_report_from_predict_and_config_roundtrip(capsys, tmp_path):
         assert (tmp_path / "rep" / name).stat().st_size > 1000
     r = json.loads(res.read_text())
     assert "test_loss" in r["predicted"] and len(r["diagnostics"]["gradients"]["pca"]) == 12
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "90% model-error interval" in page and "None" not in page.split("<h2>Settings")[0]
+    for v in r["predicted"]["training_time"].values():  # each threshold's interval is on the page
+        iv = v["interval"]
+        assert iv is None or f"<td>{iv[0]}-{'&gt;T' if iv[1] is None else iv[1]}</td>" in page
     code, _, err = run(capsys, "report", str(res), "--out", str(tmp_path / "rep"))
     assert code == 2 and "refusing to overwrite" in err
     assert run(capsys, "report", str(res), "--out", str(tmp_path / "rep2"))[0] == 0

@@ -20,6 +20,11 @@ def report_files(result: dict | str) -> tuple[str, ...]:
     return _FILES[kind]
 
 
+def _span(low, high) -> str:
+    """``low-high`` of a band or interval of steps (``>T``: beyond the run, or never reached)."""
+    return f"{'>T' if low is None else low}-{'>T' if high is None else high}"
+
+
 def _table(rows: list[tuple]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table>{body}</table>"
@@ -63,13 +68,16 @@ def write_report(result: dict, out: str | Path, *, overwrite: bool = False) -> P
             parts.append("<p>No kernel spectrum or gradient map: this result was written without its diagnostics "
                          "(results of finetime before they were always included); rerun "
                          "<code>finetime predict --json</code> or <code>--report</code> to draw them.</p>")
-        rows = [("threshold", "predicted step", "5-95% band", "seconds")]
+        rows = [("threshold", "predicted step", "5-95% band over batch orders", "90% model-error interval",
+                 "seconds")]
         for k, v in pr["training_time"].items():
-            rows.append((k, v["step"] if v["step"] is not None else "not reached",
-                         f"{v['low']}-{v['high']}", v.get("seconds")))
+            rows.append((k, v["step"] if v["step"] is not None else "not reached", _span(v["low"], v["high"]),
+                         _span(*v["interval"]) if v.get("interval") else "-", v.get("seconds")))
         if "error" in result:
-            rows = [r + (("real step", "error") if i == 0 else
-                         (result["error"][r[0]]["actual"], f"{100 * result['error'][r[0]]['relative']:.1f}%"))
+            inside = {True: "yes", False: "no", None: "-"}
+            rows = [r + (("real step", "error", "real in the interval") if i == 0 else
+                         (result["error"][r[0]]["actual"], f"{100 * result['error'][r[0]]['relative']:.1f}%",
+                          inside[result["error"][r[0]].get("in_interval")]))
                     for i, r in enumerate(rows)]
         parts.append(_table(rows))
         if pr.get("diverged"):
