@@ -5,9 +5,9 @@ prediction depends on what the prediction can tell about itself: the loss gap of
 linearity check (the network moved to the linear model's weights at step T/15 against the linear model there), and,
 with minibatches, how much its simulated batch orders disagree (a wide band marks a run that is hard to predict).
 The interval is that band, its log half-widths about the predicted step scaled by ``band_scale``, widened on each
-side by the margin of the prediction's gap bin (of predictions without the
-check: ``--predictor linear``, SGD's weight decay; and of predictions fitted to their first real steps,
-``finetime.first_steps``). Full-batch GD has no band: its interval is the step widened by the margin. The margins
+side by the margin of the prediction's gap bin (of predictions without the check: ``--predictor linear``, SGD's
+weight decay; and of predictions fitted to their first real steps, ``finetime.first_steps``). Full-batch GD has no
+band: its interval is the step widened by the margin. The margins
 are the split-conformal 90% quantiles of the log steps by which the scaled band misses the real training time
 (``log(TT + 1)``, 0 inside it) over the benchmark suites, and ``band_scale`` the scale whose intervals are narrowest
 at that coverage held out by group; both are written by ``bench/online_bench.py --calibrate`` into
