@@ -429,6 +429,9 @@ def online(r):
             "(bench/results/online.png)\n\nThe open-loop prediction's own 90% interval (`predict`'s "
             "`training_time[key][\"interval\"]`, `finetime.intervals`), by the linearity check's loss gap. "
             + online_bench.render_open_loop(r)
+            + ("\nHow the intervals' widths, (high + 1) / (low + 1), spread (margins fitted on every row, as "
+               "shipped), scaled against unscaled:\n\n" + online_bench.render_spread(r)
+               if "width_spread" in r else "")
             + ("\nHow much the observed steps count (`finetime.online._fit.evidence_points`; refiner TT error, whole "
                "suite, by the fraction observed):\n\n" + online_bench.render_evidence(r["evidence"])
                if "evidence" in r else "")

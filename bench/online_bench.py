@@ -404,6 +404,61 @@ def band_scale_study(rows) -> dict:
     return out
 
 
+def spread(widths) -> tuple:
+    """Median, 75th and 90th percentiles of interval widths, nearest rank (infinite where an interval is open
+    above)."""
+    w = sorted(widths)
+    return tuple(w[round(q * (len(w) - 1))] if w else math.nan for q in (0.5, 0.75, 0.9))
+
+
+def open_loop_width_spread(rows, scale: float) -> dict:
+    """How the default predictions' interval widths ``(high + 1) / (low + 1)`` spread, with margins fitted on all
+    rows (the shipped calibration's), at ``scale`` and symmetric (scale 0): ``{kind: {"all"|"SGD": spread}}``."""
+    out = {}
+    for kind, k in (("scaled", scale), ("symmetric", 0.0)):
+        margins = open_loop_margins(rows, k)
+        w = {"all": [], "SGD": []}
+        for r in rows:
+            if r["default"] and r["d"] is not None:
+                x = math.exp(k * r["below"] + (k * r["above"] if k > 0 else 0.0) + 2 * margins[r["bin"]])
+                w["all"].append(x)
+                if r["sgd"]:
+                    w["SGD"].append(x)
+        out[kind] = {g: spread(v) for g, v in w.items()}
+    return out
+
+
+def refiner_width_spread(rows, scale: float) -> dict:
+    """How the refiner's interval widths spread once anything is observed, with bin margins fitted on all rows, at
+    ``scale`` and with the band unscaled: ``{kind: {fraction: spread}}``."""
+    out = {}
+    for kind, k in (("scaled", scale), ("unscaled", 1.0)):
+        pooled, binned = fit_margins(rows, k), fit_bin_margins(rows, k)
+        out[kind] = {f: spread([math.inf if r["high"] is None else _width(r, _margin(pooled, binned, r), k)
+                                for r in rows if r["fraction"] == f and needed_margin(r) is not None])
+                     for f in FRACTIONS if f > 0}
+    return out
+
+
+def render_spread(result) -> str:
+    """The two width-spread tables (``open_loop_width_spread``, ``refiner_width_spread``)."""
+    fmt = lambda t: " / ".join(f"x{v:.2f}" for v in t)  # noqa: E731
+    ol = result["open_loop"]["width_spread"]
+    lines = ["| `predict`'s interval | all default predictions: median / p75 / p90 width | minibatch |",
+             "|---|---|---|"]
+    for kind, name in (("scaled", f"band scaled by {result['open_loop']['band_scale']:g}"),
+                       ("symmetric", "symmetric about the step")):
+        lines.append(f"| {name} | {fmt(ol[kind]['all'])} | {fmt(ol[kind]['SGD'])} |")
+    rf = result["width_spread"]
+    lines += ["", "| the refiner's interval | " + " | ".join(f"{int(100 * float(f))}% observed: median / p75 / p90 "
+                                                              "width" for f in rf["scaled"]) + " |",
+              "|---|" + "---|" * len(rf["scaled"])]
+    for kind, name in (("scaled", f"posterior band scaled by {result['band_scale']:g}"),
+                       ("unscaled", "posterior band as it is")):
+        lines.append(f"| {name} | " + " | ".join(fmt(t) for t in rf[kind].values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render_open_loop(result) -> str:
     ol = result["open_loop"]
     lines = [f"The 5-95% band over simulated batch orders, its log half-widths scaled by {ol['band_scale']:g} "
@@ -615,6 +670,8 @@ def main(argv=None):
         "width": {kind: {str(f): v for f, v in interval_width(rows, margins, binned, rscale).items()}
                   for kind, binned in (("pooled margin", None), ("bin margins", bin_margins))},
         "raw_coverage": {str(f): (sum(v) / len(v) if v else math.nan) for f, v in raw.items()},
+        "width_spread": {kind: {str(f): v for f, v in by.items()}
+                         for kind, by in refiner_width_spread(rows, rscale).items()},
     }
     ol_rows = open_loop_rows(cells)
     study = band_scale_study(ol_rows)
@@ -622,7 +679,8 @@ def main(argv=None):
     ol_margins = open_loop_margins(ol_rows, scale)
     result["open_loop"] = {"band_scale": scale, "band_scales": {str(k): v for k, v in study.items()},
                            "margins": {b: (None if math.isinf(m) else m) for b, m in ol_margins.items()},
-                           "coverage": open_loop_coverage(ol_rows, scale)[0]}
+                           "coverage": open_loop_coverage(ol_rows, scale)[0],
+                           "width_spread": open_loop_width_spread(ol_rows, scale)}
     result["evidence"] = evidence_study(cells)
     result["persistence"] = persistence_study(cells)
     result["prior"] = prior_study(cells)
@@ -632,6 +690,7 @@ def main(argv=None):
     print(render_evidence(result["persistence"], PERSISTENCE_HEAD))
     print(render_evidence(result["prior"], PRIOR_HEAD))
     print(render_open_loop(result))
+    print(render_spread(result))
     try:
         plot(result, args.out.with_suffix(".png"))
     except ImportError:

@@ -139,6 +139,11 @@ def test_open_loop_band_scale_is_the_narrowest_held_out_interval():
     cov, width = ob.open_loop_coverage(rows, 2.0)
     assert cov["all"][0] == 1.0 and cov["SGD"] == cov["all"] and "GD" not in cov
     assert width < study[0.0][1]
+    assert ob.spread([4.0, 1.0, 3.0, 2.0, math.inf]) == (3.0, 4.0, math.inf)  # nearest rank, open intervals last
+    widths = ob.open_loop_width_spread(rows, 2.0)  # margin 0 at scale 2: each width is the scaled band, e^(4 half)
+    assert widths["scaled"]["all"] == ob.spread([math.exp(4 * r["below"]) for r in rows])
+    m = ob.open_loop_margins(rows, 0.0)["b"]  # symmetric: every interval as wide
+    assert widths["symmetric"]["SGD"] == (math.exp(2 * m),) * 3
 
 
 def test_refiner_band_scale_is_the_narrowest_held_out_interval():
