@@ -134,8 +134,7 @@ def _fmt_predictor(pr: dict, batch_statistics: bool = False) -> str:
         return {"linear": "linear (exact simulation, one kernel at the pretrained weights)",
                 "paper": f"paper ({pr['method'].upper()} with the effective learning rate, one kernel)"}.get(name, name)
     if rl["linear_regime"]:
-        return f"{name} (linearity checks passed: one kernel)" if rl.get("end_check") else \
-            f"{name} (linearity check passed: one kernel)"
+        return f"{name} (linearity check{'s' if rl.get('end_check') else ''} passed: one kernel)"
     if end_refreshed(rl):
         return (f"{name} (linearity check passed; the kernel refreshed at the end of the run and moving geometrically "
                 "in time from the pretrained weights' to it)")
