@@ -68,7 +68,8 @@ def prepare(config: RunConfig) -> Task:
     model = build_model(t.model, num_classes=t.classes, image_size=t.image_size, seed=t.seed)
     encode = getattr(model, "encode_text", None)
     if raw.is_text != (encode is not None):
-        raise ConfigError(f"--data {t.data} holds {'texts' if raw.is_text else 'images'} but --model {t.model} is "
+        held = "texts" if raw.is_text else "tensors" if getattr(raw.train_x, "model_ready", False) else "images"
+        raise ConfigError(f"--data {t.data} holds {held} but --model {t.model} is "
                           f"{'a text' if encode is not None else 'not a text'} model")
     data = sample_task(raw, classes=t.classes, per_class=t.per_class, test_per_class=t.test_per_class,
                        image_size=t.image_size, seed=t.seed,
@@ -545,6 +546,8 @@ def _config_record(task: Task, kernel: Kernel) -> dict:
     rec.update({
         "chosen_classes": d.class_names,
         "data_source": d.source,
+        "inputs": d.inputs,
+        "input_shape": list(d.x.shape[1:]),
         "sample_seed": task.config.task.seed,
         "train_indices": d.train_index,
         "test_indices": d.test_index,

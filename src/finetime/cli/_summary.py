@@ -47,9 +47,10 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
     km = c["kernel"]
     print(f"model      {c['model']}{' (head only)' if c['freeze_backbone'] else ''}, "
           f"{c['trained_weights']:,} trained weights", file=out)
-    text = is_text_data(c["data"])
-    shape = f"at most {c['max_length']} tokens" if text else f"{c['image_size']} px"
-    print(f"data       {n} {'texts' if text else 'images'}, {c['classes']} classes "
+    inputs = c.get("inputs") or ("texts" if is_text_data(c["data"]) else "images")  # results before torch datasets
+    shape = {"texts": f"at most {c['max_length']} tokens", "images": f"{c['image_size']} px"}.get(
+        inputs, f"inputs of shape {tuple(c.get('input_shape') or ())}")
+    print(f"data       {n} {'samples' if inputs == 'tensors' else inputs}, {c['classes']} classes "
           f"({', '.join(c['chosen_classes'])}), {shape}; {c['data_source']}", file=out)
     print(f"optimizer  {describe(c)}, {c['schedule']} schedule, {c['steps']} steps, {c['loss']} loss",
           file=out)

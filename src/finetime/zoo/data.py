@@ -17,6 +17,9 @@
   finetime (``zoo/_data``; from R's ``modeldata`` package, MIT licence).
 * ``csv:PATH``: text classification, a CSV file with ``text`` and ``label`` columns (classes are the distinct
   labels); 20% of each class is held out as its test split. Texts are tokenized by the model (``zoo.text``).
+* ``torch:module.path:attr``: your own map-style torch ``Dataset`` of ``(input, label)`` items (or a callable
+  returning one, or a ``(train, test)`` pair); its inputs are model-ready tensors, images or texts
+  (``zoo.torch_data``).
 
 Images become ``(3, S, S)`` float tensors: grey images are repeated over 3 channels, resized bilinearly to
 ``S = image_size``, and normalized as TF-Lite EfficientNets expect, ``(pixel - 127) / 128``.
@@ -42,7 +45,8 @@ __all__ = ["Dataset", "RawImages", "LazyImages", "load_raw", "is_text_data", "sa
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 FASHION_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
-DATASETS = ("fashion-mnist", "fashion-mnist-mini", "mnist", "photos", "fine-foods", "imagefolder:PATH", "csv:PATH")
+DATASETS = ("fashion-mnist", "fashion-mnist-mini", "mnist", "photos", "fine-foods", "imagefolder:PATH", "csv:PATH",
+            "torch:MODULE:ATTR")
 PLASMA_WALLPAPERS = Path("/usr/share/wallpapers")
 PHOTOGRAPHS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey", "Kite",
                "OneStandsOut", "Path", "Volna", "summer_1am")
@@ -111,8 +115,9 @@ class RawImages:
 
 @dataclasses.dataclass
 class Dataset:
-    """A sampled task, ready for the model: ``x (N, 3, S, S)`` images or ``(N, 2, L)`` token ids and masks, ``y (N,)``
-    in ``0..K-1``; test split likewise."""
+    """A sampled task, ready for the model: ``x (N, 3, S, S)`` images, ``(N, 2, L)`` token ids and masks or a torch
+    dataset's model-ready inputs, ``y (N,)`` in ``0..K-1``; test split likewise. ``inputs``: ``images``, ``texts`` or
+    ``tensors`` (model-ready)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -122,6 +127,7 @@ class Dataset:
     source: str
     train_index: list[int]
     test_index: list[int]
+    inputs: str = "images"
 
     @property
     def num_classes(self) -> int:
@@ -343,6 +349,10 @@ def load_raw(spec: str, image_size: int | None = None) -> RawImages:
         return _image_folder(spec.split(":", 1)[1], size)
     if spec.startswith("csv:"):
         return _csv(spec.split(":", 1)[1])
+    if spec.startswith("torch:"):
+        from .torch_data import load_torch_dataset
+
+        return load_torch_dataset(spec.split(":", 1)[1], size)
     raise ConfigError(f"unknown dataset {spec!r}; choose one of: {', '.join(DATASETS)}")
 
 
@@ -396,11 +406,15 @@ def sample_task(raw: RawImages, *, classes: int, per_class: int, test_per_class:
     if raw.is_text:
         both = encode_text(list(raw.train_x[tr_idx]) + list(raw.test_x[te_idx]))
         x, x_test = both[: len(tr_idx)], (both[len(tr_idx) :] if test_per_class else None)
+    elif getattr(raw.train_x, "model_ready", False):  # a torch dataset's own tensors, as they are
+        x = raw.train_x[tr_idx]
+        x_test = raw.test_x[te_idx] if test_per_class else None
     else:
         x = to_model_input(raw.train_x[tr_idx], image_size)
         x_test = to_model_input(raw.test_x[te_idx], image_size) if test_per_class else None
     y = torch.tensor([relabel[int(c)] for c in raw.train_y[tr_idx]])
     y_test = torch.tensor([relabel[int(c)] for c in raw.test_y[te_idx]]) if test_per_class else None
     orig = lambda index, sel: [int(index[i]) if index is not None else int(i) for i in sel]  # noqa: E731
+    inputs = "texts" if raw.is_text else "tensors" if getattr(raw.train_x, "model_ready", False) else "images"
     return Dataset(x, y, x_test, y_test, [raw.class_names[c] for c in chosen], raw.source,
-                   orig(raw.train_index, tr_idx), orig(raw.test_index, te_idx))
+                   orig(raw.train_index, tr_idx), orig(raw.test_index, te_idx), inputs)

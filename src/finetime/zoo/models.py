@@ -7,7 +7,6 @@ an ``nn.Module`` mapping a batch of inputs to logits ``(batch, K)``.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 
@@ -15,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelError
+from ._imports import import_user_module
 
 __all__ = ["build_model", "BUILTIN_MODELS", "head_parameters", "freeze_backbone"]
 
@@ -61,7 +61,7 @@ def build_model(spec: str, *, num_classes: int, image_size: int, seed: int = 0) 
                          "module.path:factory")
     mod_name, fn_name = spec.split(":", 1)
     try:
-        module = importlib.import_module(mod_name)
+        module = import_user_module(mod_name)
     except ImportError as exc:
         raise ModelError(f"cannot import module {mod_name!r} for --model {spec}: {exc}") from exc
     factory = getattr(module, fn_name, None)

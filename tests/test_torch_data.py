@@ -1,0 +1,119 @@
+"""``--data torch:module.path:attr``: a user's own map-style torch Dataset as the data (datasets_for_tests.py)."""
+
+import sys
+
+import pytest
+import torch
+
+import datasets_for_tests as dft
+from finetime import RunConfig, validate
+from finetime.cli import main
+from finetime.errors import ConfigError, DataError
+from finetime.zoo import build_model, load_raw, sample_task
+
+
+def test_model_ready_tensors_are_sampled_as_they_are():
+    raw = load_raw("torch:datasets_for_tests:features")
+    assert raw.class_names == ["alpha", "beta", "gamma"]  # the dataset's own classes
+    assert len(raw.train_x) == 48 and len(raw.test_x) == 12  # a fifth of each class held out
+    before = dft.features.reads
+    d = sample_task(raw, classes=3, per_class=5, test_per_class=2, seed=0)
+    assert dft.features.reads - before == 15 + 6  # labels from `targets`; inputs read for the sampled items only
+    assert d.inputs == "tensors" and d.x.dtype == torch.float32 and d.x.shape == (15, dft.FEATURES)
+    torch.testing.assert_close(d.x, dft.features.x[d.train_index])
+    torch.testing.assert_close(d.x_test, dft.features.x[d.test_index])
+    names = [raw.class_names[c] for c in range(3)]
+    assert [names[dft.features.targets[i]] for i in d.train_index] == [d.class_names[int(c)] for c in d.y]
+    assert not set(d.train_index) & set(d.test_index)
+
+
+def test_a_train_test_pair_keeps_its_split():
+    raw = load_raw("torch:datasets_for_tests:features_pair")
+    assert len(raw.train_x) == 45 and len(raw.test_x) == 15 and "45 train + 15 test items" in raw.source
+    d = sample_task(raw, classes=2, per_class=4, test_per_class=3, seed=1)
+    train, test = dft.features_pair()
+    torch.testing.assert_close(d.x_test, test.x[d.test_index])
+    torch.testing.assert_close(d.x, train.x[d.train_index])
+
+
+def test_images_are_made_square_at_the_image_size():
+    raw = load_raw("torch:datasets_for_tests:pictures", image_size=12)
+    assert dft.pictures.asked == 12  # the factory is handed --image-size
+    assert raw.class_names == ["cat", "dog", "owl"]  # string labels, read item by item
+    d = sample_task(raw, classes=3, per_class=3, image_size=12, seed=0)
+    assert d.inputs == "images" and d.x.shape == (9, 3, 12, 12)
+    for x, i in zip(d.x, d.train_index):  # every picture is one grey level, normalized as built-in images are
+        torch.testing.assert_close(x, torch.full_like(x, (40 * (i % 3) - 127) / 128))
+    grey = sample_task(load_raw("torch:datasets_for_tests:channel_first", image_size=8), classes=2, per_class=3,
+                       image_size=8, seed=0)
+    assert grey.x.shape == (6, 3, 8, 8)
+    for x, i in zip(grey.x, grey.train_index):  # torch uint8 (C, H, W) in dict items
+        torch.testing.assert_close(x, torch.full_like(x, (10 * (i % 2) - 127) / 128))
+
+
+def test_texts_are_a_text_pool():
+    raw = load_raw("torch:datasets_for_tests:texts")
+    assert raw.is_text and raw.class_names == ["0", "1"] and isinstance(raw.train_x[0], str)
+    with pytest.raises(ConfigError, match="text model"):
+        sample_task(raw, classes=2, per_class=2)
+
+
+@pytest.mark.parametrize("spec,error,message", [
+    ("torch:datasets_for_tests", ConfigError, "expected torch:module.path:attr"),
+    ("torch:no_such_module_here:x", DataError, "cannot import module"),
+    ("torch:datasets_for_tests:missing", DataError, "has no 'missing'"),
+    ("torch:datasets_for_tests:not_a_dataset", DataError, "expected a dataset"),
+    ("torch:datasets_for_tests:bad_items", DataError, "expected an (input, label) pair"),
+    ("torch:datasets_for_tests:float_labels", DataError, "labels must be integers or strings"),
+])
+def test_bad_datasets_name_the_problem(spec, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_raw(spec)
+
+
+@pytest.mark.parametrize("attr,message", [("ragged", "must all have one shape"), ("with_nan", "NaN or infinite")])
+def test_bad_inputs_name_the_item(attr, message):
+    raw = load_raw(f"torch:datasets_for_tests:{attr}")
+    with pytest.raises(DataError, match=message):
+        sample_task(raw, classes=2, per_class=8, seed=0)
+
+
+LINEAR = dict(data="torch:datasets_for_tests:features", model="models_for_tests:linear_features", classes=3,
+              per_class=10, steps=25)
+
+
+@pytest.mark.parametrize("batch_size,momentum", [(0, 0.0), (6, 0.9)])
+def test_a_linear_model_on_torch_data_is_predicted_exactly(batch_size, momentum):
+    """Softmax regression on the dataset's own features is its own linearization: the prediction replayed on the real
+    batch order is the real run."""
+    cfg = RunConfig.from_dict({**LINEAR, "lr": 0.3, "batch_size": batch_size, "momentum": momentum})
+    val = validate(cfg)
+    torch.testing.assert_close(val.replay.loss[0], val.real.loss, rtol=1e-5, atol=1e-6)
+    assert val.real.loss[-1] < 0.5 * val.real.loss[0]  # it trains
+
+
+def test_the_summary_names_the_inputs(capsys):
+    code = main(["predict", "--data", "torch:datasets_for_tests:features",
+                 "--model", "models_for_tests:linear_features",
+                 "--classes", "3", "--per-class", "6", "--steps", "10", "--lr", "0.1", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "data       18 samples, 3 classes (alpha, beta, gamma), inputs of shape (6,); torch dataset" in out
+    code = main(["predict", "--data", "torch:datasets_for_tests:bad_items", "--model", "models_for_tests:tiny_cnn",
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "expected an (input, label) pair" in err and "Traceback" not in err
+
+
+def test_modules_next_to_the_command_are_found(tmp_path, monkeypatch):
+    """The `finetime` script does not put the working directory on sys.path (`python -m` does): a module of the
+    user's project, where the command runs, is found either way, for --data torch: and --model alike."""
+    (tmp_path / "my_project_data.py").write_text(
+        "import torch\nitems = [(torch.full((4,), float(i % 2)), i % 2) for i in range(20)]\n")
+    (tmp_path / "my_project_model.py").write_text(
+        "import torch\ndef make(num_classes):\n    return torch.nn.Linear(4, num_classes)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    raw = load_raw("torch:my_project_data:items")
+    assert raw.class_names == ["0", "1"] and str(tmp_path) == sys.path[-1]
+    assert isinstance(build_model("my_project_model:make", num_classes=2, image_size=8), torch.nn.Linear)
