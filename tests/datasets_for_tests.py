@@ -70,3 +70,17 @@ bad_items = [1, 2, 3, 4]
 float_labels = [(torch.zeros(2), 0.5), (torch.zeros(2), 1.5)]
 ragged = [(torch.zeros(2 + (i == 7)), i % 2) for i in range(20)]
 with_nan = [(torch.full((2,), float("nan") if i == 13 else 0.0), i % 2) for i in range(20)]
+
+
+class Lopsided(Features):
+    """Classes of 30, 12 and 6 items (a real dataset's imbalance), same features."""
+
+    def __init__(self):
+        super().__init__(48, seed=3)
+        self.targets = [0] * 30 + [1] * 12 + [2] * 6
+        g = torch.Generator().manual_seed(4)
+        means = 2 * torch.randn(3, FEATURES, generator=g)
+        self.x = means[self.targets] + 0.5 * torch.randn(48, FEATURES, generator=g)
+
+
+lopsided = Lopsided()

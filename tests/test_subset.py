@@ -52,8 +52,7 @@ def test_subset_is_class_balanced_and_keeps_the_sampled_order():
         members = torch.nonzero(d.y == k).flatten()[:10]
         torch.testing.assert_close(sub.x[sub.y == k], d.x[members])
         assert [sub.train_index[i] for i in torch.nonzero(sub.y == k).flatten()] == [d.train_index[i] for i in members]
-    with pytest.raises(ValueError, match="multiple"):
-        class_balanced_subset(d, 31)
+    assert class_balanced_subset(d, 31).train_index == sub.train_index  # m / C of each class, rounded down
 
 
 def test_progress_map_is_exact_on_straight_curves():
@@ -125,7 +124,20 @@ def test_refresh_sample_count_and_balanced_indices():
     assert refresh_sample_count("auto", 30, 5) == 30  # all where that is more than there are
     assert refresh_sample_count(52, 400, 5) == 50  # a multiple of the classes
     assert refresh_sample_count(900, 400, 5) == 400
-    y = torch.tensor([2, 0, 1, 0, 2, 1, 0, 2, 2])
-    assert balanced_indices(y, 3, 6).tolist() == [0, 1, 2, 3, 4, 5]
-    assert balanced_indices(y, 3, 9).tolist() == [0, 1, 2, 3, 4, 5, 6, 7]  # class 2's fourth (8) left out
+    y = torch.tensor([0, 1, 2, 1, 0, 2, 0, 1, 2])  # three classes of three
+    assert balanced_indices(y, 3, 6).tolist() == [0, 1, 2, 3, 4, 5]  # the first two of each
+    assert balanced_indices(y, 3, 7).tolist() == [0, 1, 2, 3, 4, 5]  # m / C of each, rounded down
+    y = torch.tensor([2, 0, 1, 0, 2, 1, 0, 2, 2])  # classes of 3, 2 and 4: in proportion, largest remainders
+    assert balanced_indices(y, 3, 6).tolist() == [0, 1, 2, 3, 4, 7]  # 6 x (3, 2, 4) / 9 = 2, 1.33, 2.67 -> 2, 1, 3
+    assert balanced_indices(y, 3, 9).tolist() == list(range(9))
     assert balanced_indices(torch.tensor([0, 0, 1]), 2, 4).tolist() == [0, 1, 2]  # all of a short class
+
+
+def test_stratified_counts_keep_every_class_and_the_proportions():
+    from finetime.subset import stratified_counts
+
+    assert stratified_counts([50, 50, 50], 30) == [10, 10, 10]
+    assert stratified_counts([900, 90, 10], 100) == [90, 9, 1]  # in proportion
+    assert stratified_counts([990, 5, 5], 100) == [98, 1, 1]  # 99, 0.5, 0.5: every class keeps one
+    assert stratified_counts([3, 2, 4], 100) == [3, 2, 4]  # no more than there are
+    assert sum(stratified_counts([37, 101, 12, 250], 77)) == 77

@@ -117,3 +117,33 @@ def test_modules_next_to_the_command_are_found(tmp_path, monkeypatch):
     raw = load_raw("torch:my_project_data:items")
     assert raw.class_names == ["0", "1"] and str(tmp_path) == sys.path[-1]
     assert isinstance(build_model("my_project_model:make", num_classes=2, image_size=8), torch.nn.Linear)
+
+
+def test_every_class_and_every_sample_of_an_imbalanced_dataset():
+    raw = load_raw("torch:datasets_for_tests:lopsided")  # 24 + 10 + 5 training items, a fifth of each held out
+    d = sample_task(raw, classes="all", per_class="all", test_per_class="all", seed=0)
+    assert d.class_names == ["alpha", "beta", "gamma"] and torch.bincount(d.y).tolist() == [24, 10, 5]
+    assert sorted(d.train_index) == sorted(int(i) for i in raw.train_index)  # each training item once
+    assert sorted(d.test_index) == sorted(int(i) for i in raw.test_index)
+    assert torch.bincount(d.y_test).tolist() == [6, 2, 1]
+    again = sample_task(raw, classes="all", per_class="all", test_per_class="all", seed=0)
+    assert again.train_index == d.train_index  # a random order, fixed by the seed
+    with pytest.raises(ConfigError, match="too many"):
+        sample_task(raw, classes="all", per_class=6)
+
+
+def test_predict_on_a_whole_imbalanced_dataset(capsys):
+    cfg = RunConfig.from_dict({**LINEAR, "data": "torch:datasets_for_tests:lopsided", "classes": "all",
+                               "per_class": "all", "lr": 0.3, "batch_size": 8, "momentum": 0.9})
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg and cfg.task.per_class == "all"
+    val = validate(cfg)
+    torch.testing.assert_close(val.replay.loss[0], val.real.loss, rtol=1e-5, atol=1e-6)  # still exact
+    code = main(["predict", "--data", "torch:datasets_for_tests:lopsided",
+                 "--model", "models_for_tests:linear_features", "--classes", "all", "--per-class", "all",
+                 "--steps", "10", "--kernel-samples", "30", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "data       39 samples, 3 classes (alpha, beta, gamma)" in out
+    assert "kernel on 30 of 39 training samples" in out
+    with pytest.raises(SystemExit):
+        main(["predict", "--data", "torch:datasets_for_tests:lopsided", "--per-class", "many"])
+    assert "argument --per-class: expected a whole number or all, got 'many'" in capsys.readouterr().err

@@ -57,10 +57,15 @@ INTEGER_SETTINGS = frozenset({"classes", "per_class", "test_per_class", "image_s
 """Flat settings that count something: a config file or dict must give whole numbers for them."""
 
 
+ALL_SETTINGS = frozenset({"classes", "per_class", "test_per_class"})
+"""Counts of the task that may also be ``all``: every class of the data, every sample of a class."""
+
+
 def _whole(key: str, value):
-    """``value`` as an int when it is a whole number (``150`` or ``150.0``; ``None`` kept), else a ``ConfigError``."""
-    if value is None:
-        return None
+    """``value`` as an int when it is a whole number (``150`` or ``150.0``; ``None`` kept), else a ``ConfigError``;
+    ``all`` is kept for the counts of ``ALL_SETTINGS``."""
+    if value is None or (key in ALL_SETTINGS and value == "all"):
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
             or int(value) != value:
         raise ConfigError(f"--{key.replace('_', '-')} must be a whole number, got {value!r}")
@@ -73,9 +78,12 @@ class TaskConfig:
 
     model: str = "efficientnet-lite0"
     data: str = "fashion-mnist"
-    classes: int = 5
-    per_class: int = 20
-    test_per_class: int = 0
+    classes: int | str = 5
+    """Random classes to fine-tune on; ``all``: every class of the data, in label order."""
+    per_class: int | str = 20
+    """Random training samples of each class; ``all``: every one (the classes may then differ in size)."""
+    test_per_class: int | str = 0
+    """Held-out samples of each class for test-set curves; ``all``: every test sample of the chosen classes."""
     image_size: int = 64
     seed: int = 0
     freeze_backbone: bool = False
@@ -83,6 +91,12 @@ class TaskConfig:
     max_length: int = 128  # text: tokens per sample at most
 
     def __post_init__(self):
+        for key in ALL_SETTINGS:
+            value = getattr(self, key)
+            if isinstance(value, str) and value.strip().isdigit():
+                object.__setattr__(self, key, int(value))
+            elif value != "all" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"--{key.replace('_', '-')} must be a whole number or all, got {value!r}")
         if self.max_length < 2:
             raise ConfigError(f"--max-length must be at least 2 tokens, got {self.max_length}")
         try:

@@ -10,6 +10,15 @@ from .optim import describe
 __all__ = ["plot_validation", "plot_curves", "plot_spectrum", "plot_gradients", "plot_sweep_heatmap"]
 
 
+def task_size(c: dict) -> str:
+    """``5x20 images`` (classes x per class), or ``3217 texts`` where every sample of a class was taken (``all``),
+    from a result's ``config``."""
+    noun = {"tensors": "samples"}.get(c.get("inputs", "images"), c.get("inputs", "images"))
+    if isinstance(c["classes"], int) and isinstance(c["per_class"], int):
+        return f"{c['classes']}x{c['per_class']} {noun}"
+    return f"{len(c.get('train_indices') or [])} {noun}"
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -57,7 +66,7 @@ def plot_validation(result: dict, path: str | Path) -> Path:
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     c = result["config"]
-    ax.set_title(f"{c['model']} on {c['classes']}x{c['per_class']} images, {describe(c, short=True)}", fontsize=9)
+    ax.set_title(f"{c['model']} on {task_size(c)}, {describe(c, short=True)}", fontsize=9)
     ax2.plot(steps, _nan(pr["accuracy"]), color="C0", label="predicted")
     if ac is not None:
         ax2.plot(steps, _nan(ac["accuracy"]), color="C3", label="real")
@@ -91,7 +100,7 @@ def plot_curves(result: dict, path: str | Path) -> Path:
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
     c = result["config"]
-    ax.set_title(f"{c['model']}, {c['classes']}x{c['per_class']} images, {describe(c, short=True)}", fontsize=9)
+    ax.set_title(f"{c['model']}, {task_size(c)}, {describe(c, short=True)}", fontsize=9)
     ax2.fill_between(steps, _nan(pr["accuracy_low"]), _nan(pr["accuracy_high"]), color="C0", alpha=0.2)
     ax2.plot(steps, _nan(pr["accuracy"]), color="C0", label="training")
     if "test_accuracy" in pr:

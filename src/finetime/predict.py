@@ -11,6 +11,7 @@ import math
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .config import RunConfig
@@ -65,7 +66,8 @@ def prepare(config: RunConfig) -> Task:
     """Sample the task's data and build the model (paper protocol: random classes, N images per class)."""
     t = config.task
     raw = load_raw(t.data, t.image_size)
-    model = build_model(t.model, num_classes=t.classes, image_size=t.image_size, seed=t.seed)
+    classes = len(np.unique(raw.train_y)) if t.classes == "all" else t.classes
+    model = build_model(t.model, num_classes=classes, image_size=t.image_size, seed=t.seed)
     encode = getattr(model, "encode_text", None)
     if raw.is_text != (encode is not None):
         held = "texts" if raw.is_text else "tensors" if getattr(raw.train_x, "model_ready", False) else "images"
@@ -83,7 +85,7 @@ def prepare(config: RunConfig) -> Task:
         trained = freeze_backbone(model)
     else:
         trained = [n for n, p in model.named_parameters() if p.requires_grad]
-    m = kernel_sample_count(config.kernel_samples, n, t.classes, config.optimizer.batch_size)
+    m = kernel_sample_count(config.kernel_samples, n, data.num_classes, config.optimizer.batch_size)
     full = None
     if m < n:
         full, data = data, class_balanced_subset(data, m)

@@ -3,7 +3,8 @@ subset's predicted curves become curves for the whole set.
 
 A kernel costs one forward and ``C`` backward passes per sample, so on large training sets it can cost as much as the
 run it predicts. With ``--kernel-samples M`` the kernel, the simulation and any re-linearization see a class-balanced
-subset of ``M`` samples (the first ``M / C`` of each class in the sampled order, itself random). The simulated curves
+subset of ``M`` samples (the first ``M / C`` of each class in the sampled order, itself random; where the classes
+differ in size, as with ``--per-class all``, in proportion to their sizes: ``stratified_counts``). The simulated curves
 are then carried to the ``N`` samples of the real run by a time map from the spectrum (``extrapolate.size_time_map``):
 step ``s`` of the run on ``N`` samples is the step of the run on ``M`` that has made the same progress on the MSE
 closed form, with the spectrum extrapolated to ``N`` (paper, section 4). Full-batch runs keep their meaning: the step
@@ -26,7 +27,8 @@ from .training_time import first_crossing
 from .zoo import Dataset
 
 __all__ = ["AUTO_ALL_UP_TO", "AUTO_SAMPLES", "MIN_PER_CLASS", "AUTO_REFRESH_FRACTION", "AUTO_REFRESH_PER_CLASS",
-           "kernel_sample_count", "class_balanced_subset", "to_full_set", "refresh_sample_count", "balanced_indices"]
+           "kernel_sample_count", "class_balanced_subset", "to_full_set", "refresh_sample_count", "balanced_indices",
+           "stratified_counts"]
 
 AUTO_ALL_UP_TO = 1000
 """``--kernel-samples auto`` computes the kernel on all samples up to this many."""
@@ -85,29 +87,41 @@ def refresh_sample_count(setting: int | str, n: int, classes: int) -> int:
     return min(n, max(1, m // classes) * classes)
 
 
+def stratified_counts(sizes: list[int], m: int) -> list[int]:
+    """How many of each class's ``sizes`` samples a subset of ``m`` takes: ``m / C`` of each where the classes are
+    the same size (all of a class that has fewer), else in proportion to their sizes (largest remainders), at least one
+    of each class, so that the subset's kernel is a sample of the whole set's."""
+    c = len(sizes)
+    if len(set(sizes)) <= 1:
+        per = max(1, m // c)
+        return [min(per, k) for k in sizes]
+    n = sum(sizes)
+    m = min(m, n)
+    exact = [m * k / n for k in sizes]
+    counts = [int(e) for e in exact]
+    for i in sorted(range(c), key=lambda i: counts[i] - exact[i])[: m - sum(counts)]:
+        counts[i] += 1
+    for i in range(c):  # every class in the subset, taken from the largest
+        if counts[i] == 0 and sizes[i] > 0:
+            j = max(range(c), key=lambda j: counts[j])
+            if counts[j] > 1:
+                counts[j] -= 1
+                counts[i] = 1
+    return counts
+
+
 def balanced_indices(y: torch.Tensor, classes: int, m: int) -> torch.Tensor:
-    """Sorted indices of the first ``m / C`` samples of each class (all of a class that has fewer), in ``y``'s order
-    (random in finetime's data)."""
-    per = max(1, m // classes)
-    keep = [torch.nonzero(y == k).flatten()[:per] for k in range(classes)]
-    return torch.cat(keep).sort().values
+    """Sorted indices of a subset of about ``m`` samples: the first ``stratified_counts`` of each class, in ``y``'s
+    order (random in finetime's data): ``m / C`` of each class where the classes are the same size."""
+    members = [torch.nonzero(y == k).flatten() for k in range(classes)]
+    counts = stratified_counts([len(g) for g in members], m)
+    return torch.cat([g[:k] for g, k in zip(members, counts)]).sort().values
 
 
 def class_balanced_subset(data: Dataset, m: int) -> Dataset:
-    """The first ``m / C`` training samples of each class (in ``data``'s order, which is random); the test split is
-    kept whole. ``m`` must be a multiple of the number of classes."""
-    c = data.num_classes
-    if m % c:
-        raise ValueError(f"subset of {m} samples is not a multiple of {c} classes")
-    per = m // c
-    keep = []
-    for k in range(c):
-        members = torch.nonzero(data.y == k).flatten()
-        if members.numel() < per:
-            raise ConfigError(f"class {data.class_names[k]!r} has {members.numel()} samples, fewer than the {per} per "
-                              "class asked by --kernel-samples")
-        keep.append(members[:per])
-    idx = torch.cat(keep).sort().values
+    """The subset ``balanced_indices`` picks of the training samples (in ``data``'s order, which is random): ``m / C``
+    of each class, or in proportion to the classes' sizes where they differ; the test split is kept whole."""
+    idx = balanced_indices(data.y, data.num_classes, m)
     return dataclasses.replace(data, x=data.x[idx], y=data.y[idx],
                                train_index=[data.train_index[i] for i in idx.tolist()])
 

@@ -26,6 +26,16 @@ def floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list of numbers, got {text!r}") from None
 
 
+def _count_or_all(text: str) -> int | str:
+    """A count of the task (``--classes``, ``--per-class``, ``--test-per-class``): a whole number or ``all``."""
+    if text.strip() == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or all, got {text!r}") from None
+
+
 def _listof(kind):
     def parse(text: str):
         try:
@@ -60,10 +70,14 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                         "(input, label) items (or a callable returning one, or a (train, test) pair): floating-point "
                         "tensors are fed to the model as they are, PIL or uint8 images resized to --image-size, "
                         "strings tokenized (default: %(default)s)")
-    g.add_argument("--classes", type=int, default=_D["classes"], help="random classes to fine-tune on (default: %(default)s)")
-    g.add_argument("--per-class", type=int, default=_D["per_class"], help="training samples (images, texts) per class (default: %(default)s)")
-    g.add_argument("--test-per-class", type=int, default=_D["test_per_class"],
-                   help="held-out samples per class for predicted test-set curves; 0 = none (default: %(default)s)")
+    g.add_argument("--classes", type=_count_or_all, default=_D["classes"],
+                   help="random classes to fine-tune on; all: every class of the data (default: %(default)s)")
+    g.add_argument("--per-class", type=_count_or_all, default=_D["per_class"],
+                   help="random training samples (images, texts) per class; all: every training sample of each "
+                        "chosen class, whatever the classes' sizes (default: %(default)s)")
+    g.add_argument("--test-per-class", type=_count_or_all, default=_D["test_per_class"],
+                   help="held-out samples per class for predicted test-set curves; 0 = none; all: every test sample "
+                        "of the chosen classes (default: %(default)s)")
     g.add_argument("--image-size", type=int, default=_D["image_size"], help="input resolution in pixels (default: %(default)s)")
     g.add_argument("--max-length", type=int, default=_D["max_length"],
                    help="text: tokens per sample at most (truncated; padded to the longest) (default: %(default)s)")

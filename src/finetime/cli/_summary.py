@@ -43,14 +43,14 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
     out = out or sys.stdout
     c = result["config"]
     pr = result["predicted"]
-    n = c["classes"] * c["per_class"]
+    n = len(c["train_indices"]) if "train_indices" in c else c["classes"] * c["per_class"]
     km = c["kernel"]
     print(f"model      {c['model']}{' (head only)' if c['freeze_backbone'] else ''}, "
           f"{c['trained_weights']:,} trained weights", file=out)
     inputs = c.get("inputs") or ("texts" if is_text_data(c["data"]) else "images")  # results before torch datasets
     shape = {"texts": f"at most {c['max_length']} tokens", "images": f"{c['image_size']} px"}.get(
         inputs, f"inputs of shape {tuple(c.get('input_shape') or ())}")
-    print(f"data       {n} {'samples' if inputs == 'tensors' else inputs}, {c['classes']} classes "
+    print(f"data       {n} {'samples' if inputs == 'tensors' else inputs}, {len(c['chosen_classes'])} classes "
           f"({', '.join(c['chosen_classes'])}), {shape}; {c['data_source']}", file=out)
     print(f"optimizer  {describe(c)}, {c['schedule']} schedule, {c['steps']} steps, {c['loss']} loss",
           file=out)

@@ -365,37 +365,51 @@ def to_model_input(images: np.ndarray, image_size: int) -> torch.Tensor:
     return ((x - 127.0) / 128.0).contiguous()
 
 
-def sample_task(raw: RawImages, *, classes: int, per_class: int, test_per_class: int = 0, image_size: int = 64,
-                seed: int = 0, encode_text: Callable[[list[str]], torch.Tensor] | None = None) -> Dataset:
-    """The paper's protocol: ``classes`` random classes, ``per_class`` random training samples of each.
+def sample_task(raw: RawImages, *, classes: int | str, per_class: int | str, test_per_class: int | str = 0,
+                image_size: int = 64, seed: int = 0,
+                encode_text: Callable[[list[str]], torch.Tensor] | None = None) -> Dataset:
+    """The paper's protocol: ``classes`` random classes, ``per_class`` random training samples of each; ``all`` takes
+    every class (in label order) or every sample of a class (in a random order), so that the task can be a whole
+    dataset, its classes of any sizes.
 
     Images become model inputs by ``to_model_input(image_size)``; texts by ``encode_text`` (the model's tokenizer,
     applied to the training and test texts at once so that both have the same length)."""
     available = np.unique(raw.train_y)
+    every_class = classes == "all"
+    if every_class:
+        classes = len(available)
+        if classes < 2:
+            raise ConfigError(f"--classes all: {raw.source} has {classes} class; fine-tuning needs at least 2")
     if classes < 2:
         raise ConfigError(f"--classes must be at least 2, got {classes}")
     if classes > len(available):
         raise ConfigError(f"--classes {classes} exceeds the {len(available)} classes of {raw.source}")
-    if per_class < 1:
+    if per_class != "all" and per_class < 1:
         raise ConfigError(f"--per-class must be at least 1, got {per_class}")
     if raw.is_text and encode_text is None:
         raise ConfigError(f"{raw.source} holds texts: use a text model (--model minilm or hf:PATH)")
     if not raw.is_text and image_size < 8:
         raise ConfigError(f"--image-size must be at least 8, got {image_size}")
     rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(available, classes, replace=False))
+    chosen = available if every_class else np.sort(rng.choice(available, classes, replace=False))
     tr, te = [], []
     for c in chosen:
         members = np.flatnonzero(raw.train_y == c)
-        if len(members) < per_class:
+        if per_class == "all":
+            tr.append(rng.permutation(members))
+        elif len(members) < per_class:
             raise ConfigError(
                 f"class {raw.class_names[c]!r} has {len(members)} training samples in {raw.source}; "
                 f"--per-class {per_class} is too many"
                 + (" (apt-get install dataset-fashion-mnist for the full set)" if "subset" in raw.source else "")
             )
-        tr.append(rng.choice(members, per_class, replace=False))
+        else:
+            tr.append(rng.choice(members, per_class, replace=False))
         if test_per_class:
             tmem = np.flatnonzero(raw.test_y == c)
+            if test_per_class == "all":
+                te.append(rng.permutation(tmem))
+                continue
             if len(tmem) < test_per_class:
                 raise ConfigError(f"class {raw.class_names[c]!r} has only {len(tmem)} test images; "
                                   f"--test-per-class {test_per_class} is too many")
