@@ -147,3 +147,16 @@ def test_predict_on_a_whole_imbalanced_dataset(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--data", "torch:datasets_for_tests:lopsided", "--per-class", "many"])
     assert "argument --per-class: expected a whole number or all, got 'many'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data,model,message", [
+    ("features", "tiny_cnn", "(a batch of inputs of shape (2, 6), 3 classes): the model cannot take these inputs "
+                             "(Expected 3D (unbatched) or 4D (batched) input to conv2d"),
+    ("pictures", "linear_features", "the model cannot take these inputs (mat1 and mat2 shapes cannot be multiplied"),
+    ("features", "ignores_num_classes", "returns 10 logits per sample for 3 classes"),
+])
+def test_a_model_that_does_not_fit_the_data_is_named(capsys, data, model, message):
+    code = main(["predict", "--data", f"torch:datasets_for_tests:{data}", "--model", f"models_for_tests:{model}",
+                 "--classes", "3", "--per-class", "5", "--image-size", "16", "--steps", "5", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -17,13 +17,13 @@ import torch
 from .config import RunConfig
 from .device import model_device, resolve_device
 from .dynamics import Problem, Trajectory, mse_curve, spectral_projections
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .kernel import (Kernel, compute_kernel, factored_inverse_root_scale, fingerprint_data, fingerprint_model,
                      gradient_moments, inverse_root_scale, parameter_preconditioner, summed_outputs_kernel)
 from .intervals import model_interval, open_loop_margin, prediction_bin
 from .kernel.distributed import broadcast_value, is_main
 from .losses import residual
-from .network import BatchNormMode, batch_statistics_outputs, eval_mode, network_outputs
+from .network import BatchNormMode, batch_statistics_outputs, eval_mode, network_outputs, on_model
 from .predictors import predict_trajectory
 from .relinearize import Network
 from .runtime import preload_optimizers
@@ -89,7 +89,29 @@ def prepare(config: RunConfig) -> Task:
     full = None
     if m < n:
         full, data = data, class_balanced_subset(data, m)
-    return Task(config, data, model.to(resolve_device(config.device)), trained, full)
+    model = model.to(resolve_device(config.device))
+    check_model_takes_data(model, data, t)
+    return Task(config, data, model, trained, full)
+
+
+def check_model_takes_data(model: torch.nn.Module, data: Dataset, t) -> None:
+    """One forward pass on two training samples: a model that cannot take the data's inputs, or returns other than
+    ``(batch, classes)`` logits for the task's classes, is named here (``ModelError``), not deep in the kernel."""
+    x = data.x[:2]
+    what = (f"--model {t.model} on --data {t.data} (a batch of inputs of shape {tuple(x.shape)}, "
+            f"{data.num_classes} classes)")
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(on_model(model, x))
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{what}: the model cannot take these inputs ({first})") from exc
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"{what}: the model must return logits of shape (batch, classes); got {shape}")
+    if out.shape[1] != data.num_classes:
+        raise ModelError(f"{what}: the model returns {out.shape[1]} logits per sample for {data.num_classes} "
+                         "classes; its factory must build a head of num_classes outputs")
 
 
 def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=None, kernel_out=None,
