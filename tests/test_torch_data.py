@@ -160,3 +160,22 @@ def test_a_model_that_does_not_fit_the_data_is_named(capsys, data, model, messag
                  "--classes", "3", "--per-class", "5", "--image-size", "16", "--steps", "5", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_script_names_its_own_dataset_and_model(tmp_path):
+    """The README's script: `torch:__main__:train_set` and `__main__:make` are the running script's globals."""
+    import subprocess
+
+    script = tmp_path / "mine.py"
+    script.write_text(
+        "import torch\nfrom finetime import RunConfig, predict\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "train_set = [(torch.randn(6, generator=g) + (i % 3), i % 3) for i in range(60)]\n"
+        "def make(num_classes):\n    return torch.nn.Linear(6, num_classes)\n"
+        "cfg = RunConfig.from_dict({'data': 'torch:__main__:train_set', 'model': '__main__:make', 'classes': 'all',\n"
+        "                           'per_class': 'all', 'lr': 0.1, 'steps': 20})\n"
+        "d = predict(cfg).to_dict()\n"
+        "print(len(d['config']['train_indices']), d['config']['data_source'])\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "48 torch dataset __main__:train_set (48 train + 12 test items, a fifth held out)"
