@@ -84,3 +84,13 @@ class Lopsided(Features):
 
 
 lopsided = Lopsided()
+
+
+class Augmented(Features):
+    """Features with fresh noise on every read: a random transform."""
+
+    def __getitem__(self, i):
+        return self.x[i] + 0.1 * torch.randn(FEATURES), self.targets[i]
+
+
+augmented = Augmented(60)

@@ -179,3 +179,13 @@ def test_a_script_names_its_own_dataset_and_model(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "48 torch dataset __main__:train_set (48 train + 12 test items, a fifth held out)"
+
+
+def test_random_transforms_are_noted(capsys):
+    assert load_raw("torch:datasets_for_tests:features").notes == ()
+    raw = load_raw("torch:datasets_for_tests:augmented")
+    assert len(raw.notes) == 1 and "data augmentation" in raw.notes[0]
+    code = main(["predict", "--data", "torch:datasets_for_tests:augmented", "--model",
+                 "models_for_tests:linear_features", "--classes", "3", "--per-class", "6", "--steps", "10", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "\nnote:      the dataset's inputs change from one read to the next" in out

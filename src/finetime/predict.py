@@ -572,6 +572,7 @@ def _config_record(task: Task, kernel: Kernel) -> dict:
         "data_source": d.source,
         "inputs": d.inputs,
         "input_shape": list(d.x.shape[1:]),
+        "data_notes": list(d.notes),
         "sample_seed": task.config.task.seed,
         "train_indices": d.train_index,
         "test_indices": d.test_index,

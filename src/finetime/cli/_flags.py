@@ -250,8 +250,9 @@ def load_config_file(path: Path) -> dict:
         data["max_memory_gb"] = data.pop("max_memory")
     unknown = sorted(k for k in data if k not in fields)
     known = {k: v for k, v in data.items() if k in fields}
-    result_extras = {"chosen_classes", "data_source", "inputs", "input_shape", "sample_seed", "train_indices",
-                     "test_indices", "trained_parameters", "trained_weights", "kernel", "network_mode", "grid"}
+    result_extras = {"chosen_classes", "data_source", "inputs", "input_shape", "data_notes", "sample_seed",
+                     "train_indices", "test_indices", "trained_parameters", "trained_weights", "kernel", "network_mode",
+                     "grid"}
     unknown = [k for k in unknown if k not in result_extras]
     if unknown:
         raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")

@@ -52,6 +52,8 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
         inputs, f"inputs of shape {tuple(c.get('input_shape') or ())}")
     print(f"data       {n} {'samples' if inputs == 'tensors' else inputs}, {len(c['chosen_classes'])} classes "
           f"({', '.join(c['chosen_classes'])}), {shape}; {c['data_source']}", file=out)
+    for note in c.get("data_notes") or ():
+        print(f"note:      {note}", file=out)
     print(f"optimizer  {describe(c)}, {c['schedule']} schedule, {c['steps']} steps, {c['loss']} loss",
           file=out)
     summed = ", the sum-of-logits kernel x the identity" if km.get("outputs") == "sum" else ""

@@ -107,6 +107,8 @@ class RawImages:
     source: str
     train_index: np.ndarray | None = None
     test_index: np.ndarray | None = None
+    notes: tuple[str, ...] = ()
+    """What the user should know about this data (``zoo.torch_data``: random transforms)."""
 
     @property
     def is_text(self) -> bool:
@@ -128,6 +130,7 @@ class Dataset:
     train_index: list[int]
     test_index: list[int]
     inputs: str = "images"
+    notes: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -431,4 +434,4 @@ def sample_task(raw: RawImages, *, classes: int | str, per_class: int | str, tes
     orig = lambda index, sel: [int(index[i]) if index is not None else int(i) for i in sel]  # noqa: E731
     inputs = "texts" if raw.is_text else "tensors" if getattr(raw.train_x, "model_ready", False) else "images"
     return Dataset(x, y, x_test, y_test, [raw.class_names[c] for c in chosen], raw.source,
-                   orig(raw.train_index, tr_idx), orig(raw.test_index, te_idx), inputs)
+                   orig(raw.train_index, tr_idx), orig(raw.test_index, te_idx), inputs, raw.notes)

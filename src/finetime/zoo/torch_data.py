@@ -261,4 +261,24 @@ def load_torch_dataset(spec: str, size: int):
             return out
         pools = texts(train, tr_rows, "the dataset"), texts(te_ds, te_rows, test_name)
     counts = f"{len(tr_rows)} train + {len(te_rows)} test items" + ("" if test is not None else ", a fifth held out")
-    return RawImages(pools[0], ytr, pools[1], yte, names, f"torch dataset {spec} ({counts})", tr_rows, te_rows)
+    notes = () if _same_twice(train, int(tr_rows[0])) else (RANDOM_TRANSFORMS,)
+    return RawImages(pools[0], ytr, pools[1], yte, names, f"torch dataset {spec} ({counts})", tr_rows, te_rows,
+                     notes)
+
+
+RANDOM_TRANSFORMS = ("the dataset's inputs change from one read to the next (random transforms: data augmentation?); "
+                     "finetime predicts training on one draw of each sample, which real training with augmentation "
+                     "usually reaches later")
+"""The note a dataset whose items are random gets (``RawImages.notes``, printed by ``predict``)."""
+
+
+def _same_twice(ds, i: int) -> bool:
+    """Whether item ``i``'s input reads the same twice (``False`` for random transforms)."""
+    a, _ = _split(ds[i], f"the dataset item {i}")
+    b, _ = _split(ds[i], f"the dataset item {i}")
+    if isinstance(a, (torch.Tensor, np.ndarray)) and isinstance(b, (torch.Tensor, np.ndarray)):
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+        return a.shape == b.shape and bool(torch.equal(a, b))
+    if hasattr(a, "tobytes") and hasattr(b, "tobytes"):  # PIL images
+        return a.size == b.size and a.tobytes() == b.tobytes()
+    return a == b
