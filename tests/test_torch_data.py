@@ -189,3 +189,18 @@ def test_random_transforms_are_noted(capsys):
                  "models_for_tests:linear_features", "--classes", "3", "--per-class", "6", "--steps", "10", "--quiet"])
     out = capsys.readouterr().out
     assert code == 0 and "\nnote:      the dataset's inputs change from one read to the next" in out
+
+
+def test_inputs_that_would_not_fit_in_memory_are_refused_before_they_are_made(monkeypatch):
+    import finetime.zoo.data as data
+
+    monkeypatch.setattr(data, "free_memory", lambda: 100_000)
+    raw = load_raw("fashion-mnist-mini")
+    with pytest.raises(DataError, match=r"the 600 images at 64 px take about 0.1 GB .* take fewer"):
+        sample_task(raw, classes=3, per_class=200, image_size=64)  # 600 x 3 x 64 x 64 floats, twice: 59 MB
+    assert sample_task(raw, classes=3, per_class=2, image_size=8).x.shape == (6, 3, 8, 8)  # 6 KB fits
+    features = load_raw("torch:datasets_for_tests:features")
+    assert sample_task(features, classes=3, per_class="all").x.shape == (48, 6)  # 48 x 6 floats, twice: 2.3 KB
+    monkeypatch.setattr(data, "free_memory", lambda: 2_000)
+    with pytest.raises(DataError, match=r"the 48 inputs of shape \(6,\) take about"):
+        sample_task(features, classes=3, per_class="all")

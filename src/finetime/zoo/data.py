@@ -359,6 +359,30 @@ def load_raw(spec: str, image_size: int | None = None) -> RawImages:
     raise ConfigError(f"unknown dataset {spec!r}; choose one of: {', '.join(DATASETS)}")
 
 
+def free_memory() -> int:
+    """Bytes of memory available on this machine (``MemAvailable``; 4 GB where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
+        return info.get("MemAvailable", info["MemTotal"])
+    except (OSError, KeyError, ValueError, IndexError):
+        return 4 * 2**30
+
+
+INPUT_COPIES = 2
+"""Model inputs are made through a second copy of their size at most (the decoded pixels, the resized floats)."""
+
+
+def check_input_memory(count: int, sample_bytes: int, what: str) -> None:
+    """A ``DataError`` where ``count`` model inputs of ``sample_bytes`` each would not fit in the free memory, before
+    any is made (a whole dataset at a large ``--image-size`` would otherwise end in the out-of-memory killer)."""
+    need, free = INPUT_COPIES * count * sample_bytes, free_memory()
+    if need > free:
+        raise DataError(f"the {count} {what} take about {need / 2**30:.1f} GB to make into model inputs and this "
+                        f"machine has {free / 2**30:.1f} GB free: take fewer (--per-class, --classes, "
+                        "--test-per-class) or a smaller --image-size")
+
+
 def to_model_input(images: np.ndarray, image_size: int) -> torch.Tensor:
     """``uint8 (n, H, W[, 3])`` -> ``float32 (n, 3, S, S)`` normalized as ``(pixel - 127) / 128``."""
     x = torch.from_numpy(np.ascontiguousarray(images)).float()
@@ -427,6 +451,7 @@ def sample_task(raw: RawImages, *, classes: int | str, per_class: int | str, tes
         x = raw.train_x[tr_idx]
         x_test = raw.test_x[te_idx] if test_per_class else None
     else:
+        check_input_memory(len(tr_idx) + len(te_idx), 4 * 3 * image_size ** 2, f"images at {image_size} px")
         x = to_model_input(raw.train_x[tr_idx], image_size)
         x_test = to_model_input(raw.test_x[te_idx], image_size) if test_per_class else None
     y = torch.tensor([relabel[int(c)] for c in raw.train_y[tr_idx]])

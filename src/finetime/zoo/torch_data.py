@@ -180,9 +180,11 @@ class TensorPool:
         return len(self.rows)
 
     def __getitem__(self, index) -> torch.Tensor:
+        from .data import check_input_memory
+
         idx = np.atleast_1d(np.arange(len(self.rows))[index])
         out = []
-        for i in idx:
+        for k, i in enumerate(idx):
             where = f"{self.name} item {int(self.rows[i])}"
             x, _ = _split(self.ds[int(self.rows[i])], where)
             if _kind(x, where) != "tensor":
@@ -190,6 +192,8 @@ class TensorPool:
             t = torch.as_tensor(x).detach().to(torch.float32).cpu()
             if self.item_shape is None:
                 self.item_shape = tuple(t.shape)
+            if k == 0:
+                check_input_memory(len(idx), 4 * t.numel(), f"inputs of shape {tuple(t.shape)}")
             if tuple(t.shape) != self.item_shape:
                 raise DataError(f"{where} has shape {tuple(t.shape)}, other items {self.item_shape}: model-ready "
                                 "inputs must all have one shape")
