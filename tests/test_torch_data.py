@@ -204,3 +204,24 @@ def test_inputs_that_would_not_fit_in_memory_are_refused_before_they_are_made(mo
     monkeypatch.setattr(data, "free_memory", lambda: 2_000)
     with pytest.raises(DataError, match=r"the 48 inputs of shape \(6,\) take about"):
         sample_task(features, classes=3, per_class="all")
+
+
+def test_a_kernel_subset_needs_only_its_own_inputs_in_memory(monkeypatch):
+    """With --kernel-samples below the training set, predict makes the subset's inputs and the step timing's batches,
+    not the whole set's; validate, whose real run reads them all, is refused where they would not fit."""
+    import finetime.zoo.data as data
+    from finetime import predict
+
+    cfg = RunConfig.from_dict(dict(data="fashion-mnist-mini", model="models_for_tests:tiny_cnn", classes=3,
+                                   per_class=100, image_size=12, steps=10, batch_size=4, kernel_samples=30, runs=2))
+    monkeypatch.setattr(data, "free_memory", lambda: 500_000)  # 300 images at 12 px need 1 MB, 30 need 0.1 MB
+    pred = predict(cfg)
+    assert pred.task.data.x.shape == (30, 3, 12, 12) and pred.task.train_data.x.shape == (300, 3, 12, 12)
+    assert pred.to_dict()["config"]["input_shape"] == [3, 12, 12] and pred.seconds_per_step > 0
+    with pytest.raises(DataError, match="the 300 images at 12 px take about"):
+        validate(cfg)
+    monkeypatch.undo()
+    from finetime.subset import class_balanced_subset
+
+    every = sample_task(load_raw("fashion-mnist-mini"), classes=3, per_class=100, image_size=12, seed=0)
+    torch.testing.assert_close(pred.task.data.x, class_balanced_subset(every, 30).x)  # as when all are made

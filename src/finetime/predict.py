@@ -75,7 +75,8 @@ def prepare(config: RunConfig) -> Task:
                           f"{'a text' if encode is not None else 'not a text'} model")
     data = sample_task(raw, classes=t.classes, per_class=t.per_class, test_per_class=t.test_per_class,
                        image_size=t.image_size, seed=t.seed,
-                       encode_text=(lambda texts: encode(texts, t.max_length)) if encode is not None else None)
+                       encode_text=(lambda texts: encode(texts, t.max_length)) if encode is not None else None,
+                       lazy=True)  # inputs made below: a kernel subset's only, where it takes one
     n = data.x.shape[0]
     config.optimizer.check_dataset(n)
     if config.extrapolate_to and config.extrapolate_to <= n:
@@ -88,10 +89,19 @@ def prepare(config: RunConfig) -> Task:
     m = kernel_sample_count(config.kernel_samples, n, data.num_classes, config.optimizer.batch_size)
     full = None
     if m < n:
-        full, data = data, class_balanced_subset(data, m)
+        full, data = data, class_balanced_subset(data, m)  # the full set's inputs made when the step timing draws them
+    else:
+        data = materialized(data)
     model = model.to(resolve_device(config.device))
     check_model_takes_data(model, data, t)
     return Task(config, data, model, trained, full)
+
+
+def materialized(data: Dataset) -> Dataset:
+    """``data`` with every training input made (``zoo.LazyInputs``); ``data`` itself where they are."""
+    if isinstance(data.x, torch.Tensor):
+        return data
+    return dataclasses.replace(data, x=data.x.materialize())
 
 
 def check_model_takes_data(model: torch.nn.Module, data: Dataset, t) -> None:

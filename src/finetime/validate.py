@@ -17,7 +17,7 @@ from .batches import batch_plan
 from .config import Predictor, RunConfig
 from .dynamics import Trajectory
 from .finetune import RealRun, finetune
-from .predict import Prediction, curve_summary, predict, tolist, training_times
+from .predict import Prediction, curve_summary, materialized, predict, tolist, training_times
 from .first_steps import FirstSteps
 from .predictors import predict_trajectory, real_run_generator
 from .relinearize import end_refreshed
@@ -132,7 +132,7 @@ def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
     pred = predict(config, kernel_in=kernel_in, kernel_out=kernel_out, progress=progress, diagnostics=diagnostics)
     task, problem = pred.task, pred.problem
     opt = config.optimizer
-    data = task.train_data
+    data = materialized(task.train_data)  # real fine-tuning reads every input at every step
     n = data.x.shape[0]
     plan = batch_plan(n, opt, config.steps, 1, real_run_generator(config))
     replay = None

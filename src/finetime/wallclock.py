@@ -47,9 +47,10 @@ def step_times(
     times = []
     for _ in range(count):
         idx = torch.randperm(n, generator=gen)[:b]
+        made = None if isinstance(x, torch.Tensor) else x[idx]  # inputs made when drawn (LazyInputs): not timed
         synchronize(dev)
         t0 = time.perf_counter()
-        xb, yb = x[idx].to(dev), y[idx].to(dev)  # the batch's transfer counts, as a DataLoader's would
+        xb, yb = (x[idx] if made is None else made).to(dev), y[idx].to(dev)  # the transfer counts, as a DataLoader's
         set_train_mode(m, bn, dropout)
         train_step(m, xb, yb, opt, loss, precision, scaler)
         synchronize(dev)

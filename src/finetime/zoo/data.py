@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["Dataset", "RawImages", "LazyImages", "load_raw", "is_text_data", "sample_task", "to_model_input", "DATASETS"]
+__all__ = ["Dataset", "RawImages", "LazyImages", "LazyInputs", "load_raw", "is_text_data", "sample_task", "to_model_input", "DATASETS"]
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -383,6 +383,35 @@ def check_input_memory(count: int, sample_bytes: int, what: str) -> None:
                         "--test-per-class) or a smaller --image-size")
 
 
+class LazyInputs:
+    """A training set's model inputs made when indexed (``x[idx]`` is the tensor of those samples), for a task whose
+    kernel sees a subset: only the subset and the batches the step timing draws are made, so that a whole dataset
+    at a large ``--image-size`` need not fit in memory. ``shape`` is the tensor's it stands for;
+    ``materialize()`` makes every input (real fine-tuning)."""
+
+    def __init__(self, make: Callable[[np.ndarray], torch.Tensor], count: int, item_shape: tuple[int, ...],
+                 sample_bytes: int, what: str):
+        self.make, self.count, self.item_shape = make, count, tuple(item_shape)
+        self.sample_bytes, self.what = sample_bytes, what
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.count, *self.item_shape))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        rows = np.atleast_1d(np.arange(self.count)[index])
+        check_input_memory(len(rows), self.sample_bytes, self.what)
+        return self.make(rows)
+
+    def materialize(self) -> torch.Tensor:
+        return self[np.arange(self.count)]
+
+
 def to_model_input(images: np.ndarray, image_size: int) -> torch.Tensor:
     """``uint8 (n, H, W[, 3])`` -> ``float32 (n, 3, S, S)`` normalized as ``(pixel - 127) / 128``."""
     x = torch.from_numpy(np.ascontiguousarray(images)).float()
@@ -394,13 +423,14 @@ def to_model_input(images: np.ndarray, image_size: int) -> torch.Tensor:
 
 def sample_task(raw: RawImages, *, classes: int | str, per_class: int | str, test_per_class: int | str = 0,
                 image_size: int = 64, seed: int = 0,
-                encode_text: Callable[[list[str]], torch.Tensor] | None = None) -> Dataset:
+                encode_text: Callable[[list[str]], torch.Tensor] | None = None, lazy: bool = False) -> Dataset:
     """The paper's protocol: ``classes`` random classes, ``per_class`` random training samples of each; ``all`` takes
     every class (in label order) or every sample of a class (in a random order), so that the task can be a whole
     dataset, its classes of any sizes.
 
     Images become model inputs by ``to_model_input(image_size)``; texts by ``encode_text`` (the model's tokenizer,
-    applied to the training and test texts at once so that both have the same length)."""
+    applied to the training and test texts at once so that both have the same length). ``lazy``: the training
+    images (or a torch dataset's tensors) as ``LazyInputs``, made when indexed (``materialize`` makes them)."""
     available = np.unique(raw.train_y)
     every_class = classes == "all"
     if every_class:
@@ -448,11 +478,21 @@ def sample_task(raw: RawImages, *, classes: int | str, per_class: int | str, tes
         both = encode_text(list(raw.train_x[tr_idx]) + list(raw.test_x[te_idx]))
         x, x_test = both[: len(tr_idx)], (both[len(tr_idx) :] if test_per_class else None)
     elif getattr(raw.train_x, "model_ready", False):  # a torch dataset's own tensors, as they are
-        x = raw.train_x[tr_idx]
+        if lazy:
+            first = raw.train_x[tr_idx[:1]]
+            x = LazyInputs(lambda rows: raw.train_x[tr_idx[rows]], len(tr_idx), tuple(first.shape[1:]),
+                           4 * first[0].numel(), f"inputs of shape {tuple(first.shape[1:])}")
+        else:
+            x = raw.train_x[tr_idx]
         x_test = raw.test_x[te_idx] if test_per_class else None
     else:
-        check_input_memory(len(tr_idx) + len(te_idx), 4 * 3 * image_size ** 2, f"images at {image_size} px")
-        x = to_model_input(raw.train_x[tr_idx], image_size)
+        what, sample_bytes = f"images at {image_size} px", 4 * 3 * image_size ** 2
+        check_input_memory((0 if lazy else len(tr_idx)) + len(te_idx), sample_bytes, what)
+        if lazy:
+            x = LazyInputs(lambda rows: to_model_input(raw.train_x[tr_idx[rows]], image_size), len(tr_idx),
+                           (3, image_size, image_size), sample_bytes, what)
+        else:
+            x = to_model_input(raw.train_x[tr_idx], image_size)
         x_test = to_model_input(raw.test_x[te_idx], image_size) if test_per_class else None
     y = torch.tensor([relabel[int(c)] for c in raw.train_y[tr_idx]])
     y_test = torch.tensor([relabel[int(c)] for c in raw.test_y[te_idx]]) if test_per_class else None
