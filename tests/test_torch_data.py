@@ -225,3 +225,15 @@ def test_a_kernel_subset_needs_only_its_own_inputs_in_memory(monkeypatch):
 
     every = sample_task(load_raw("fashion-mnist-mini"), classes=3, per_class=100, image_size=12, seed=0)
     torch.testing.assert_close(pred.task.data.x, class_balanced_subset(every, 30).x)  # as when all are made
+
+
+def test_task_counts_take_all_numbers_and_numpy_integers():
+    import numpy as np
+
+    from finetime.config import TaskConfig
+
+    assert TaskConfig(classes=np.int64(3), per_class="7", test_per_class="all").per_class == 7
+    assert type(TaskConfig(classes=np.int64(3)).classes) is int
+    for bad in (2.5, True, "many"):
+        with pytest.raises(ConfigError, match="--classes must be a whole number or all"):
+            TaskConfig(classes=bad)

@@ -93,9 +93,10 @@ class TaskConfig:
     def __post_init__(self):
         for key in ALL_SETTINGS:
             value = getattr(self, key)
-            if isinstance(value, str) and value.strip().isdigit():
-                object.__setattr__(self, key, int(value))
-            elif value != "all" and (isinstance(value, bool) or not isinstance(value, int)):
+            if (isinstance(value, str) and value.strip().isdigit()) or \
+                    (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+                object.__setattr__(self, key, int(value))  # "20", or a numpy integer from a grid
+            elif value != "all":
                 raise ConfigError(f"--{key.replace('_', '-')} must be a whole number or all, got {value!r}")
         if self.max_length < 2:
             raise ConfigError(f"--max-length must be at least 2 tokens, got {self.max_length}")
