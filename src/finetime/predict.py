@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import RunConfig, TaskConfig
 from .device import model_device, resolve_device
 from .dynamics import Problem, Trajectory, mse_curve, spectral_projections
 from .errors import ConfigError, ModelError
@@ -104,7 +104,7 @@ def materialized(data: Dataset) -> Dataset:
     return dataclasses.replace(data, x=data.x.materialize())
 
 
-def check_model_takes_data(model: torch.nn.Module, data: Dataset, t) -> None:
+def check_model_takes_data(model: torch.nn.Module, data: Dataset, t: TaskConfig) -> None:
     """One forward pass on two training samples: a model that cannot take the data's inputs, or returns other than
     ``(batch, classes)`` logits for the task's classes, is named here (``ModelError``), not deep in the kernel."""
     x = data.x[:2]
