@@ -237,3 +237,9 @@ def test_task_counts_take_all_numbers_and_numpy_integers():
     for bad in (2.5, True, "many"):
         with pytest.raises(ConfigError, match="--classes must be a whole number or all"):
             TaskConfig(classes=bad)
+
+
+def test_a_columnar_dataset_gives_its_label_column():
+    raw = load_raw("torch:datasets_for_tests:columns")
+    assert raw.is_text and raw.class_names == ["0", "1"] and list(raw.train_y[:4]) == [0, 1, 0, 1]
+    assert dft.columns.row_reads == len(dft.columns) + 3  # texts, kind, determinism (twice); labels by column
