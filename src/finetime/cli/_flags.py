@@ -58,7 +58,9 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=_D["model"],
                    help="built-in model (efficientnet-lite0: ImageNet weights; minilm: all-MiniLM-L6-v2 text encoder; "
-                        "each with a new head), hf:PATH (a local Hugging Face encoder checkpoint, for text), or "
+                        "each with a new head), hf:PATH (a local Hugging Face checkpoint with a new head: a text "
+                        "encoder, or an image classifier such as ViT, ConvNeXt or ResNet, its images normalized as "
+                        "its preprocessor_config.json says), or "
                         "module.path:factory, called as factory(num_classes=K[, image_size=S][, seed=...]) "
                         "(default: %(default)s)")
     g.add_argument("--data", default=_D["data"],

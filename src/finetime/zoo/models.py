@@ -52,6 +52,11 @@ def build_model(spec: str, *, num_classes: int, image_size: int, seed: int = 0) 
     """Build the model named by ``--model`` (eval mode, float32, CPU)."""
     if spec == "efficientnet-lite0":
         return efficientnet_lite0(num_classes, image_size, seed).eval()
+    if spec.startswith("hf:"):
+        from .vision import hf_image_classifier, is_vision_checkpoint
+
+        if is_vision_checkpoint(spec[3:]):
+            return hf_image_classifier(spec[3:], num_classes, seed)
     if spec == "minilm" or spec.startswith("hf:"):
         from .text import hf_text_classifier, minilm_path
 
