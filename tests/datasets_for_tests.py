@@ -116,3 +116,6 @@ class Columns:
 
 
 columns = Columns()
+
+
+images_as_tensors = [(torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(i)), i % 2) for i in range(20)]

@@ -81,3 +81,14 @@ def test_the_cli_predicts_with_a_vision_checkpoint(capsys, resnet, tmp_path):
     (bad / "config.json").write_text(json.dumps({"model_type": "vit", "num_channels": 3}))
     with pytest.raises(ModelError, match="cannot load the image classifier"):
         build_model(f"hf:{bad}", num_classes=3, image_size=16)
+
+
+def test_a_torch_datasets_tensors_are_the_checkpoints_pixel_values(vit):
+    """Model-ready tensors (normalized by the user's own transform) reach the checkpoint unchanged."""
+    from finetime.predict import prepare
+
+    task = prepare(RunConfig.from_dict(dict(data="torch:datasets_for_tests:images_as_tensors", model=f"hf:{vit}",
+                                            classes=2, per_class=3, steps=5)))
+    assert task.model.normalize is False
+    x = task.data.x[:2]
+    torch.testing.assert_close(task.model(x), task.model.model(pixel_values=x).logits)

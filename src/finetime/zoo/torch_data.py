@@ -8,7 +8,8 @@ Items are ``(input, label)`` pairs (tuples or lists; further elements are ignore
 of ``LABEL_KEYS`` and the input under the first of ``INPUT_KEYS`` present. The kind of input is the first item's:
 
 * a floating-point tensor or array: **model-ready**, fed to the model as it is (every item the same shape and
-  finite; your transform decides size and normalization, ``--image-size`` does not apply);
+  finite; your transform decides size and normalization, ``--image-size`` does not apply; an ``hf:`` image
+  classifier takes them as its ``pixel_values``);
 * a PIL image, a ``uint8`` array ``(H, W)`` or ``(H, W, 3)``, or a ``uint8`` tensor ``(C, H, W)`` with ``C`` 1 or 3:
   an **image**, made square at ``--image-size`` (shorter side resized, centre crop) and normalized as the built-in
   images are;

@@ -51,12 +51,17 @@ class HFImageClassifier(nn.Module):
         last = [name for name, mod in self.named_modules() if isinstance(mod, nn.Linear)][-1]
         self.head_names = (f"{last}.weight", f"{last}.bias")
 
+    normalize = True
+    """Whether inputs are finetime's images, normalized here as the checkpoint expects; ``False`` for a torch
+    dataset's model-ready tensors, already ``pixel_values`` (``predict.prepare`` sets it)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pixels = (x * 128.0 + 127.0) / 255.0
         kwargs = {}
         if self.interpolates and self.native_size is not None and x.shape[-1] != self.native_size:
             kwargs["interpolate_pos_encoding"] = True
-        return self.model(pixel_values=(pixels - self.mean) / self.std, **kwargs).logits
+        if self.normalize:
+            x = ((x * 128.0 + 127.0) / 255.0 - self.mean) / self.std
+        return self.model(pixel_values=x, **kwargs).logits
 
 
 def hf_image_classifier(path: str | Path, num_classes: int, seed: int = 0) -> HFImageClassifier:
