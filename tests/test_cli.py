@@ -417,25 +417,13 @@ def test_adamw_flags_and_their_errors(capsys, tmp_path):
         assert code == 2 and msg in err, (args, err)
 
 
-def _tiny_hf_checkpoint(path):
-    """A random tiny BERT with a word-level tokenizer, saved as a Hugging Face checkpoint directory."""
-    transformers = pytest.importorskip("transformers")
-    import torch
-
-    words = ["good", "bad", "great", "awful", "tasty", "stale", "love", "hate", "it", "this"]
-    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
-    transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(str(path))
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=15, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=12, max_position_embeddings=16)
-    transformers.BertModel(cfg).save_pretrained(str(path))
-    return words
-
-
 def test_text_model_and_csv_data(capsys, tmp_path):
+    pytest.importorskip("transformers")
+    from checkpoints_for_tests import tiny_bert
+
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    words = _tiny_hf_checkpoint(ckpt)
+    words = tiny_bert(ckpt)
     rows = ["text,label"] + [f"{words[i % 10]} {words[(3 * i) % 10]} it,{'great' if i % 2 else 'other'}"
                              for i in range(40)]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")

@@ -14,28 +14,17 @@ from finetime.kernel import compute_kernel, jacobian_loop
 from finetime.zoo import build_model
 
 transformers = pytest.importorskip("transformers")
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+from checkpoints_for_tests import IMAGE_MEAN as MEAN, IMAGE_STD as STD, tiny_resnet, tiny_vit  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def vit(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vit")
-    cfg = transformers.ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=12, num_hidden_layers=2,
-                                 num_attention_heads=2, intermediate_size=20, num_labels=10)
-    torch.manual_seed(0)
-    transformers.ViTForImageClassification(cfg).save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": MEAN, "image_std": STD}))
-    return path
+    return tiny_vit(tmp_path_factory.mktemp("vit"))
 
 
 @pytest.fixture(scope="module")
 def resnet(tmp_path_factory):
-    path = tmp_path_factory.mktemp("resnet")
-    cfg = transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                                    layer_type="basic", num_labels=7)
-    torch.manual_seed(0)
-    transformers.ResNetForImageClassification(cfg).save_pretrained(path)
-    return path
+    return tiny_resnet(tmp_path_factory.mktemp("resnet"))
 
 
 def test_a_vision_checkpoint_gets_a_new_seeded_head_and_its_own_normalization(vit):

@@ -59,7 +59,8 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
     g.add_argument("--model", default=_D["model"],
                    help="built-in model (efficientnet-lite0: ImageNet weights; minilm: all-MiniLM-L6-v2 text encoder; "
                         "each with a new head), hf:PATH (a local Hugging Face checkpoint with a new head: a text "
-                        "encoder, or an image classifier such as ViT, ConvNeXt or ResNet, its images normalized as "
+                        "model as AutoModelForSequenceClassification, mean-pooled for a sentence-transformers "
+                        "checkpoint; or an image classifier such as ViT, ConvNeXt or ResNet, its images normalized as "
                         "its preprocessor_config.json says), or "
                         "module.path:factory, called as factory(num_classes=K[, image_size=S][, seed=...]) "
                         "(default: %(default)s)")

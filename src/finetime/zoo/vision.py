@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelError
-from .models import _init_head
+from .models import new_last_head
 
 __all__ = ["HFImageClassifier", "hf_image_classifier", "is_vision_checkpoint"]
 
@@ -37,7 +37,8 @@ def is_vision_checkpoint(path: str | Path) -> bool:
 
 
 class HFImageClassifier(nn.Module):
-    """A Hugging Face image classifier taking finetime's images ``(n, 3, S, S)``; returns its logits."""
+    """A Hugging Face image classifier taking finetime's images ``(n, 3, S, S)``; returns its logits. The head is its
+    last linear layer (``models.new_last_head``)."""
 
     def __init__(self, model: nn.Module, mean, std, source: str):
         super().__init__()
@@ -48,8 +49,6 @@ class HFImageClassifier(nn.Module):
         size = getattr(model.config, "image_size", None)
         self.native_size = size if isinstance(size, int) else None
         self.interpolates = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
-        last = [name for name, mod in self.named_modules() if isinstance(mod, nn.Linear)][-1]
-        self.head_names = (f"{last}.weight", f"{last}.bias")
 
     normalize = True
     """Whether inputs are finetime's images, normalized here as the checkpoint expects; ``False`` for a torch
@@ -85,10 +84,4 @@ def hf_image_classifier(path: str | Path, num_classes: int, seed: int = 0) -> HF
         mean, std = spec.get("image_mean", mean), spec.get("image_std", std)
     mean = [float(mean)] * 3 if isinstance(mean, (int, float)) else [float(v) for v in mean]
     std = [float(std)] * 3 if isinstance(std, (int, float)) else [float(v) for v in std]
-    wrapped = HFImageClassifier(model.float(), mean, std, str(path))
-    head = dict(wrapped.named_modules())[wrapped.head_names[0].rsplit(".", 1)[0]]
-    if head.out_features != num_classes:
-        raise ModelError(f"{path}: its last linear layer has {head.out_features} outputs, not the new head of "
-                         f"{num_classes} classes")
-    _init_head(head, torch.Generator().manual_seed(seed))
-    return wrapped.eval()
+    return new_last_head(HFImageClassifier(model.float(), mean, std, str(path)), num_classes, seed, str(path))
