@@ -62,3 +62,8 @@ def linear_features(num_classes):
 def ignores_num_classes(num_classes):
     """A factory whose head has 10 outputs whatever it is asked for."""
     return SoftmaxRegression(6, 10)
+
+
+torch.manual_seed(1)
+an_instance = SoftmaxRegression(6, 3)
+"""A model itself, not a factory (``--model models_for_tests:an_instance``, as a notebook's ``__main__:model``)."""

