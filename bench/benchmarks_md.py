@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/benchmarks_md.py
 
-Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{text_suite}}, {{text_kernel}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
+Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{text_suite}},
+{{text_trainer_suite}}, {{text_kernel}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
 {{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{online_relin_regimes}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}, {{scale}}, {{photos_suite}}
 (bench/results/photos.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
 {{photos_intervals}} (coverage on photos.jsonl of intervals fitted on the other suites), {{interpolation}} (kernels
@@ -82,6 +83,10 @@ def adamw_suite():
 
 def text_suite():
     return _suite("text")
+
+
+def text_trainer_suite():
+    return _suite("text_trainer")
 
 
 def photos_suite():
@@ -708,6 +713,7 @@ def adam_rule(r):
 def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
     for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
+                    ("text_trainer_suite", text_trainer_suite),
                     ("text_kernel", text_kernel), ("adam_rule", adam_rule), ("pntk", pntk), ("kernel", kernel), ("dynamics", dynamics),
                     ("extrapolation", extrapolation), ("testcurves", testcurves), ("online", online),
                     ("online_relin", online_relin), ("online_relin_regimes", online_relin_regimes), ("gpu", gpu), ("distributed", distributed),
