@@ -120,7 +120,9 @@ def hf_text_classifier(path: str | Path, num_classes: int, seed: int = 0,
         tokenizer = tf.AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the tokenizer in {path}: {exc}") from exc
-    if sequence if sequence is not None else not is_sentence_transformer(path):
+    if sequence is None:
+        sequence = not is_sentence_transformer(path)
+    if sequence:
         with torch.random.fork_rng(devices=[]):  # the layers the checkpoint lacks, drawn from the seed
             torch.manual_seed(seed)
             try:
