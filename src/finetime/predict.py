@@ -69,11 +69,10 @@ def prepare(config: RunConfig) -> Task:
     classes = len(np.unique(raw.train_y)) if t.classes == "all" else t.classes
     model = build_model(t.model, num_classes=classes, image_size=t.image_size, seed=t.seed)
     encode = getattr(model, "encode_text", None)
-    if getattr(raw.train_x, "model_ready", False) and hasattr(model, "normalize"):
+    if raw.inputs == "tensors" and hasattr(model, "normalize"):
         model.normalize = False  # a torch dataset's tensors are the model's inputs as they are
     if raw.is_text != (encode is not None):
-        held = "texts" if raw.is_text else "tensors" if getattr(raw.train_x, "model_ready", False) else "images"
-        raise ConfigError(f"--data {t.data} holds {held} but --model {t.model} is "
+        raise ConfigError(f"--data {t.data} holds {raw.inputs} but --model {t.model} is "
                           f"{'a text' if encode is not None else 'not a text'} model")
     data = sample_task(raw, classes=t.classes, per_class=t.per_class, test_per_class=t.test_per_class,
                        image_size=t.image_size, seed=t.seed,

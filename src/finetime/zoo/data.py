@@ -114,6 +114,11 @@ class RawImages:
     def is_text(self) -> bool:
         return self.train_x.dtype == object
 
+    @property
+    def inputs(self) -> str:
+        """``texts``, ``tensors`` (a torch dataset's model-ready inputs: ``torch_data.TensorPool``) or ``images``."""
+        return "texts" if self.is_text else "tensors" if getattr(self.train_x, "model_ready", False) else "images"
+
 
 @dataclasses.dataclass
 class Dataset:
@@ -477,7 +482,7 @@ def sample_task(raw: RawImages, *, classes: int | str, per_class: int | str, tes
     if raw.is_text:
         both = encode_text(list(raw.train_x[tr_idx]) + list(raw.test_x[te_idx]))
         x, x_test = both[: len(tr_idx)], (both[len(tr_idx) :] if test_per_class else None)
-    elif getattr(raw.train_x, "model_ready", False):  # a torch dataset's own tensors, as they are
+    elif raw.inputs == "tensors":  # a torch dataset's own tensors, as they are
         if lazy:
             first = raw.train_x[tr_idx[:1]]
             x = LazyInputs(lambda rows: raw.train_x[tr_idx[rows]], len(tr_idx), tuple(first.shape[1:]),
@@ -497,6 +502,5 @@ def sample_task(raw: RawImages, *, classes: int | str, per_class: int | str, tes
     y = torch.tensor([relabel[int(c)] for c in raw.train_y[tr_idx]])
     y_test = torch.tensor([relabel[int(c)] for c in raw.test_y[te_idx]]) if test_per_class else None
     orig = lambda index, sel: [int(index[i]) if index is not None else int(i) for i in sel]  # noqa: E731
-    inputs = "texts" if raw.is_text else "tensors" if getattr(raw.train_x, "model_ready", False) else "images"
     return Dataset(x, y, x_test, y_test, [raw.class_names[c] for c in chosen], raw.source,
-                   orig(raw.train_index, tr_idx), orig(raw.test_index, te_idx), inputs, raw.notes)
+                   orig(raw.train_index, tr_idx), orig(raw.test_index, te_idx), raw.inputs, raw.notes)
