@@ -18,7 +18,18 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["tune_allocator", "preload_optimizers", "ThreadChoice", "choose_threads", "configure_threads"]
+__all__ = ["free_memory", "tune_allocator", "preload_optimizers", "ThreadChoice", "choose_threads", "configure_threads"]
+
+
+def free_memory(default: int = 4 * 2**30) -> int:
+    """Bytes of memory available on this machine (``MemAvailable``, else ``MemTotal``, of ``/proc/meminfo``);
+    ``default`` where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
+        return info.get("MemAvailable", info["MemTotal"])
+    except (OSError, KeyError, ValueError, IndexError):
+        return default
 
 
 def tune_allocator() -> None:

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import KernelError, ModelError
 from ..network import eval_mode
+from ..runtime import free_memory
 from ._capture import Capture
 from ._factors import Factors
 from ._fallback import install_fallback_hooks, module_per_sample_grads
@@ -40,12 +41,8 @@ def available_memory(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.5)
-    try:
-        with open("/proc/meminfo") as fh:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
-        return int(info.get("MemAvailable", info["MemTotal"]) * 0.5)
-    except OSError:
-        return 4 * 2**30
+    free = free_memory(default=-1)
+    return 4 * 2**30 if free < 0 else int(free * 0.5)
 
 
 def _merge(a, b, c):

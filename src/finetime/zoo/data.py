@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
+from ..runtime import free_memory
 
 __all__ = ["Dataset", "RawImages", "LazyImages", "LazyInputs", "load_raw", "is_text_data", "sample_task", "to_model_input", "DATASETS"]
 
@@ -362,16 +363,6 @@ def load_raw(spec: str, image_size: int | None = None) -> RawImages:
 
         return load_torch_dataset(spec.split(":", 1)[1], size)
     raise ConfigError(f"unknown dataset {spec!r}; choose one of: {', '.join(DATASETS)}")
-
-
-def free_memory() -> int:
-    """Bytes of memory available on this machine (``MemAvailable``; 4 GB where it cannot be read)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
-        return info.get("MemAvailable", info["MemTotal"])
-    except (OSError, KeyError, ValueError, IndexError):
-        return 4 * 2**30
 
 
 INPUT_COPIES = 2
