@@ -11,8 +11,10 @@ import enum
 import torch
 import torch.nn as nn
 
+from .errors import ModelError
+
 __all__ = ["BatchNormMode", "set_train_mode", "eval_mode", "recalibrate_batchnorm", "network_outputs", "on_model",
-           "batch_statistics_outputs", "linear_head"]
+           "batch_statistics_outputs", "linear_head", "check_logits"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -51,6 +53,13 @@ def eval_mode(model: nn.Module):
         yield model
     finally:
         model.train(was)
+
+
+def check_logits(out, batch: int) -> None:
+    """A ``ModelError`` unless ``out`` is a ``(batch, classes)`` tensor of logits."""
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != batch:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"the model must return logits of shape (batch, classes); got {shape}")
 
 
 def on_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

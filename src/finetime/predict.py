@@ -23,7 +23,7 @@ from .kernel import (Kernel, compute_kernel, factored_inverse_root_scale, finger
 from .intervals import model_interval, open_loop_margin, prediction_bin
 from .kernel.distributed import broadcast_value, is_main
 from .losses import residual
-from .network import BatchNormMode, batch_statistics_outputs, eval_mode, network_outputs, on_model
+from .network import BatchNormMode, batch_statistics_outputs, check_logits, eval_mode, network_outputs, on_model
 from .predictors import predict_trajectory
 from .relinearize import Network
 from .runtime import preload_optimizers
@@ -117,9 +117,10 @@ def check_model_takes_data(model: torch.nn.Module, data: Dataset, t: TaskConfig)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{what}: the model cannot take these inputs ({first})") from exc
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"{what}: the model must return logits of shape (batch, classes); got {shape}")
+    try:
+        check_logits(out, x.shape[0])
+    except ModelError as exc:
+        raise ModelError(f"{what}: {exc}") from None
     if out.shape[1] != data.num_classes:
         raise ModelError(f"{what}: the model returns {out.shape[1]} logits per sample for {data.num_classes} "
                          "classes; its head must have one output per class (a factory is given num_classes)")

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from ..errors import KernelError, ModelError
-from ..network import eval_mode
+from ..network import check_logits, eval_mode
 from ..runtime import free_memory
 from ._capture import Capture
 from ._factors import Factors
@@ -69,9 +69,7 @@ def _forward(model, x, tracked, owners, scan=False, skip=frozenset()):
     finally:
         for h in handles:
             h.remove()
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"the model must return logits of shape (batch, classes); got {shape}")
+    check_logits(out, x.shape[0])
     if not torch.isfinite(out).all():
         raise ModelError("the model returns NaN/inf outputs at the pretrained weights; check the inputs")
     return out, cap, mrecs
