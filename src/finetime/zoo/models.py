@@ -31,10 +31,15 @@ def _init_head(linear: nn.Linear, generator: torch.Generator) -> None:
             linear.bias.uniform_(-bound, bound, generator=generator)
 
 
+def _last_linear(model: nn.Module) -> str | None:
+    """The name of ``model``'s last ``nn.Linear`` module (``None``: it has none)."""
+    return next((name for name, mod in reversed(list(model.named_modules())) if isinstance(mod, nn.Linear)), None)
+
+
 def new_last_head(model: nn.Module, num_classes: int, seed: int, source: str) -> nn.Module:
     """``model``'s last ``nn.Linear`` as its new head (a Hugging Face classifier's): checked to have ``num_classes``
     outputs, initialized from ``seed``, named in ``model.head_names``; the model in eval mode."""
-    last = [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)][-1]
+    last = _last_linear(model)
     head = dict(model.named_modules())[last]
     if head.out_features != num_classes:
         raise ModelError(f"{source}: its last linear layer has {head.out_features} outputs, not the new head of "
@@ -117,10 +122,7 @@ def head_parameters(model: nn.Module) -> list[str]:
     names = getattr(model, "head_names", None)
     if names:
         return list(names)
-    last = None
-    for mname, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
-            last = mname
+    last = _last_linear(model)
     if last is None:
         raise ModelError("cannot find the head: set model.head_names or end the model with an nn.Linear")
     return [f"{last}.{p}" for p, _ in dict(model.named_modules())[last].named_parameters(recurse=False)]
