@@ -1,6 +1,10 @@
 """Adam/AdamW: gradient moments and the preconditioned kernel against brute force; the function-space rule against
 real torch.optim where it is exact (the first update of full-batch Adam on a linear model)."""
 
+import copy
+import dataclasses
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -173,25 +177,37 @@ def test_rank_one_second_moments_factor_exactly():
     torch.testing.assert_close(p, 1 / v.sqrt(), rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("opt_cls,wd", [(Adam, 0.0), (AdamW, 0.0), (AdamW, 0.3)])
-def test_first_update_matches_torch(opt_cls, wd):
+@pytest.mark.parametrize("opt_cls,wd,clip", [(Adam, 0.0, None), (AdamW, 0.0, None), (AdamW, 0.3, None),
+                                             (AdamW, 0.3, 0.01)])
+def test_first_update_matches_torch(opt_cls, wd, clip):
     """Full batch, first step: v_hat = g^2 and m_hat = g, so Adam is exactly a diagonal preconditioner of the
-    moments at w0 (dense parameters: a linear model's bias, and one sample for the rank-one weight)."""
+    moments at w0 (dense parameters: a linear model's bias, and one sample for the rank-one weight). A clipped
+    gradient gives the same first update (Adam is blind to its scale), and the gradient's norm that clipping measures
+    is the kernel's ``g^T P g`` times ``norm_scale``, exactly at w0."""
+    from finetime.dynamics.exact import expected_gradient_square
+
     torch.manual_seed(3)
     n, d, c = 1, 4, 3
     x, y = torch.randn(n, d, dtype=torch.float64), torch.randint(0, c, (n,))
     model = nn.Linear(d, c).double()
-    opt = opt_cls(lr=0.05, weight_decay=wd, adam_eps=1e-12, betas=(0.8, 0.99))
+    opt = opt_cls(lr=0.05, weight_decay=wd, adam_eps=1e-12, betas=(0.8, 0.99), max_grad_norm=clip)
     with torch.no_grad():
         f0 = model(x)
     mom = gradient_moments(model, x, residual(f0, y, Loss.CE), full_squares=True)
-    scales = {k: inverse_root_scale(opt.second_moments(mom.mean[k], mom.sq[k], mom.n), mom.layout[k], opt.adam_eps)
-              for k in mom.mean}
+    v = {k: opt.second_moments(mom.mean[k], mom.sq[k], mom.n) for k in mom.mean}
+    scales = {k: inverse_root_scale(v[k], mom.layout[k], opt.adam_eps) for k in mom.mean}
     k = compute_kernel(model, x, scales=scales, with_jw0=bool(wd))
-    traj = simulate(Problem(k.theta, k.f0, y, Loss.CE, jw0=k.jw0), opt, steps=1)
+    problem = Problem(k.theta, k.f0, y, Loss.CE, jw0=k.jw0)
+    norm_scale = float(sum(t.sum() for t in v.values()) / expected_gradient_square(problem, k.f0.reshape(1, -1)))
+    traj = simulate(dataclasses.replace(problem, norm_scale=norm_scale), opt, steps=1)
     real = opt.torch_optimizer(model.parameters())
     loss = per_sample_loss(model(x), y, Loss.CE).mean()
     loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip is not None else math.inf)
+    q = expected_gradient_square(problem, k.f0.reshape(1, -1))
+    assert abs(norm_scale * float(q) - float(norm) ** 2) < 1e-9 * float(norm) ** 2
+    if clip is not None:
+        assert norm > 10 * clip  # it clips
     real.step()
     with torch.no_grad():
         after = per_sample_loss(model(x), y, Loss.CE).mean()
@@ -221,10 +237,11 @@ def test_adam_settings_and_linear_schedule():
         AdamW(lr=1e-3, betas=(0.9, 1.0))
 
 
-@pytest.mark.parametrize("opt_cls,wd,batch", [(AdamW, 0.05, 4), (Adam, 0.0, None)])
-def test_head_only_simulation_matches_real_adam(opt_cls, wd, batch):
+@pytest.mark.parametrize("opt_cls,wd,batch,clip", [(AdamW, 0.05, 4, None), (Adam, 0.0, None, None),
+                                                   (AdamW, 0.05, 4, 0.05), (Adam, 0.0, None, 0.05)])
+def test_head_only_simulation_matches_real_adam(opt_cls, wd, batch, clip):
     """A trained head on a frozen backbone: the weight-space simulator reproduces torch.optim.Adam/AdamW run by
-    run, schedule included."""
+    run, schedule and gradient clipping included."""
     from finetime.batches import batch_plan
     from finetime.dynamics import simulate_head
     from finetime.finetune import finetune
@@ -236,7 +253,7 @@ def test_head_only_simulation_matches_real_adam(opt_cls, wd, batch):
         p.requires_grad_(False)
     x, y = torch.randn(10, 5, dtype=torch.float64), torch.randint(0, 3, (10,))
     trained = ["2.weight", "2.bias"]
-    opt = opt_cls(lr=0.05, weight_decay=wd, batch_size=batch, schedule=Linear(warmup_steps=3))
+    opt = opt_cls(lr=0.05, weight_decay=wd, batch_size=batch, schedule=Linear(warmup_steps=3), max_grad_norm=clip)
     module, features = linear_head(model, trained, x)
     assert module is model[2] and features.shape == (10, 8)
     k = compute_kernel(model, x)
@@ -244,7 +261,11 @@ def test_head_only_simulation_matches_real_adam(opt_cls, wd, batch):
     plan = batch_plan(10, opt, 20, 1, torch.Generator().manual_seed(0)) if batch else None
     traj = simulate_head(problem, features, module.weight, module.bias, opt, 20, plan=plan)
     real_plan = plan if plan is not None else batch_plan(10, opt, 20, 1, torch.Generator())
+    untouched = copy.deepcopy(model)
     real = finetune(model, x, y, opt, 20, real_plan, params=trained)
     torch.testing.assert_close(traj.loss[0], real.loss, rtol=1e-10, atol=1e-12)
+    if clip is not None:  # the clip binds: without it the run is another one
+        free = finetune(untouched, x, y, dataclasses.replace(opt, max_grad_norm=None), 20, real_plan, params=trained)
+        assert (free.loss - real.loss).abs().max() > 1e-3
     assert real.loss[-1] < 0.8 * real.loss[0]
     assert linear_head(model, ["0.weight", "2.weight"], x) is None

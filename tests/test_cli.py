@@ -417,6 +417,28 @@ def test_adamw_flags_and_their_errors(capsys, tmp_path):
         assert code == 2 and msg in err, (args, err)
 
 
+def test_gradient_clipping_is_predicted_and_validated(capsys, tmp_path):
+    """--max-grad-norm: a trained head on a frozen backbone is its own linearization, so the clipped real run and
+    the prediction agree to float precision; SGD and AdamW on the whole network run; the paper's SDE refuses it."""
+    path = tmp_path / "v.json"
+    code, out, err = run(capsys, "validate", *FAST, "--freeze-backbone", "--lr", "0.5", "--momentum", "0.9",
+                         "--batch-size", "4", "--max-grad-norm", "0.05", "--json", str(path))
+    assert code == 0, err
+    assert "gradients clipped to norm 0.05" in out
+    r = json.loads(path.read_text())
+    assert r["config"]["max_grad_norm"] == 0.05
+    real, replay = r["actual"]["loss"], r["predicted"]["replay"]["loss"]
+    assert max(abs(a - b) / b for a, b in zip(real, replay)) < 1e-5
+    for args in (["--lr", "0.05", "--momentum", "0.9", "--batch-size", "4"],
+                 ["--optimizer", "adamw", "--lr", "1e-3", "--batch-size", "4", "--schedule", "linear"]):
+        code, out, err = run(capsys, "validate", *FAST, *args, "--max-grad-norm", "0.5")
+        assert code == 0, (args, err)
+    for args, msg in ((["--max-grad-norm", "0"], "--max-grad-norm must be a positive number"),
+                      (["--max-grad-norm", "1", "--predictor", "paper"], "does not model gradient clipping")):
+        code, _, err = run(capsys, "predict", *FAST, *args)
+        assert code == 2 and msg in err, (args, err)
+
+
 def test_text_model_and_csv_data(capsys, tmp_path):
     pytest.importorskip("transformers")
     from checkpoints_for_tests import tiny_bert

@@ -25,6 +25,9 @@ CONFIGS = {
     "warmup-constant": SGD(lr=0.4, schedule=Constant(warmup_steps=3)),
     "replacement": SGD(lr=0.3, batch_size=4, sampling="replacement"),
     "drop-last": SGD(lr=0.3, batch_size=4, drop_last=True),
+    "clip-gd": SGD(lr=0.5, max_grad_norm=0.1),
+    "clip-sgd-momentum": SGD(lr=0.1, momentum=0.8, batch_size=5, max_grad_norm=0.05),
+    "clip-weight-decay": SGD(lr=0.2, momentum=0.5, weight_decay=0.05, batch_size=4, max_grad_norm=0.1),
 }
 
 
@@ -62,7 +65,20 @@ def test_linear_model_matches_real_sgd(name, loss):
     torch.testing.assert_close(traj.test_loss[0], real.test_loss, rtol=1e-6, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["gd", "sgd-momentum", "weight-decay", "cosine-warmup"])
+@pytest.mark.parametrize("name", ["clip-gd", "clip-sgd-momentum"])
+def test_clipping_binds_in_the_clipped_configurations(name):
+    """The clipped configurations above clip: without clipping the same run's curve is another one."""
+    x, y, xt, yt = _data()
+    clipped = CONFIGS[name]
+    free = SGD(**{f: getattr(clipped, f) for f in ("lr", "momentum", "batch_size")})
+    curves = []
+    for opt in (clipped, free):
+        torch.manual_seed(0)
+        curves.append(_predict_and_train(SoftmaxRegression(5, 3).double(), x, y, xt, yt, opt, Loss.CE, 25)[1].loss)
+    assert (curves[0] - curves[1]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("name", ["gd", "sgd-momentum", "weight-decay", "cosine-warmup", "clip-sgd-momentum"])
 def test_frozen_backbone_with_trainable_head_matches_real_sgd(name):
     torch.manual_seed(1)
     g = torch.Generator().manual_seed(1)

@@ -483,7 +483,10 @@ def test_hugging_face_trainer_callback(tmp_path):
     trainer = transformers.Trainer(model=Linear(), args=args, train_dataset=ds)
     cb = FinetimeCallback.attach(trainer, Refiner(prior, steps=STEPS, thresholds=["eps=0.1", "eps=0.4"],
                                                  seconds_per_step=0.01, calibration=None))
-    trainer.train()
+    cb.refiner.predicted_config = {"max_grad_norm": 1.0}  # a prediction of a clipped run, for this unclipped one
+    with pytest.warns(UserWarning, match="this run does not clip its gradients, but the prediction assumed "
+                                         "--max-grad-norm 1"):
+        trainer.train()
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logged) == STEPS // 5
     # the Trainer's logged losses are the plain run's, averaged over each window of 5 steps
@@ -496,6 +499,18 @@ def test_hugging_face_trainer_callback(tmp_path):
     for key, th in est.thresholds.items():
         assert abs(th.step - int(steps_to_threshold(prior.unsqueeze(0), Threshold.parse(key))[0])) <= 1
     assert est.seconds_per_step_source == "observed"
+
+
+def test_clipping_mismatch_between_run_and_prediction_is_named():
+    prediction = {"predicted": {"loss": [1.0, 0.5, 0.2], "training_time": {}}, "config": {"max_grad_norm": None}}
+    r = Refiner.from_prediction(prediction, calibration=None)
+    with pytest.warns(UserWarning, match="clips its gradients to norm 1, but the prediction assumed no clipping: "
+                                         "predict with --max-grad-norm 1"):
+        r.check_clipping(1.0)
+    assert r.check_clipping(None) is None and r.check_clipping(0.0) is None  # the Trainer's 0: no clipping
+    r.predicted_config = {"max_grad_norm": 1.0}
+    assert r.check_clipping(1.0) is None
+    assert Refiner([1.0, 0.5], steps=1, calibration=None).check_clipping(1.0) is None  # no config: nothing known
 
 
 def test_lightning_callback(tmp_path):

@@ -34,21 +34,30 @@ def batch_loss(logits: torch.Tensor, y: torch.Tensor, loss: Loss) -> torch.Tenso
 
 
 def train_step(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, opt: torch.optim.Optimizer, loss: Loss,
-               precision: Precision | str = Precision.FP32, scaler=None) -> tuple[torch.Tensor, torch.Tensor]:
+               precision: Precision | str = Precision.FP32, scaler=None,
+               max_grad_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One real update on a batch already on the model's device: forward (under ``torch.autocast`` for bf16 / fp16;
-    the loss in the weights' dtype), backward (scaled by ``scaler`` for fp16), step. Returns ``(logits, loss)``."""
+    the loss in the weights' dtype), backward (scaled by ``scaler`` for fp16), the gradient of the optimizer's
+    parameters clipped to norm ``max_grad_norm`` (``clip_grad_norm_``, unscaled first for fp16), step. Returns
+    ``(logits, loss)``."""
     opt.zero_grad(set_to_none=True)
     with autocast(xb.device, precision):
         logits = model(xb)
     if Precision(precision) is not Precision.FP32:
         logits = logits.to(next(model.parameters()).dtype)
     lval = batch_loss(logits, yb, loss)
+    params = [p for g in opt.param_groups for p in g["params"]] if max_grad_norm is not None else None
     if scaler is not None:
         scaler.scale(lval).backward()
+        if params is not None:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(params, max_grad_norm)
         scaler.step(opt)
         scaler.update()
     else:
         lval.backward()
+        if params is not None:
+            nn.utils.clip_grad_norm_(params, max_grad_norm)
         opt.step()
     return logits, lval
 
@@ -161,7 +170,8 @@ def finetune(
         idx = plan.batch(0, t)
         t0 = time.perf_counter()
         set_train_mode(model, bn, dropout)
-        logits, lval = train_step(model, x[idx].to(dev), y[idx].to(dev), opt, loss, precision, scaler)
+        logits, lval = train_step(model, x[idx].to(dev), y[idx].to(dev), opt, loss, precision, scaler,
+                                  optimizer.max_grad_norm)
         sched.step()
         synchronize(dev)
         train_s += time.perf_counter() - t0

@@ -17,6 +17,7 @@ import torch
 from .config import RunConfig, TaskConfig
 from .device import model_device, resolve_device
 from .dynamics import Problem, Trajectory, mse_curve, spectral_projections
+from .dynamics.exact import expected_gradient_square
 from .errors import ConfigError, ModelError
 from .kernel import (Kernel, compute_kernel, factored_inverse_root_scale, fingerprint_data, fingerprint_model,
                      gradient_moments, inverse_root_scale, parameter_preconditioner, summed_outputs_kernel)
@@ -344,8 +345,26 @@ def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype | None = None,
     device = simulation_device(task, nc) if device is None else torch.device(device)
     cvt = lambda t: None if t is None else t.detach().to(device, dtype)  # noqa: E731
     lab = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return Problem(cvt(kernel.theta), cvt(kernel.f0), lab(d.y), task.config.loss, cvt(kernel.theta_test),
-                   cvt(kernel.f0_test), lab(d.y_test), cvt(kernel.jw0), cvt(kernel.jw0_test))
+    problem = Problem(cvt(kernel.theta), cvt(kernel.f0), lab(d.y), task.config.loss, cvt(kernel.theta_test),
+                      cvt(kernel.f0_test), lab(d.y_test), cvt(kernel.jw0), cvt(kernel.jw0_test))
+    opt = task.config.optimizer
+    if opt.max_grad_norm is None or not opt.preconditioned:
+        return problem
+    return dataclasses.replace(problem, norm_scale=clip_norm_scale(task, problem))
+
+
+def clip_norm_scale(task: Task, problem: Problem) -> float:
+    """``Problem.norm_scale`` of a preconditioned kernel ``J P J^T`` (Adam), for gradient clipping: the expected
+    squared norm of a batch gradient at ``w0`` (the sum of the minibatch second moments ``v0`` over the trained
+    weights) over its expected ``g^T P g`` under the kernel."""
+    opt = task.config.optimizer
+    if task.moments is None:
+        task.scales = preconditioner_scales(task)
+    v = second_moments(opt, task.moments, problem.n)
+    total = sum(float(parts[0].double().sum()) for parts in v.values())  # a factored one's row sums add up to it
+    noise = 0.0 if opt.is_full_batch(problem.n) else opt.minibatch_noise(problem.n)
+    q = float(expected_gradient_square(problem, problem.f0.reshape(1, -1), noise=noise))
+    return total / q if q > 0 and total > 0 else 1.0
 
 
 def thresholds(config: RunConfig) -> list[Threshold]:

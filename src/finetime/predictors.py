@@ -67,6 +67,9 @@ def _paper(problem, config, task, generator, plan) -> Trajectory:
     opt = config.optimizer
     if opt.name != "sgd":
         raise ConfigError(f"the paper's ODE/SDE predicts SGD only; use --predictor linear or adaptive for {opt.name}")
+    if opt.max_grad_norm is not None:
+        raise ConfigError("the paper's ODE/SDE does not model gradient clipping (--max-grad-norm); use --predictor "
+                          "linear or adaptive")
     if opt.is_full_batch(problem.n):
         return simulate_ode(problem, opt, config.steps)
     return simulate_sde(problem, opt, config.steps, runs=config.runs, generator=generator)

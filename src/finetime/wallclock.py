@@ -52,7 +52,7 @@ def step_times(
         t0 = time.perf_counter()
         xb, yb = (x[idx] if made is None else made).to(dev), y[idx].to(dev)  # the transfer counts, as a DataLoader's
         set_train_mode(m, bn, dropout)
-        train_step(m, xb, yb, opt, loss, precision, scaler)
+        train_step(m, xb, yb, opt, loss, precision, scaler, optimizer.max_grad_norm)
         synchronize(dev)
         times.append(time.perf_counter() - t0)
     return times

@@ -106,6 +106,9 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
     g.add_argument("--weight-decay", type=num("weight_decay", float), default=_D["weight_decay"],
                    help=f"weight decay: L2 for sgd, decoupled for adamw, not predicted for adam{many} "
                         "(default: %(default)s)")
+    g.add_argument("--max-grad-norm", type=float, default=None,
+                   help="clip each step's gradient to this norm, as clip_grad_norm_ and the Hugging Face Trainer's "
+                        "max_grad_norm (its default: 1.0) do (default: no clipping)")
     g.add_argument("--batch-size", type=num("batch_size", int), default=_D["batch_size"],
                    help=f"minibatch size; 0 for full-batch gradient descent{many} (default: %(default)s)")
     g.add_argument("--sampling", choices=[m.value for m in Sampling], default=_D["sampling"],

@@ -23,6 +23,9 @@ class Problem:
     * ``theta_test``: ``(M*C, N*C)`` cross-kernel ``J_test J^T``; ``f0_test`` ``(M, C)``; ``y_test`` ``(M,)``.
     * ``jw0`` / ``jw0_test``: ``J w0`` (``(N, C)`` / ``(M, C)``), the Jacobian-vector product with the pretrained
       weights as tangent; needed only with weight decay, since ``J w_t = J w0 + (f_t - f0)`` for the linear model.
+    * ``norm_scale``: a gradient's squared weight-space norm per unit of its squared norm in the kernel's metric,
+      ``|g|^2 / c^T theta c`` for ``g = J^T c`` (what gradient clipping measures): 1 for ``J J^T``; for a
+      preconditioned kernel ``J P J^T`` (Adam) an estimate at ``w0`` (``optim.adam``).
     """
 
     theta: torch.Tensor
@@ -34,6 +37,7 @@ class Problem:
     y_test: torch.Tensor | None = None
     jw0: torch.Tensor | None = None
     jw0_test: torch.Tensor | None = None
+    norm_scale: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "loss", Loss(self.loss))

@@ -5,7 +5,8 @@ every training (and test) sample by ``J g`` with ``g = J_B^T r_B / |B|``, i.e. b
 optimizer's own rule (``finetime.optim``: momentum, Nesterov, weight decay through ``J w_t = J w_0 + f_t - f_0``)
 then acts on these function-space gradients, so real training of the linearized model is reproduced exactly, batch
 by batch, without touching the weights. An ensemble of ``R`` batch orders runs vectorized: each step is one
-``embedding_bag`` over the kernel's rows.
+``embedding_bag`` over the kernel's rows. Gradient clipping is exact too: the batch gradient's squared norm is
+``|J^T c|^2 = c^T Theta c`` for its coefficient vector ``c``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from ._driver import solve
 from ._problem import Problem
 from ._trajectory import Trajectory, full_table, initial_outputs
 
-__all__ = ["simulate", "ExactStepper", "resolve_plan"]
+__all__ = ["simulate", "ExactStepper", "resolve_plan", "expected_gradient_square", "CLIP_EPS"]
+
+CLIP_EPS = 1e-6
+"""What ``torch.nn.utils.clip_grad_norm_`` adds to the norm: the factor is ``min(1, max_norm / (|g| + 1e-6))``."""
 
 
 class ExactStepper:
@@ -46,6 +50,7 @@ class ExactStepper:
             if problem.has_test:
                 self.jw0a = torch.cat([self.jw0a, problem.jw0_test.reshape(-1)])
         self.cls = torch.arange(problem.c, device=problem.device)
+        self.max_norm = optimizer.max_grad_norm
 
     def with_problem(self, problem: Problem) -> "ExactStepper":
         """The same optimizer, batch order and learning rates on another kernel (re-linearization)."""
@@ -73,28 +78,39 @@ class ExactStepper:
             fb = torch.gather(ftr, 1, idx.unsqueeze(-1).expand(-1, -1, c))
             coeff = (residual(fb, p.y[idx], p.loss) * w.unsqueeze(-1)).reshape(r_runs, -1)
             grad = F.embedding_bag(rows, self.table, per_sample_weights=coeff, mode="sum")
+        clip = None
+        if self.max_norm is not None:  # |g|^2 = c^T Theta c (times norm_scale for a preconditioned kernel)
+            sq = (grad[:, :nc] * coeff).sum(1) if rows is None else (torch.gather(grad, 1, rows) * coeff).sum(1)
+            clip = (self.max_norm / ((sq.clamp_min(0) * p.norm_scale).sqrt() + CLIP_EPS)).clamp(max=1.0)
+            grad, coeff = grad * clip.unsqueeze(1), coeff * clip.unsqueeze(1)
         e = None
         if state.a is not None or self.rule.needs_coeff:  # coefficient vector of this step's gradient (R, N*C)
             e = coeff if rows is None else fa.new_zeros(r_runs, nc).scatter_add_(1, rows, coeff)
         weights = lambda: self.jw0a + fa - self.f0a  # noqa: E731  (J w_t of the linear model)
-        return self.rule.step(state, grad, e, self.lrs[t], weights)
+        return self.rule.step(state, grad, e, self.lrs[t], weights, clip)
 
     def expected_gradient_square(self, state: FunctionState) -> torch.Tensor:
-        """Each run's expected ``c^T Theta c`` over the batches it may draw next (``c`` a batch's coefficient vector:
-        the squared norm of a batch gradient in the kernel's metric, Adam's ``g^T P g``), at its current outputs:
-        ``(1 - noise) |g_mean|^2 + noise * mean_i |g_i|^2`` with the optimizer's ``minibatch_noise`` (0 for full
-        batches), ``g_i`` the per-sample gradients. ``(R,)``."""
-        p = self.problem
-        n, c = p.n, p.c
-        nc = n * c
-        r = residual(state.f[:, :nc].view(-1, n, c), p.y, p.loss)  # (R, n, C)
-        theta = self.table[:, :nc]
-        flat = r.reshape(-1, nc)
-        mean_sq = ((flat @ theta) * flat).sum(1) / (n * n)
-        blocks = theta.reshape(n, c, n, c).diagonal(dim1=0, dim2=2)  # (C, C, n): each sample's own block
-        per_sample = torch.einsum("rni,ijn,rnj->r", r, blocks, r) / n
-        noise = 0.0 if self.plan is None else self.optimizer.minibatch_noise(n)
-        return (1 - noise) * mean_sq + noise * per_sample
+        """Each run's expected ``c^T Theta c`` over the batches it may draw next (``expected_gradient_square``) at
+        its current outputs. ``(R,)``."""
+        return expected_gradient_square(self.problem, state.f, self.table,
+                                        0.0 if self.plan is None else self.optimizer.minibatch_noise(self.problem.n))
+
+
+def expected_gradient_square(problem: Problem, f: torch.Tensor, table: torch.Tensor | None = None,
+                             noise: float = 0.0) -> torch.Tensor:
+    """The expected ``c^T Theta c`` of a batch gradient at outputs ``f`` (``(R, N*C [+ M*C])``; ``c`` a batch's
+    coefficient vector: the squared norm of a batch gradient in the kernel's metric, Adam's ``g^T P g``):
+    ``(1 - noise) |g_mean|^2 + noise * mean_i |g_i|^2``, ``g_i`` the per-sample gradients and ``noise`` the optimizer's
+    ``minibatch_noise`` (0 for full batches). ``table``: the kernel's rows (default: ``problem.theta``). ``(R,)``."""
+    n, c = problem.n, problem.c
+    nc = n * c
+    theta = (problem.theta if table is None else table)[:, :nc]
+    r = residual(f[:, :nc].reshape(-1, n, c), problem.y, problem.loss)  # (R, n, C)
+    flat = r.reshape(-1, nc)
+    mean_sq = ((flat @ theta) * flat).sum(1) / (n * n)
+    blocks = theta.reshape(n, c, n, c).diagonal(dim1=0, dim2=2)  # (C, C, n): each sample's own block
+    per_sample = torch.einsum("rni,ijn,rnj->r", r, blocks, r) / n
+    return (1 - noise) * mean_sq + noise * per_sample
 
 
 def resolve_plan(n: int, optimizer: Optimizer, steps: int, runs: int, generator, plan):

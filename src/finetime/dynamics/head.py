@@ -4,8 +4,8 @@ With a frozen backbone the network is ``f = phi W^T + b`` in its trained weights
 its kernel is already exact. Adam is not linear in the gradient, but the head is small (``C x d`` weights), so an
 ensemble of ``R`` runs is simulated directly: the weights of all runs are one ``(R, C, d)`` tensor trained by the
 optimizer's own ``torch.optim`` twin on the sum of the runs' batch losses (every ``torch.optim`` rule here acts weight
-by weight, so the runs stay independent), with the run's learning-rate schedule. This reproduces real training of
-the head to float precision (tests), at ``R (|B| + N) C d`` flops per step.
+by weight, so the runs stay independent), with the run's learning-rate schedule and each run's gradient clipped on its
+own. This reproduces real training of the head to float precision (tests), at ``R (|B| + N) C d`` flops per step.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..optim import FunctionState, Optimizer
 from ._driver import solve
 from ._problem import Problem
 from ._trajectory import Trajectory
-from .exact import resolve_plan
+from .exact import CLIP_EPS, resolve_plan
 
 __all__ = ["HeadStepper", "simulate_head"]
 
@@ -70,6 +70,12 @@ class HeadStepper:
         losses = per_sample_loss(logits, p.y[idx], p.loss)  # (R, b)
         s["opt"].zero_grad(set_to_none=True)
         (losses * weights).sum().backward()
+        if self.optimizer.max_grad_norm is not None:  # each run's own gradient clipped, as clip_grad_norm_ does
+            grads = [g.grad for g in (w, b) if g is not None]
+            sq = sum(g.reshape(runs, -1).pow(2).sum(1) for g in grads)
+            clip = (self.optimizer.max_grad_norm / (sq.sqrt() + CLIP_EPS)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(clip.view(-1, *([1] * (g.dim() - 1))))
         s["opt"].step()
         s["sched"].step()
         with torch.no_grad():

@@ -46,6 +46,7 @@ class FinetimeCallback(TrainerCallback):
         return cb
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.refiner.check_clipping(getattr(args, "max_grad_norm", None))
         self._t0 = time.perf_counter()
         self._last = state.global_step
 

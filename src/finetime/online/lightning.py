@@ -12,6 +12,7 @@ After every optimizer step (``on_train_batch_end``) the callback feeds the step'
 from __future__ import annotations
 
 import time
+import warnings
 
 try:
     from lightning.pytorch.callbacks import Callback
@@ -43,6 +44,12 @@ class FinetimeCallback(Callback):
         self._last = 0
 
     def on_train_start(self, trainer, pl_module):
+        clip = getattr(trainer, "gradient_clip_val", None)
+        if clip and str(getattr(trainer, "gradient_clip_algorithm", "norm")).lower().endswith("value"):
+            warnings.warn(f"this run clips its gradients by value ({clip:g}), which finetime does not predict "
+                          "(it predicts clipping by norm, --max-grad-norm, or none)", stacklevel=2)
+        else:
+            self.refiner.check_clipping(clip)
         self._t0 = time.perf_counter()
         self._last = trainer.global_step
 

@@ -261,6 +261,7 @@ class Refiner:
         # what the prediction printed (``training_time`` and ``loss``; set by from_prediction)
         self.predicted_times: dict | None = None
         self.predicted_loss: list | None = None
+        self.predicted_config: dict | None = None  # the prediction's flat settings
         start = loss0 if loss0 is not None else (float(self.prior.reshape(-1)[0]) if self.prior is not None else None)
         if start is not None:
             self.observe(0, start)
@@ -299,7 +300,26 @@ class Refiner:
         refiner.prediction = live
         refiner.predicted_times = pred.get("training_time") or None
         refiner.predicted_loss = pred["loss"]
+        refiner.predicted_config = prediction.get("config") or None
         return refiner
+
+    def check_clipping(self, max_grad_norm: float | None) -> str | None:
+        """Warn (and return the message) when the run clips its gradients otherwise than the prediction assumed:
+        ``max_grad_norm`` is the run's clipping norm (``None`` or ``<= 0``: none; the Hugging Face Trainer clips at
+        1.0 unless told otherwise). The refiner still fits the run's own losses; the open-loop prior is off."""
+        if self.predicted_config is None:
+            return None
+        assumed = self.predicted_config.get("max_grad_norm")
+        run = float(max_grad_norm) if max_grad_norm is not None and max_grad_norm > 0 else None
+        if assumed == run or (assumed is not None and run is not None and math.isclose(assumed, run)):
+            return None
+        said = "no clipping" if assumed is None else f"--max-grad-norm {assumed:g}"
+        does = "does not clip its gradients" if run is None else f"clips its gradients to norm {run:g}"
+        fix = "without --max-grad-norm" if run is None else f"with --max-grad-norm {run:g}"
+        msg = (f"this run {does}, but the prediction assumed {said}: predict {fix} for a prior of this run "
+               "(the refiner still fits the run's own losses)")
+        warnings.warn(msg, stacklevel=2)
+        return msg
 
     def observe(self, step: float, loss: float, *, seconds: float | None = None, window: int = 1) -> None:
         """Record the loss after ``step`` updates (``window`` > 1: a mean over the ``window`` steps ending at

@@ -36,6 +36,8 @@ def describe(c: dict, short: bool = False) -> str:
         parts.append("betas " + "/".join(f"{x:g}" for x in c["betas"]))
     if c.get("weight_decay"):
         parts.append(f"weight decay {c['weight_decay']:g}")
+    if c.get("max_grad_norm") is not None:
+        parts.append(f"gradients clipped to norm {c['max_grad_norm']:g}")
     return ", ".join(parts)
 
 

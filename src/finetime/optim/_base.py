@@ -71,7 +71,10 @@ class FunctionSpaceRule(Protocol):
     def init(self, f: torch.Tensor, nc: int, track: bool) -> FunctionState: ...
 
     def step(self, state: FunctionState, grad: torch.Tensor, coeff: torch.Tensor | None, lr: float,
-             weights) -> FunctionState: ...
+             weights, clip: torch.Tensor | None = None) -> FunctionState:
+        """``clip``: with gradient clipping, the factor ``(R,)`` each run's gradient was scaled by (``<= 1``), already
+        applied to ``grad`` and ``coeff``."""
+        ...
 
     def rebase(self, state: FunctionState, table: torch.Tensor) -> FunctionState:
         """The same weight-space optimizer state, expressed through a new kernel (``table``: the rows
@@ -94,6 +97,10 @@ class Optimizer:
     sampling: Sampling = Sampling.SHUFFLE
     drop_last: bool = False
     schedule: Schedule = Constant()
+    max_grad_norm: float | None = None
+    """Gradient clipping: each step's loss gradient (all trained weights together) is scaled to this norm when it is
+    larger (``torch.nn.utils.clip_grad_norm_`` before ``step()``, the Hugging Face Trainer's ``max_grad_norm``);
+    ``None``: no clipping."""
 
     def __post_init__(self):
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
@@ -103,6 +110,8 @@ class Optimizer:
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1 (or omitted for full-batch GD), got {self.batch_size!r}")
         object.__setattr__(self, "sampling", Sampling(self.sampling))
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ConfigError(f"--max-grad-norm must be a positive number, got {self.max_grad_norm!r}")
         w = self.schedule.warmup_steps
         if w < 0:
             raise ConfigError(f"warm-up steps must be >= 0, got {w}")

@@ -21,6 +21,12 @@ Adam is not linear in the gradient, so the kernel alone does not determine it. T
    ``Theta_P c_t``, bias-corrected, and ``f -= lr_t rho_t M_hat`` (minus ``lr_t weight_decay J w_t`` for AdamW, with
    ``J w_t = J w0 + f_t - f0`` as for SGD).
 
+Gradient clipping (``max_grad_norm``) scales each batch gradient by ``k_t = min(1, max_norm / |g_t|)`` before
+Adam sees it, so ``m`` and ``q`` take in ``k_t g_t`` while ``q_ref`` stays the unclipped level at ``w0`` that ``P``
+was measured at. The weight-space norm is not ``g^T P g``: ``|g_t|^2`` is taken as ``g_t^T P g_t`` times the ratio
+of the two at ``w0`` (``Problem.norm_scale``: the sum of ``v0`` over the expected ``g^T P g`` of a batch), i.e. the
+gradient's norm is assumed to shrink along the path as its ``P``-norm does.
+
 Left out: ``eps`` beside ``sqrt(v)`` beyond its role as a floor, per-weight changes of ``v`` other than one common
 factor, and Adam's L2 weight decay (its gradient term ``J P w`` is not available; use AdamW).
 
@@ -133,15 +139,16 @@ class _AdamRule:
         slots.update(mc=f.new_zeros(runs, nc), shrink=1.0)
         return FunctionState(f, slots, f.new_zeros(runs, nc))
 
-    def step(self, state, grad, coeff, lr, weights):
+    def step(self, state, grad, coeff, lr, weights, clip=None):
         s = state.slots
         s["t"] += 1
         s["tq"] += 1
         t = s["t"]
         nc = coeff.shape[1]
         q = (grad[:, :nc] * coeff).sum(1).clamp_min(0)  # g^T P g of each run's batch gradient
-        if s["q_ref"] is None:
-            s["q_ref"] = q.mean().clamp_min(torch.finfo(q.dtype).tiny)
+        if s["q_ref"] is None:  # the level P was measured at: the unclipped gradients of w0
+            q0 = q if clip is None else q / (clip * clip)
+            s["q_ref"] = q0.mean().clamp_min(torch.finfo(q.dtype).tiny)
         s["q"].mul_(self.b2).add_(q, alpha=1 - self.b2)
         q_hat = (s["q"] / (1 - self.b2 ** s["tq"])).clamp_min(torch.finfo(q.dtype).tiny)
         rho = (s["q_ref"] / q_hat).sqrt().unsqueeze(1)

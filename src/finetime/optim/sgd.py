@@ -74,7 +74,7 @@ class _SGDRule:
                 slots["alpha"] = f.new_zeros(runs, nc)
         return FunctionState(f, slots, f.new_zeros(runs, nc) if track else None)
 
-    def step(self, state, grad, coeff, lr, weights):
+    def step(self, state, grad, coeff, lr, weights, clip=None):
         if self.wd:
             if state.a is not None:
                 raise ValueError("coefficient tracking (re-linearization) does not support weight decay")
