@@ -5,7 +5,7 @@
 Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{text_suite}},
 {{text_trainer_suite}}, {{text_kernel}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
 {{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{online_relin_regimes}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}, {{scale}}, {{photos_suite}}
-(bench/results/photos.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
+(bench/results/photos.jsonl), {{clip_suite}} (bench/results/clip.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
 {{photos_intervals}} (coverage on photos.jsonl of intervals fitted on the other suites), {{interpolation}} (kernels
 interpolated between refreshes against stepwise ones, all four suites), {{momentum_interpolation}} (with momentum:
 stepwise, linear, geometric and the default, paper and photos suites), {{end_check}} (the end check on the cells whose
@@ -87,6 +87,10 @@ def text_suite():
 
 def text_trainer_suite():
     return _suite("text_trainer")
+
+
+def clip_suite():
+    return _suite("clip", ("adaptive", "adaptive-unclipped"), "predicted vs real training time, clipped gradients")
 
 
 def photos_suite():
@@ -713,7 +717,7 @@ def adam_rule(r):
 def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
     for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
-                    ("text_trainer_suite", text_trainer_suite),
+                    ("text_trainer_suite", text_trainer_suite), ("clip_suite", clip_suite),
                     ("text_kernel", text_kernel), ("adam_rule", adam_rule), ("pntk", pntk), ("kernel", kernel), ("dynamics", dynamics),
                     ("extrapolation", extrapolation), ("testcurves", testcurves), ("online", online),
                     ("online_relin", online_relin), ("online_relin_regimes", online_relin_regimes), ("gpu", gpu), ("distributed", distributed),

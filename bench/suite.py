@@ -124,12 +124,21 @@ wherever the check's loss gap is not zero (``--linearity-tol 1e-9``), on the cel
 check (``--end-tol 0``; the default before it), on the cells whose first check passes."""
 
 
+UNCLIPPED = "-unclipped"
+"""A predictor's name with this suffix predicts the cell as if its run did not clip its gradients (what the
+prediction without ``--max-grad-norm`` says of a clipped run): the baseline of the clipping suite."""
+
+
 def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:
-    """Each named predictor (``BENCH_PREDICTORS``) on this cell, from the task's kernel."""
+    """Each named predictor (``BENCH_PREDICTORS``, or one of them with ``UNCLIPPED``) on this cell, from the task's
+    kernel."""
     problem = problem_from(kernel, task)
     out = {}
     for name in names:
-        c = dataclasses.replace(cfg, predictor=BENCH_PREDICTORS[name])
+        base = name.removesuffix(UNCLIPPED)
+        c = dataclasses.replace(cfg, predictor=BENCH_PREDICTORS[base])
+        if base != name:
+            c = dataclasses.replace(c, optimizer=dataclasses.replace(c.optimizer, max_grad_norm=None))
         t0 = time.perf_counter()
         traj = predict_trajectory(problem, c, task)
         sim = time.perf_counter() - t0
