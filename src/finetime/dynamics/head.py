@@ -71,7 +71,7 @@ class HeadStepper:
         s["opt"].zero_grad(set_to_none=True)
         (losses * weights).sum().backward()
         if self.optimizer.max_grad_norm is not None:  # each run's own gradient clipped, as clip_grad_norm_ does
-            grads = [g.grad for g in (w, b) if g is not None]
+            grads = [param.grad for param in (w, b) if param is not None]
             sq = sum(g.reshape(runs, -1).pow(2).sum(1) for g in grads)
             clip = (self.optimizer.max_grad_norm / (sq.sqrt() + CLIP_EPS)).clamp(max=1.0)
             for g in grads:

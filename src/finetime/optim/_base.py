@@ -84,7 +84,8 @@ class FunctionSpaceRule(Protocol):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Optimizer:
-    """Settings every optimizer shares: learning rate, decoupled-or-not weight decay, batching, schedule.
+    """Settings every optimizer shares: learning rate, decoupled-or-not weight decay, batching, schedule, gradient
+    clipping.
 
     ``batch_size=None`` means full-batch gradient descent.
     """
