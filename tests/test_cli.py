@@ -427,6 +427,8 @@ def test_gradient_clipping_is_predicted_and_validated(capsys, tmp_path):
     assert "gradients clipped to norm 0.05" in out
     r = json.loads(path.read_text())
     assert r["config"]["max_grad_norm"] == 0.05
+    gn = r["predicted"]["gradient_norm_start"]
+    assert gn > 0.05 and f"a batch gradient's norm at the start is {gn:.3g}" in out and "clipped to 0.05" in out
     real, replay = r["actual"]["loss"], r["predicted"]["replay"]["loss"]
     assert max(abs(a - b) / b for a, b in zip(real, replay)) < 1e-5
     for args in (["--lr", "0.05", "--momentum", "0.9", "--batch-size", "4"],

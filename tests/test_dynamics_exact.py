@@ -78,6 +78,30 @@ def test_clipping_binds_in_the_clipped_configurations(name):
     assert (curves[0] - curves[1]).abs().max() > 1e-2
 
 
+def test_start_gradient_norm_is_the_real_one():
+    """Full batch: the norm clipping compares at the start is the real gradient's; for batches of 4, its root mean
+    square over every batch of 4 (drawn with replacement: independent samples)."""
+    from itertools import product
+
+    from finetime.predict import start_gradient_norm
+
+    x, y, _, _ = _data(n=6)
+    model = SoftmaxRegression(5, 3).double()
+    with torch.no_grad():
+        f0 = model(x)
+    problem = Problem(brute_force_ntk(model, x), f0, y, Loss.CE)
+
+    def norm_sq(idx):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[list(idx)]), y[list(idx)]).backward()
+        return sum(float((p.grad ** 2).sum()) for p in model.parameters())
+
+    assert start_gradient_norm(problem, SGD(lr=0.1)) == pytest.approx(math.sqrt(norm_sq(range(6))), rel=1e-9)
+    rms = math.sqrt(sum(norm_sq(b) for b in product(range(6), repeat=4)) / 6 ** 4)
+    got = start_gradient_norm(problem, SGD(lr=0.1, batch_size=4, sampling="replacement"))
+    assert got == pytest.approx(rms, rel=1e-9)
+
+
 @pytest.mark.parametrize("name", ["gd", "sgd-momentum", "weight-decay", "cosine-warmup", "clip-sgd-momentum"])
 def test_frozen_backbone_with_trainable_head_matches_real_sgd(name):
     torch.manual_seed(1)

@@ -362,9 +362,16 @@ def clip_norm_scale(task: Task, problem: Problem) -> float:
         task.scales = preconditioner_scales(task)
     v = second_moments(opt, task.moments, problem.n)
     total = sum(float(parts[0].double().sum()) for parts in v.values())  # a factored one's row sums add up to it
+    q = start_gradient_norm(problem, opt) ** 2  # norm_scale 1 here: the expected g^T P g
+    return total / q if q > 0 and total > 0 else 1.0
+
+
+def start_gradient_norm(problem: Problem, opt) -> float:
+    """The root-mean-square norm of a batch gradient at the pretrained weights, over the batches the run may draw
+    (``sqrt(norm_scale E[c^T Theta c])``): what gradient clipping compares with ``max_grad_norm`` at the start."""
     noise = 0.0 if opt.is_full_batch(problem.n) else opt.minibatch_noise(problem.n)
     q = float(expected_gradient_square(problem, problem.f0.reshape(1, -1), noise=noise))
-    return total / q if q > 0 and total > 0 else 1.0
+    return math.sqrt(max(q, 0.0) * problem.norm_scale)
 
 
 def thresholds(config: RunConfig) -> list[Threshold]:
@@ -487,6 +494,7 @@ class Prediction:
     subset: dict | None = None  # the kernel on a subset (--kernel-samples): finetime.subset.to_full_set's record
     diagnostics: dict | None = None
     runtime: dict | None = None
+    gradient_norm: float | None = None  # with clipping: a batch gradient's root-mean-square norm at w0
 
     @property
     def relinearization(self) -> dict | None:
@@ -531,6 +539,8 @@ class Prediction:
             "predictor": cfg.predictor_name,
             "preconditioned": cfg.optimizer.preconditioned,
         })
+        if self.gradient_norm is not None:
+            predicted["gradient_norm_start"] = round(self.gradient_norm, 6)
         if info:
             predicted["relinearization"] = info
         if first is not None:
@@ -560,6 +570,7 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
     t_kernel = time.perf_counter() - t0
     t1 = time.perf_counter()
     problem = problem_from(kernel, task)
+    grad_norm = start_gradient_norm(problem, config.optimizer) if config.optimizer.max_grad_norm is not None else None
     traj = predict_trajectory(problem, config, task)
     problem = problem.to(device="cpu")  # what follows reads the kernel beside the curves, which are on the CPU
     subset = None
@@ -582,7 +593,8 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
     cost = {"kernel": round(t_kernel, 3), "simulation": round(t_sim - t_relin - t_first, 3),
             "relinearization": round(t_relin, 3), "first_steps": round(t_first, 3), "step_timing": round(t_step, 3),
             "total": round(t_kernel + t_sim + t_step, 3)}
-    result = Prediction(config, task, kernel, problem, traj, times, sps, sharp, cost, subset=subset)
+    result = Prediction(config, task, kernel, problem, traj, times, sps, sharp, cost, subset=subset,
+                        gradient_norm=grad_norm)
     if config.extrapolate_to:
         result.extrapolated = extrapolated_times(problem, config, {k: v.to_dict() for k, v in times.items()})
     if diagnostics:

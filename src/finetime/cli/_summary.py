@@ -77,6 +77,11 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
               file=out)
     elif pr["diverged_fraction"] > 0:
         print(f"warning: {100 * pr['diverged_fraction']:.0f}% of simulated runs diverge", file=out)
+    gn, clip = pr.get("gradient_norm_start"), c.get("max_grad_norm")
+    if gn is not None and clip is not None:
+        print(f"clipping   a batch gradient's norm at the start is {gn:.3g} (root mean square over batches): "
+              + (f"clipped to {clip:g} (x{clip / gn:.2g})" if gn > clip else
+                 f"below {clip:g}, clipped only where the gradients grow"), file=out)
     rl = pr.get("relinearization")
     if rl:
         print(_fmt_relinearization(rl), file=out)

@@ -144,6 +144,14 @@ class Optimizer:
             return True
         return self.sampling is Sampling.SHUFFLE and self.batch_size >= n
 
+    def minibatch_noise(self, n: int) -> float:
+        """The variance of a minibatch's mean gradient over the per-sample variance, for batches drawn from ``n``
+        samples as the run draws them (0 for full batches)."""
+        b = n if self.batch_size is None else min(self.batch_size, n)
+        if self.sampling is Sampling.REPLACEMENT:
+            return 1.0 / b
+        return (n - b) / (b * max(n - 1, 1))
+
     def check_dataset(self, n: int) -> None:
         """Raise a ``ConfigError`` when the batch size cannot be used on ``n`` samples."""
         if self.batch_size is not None and self.batch_size > n:

@@ -49,7 +49,7 @@ import torch
 
 from ..errors import ConfigError
 from ..spectrum import max_stable_lr
-from ._base import FunctionState, Optimizer, Sampling
+from ._base import FunctionState, Optimizer
 
 __all__ = ["Adam", "AdamW"]
 
@@ -97,14 +97,6 @@ class Adam(Optimizer):
         draws them)."""
         var = (sq - mean * mean).clamp_min(0)
         return mean * mean + self.minibatch_noise(n) * var
-
-    def minibatch_noise(self, n: int) -> float:
-        """The variance of a minibatch's mean gradient over the per-sample variance, for batches drawn from ``n``
-        samples as the run draws them (0 for full batches)."""
-        b = n if self.batch_size is None else min(self.batch_size, n)
-        if self.sampling is Sampling.REPLACEMENT:
-            return 1.0 / b
-        return (n - b) / (b * max(n - 1, 1))
 
     def torch_optimizer(self, params) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if self.decoupled else torch.optim.Adam
