@@ -441,6 +441,23 @@ def test_gradient_clipping_is_predicted_and_validated(capsys, tmp_path):
         assert code == 2 and msg in err, (args, err)
 
 
+def test_validate_evaluates_the_real_curve_every_k_steps_on_a_subset(capsys, tmp_path):
+    """--eval-every / --eval-samples: the real loss at steps 0, 5, ..., 30 only, on 6 of the 12 samples (2 of each
+    class); its training times fall on those steps; the plot draws the evaluated points."""
+    path, png = tmp_path / "v.json", tmp_path / "v.png"
+    code, out, err = run(capsys, "validate", *FAST, "--lr", "0.05", "--batch-size", "4", "--eval-every", "5",
+                         "--eval-samples", "6", "--json", str(path), "--plot", str(png))
+    assert code == 0, err
+    assert "(the real loss evaluated every 5 steps (its training times late by less than 5) on 6 of the 12" in out
+    ac = json.loads(path.read_text())["actual"]
+    assert ac["eval_every"] == 5 and ac["eval_samples"] == 6
+    assert [t for t, v in enumerate(ac["loss"]) if v is not None] == list(range(0, 31, 5))
+    assert all(v["step"] is None or v["step"] % 5 == 0 for v in ac["training_time"].values())
+    assert png.stat().st_size > 0
+    code, _, err = run(capsys, "validate", *FAST, "--eval-every", "0")
+    assert code == 2 and "--eval-every must be a whole number >= 1" in err
+
+
 def test_text_model_and_csv_data(capsys, tmp_path):
     pytest.importorskip("transformers")
     from checkpoints_for_tests import tiny_bert

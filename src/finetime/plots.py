@@ -42,6 +42,13 @@ def _save(fig, path) -> Path:
     return Path(path)
 
 
+def _evaluated(steps: list, values: list) -> tuple[list, list]:
+    """The steps where a real curve has a value and those values (a curve evaluated every few steps is a line
+    through them, not points apart)."""
+    kept = [(t, v) for t, v in zip(steps, values) if v is not None and v == v]
+    return [t for t, _ in kept], [v for _, v in kept]
+
+
 def plot_validation(result: dict, path: str | Path) -> Path:
     """Predicted loss (mean and 5-95% band), the replay on the real batch order, and the real curve, with the
     training-time markers of each threshold; accuracy below."""
@@ -53,8 +60,9 @@ def plot_validation(result: dict, path: str | Path) -> Path:
     ax.plot(steps, _nan(pr["loss"]), color="C0", label="predicted (mean)")
     if "replay" in pr:
         ax.plot(steps, _nan(pr["replay"]["loss"]), color="C0", ls="--", lw=1, label="predicted, real batch order")
-    if ac is not None:
-        ax.plot(steps, _nan(ac["loss"]), color="C3", label="real fine-tuning")
+    if ac is not None:  # where it was evaluated (every step, or every --eval-every)
+        ax.plot(*_evaluated(steps, ac["loss"]), color="C3", label="real fine-tuning",
+                marker="." if ac.get("eval_every", 1) > 1 else None)
     for i, (key, v) in enumerate(pr["training_time"].items()):
         if v["step"] is not None:
             ax.axvline(v["step"], color="C0", ls=":", lw=0.8)
@@ -69,7 +77,7 @@ def plot_validation(result: dict, path: str | Path) -> Path:
     ax.set_title(f"{c['model']} on {task_size(c)}, {describe(c, short=True)}", fontsize=9)
     ax2.plot(steps, _nan(pr["accuracy"]), color="C0", label="predicted")
     if ac is not None:
-        ax2.plot(steps, _nan(ac["accuracy"]), color="C3", label="real")
+        ax2.plot(*_evaluated(steps, ac["accuracy"]), color="C3", label="real")
     ax2.set_ylabel("training accuracy")
     ax2.set_xlabel("step")
     ax2.legend(fontsize=8)

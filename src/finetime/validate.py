@@ -16,11 +16,13 @@ from typing import Callable
 from .batches import batch_plan
 from .config import Predictor, RunConfig
 from .dynamics import Trajectory
+from .errors import ConfigError
 from .finetune import RealRun, finetune
 from .predict import Prediction, curve_summary, materialized, predict, tolist, training_times
 from .first_steps import FirstSteps
 from .predictors import predict_trajectory, real_run_generator
 from .relinearize import end_refreshed
+from .subset import balanced_indices
 from .training_time import relative_error
 
 __all__ = ["Validation", "validate", "compare_times", "test_curve_errors", "replay_config"]
@@ -69,6 +71,8 @@ class Validation:
     prediction: Prediction
     real: RealRun
     replay: Trajectory | None
+    eval_every: int = 1  # the real curve evaluated every this many steps (and at T)
+    eval_samples: int | None = None  # on this many training samples (None: all)
 
     @property
     def cost_ratio(self) -> float:
@@ -94,6 +98,8 @@ class Validation:
             "seconds_per_step": round(real.train_seconds / max(1, cfg.steps if not real.diverged
                                                                 else real.diverged_at), 5),
             "diverged": real.diverged,
+            "eval_every": self.eval_every,
+            "eval_samples": self.eval_samples,
         }
         if real.test_loss is not None:
             actual["test_loss"], actual["test_accuracy"] = tolist(real.test_loss), tolist(real.test_accuracy)
@@ -127,8 +133,18 @@ def replay_config(config: RunConfig, info: dict | None) -> RunConfig:
 
 
 def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
-             progress: Callable[[str, int, int], None] | None = None, diagnostics: bool = False) -> Validation:
-    """Predict, then really fine-tune, and report both with their errors."""
+             progress: Callable[[str, int, int], None] | None = None, diagnostics: bool = False,
+             eval_every: int = 1, eval_samples: int | str = "all") -> Validation:
+    """Predict, then really fine-tune, and report both with their errors.
+
+    The real run's curve is the loss on the whole training set after every step, which on a large set costs more
+    than the training: ``eval_every=k`` evaluates it at steps ``0, k, 2k, ...`` and ``T`` only (its training times
+    are then late by less than ``k`` steps), ``eval_samples=m`` on ``m`` training samples in the classes' proportions
+    (an estimate of the whole set's mean loss)."""
+    if not (isinstance(eval_every, int) and eval_every >= 1):
+        raise ConfigError(f"--eval-every must be a whole number >= 1, got {eval_every!r}")
+    if eval_samples != "all" and not (isinstance(eval_samples, int) and eval_samples >= 1):
+        raise ConfigError(f"--eval-samples must be a whole number >= 1 or all, got {eval_samples!r}")
     pred = predict(config, kernel_in=kernel_in, kernel_out=kernel_out, progress=progress, diagnostics=diagnostics)
     task, problem = pred.task, pred.problem
     opt = config.optimizer
@@ -145,8 +161,12 @@ def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
             measured = FirstSteps.from_dict(info["first_steps"]) if "first_steps" in info else None
             replay = predict_trajectory(problem, replay_config(config, info or None), task, plan=plan,
                                         first_steps=measured)
+    evaluated = None
+    if eval_samples != "all" and eval_samples < n:
+        evaluated = balanced_indices(data.y, data.num_classes, eval_samples)
     real = finetune(task.model, data.x, data.y, opt, config.steps, plan, loss=config.loss,
                     params=task.trained, precision=config.precision, x_test=data.x_test, y_test=data.y_test,
-                    bn=config.task.bn,
+                    bn=config.task.bn, eval_every=eval_every, eval_samples=evaluated,
                     progress=(lambda d, t: progress("fine-tuning", d, t)) if progress else None)
-    return Validation(pred, real, replay)
+    return Validation(pred, real, replay, eval_every=eval_every,
+                      eval_samples=n if evaluated is None else len(evaluated))

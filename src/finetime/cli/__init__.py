@@ -17,7 +17,7 @@ from ..kernel.distributed import init_from_env, is_main, shutdown
 from ..progress import TerminalProgress
 from ..runtime import configure_threads, tune_allocator
 from ..sweep import SWEEPABLE
-from ._flags import add_run_flags, config_from_args, load_config_file
+from ._flags import _count_or_all, add_run_flags, config_from_args, load_config_file
 from ._outputs import check_outputs, write_outputs
 from ._summary import print_summary, print_sweep, print_validation
 
@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "linearity-check decision and its first real steps.")
     add_run_flags(pv)
     pv.add_argument("--plot", type=Path, help="write a PNG overlaying predicted band and real curve")
+    pv.add_argument("--eval-every", type=int, default=1, metavar="K",
+                    help="evaluate the real run's whole-training-set loss every K steps (and at the last) instead of "
+                         "after every step, which on a large set costs more than the training; its training times "
+                         "are then late by less than K steps (default: %(default)s)")
+    pv.add_argument("--eval-samples", type=_count_or_all, default="all", metavar="M",
+                    help="evaluate the real run's loss on M training samples, in the classes' proportions (an "
+                         "estimate of the whole set's mean loss), or all (default: %(default)s)")
     ps = sub.add_parser("sweep", help="predict a grid of optimizer settings from one kernel, ranked by time",
                         description="Compute (or load) the kernel once, predict every combination of the listed "
                                     "settings (" + ", ".join("--" + k.replace("_", "-") for k in SWEEPABLE)
@@ -134,7 +141,8 @@ def cmd_validate(args) -> int:
 
     cfg, threads = _start(args)
     val = validate(cfg, kernel_in=args.kernel_in, kernel_out=args.kernel_out, progress=TerminalProgress(args.quiet),
-                   diagnostics=args.report is not None or args.json is not None)
+                   diagnostics=args.report is not None or args.json is not None, eval_every=args.eval_every,
+                   eval_samples=args.eval_samples)
     val.prediction.runtime = _runtime(threads, val.prediction.task)
     result = val.to_dict()
     print_summary(result, threads=threads.describe())

@@ -34,8 +34,10 @@ def fmt_seconds(s: float) -> str:
     return f"{s:.3g} s"
 
 
-def _fmt_curve(curve: list, steps: int) -> str:
-    marks = sorted({0, steps // 6, steps // 3, steps // 2, (2 * steps) // 3, steps})
+def _fmt_curve(curve: list, steps: int, every: int = 1) -> str:
+    """The curve at six steps from 0 to ``steps`` (multiples of ``every``, where it was evaluated, and the last)."""
+    marks = sorted({min(steps, every * round(t / every))
+                    for t in (0, steps // 6, steps // 3, steps // 2, (2 * steps) // 3)} | {steps})
     return "  ".join(f"{t}: {curve[t]:.3f}" if curve[t] is not None else f"{t}: n/a" for t in marks)
 
 
@@ -194,7 +196,18 @@ def _fmt_relinearization(rl: dict) -> str:
 def print_validation(result: dict, out=None) -> None:
     out = out or sys.stdout
     c, pr, ac = result["config"], result["predicted"], result["actual"]
-    print(f"real training loss        {_fmt_curve(ac['loss'], c['steps'])}", file=out)
+    every = ac.get("eval_every", 1)
+    print(f"real training loss        {_fmt_curve(ac['loss'], c['steps'], every)}", file=out)
+    n = len(c["train_indices"]) if "train_indices" in c else None
+    part = ac.get("eval_samples")
+    if every > 1 or (part is not None and n is not None and part < n):
+        where = f" on {part} of the {n} training samples" if part is not None and n and part < n else ""
+        when = f" every {every} steps (its training times late by less than {every})" if every > 1 else ""
+        print(f"  (the real loss evaluated{when}{where})", file=out)
+    elif ac.get("eval_seconds", 0) > ac["train_seconds"]:
+        print(f"note: evaluating the real run's loss on the whole training set after every step took "
+              f"{fmt_seconds(ac['eval_seconds'])}, more than its training ({fmt_seconds(ac['train_seconds'])}); "
+              "--eval-every K and --eval-samples M make it cheaper", file=out)
     if ac["diverged"]:
         print("REAL RUN DIVERGED", file=out)
     print("training time (steps)     predicted   same order   real     error   real in the 90% interval", file=out)
