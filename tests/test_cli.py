@@ -458,6 +458,26 @@ def test_validate_evaluates_the_real_curve_every_k_steps_on_a_subset(capsys, tmp
     assert code == 2 and "--eval-every must be a whole number >= 1" in err
 
 
+@pytest.mark.parametrize("opt", [["--lr", "0.5", "--momentum", "0.9"],
+                                 ["--optimizer", "adamw", "--lr", "0.05", "--weight-decay", "0.01"]])
+def test_label_smoothing_is_predicted_exactly_on_a_trained_head(capsys, tmp_path, opt):
+    """--label-smoothing: the loss curves are of the smoothed cross-entropy, and on a frozen backbone the prediction
+    replays the real run to float precision (SGD in function space, AdamW on the head's weights)."""
+    path = tmp_path / "v.json"
+    code, out, err = run(capsys, "validate", *FAST, "--freeze-backbone", *opt, "--batch-size", "4",
+                         "--label-smoothing", "0.2", "--json", str(path))
+    assert code == 0, err
+    assert "ce loss with label smoothing 0.2" in out
+    r = json.loads(path.read_text())
+    assert r["config"]["label_smoothing"] == 0.2
+    real, replay = r["actual"]["loss"], r["predicted"]["replay"]["loss"]
+    assert max(abs(a - b) / b for a, b in zip(real, replay)) < 1e-5
+    for args, msg in ((["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+                      (["--loss", "mse", "--label-smoothing", "0.1"], "not to mse")):
+        code, _, err = run(capsys, "predict", *FAST, *args)
+        assert code == 2 and msg in err, (args, err)
+
+
 def test_text_model_and_csv_data(capsys, tmp_path):
     pytest.importorskip("transformers")
     from checkpoints_for_tests import tiny_bert

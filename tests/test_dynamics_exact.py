@@ -9,7 +9,7 @@ from finetime.batches import batch_plan
 from finetime.dynamics import Problem, simulate
 from finetime.finetune import finetune
 from finetime.kernel import brute_force_ntk, jacobian_weight_product
-from finetime.losses import Loss
+from finetime.losses import Loss, LossSpec
 from finetime.optim import SGD, Constant, Cosine, StepDecay
 from models_for_tests import SmallConvNet, SoftmaxRegression
 
@@ -54,7 +54,7 @@ def _predict_and_train(model, x, y, xt, yt, sgd, loss, steps, names=None):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-@pytest.mark.parametrize("loss", [Loss.CE, Loss.MSE])
+@pytest.mark.parametrize("loss", [Loss.CE, Loss.MSE, LossSpec(Loss.CE, 0.1)])
 def test_linear_model_matches_real_sgd(name, loss):
     torch.manual_seed(0)
     x, y, xt, yt = _data()

@@ -3,11 +3,16 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from finetime.losses import Loss, accuracy, per_sample_loss, residual
+import pytest
+
+from finetime.errors import ConfigError
+from finetime.losses import Loss, LossSpec, accuracy, per_sample_loss, residual
+
+LOSSES = [*Loss, LossSpec(Loss.CE, 0.1), LossSpec(Loss.CE, 0.5)]
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 7), c=st.integers(2, 6), seed=st.integers(0, 1000), loss=st.sampled_from(list(Loss)))
+@given(n=st.integers(1, 7), c=st.integers(2, 6), seed=st.integers(0, 1000), loss=st.sampled_from(LOSSES))
 def test_residual_is_gradient_of_per_sample_loss(n, c, seed, loss):
     g = torch.Generator().manual_seed(seed)
     f = torch.randn(n, c, generator=g, dtype=torch.float64, requires_grad=True)
@@ -22,6 +27,18 @@ def test_mean_loss_matches_torch():
     y = torch.randint(0, 4, (9,), generator=g)
     torch.testing.assert_close(per_sample_loss(f, y, Loss.CE).mean(), F.cross_entropy(f, y))
     torch.testing.assert_close(per_sample_loss(f, y, Loss.MSE).mean(), F.mse_loss(f, F.one_hot(y, 4).double()))
+    for a in (0.1, 0.3):
+        torch.testing.assert_close(per_sample_loss(f, y, LossSpec(Loss.CE, a)).mean(),
+                                   F.cross_entropy(f, y, label_smoothing=a))
+
+
+def test_label_smoothing_settings_are_checked():
+    assert LossSpec(Loss.CE, 0.0) == LossSpec("ce")
+    for a in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="must be in"):
+            LossSpec(Loss.CE, a)
+    with pytest.raises(ConfigError, match="not to mse"):
+        LossSpec(Loss.MSE, 0.1)
 
 
 def test_batched_leading_dims_and_accuracy():
@@ -37,7 +54,7 @@ def test_mean_loss_and_accuracy_match_separate_functions():
     g = torch.Generator().manual_seed(1)
     f = torch.randn(3, 8, 4, generator=g, dtype=torch.float64)
     y = torch.randint(0, 4, (8,), generator=g)
-    for loss in Loss:
+    for loss in LOSSES:
         lo, ac = mean_loss_and_accuracy(f, y, loss)
         torch.testing.assert_close(lo, per_sample_loss(f, y, loss).mean(-1))
         torch.testing.assert_close(ac, accuracy(f, y))

@@ -484,8 +484,8 @@ def test_hugging_face_trainer_callback(tmp_path):
     cb = FinetimeCallback.attach(trainer, Refiner(prior, steps=STEPS, thresholds=["eps=0.1", "eps=0.4"],
                                                  seconds_per_step=0.01, calibration=None))
     cb.refiner.predicted_config = {"max_grad_norm": 1.0}  # a prediction of a clipped run, for this unclipped one
-    with pytest.warns(UserWarning, match="this run does not clip its gradients, but the prediction assumed "
-                                         "--max-grad-norm 1"):
+    with pytest.warns(UserWarning, match="this run has no clipping, but the prediction assumed gradients clipped "
+                                         "to norm 1: predict without --max-grad-norm"):
         trainer.train()
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logged) == STEPS // 5
@@ -504,9 +504,13 @@ def test_hugging_face_trainer_callback(tmp_path):
 def test_clipping_mismatch_between_run_and_prediction_is_named():
     prediction = {"predicted": {"loss": [1.0, 0.5, 0.2], "training_time": {}}, "config": {"max_grad_norm": None}}
     r = Refiner.from_prediction(prediction, calibration=None)
-    with pytest.warns(UserWarning, match="clips its gradients to norm 1, but the prediction assumed no clipping: "
+    with pytest.warns(UserWarning, match="has gradients clipped to norm 1, but the prediction assumed no clipping: "
                                          "predict with --max-grad-norm 1"):
         r.check_clipping(1.0)
+    assert r.check_label_smoothing(0.0) is None and r.check_label_smoothing(None) is None  # absent key: none
+    with pytest.warns(UserWarning, match="has label smoothing 0.1, but the prediction assumed no label smoothing: "
+                                         "predict with --label-smoothing 0.1"):
+        r.check_label_smoothing(0.1)
     assert r.check_clipping(None) is None and r.check_clipping(0.0) is None  # the Trainer's 0: no clipping
     r.predicted_config = {"max_grad_norm": 1.0}
     assert r.check_clipping(1.0) is None

@@ -13,7 +13,7 @@ import numbers
 from .device import Precision, check_device_spec
 from .errors import ConfigError
 from .kernel.projection import KernelMethod
-from .losses import Loss
+from .losses import Loss, LossSpec
 from .network import BatchNormMode
 from .optim import OPTIMIZERS, SCHEDULES, SGD, Optimizer, Sampling, StepDecay
 
@@ -314,6 +314,7 @@ class RunConfig:
     optimizer: Optimizer = SGD(lr=1e-3)
     steps: int = 150
     loss: Loss = Loss.CE
+    label_smoothing: float = 0.0  # cross-entropy against (1 - a) onehot + a / C (the run's label smoothing)
     target_loss: tuple[float, ...] = ()
     epsilon: tuple[float, ...] = (0.01, 0.1, 0.4)
     runs: int = 32
@@ -338,6 +339,8 @@ class RunConfig:
             object.__setattr__(self, "loss", Loss(self.loss))
         except ValueError:
             bad(f"--loss must be ce or mse, got {self.loss!r}")
+        object.__setattr__(self, "label_smoothing", float(self.label_smoothing))
+        LossSpec(self.loss, self.label_smoothing)  # its checks
         object.__setattr__(self, "epsilon", tuple(float(e) for e in self.epsilon))
         object.__setattr__(self, "target_loss", tuple(float(t) for t in self.target_loss))
         if self.steps < 1:
@@ -400,6 +403,12 @@ class RunConfig:
             return "linear"
         return next((k for k, v in PRESETS.items() if v == p), "custom")
 
+    @property
+    def objective(self) -> "Loss | LossSpec":
+        """The training loss with its settings, as the loss functions (``finetime.losses``) take it: the plain
+        ``loss`` without label smoothing."""
+        return LossSpec(self.loss, self.label_smoothing) if self.label_smoothing else self.loss
+
     # ------------------------------------------------------------------------------------------- flat form
     def to_dict(self) -> dict:
         """The flat, JSON-ready settings (the ``config`` section of results; the CLI's flag names)."""
@@ -417,7 +426,7 @@ class RunConfig:
         d["warmup_steps"] = sched.warmup_steps
         d["step_size"] = sched.step_size if isinstance(sched, StepDecay) else StepDecay().step_size
         d["gamma"] = sched.gamma if isinstance(sched, StepDecay) else StepDecay().gamma
-        d.update(steps=self.steps, loss=self.loss.value, target_loss=self.target_loss, epsilon=self.epsilon,
+        d.update(steps=self.steps, loss=self.loss.value, label_smoothing=self.label_smoothing, target_loss=self.target_loss, epsilon=self.epsilon,
                  runs=self.runs, extrapolate_to=self.extrapolate_to, kernel_samples=self.kernel_samples,
                  device=self.device,
                  precision=self.precision.value)
@@ -434,7 +443,7 @@ class RunConfig:
     def flat_keys(cls) -> set[str]:
         """Every key ``from_dict`` accepts, for every optimizer."""
         keys = set(_TASK) | set(_SCHEDULE_KEYS) | set(_KERNEL) | set(_PREDICTOR) | {
-            "optimizer", "steps", "loss", "target_loss", "epsilon", "runs", "extrapolate_to", "kernel_samples", "device",
+            "optimizer", "steps", "loss", "label_smoothing", "target_loss", "epsilon", "runs", "extrapolate_to", "kernel_samples", "device",
             "precision"}
         for opt in OPTIMIZERS.values():
             keys |= {f.name for f in dataclasses.fields(opt)} - {"schedule"}
@@ -498,6 +507,7 @@ class RunConfig:
         predictor = PredictorConfig(**{name: d.get(flat, getattr(base, name)) for flat, name in _PREDICTOR.items()
                                        if flat != "predictor"}, kind=base.kind)
         return cls(task=task, optimizer=optimizer, steps=get("steps"), loss=get("loss"),
+                   label_smoothing=get("label_smoothing"),
                    target_loss=get("target_loss"), epsilon=get("epsilon"), runs=get("runs"), kernel=kernel,
                    predictor=predictor, extrapolate_to=get("extrapolate_to"), kernel_samples=get("kernel_samples"),
                    device=get("device"),

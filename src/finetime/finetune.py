@@ -19,17 +19,18 @@ import torch.nn as nn
 from .batches import BatchPlan
 from .device import Precision, autocast, grad_scaler, model_device, synchronize
 from .errors import ConfigError
-from .losses import Loss, accuracy, one_hot
+from .losses import Loss, LossSpec, accuracy, loss_spec, one_hot
 from .network import BatchNormMode, network_outputs, set_train_mode
 from .optim import Optimizer
 from .training_time import DIVERGENCE_FACTOR
 
 __all__ = ["RealRun", "finetune", "batch_loss", "train_step"]
 
-def batch_loss(logits: torch.Tensor, y: torch.Tensor, loss: Loss) -> torch.Tensor:
+def batch_loss(logits: torch.Tensor, y: torch.Tensor, loss: "Loss | LossSpec") -> torch.Tensor:
     """Mean loss over a batch (the same definition as ``losses.per_sample_loss``)."""
-    if Loss(loss) is Loss.CE:
-        return nn.functional.cross_entropy(logits, y)
+    spec = loss_spec(loss)
+    if spec.kind is Loss.CE:
+        return nn.functional.cross_entropy(logits, y, label_smoothing=spec.label_smoothing)
     return nn.functional.mse_loss(logits, one_hot(y, logits.shape[1], logits.dtype))
 
 

@@ -95,7 +95,7 @@ def run_first_steps(task, config, steps: int, eval_samples: int | None = None) -
     plan = batch_plan(n, config.optimizer, config.steps, 1, first_steps_generator(config))
     subset = balanced_indices(d.y, d.num_classes, eval_samples) if eval_samples and n > eval_samples else None
     model = copy.deepcopy(task.model)
-    run = finetune(model, d.x, d.y, config.optimizer, config.steps, plan, loss=config.loss, params=task.trained,
+    run = finetune(model, d.x, d.y, config.optimizer, config.steps, plan, loss=config.objective, params=task.trained,
                    bn=config.task.bn, precision=config.precision, stop_after=steps, eval_samples=subset)
     del model
     losses = [float(v) for v in run.loss[: steps + 1]]

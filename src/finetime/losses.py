@@ -7,17 +7,26 @@ Conventions (used everywhere, real training included):
 * ``ce``: ``l = -log softmax(f_i)[y_i]`` (``torch.nn.functional.cross_entropy``).
 * ``mse``: ``l = mean_c (f_ic - onehot(y_i)_c)^2`` so that the mean over samples equals
   ``torch.nn.functional.mse_loss(f, onehot(y))``.
+* ``ce`` with label smoothing ``a`` (``LossSpec(Loss.CE, a)``): the cross-entropy against the target
+  ``(1 - a) onehot(y_i) + a / C``, ``l = logsumexp(f_i) - (1 - a) f_iy - a mean_c f_ic``
+  (``cross_entropy(..., label_smoothing=a)``).
 * ``residual`` returns ``r_i = dl(f_i, y_i)/df_i`` (shape ``(..., N, C)``): the gradient of the *per-sample*
   loss. A minibatch ``B`` with mean loss has weight gradient ``J_B^T r_B / |B|``.
+
+Every function takes the loss as a ``Loss`` (or its name) or a ``LossSpec`` (a loss with its settings).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 
 import torch
 
-__all__ = ["Loss", "per_sample_loss", "residual", "accuracy", "one_hot", "mean_loss_and_accuracy"]
+from .errors import ConfigError
+
+__all__ = ["Loss", "LossSpec", "loss_spec", "per_sample_loss", "residual", "accuracy", "one_hot",
+           "mean_loss_and_accuracy"]
 
 
 class Loss(str, enum.Enum):
@@ -29,29 +38,57 @@ class Loss(str, enum.Enum):
     """Mean squared error between the outputs and one-hot labels (mean over outputs)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """A training loss with its settings: ``kind`` and, for cross-entropy, ``label_smoothing`` in ``[0, 1)``."""
+
+    kind: Loss = Loss.CE
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", Loss(self.kind))
+        a = self.label_smoothing
+        if not (isinstance(a, (int, float)) and 0.0 <= a < 1.0):
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {a!r}")
+        if a and self.kind is not Loss.CE:
+            raise ConfigError("--label-smoothing applies to the cross-entropy loss (--loss ce), not to mse")
+
+
+def loss_spec(loss: "Loss | str | LossSpec") -> LossSpec:
+    """``loss`` as a ``LossSpec`` (a plain ``Loss`` has no settings)."""
+    return loss if isinstance(loss, LossSpec) else LossSpec(Loss(loss))
+
+
+def _smoothed_target_dot(f: torch.Tensor, y: torch.Tensor, a: float) -> torch.Tensor:
+    """``sum_c t_c f_c`` for the (smoothed) one-hot target ``t`` of each sample: ``(..., N)``."""
+    idx = y.long().expand(f.shape[:-1]).unsqueeze(-1)
+    picked = torch.gather(f, -1, idx).squeeze(-1)
+    return picked if not a else (1 - a) * picked + a * f.mean(-1)
+
+
 def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
     """Labels ``(N,)`` to a one-hot matrix ``(N, C)`` of ``dtype``."""
     return torch.nn.functional.one_hot(y.long(), num_classes).to(dtype)
 
 
-def per_sample_loss(f: torch.Tensor, y: torch.Tensor, loss: Loss) -> torch.Tensor:
+def per_sample_loss(f: torch.Tensor, y: torch.Tensor, loss: "Loss | LossSpec") -> torch.Tensor:
     """Per-sample loss ``l(f_i, y_i)``: ``f (..., N, C)``, ``y (N,)`` -> ``(..., N)``."""
-    loss = Loss(loss)
-    if loss is Loss.CE:  # logsumexp by hand: much faster than log_softmax over a short last axis
+    spec = loss_spec(loss)
+    if spec.kind is Loss.CE:  # logsumexp by hand: much faster than log_softmax over a short last axis
         m = f.amax(-1, keepdim=True)
         lse = m.squeeze(-1) + (f - m).exp().sum(-1).log()
-        idx = y.long().expand(f.shape[:-1]).unsqueeze(-1)
-        return lse - torch.gather(f, -1, idx).squeeze(-1)
+        return lse - _smoothed_target_dot(f, y, spec.label_smoothing)
     t = one_hot(y, f.shape[-1], f.dtype)
     return ((f - t) ** 2).mean(-1)
 
 
-def residual(f: torch.Tensor, y: torch.Tensor, loss: Loss) -> torch.Tensor:
+def residual(f: torch.Tensor, y: torch.Tensor, loss: "Loss | LossSpec") -> torch.Tensor:
     """Gradient of the per-sample loss w.r.t. the outputs: ``(..., N, C)``."""
-    loss = Loss(loss)
+    spec = loss_spec(loss)
     t = one_hot(y, f.shape[-1], f.dtype)
-    if loss is Loss.CE:
-        return torch.softmax(f, dim=-1) - t
+    if spec.kind is Loss.CE:
+        a = spec.label_smoothing
+        return torch.softmax(f, dim=-1) - (t if not a else (1 - a) * t + a / f.shape[-1])
     return 2.0 * (f - t) / f.shape[-1]
 
 
@@ -60,12 +97,13 @@ def accuracy(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (f.argmax(-1) == y.long()).to(f.dtype).mean(-1)
 
 
-def mean_loss_and_accuracy(f: torch.Tensor, y: torch.Tensor, loss: Loss) -> tuple[torch.Tensor, torch.Tensor]:
+def mean_loss_and_accuracy(f: torch.Tensor, y: torch.Tensor,
+                           loss: "Loss | LossSpec") -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean loss, accuracy)`` over the sample axis of ``f (..., N, C)``, sharing one max over the outputs."""
     m, arg = f.max(-1)
     acc = (arg == y.long()).to(f.dtype).mean(-1)
-    if Loss(loss) is Loss.CE:
+    spec = loss_spec(loss)
+    if spec.kind is Loss.CE:
         lse = m + (f - m.unsqueeze(-1)).exp().sum(-1).log()
-        idx = y.long().expand(f.shape[:-1]).unsqueeze(-1)
-        return (lse - torch.gather(f, -1, idx).squeeze(-1)).mean(-1), acc
+        return (lse - _smoothed_target_dot(f, y, spec.label_smoothing)).mean(-1), acc
     return per_sample_loss(f, y, loss).mean(-1), acc

@@ -232,7 +232,7 @@ def loss_gradient_moments(task: Task, model: torch.nn.Module, *, outputs: torch.
     ``samples`` of them), at the outputs where a run from ``model`` starts (``outputs``, if already computed)."""
     d = task.data
     f = outputs if outputs is not None else _start_outputs(task, model)
-    r = residual(f.double(), d.y, task.config.loss).to(f.dtype)
+    r = residual(f.double(), d.y, task.config.objective).to(f.dtype)
     x = d.x
     if samples is not None:
         x, r = x[samples], r[samples]
@@ -345,7 +345,7 @@ def problem_from(kernel: Kernel, task: Task, dtype: torch.dtype | None = None,
     device = simulation_device(task, nc) if device is None else torch.device(device)
     cvt = lambda t: None if t is None else t.detach().to(device, dtype)  # noqa: E731
     lab = lambda t: None if t is None else t.to(device)  # noqa: E731
-    problem = Problem(cvt(kernel.theta), cvt(kernel.f0), lab(d.y), task.config.loss, cvt(kernel.theta_test),
+    problem = Problem(cvt(kernel.theta), cvt(kernel.f0), lab(d.y), task.config.objective, cvt(kernel.theta_test),
                       cvt(kernel.f0_test), lab(d.y_test), cvt(kernel.jw0), cvt(kernel.jw0_test))
     opt = task.config.optimizer
     if opt.max_grad_norm is None or not opt.preconditioned:
@@ -582,7 +582,7 @@ def predict(config: RunConfig, *, kernel_in=None, kernel_out=None, task: Task | 
     sps = None
     if is_main():  # with several ranks, rank 0 times the step while the others wait
         d = task.train_data
-        sps = seconds_per_step(task.model, d.x, d.y, config.optimizer, loss=config.loss,
+        sps = seconds_per_step(task.model, d.x, d.y, config.optimizer, loss=config.objective,
                                params=task.trained, bn=config.task.bn, precision=config.precision)
     sps = broadcast_value(sps)
     t_step = time.perf_counter() - t2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .losses import Loss
+from .losses import Loss, loss_spec
 
 __all__ = ["top_eigenvalue", "sharpness", "max_stable_lr", "fit_power_law"]
 
@@ -17,7 +17,7 @@ def top_eigenvalue(theta: torch.Tensor) -> float:
 def _loss_hessian_sqrt(f: torch.Tensor, loss: Loss) -> torch.Tensor:
     """Block-diagonal square root of the per-sample loss Hessian in f, ``(N, C, C)``."""
     n, c = f.shape
-    if Loss(loss) is Loss.MSE:
+    if loss_spec(loss).kind is Loss.MSE:
         return torch.eye(c, dtype=f.dtype).expand(n, c, c) * (2.0 / c) ** 0.5
     p = torch.softmax(f, -1)
     h = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)

@@ -150,7 +150,7 @@ def sweep(base: RunConfig, grid: dict[str, list], *, kernel_in=None, kernel_out=
             t1 = time.perf_counter()
             sps = None
             if is_main():  # with several ranks, rank 0 times the step while the others wait
-                sps = seconds_per_step(task.model, task.data.x, task.data.y, opt, loss=cfg.loss,
+                sps = seconds_per_step(task.model, task.data.x, task.data.y, opt, loss=cfg.objective,
                                        params=task.trained, bn=cfg.task.bn, precision=cfg.precision)
             sps_by_batch[b] = broadcast_value(sps)
             t_step += time.perf_counter() - t1

@@ -164,7 +164,7 @@ def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
     evaluated = None
     if eval_samples != "all" and eval_samples < n:
         evaluated = balanced_indices(data.y, data.num_classes, eval_samples)
-    real = finetune(task.model, data.x, data.y, opt, config.steps, plan, loss=config.loss,
+    real = finetune(task.model, data.x, data.y, opt, config.steps, plan, loss=config.objective,
                     params=task.trained, precision=config.precision, x_test=data.x_test, y_test=data.y_test,
                     bn=config.task.bn, eval_every=eval_every, eval_samples=evaluated,
                     progress=(lambda d, t: progress("fine-tuning", d, t)) if progress else None)

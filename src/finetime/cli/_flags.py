@@ -128,6 +128,10 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
     g.add_argument("--gamma", type=float, default=_D["gamma"], help="step schedule: decay factor (default: %(default)s)")
     g.add_argument("--steps", type=num("steps", int), default=_D["steps"], help=f"optimizer steps T{many} (default: %(default)s)")
     g.add_argument("--loss", choices=["ce", "mse"], default=_D["loss"], help="training loss (default: %(default)s)")
+    g.add_argument("--label-smoothing", type=float, default=_D["label_smoothing"],
+                   help="ce: label smoothing a, the cross-entropy against (1 - a) one-hot + a / classes, as "
+                        "cross_entropy(label_smoothing=a) and the Hugging Face Trainer's label_smoothing_factor do; "
+                        "the loss curves are of that loss (default: %(default)s)")
     g = p.add_argument_group("prediction")
     g.add_argument("--target-loss", type=floats, default=_D["target_loss"],
                    help="absolute training-loss target(s), comma list")

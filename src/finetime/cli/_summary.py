@@ -56,7 +56,8 @@ def print_summary(result: dict, out=None, threads: str | None = None) -> None:
           f"({', '.join(c['chosen_classes'])}), {shape}; {c['data_source']}", file=out)
     for note in c.get("data_notes") or ():
         print(f"note:      {note}", file=out)
-    print(f"optimizer  {describe(c)}, {c['schedule']} schedule, {c['steps']} steps, {c['loss']} loss",
+    smoothing = f" with label smoothing {c['label_smoothing']:g}" if c.get("label_smoothing") else ""
+    print(f"optimizer  {describe(c)}, {c['schedule']} schedule, {c['steps']} steps, {c['loss']} loss{smoothing}",
           file=out)
     summed = ", the sum-of-logits kernel x the identity" if km.get("outputs") == "sum" else ""
     print(f"kernel     {km['method']} ({100 * km['plan']['exact_weight_fraction']:.0f}% of weights exact), "

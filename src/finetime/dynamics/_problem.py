@@ -7,7 +7,7 @@ import dataclasses
 import torch
 
 from ..errors import ConfigError
-from ..losses import Loss
+from ..losses import Loss, LossSpec, loss_spec
 
 __all__ = ["Problem"]
 
@@ -31,7 +31,7 @@ class Problem:
     theta: torch.Tensor
     f0: torch.Tensor
     y: torch.Tensor
-    loss: Loss = Loss.CE
+    loss: Loss | LossSpec = Loss.CE
     theta_test: torch.Tensor | None = None
     f0_test: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
@@ -40,7 +40,8 @@ class Problem:
     norm_scale: float = 1.0
 
     def __post_init__(self):
-        object.__setattr__(self, "loss", Loss(self.loss))
+        spec = loss_spec(self.loss)  # a plain Loss where it has no settings
+        object.__setattr__(self, "loss", spec if spec.label_smoothing else spec.kind)
         n, c = self.f0.shape
         if self.theta.shape != (n * c, n * c):
             raise ConfigError(f"kernel shape {tuple(self.theta.shape)} does not match outputs {n}x{c}")
@@ -77,4 +78,4 @@ class Problem:
                 return v
             return v.to(device=device, dtype=dtype if v.is_floating_point() else None)
 
-        return Problem(**{k: conv(v) for k, v in dataclasses.asdict(self).items()})
+        return Problem(**{f.name: conv(getattr(self, f.name)) for f in dataclasses.fields(self)})

@@ -47,6 +47,7 @@ class FinetimeCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.refiner.check_clipping(getattr(args, "max_grad_norm", None))
+        self.refiner.check_label_smoothing(getattr(args, "label_smoothing_factor", None))
         self._t0 = time.perf_counter()
         self._last = state.global_step
 

@@ -307,18 +307,27 @@ class Refiner:
         """Warn (and return the message) when the run clips its gradients otherwise than the prediction assumed:
         ``max_grad_norm`` is the run's clipping norm (``None`` or ``<= 0``: none; the Hugging Face Trainer clips at
         1.0 unless told otherwise). The refiner still fits the run's own losses; the open-loop prior is off."""
+        run = float(max_grad_norm) if max_grad_norm is not None and max_grad_norm > 0 else None
+        return self._check_setting("max_grad_norm", run, lambda v: "no clipping" if v is None else
+                                   f"gradients clipped to norm {v:g}", "--max-grad-norm")
+
+    def check_label_smoothing(self, label_smoothing: float | None) -> str | None:
+        """As ``check_clipping``, for the run's label smoothing (the Trainer's ``label_smoothing_factor``)."""
+        run = float(label_smoothing) if label_smoothing else 0.0
+        return self._check_setting("label_smoothing", run, lambda v: "no label smoothing" if not v else
+                                   f"label smoothing {v:g}", "--label-smoothing", default=0.0)
+
+    def _check_setting(self, key: str, run, words, flag: str, default=None) -> str | None:
+        """Warn where the prediction's setting ``key`` (its ``config``) differs from the run's ``run``."""
         if self.predicted_config is None:
             return None
-        assumed = self.predicted_config.get("max_grad_norm")
-        run = float(max_grad_norm) if max_grad_norm is not None and max_grad_norm > 0 else None
+        assumed = self.predicted_config.get(key, default)
         if assumed == run or (assumed is not None and run is not None and math.isclose(assumed, run)):
             return None
-        said = "no clipping" if assumed is None else f"--max-grad-norm {assumed:g}"
-        does = "does not clip its gradients" if run is None else f"clips its gradients to norm {run:g}"
-        fix = "without --max-grad-norm" if run is None else f"with --max-grad-norm {run:g}"
-        msg = (f"this run {does}, but the prediction assumed {said}: predict {fix} for a prior of this run "
-               "(the refiner still fits the run's own losses)")
-        warnings.warn(msg, stacklevel=2)
+        fix = f"without {flag}" if run in (None, default) else f"with {flag} {run:g}"
+        msg = (f"this run has {words(run)}, but the prediction assumed {words(assumed)}: predict {fix} for a "
+               "prior of this run (the refiner still fits the run's own losses)")
+        warnings.warn(msg, stacklevel=3)
         return msg
 
     def observe(self, step: float, loss: float, *, seconds: float | None = None, window: int = 1) -> None:
