@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 import pytest
 
 from finetime.errors import ConfigError
-from finetime.losses import Loss, LossSpec, accuracy, per_sample_loss, residual
+from finetime.losses import Loss, LossSpec, accuracy, loss_floor, per_sample_loss, residual
 
 LOSSES = [*Loss, LossSpec(Loss.CE, 0.1), LossSpec(Loss.CE, 0.5)]
 
@@ -58,3 +58,18 @@ def test_mean_loss_and_accuracy_match_separate_functions():
         lo, ac = mean_loss_and_accuracy(f, y, loss)
         torch.testing.assert_close(lo, per_sample_loss(f, y, loss).mean(-1))
         torch.testing.assert_close(ac, accuracy(f, y))
+
+
+def test_loss_floor_is_the_least_loss():
+    """With label smoothing the loss is least where the softmax is the smoothed target: the floor, and nothing lower
+    (it is 0 without smoothing and for mse)."""
+    c, a = 5, 0.1
+    spec = LossSpec(Loss.CE, a)
+    t = torch.full((c,), a / c, dtype=torch.float64)
+    t[2] += 1 - a
+    y = torch.tensor([2])
+    assert float(per_sample_loss(t.log().unsqueeze(0), y, spec)) == pytest.approx(loss_floor(spec, c), rel=1e-12)
+    g = torch.Generator().manual_seed(0)
+    assert (per_sample_loss(torch.randn(200, c, generator=g, dtype=torch.float64) * 3, y, spec)
+            > loss_floor(spec, c)).all()
+    assert loss_floor(Loss.CE, c) == 0 == loss_floor(Loss.MSE, c)

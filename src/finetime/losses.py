@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 
 import torch
 
 from .errors import ConfigError
 
-__all__ = ["Loss", "LossSpec", "loss_spec", "per_sample_loss", "residual", "accuracy", "one_hot",
+__all__ = ["Loss", "LossSpec", "loss_spec", "loss_floor", "per_sample_loss", "residual", "accuracy", "one_hot",
            "mean_loss_and_accuracy"]
 
 
@@ -64,6 +65,17 @@ def _smoothed_target_dot(f: torch.Tensor, y: torch.Tensor, a: float) -> torch.Te
     idx = y.long().expand(f.shape[:-1]).unsqueeze(-1)
     picked = torch.gather(f, -1, idx).squeeze(-1)
     return picked if not a else (1 - a) * picked + a * f.mean(-1)
+
+
+def loss_floor(loss: "Loss | LossSpec", num_classes: int) -> float:
+    """The least per-sample loss any output reaches: 0, but with label smoothing ``a`` the entropy of the smoothed
+    target, ``-(1 - a + a/C) log(1 - a + a/C) - (C - 1) (a/C) log(a/C)`` (where the softmax equals the target)."""
+    spec = loss_spec(loss)
+    a, c = spec.label_smoothing, num_classes
+    if spec.kind is not Loss.CE or not a:
+        return 0.0
+    hit, other = 1 - a + a / c, a / c
+    return -(hit * math.log(hit) + (c - 1) * other * math.log(other))
 
 
 def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:

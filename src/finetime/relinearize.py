@@ -30,7 +30,7 @@ from .dynamics import ExactStepper, Problem, Recorder, Trajectory, resolve_plan,
 from .errors import ConfigError
 from .kernel import Kernel
 from .kernel.update import nystrom_update, subset_rows
-from .losses import mean_loss_and_accuracy
+from .losses import loss_floor, mean_loss_and_accuracy
 from .network import eval_mode, network_outputs, on_model
 from .optim import FunctionState, Optimizer
 
@@ -495,7 +495,9 @@ def _progress_gap(f_net: torch.Tensor, f_lin: torch.Tensor, f0: torch.Tensor, y:
 
 
 def _loss_gap(f_net: torch.Tensor, f_lin: torch.Tensor, y: torch.Tensor, loss) -> float:
-    """``|L(f_net) - L(f_lin)| / L(f_lin)``: how far the network at the linear model's weights is from the linear
-    model's outputs, in training loss (0 for a network that is its own linearization)."""
+    """``|L(f_net) - L(f_lin)| / (L(f_lin) - L*)``: how far the network at the linear model's weights is from the
+    linear model's outputs, in training loss above its floor ``L*`` (0; with label smoothing the smoothed target's
+    entropy, ``losses.loss_floor``), 0 for a network that is its own linearization."""
     (l_net, l_lin), _ = mean_loss_and_accuracy(torch.stack([f_net, f_lin]), y, loss)
-    return float((l_net - l_lin).abs() / l_lin.clamp_min(1e-12))
+    excess = l_lin - loss_floor(loss, f_lin.shape[-1])
+    return float((l_net - l_lin).abs() / excess.clamp_min(1e-12))
