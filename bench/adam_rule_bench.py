@@ -48,13 +48,13 @@ def rule_curve(cfg, task, scales: dict, plan, steps: int) -> list[float]:
 
     def loss() -> float:
         with torch.no_grad(), eval_mode(model):
-            return float(per_sample_loss(model(x), y, cfg.loss).mean())
+            return float(per_sample_loss(model(x), y, cfg.objective).mean())
 
     out, q_avg, q_ref = [loss()], 0.0, None
     for t in range(steps):
         idx, w = plan.indices[0, t], plan.weights[0, t]
         with eval_mode(model):
-            batch = (per_sample_loss(model(x[idx]), y[idx], cfg.loss) * w.to(torch.float32)).sum()
+            batch = (per_sample_loss(model(x[idx]), y[idx], cfg.objective) * w.to(torch.float32)).sum()
         grads = torch.autograd.grad(batch, params)
         q = sum(float((g * p * g).sum()) for g, p in zip(grads, prec))
         q_ref = q if q_ref is None else q_ref
@@ -90,7 +90,7 @@ def main() -> int:
         task = prepare(cfg)
         opt = cfg.optimizer
         f = _start_outputs(task, task.model)
-        mom = gradient_moments(task.model, task.data.x, residual(f.double(), task.data.y, cfg.loss).to(f.dtype),
+        mom = gradient_moments(task.model, task.data.x, residual(f.double(), task.data.y, cfg.objective).to(f.dtype),
                                params=task.trained, full_squares=True)
         variants = {"row x column P": scales_from_moments(opt, mom),
                     "diagonal P": {k: inverse_root_scale(opt.second_moments(mom.mean[k], mom.sq[k], mom.n), None,

@@ -5,7 +5,8 @@
 Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw_suite}}, {{text_suite}},
 {{text_trainer_suite}}, {{text_kernel}}, {{kernel}}, {{dynamics}}, {{extrapolation}},
 {{testcurves}}, {{online}} (bench/results/online.json), {{online_relin}}, {{online_relin_regimes}}, {{gpu}}, {{distributed}}, {{floor}}, {{subsample}}, {{bn_batch}}, {{scale}}, {{photos_suite}}
-(bench/results/photos.jsonl), {{clip_suite}} (bench/results/clip.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
+(bench/results/photos.jsonl), {{clip_suite}} (bench/results/clip.jsonl), {{smoothing_suite}} and
+{{smoothing_targets}} (bench/results/smoothing.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
 {{photos_intervals}} (coverage on photos.jsonl of intervals fitted on the other suites), {{interpolation}} (kernels
 interpolated between refreshes against stepwise ones, all four suites), {{momentum_interpolation}} (with momentum:
 stepwise, linear, geometric and the default, paper and photos suites), {{end_check}} (the end check on the cells whose
@@ -27,6 +28,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "src"))
 
 from finetime.relinearize import end_refreshed  # noqa: E402
+from finetime.optim import describe  # noqa: E402
 
 
 def _results(name: str, cmd: str):
@@ -91,6 +93,41 @@ def text_trainer_suite():
 
 def clip_suite():
     return _suite("clip", ("adaptive", "adaptive-unclipped"), "predicted vs real training time, clipped gradients")
+
+
+def smoothing_suite():
+    return _suite("smoothing")
+
+
+SMOOTHING_TARGETS = (0.7, 0.5)
+
+
+def smoothing_targets():
+    """The label-smoothing suite read at absolute targets: each cell's real loss at steps 0 and T, the predictions'
+    loss at T, and the first step each curve (the real one; the predictions' mean curves) reaches loss 0.7 and 0.5."""
+    import report
+
+    path = RES / "smoothing.jsonl"
+    if not path.exists():
+        return _missing("bench/suite.py --config bench/configs/smoothing.toml")
+    cells = report.load([path])
+    names = ("adaptive", "adaptive-unsmoothed")
+
+    def first(curve, target):
+        return next((t for t, v in enumerate(curve) if v is not None and v <= target), None)
+
+    head = " | ".join(f"{n} loss[T]" for n in names)
+    ths = " | ".join(f"TT({x:g}) real / {' / '.join(names)}" for x in SMOOTHING_TARGETS)
+    lines = [f"| cell | real loss[0] / loss[T] | {head} | {ths} |", "|---|---|" + "---|" * (len(names) + 2)]
+    for c in cells:
+        cfg, real = c["config"], c["real"]["loss"]
+        size = f"{cfg['max_length']} tokens" if cfg["data"] == "fine-foods" else f"{cfg['image_size']} px"
+        label = f"{cfg['data']} {size} s={cfg['seed']}, {describe(cfg, short=True)}"
+        finals = " | ".join(f"{c['predictors'][n]['loss'][-1]:.3f}" for n in names)
+        tts = " | ".join(" / ".join(str(first(curve, x)) for curve in [real] + [c["predictors"][n]["loss"] for n in names])
+                         for x in SMOOTHING_TARGETS)
+        lines.append(f"| {label} | {real[0]:.3f} / {real[-1]:.3f} | {finals} | {tts} |")
+    return "\n".join(lines) + "\n"
 
 
 def photos_suite():
@@ -718,6 +755,7 @@ def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
     for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
                     ("text_trainer_suite", text_trainer_suite), ("clip_suite", clip_suite),
+                    ("smoothing_suite", smoothing_suite), ("smoothing_targets", smoothing_targets),
                     ("text_kernel", text_kernel), ("adam_rule", adam_rule), ("pntk", pntk), ("kernel", kernel), ("dynamics", dynamics),
                     ("extrapolation", extrapolation), ("testcurves", testcurves), ("online", online),
                     ("online_relin", online_relin), ("online_relin_regimes", online_relin_regimes), ("gpu", gpu), ("distributed", distributed),

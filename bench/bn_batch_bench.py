@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         for r in group:
             real = r["real"]
             cfg = RunConfig.from_dict(r["config"])
-            traj = simulate(Problem(theta, f0.double(), task.data.y, cfg.loss), cfg.optimizer, cfg.steps,
+            traj = simulate(Problem(theta, f0.double(), task.data.y, cfg.objective), cfg.optimizer, cfg.steps,
                             runs=cfg.runs, generator=default_generator(cfg))
             tt = training_times(traj.loss, cfg)
             adaptive = r["predictors"]["adaptive"]
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
                    "error_default": _errors({k: adaptive["training_time"][k]["step"] for k in EPS}, real,
                                             adaptive["diverged_fraction"] > 0.5)}
             if sub is not None:
-                st = simulate(Problem(sub["theta"], sub["f0"], task.data.y, cfg.loss), cfg.optimizer, cfg.steps,
+                st = simulate(Problem(sub["theta"], sub["f0"], task.data.y, cfg.objective), cfg.optimizer, cfg.steps,
                               runs=cfg.runs, generator=default_generator(cfg))
                 stt, sdiv = training_times(st.loss, cfg), st.diverged_fraction > 0.5
                 row["subset"] = {"samples": sub["samples"], "kernel_seconds": sub["seconds"],

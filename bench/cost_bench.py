@@ -84,7 +84,7 @@ def measure(spec: dict) -> dict:
     task = prepare(cfg)
     d, opt = task.data, cfg.optimizer
     plan = batch_plan(d.x.shape[0], opt, cfg.steps, 1, real_run_generator(cfg))
-    real = finetune(task.model, d.x, d.y, opt, cfg.steps, plan, loss=cfg.loss, params=task.trained, bn=cfg.task.bn)
+    real = finetune(task.model, d.x, d.y, opt, cfg.steps, plan, loss=cfg.objective, params=task.trained, bn=cfg.task.bn)
     real_tt = {k: v["step"] for k, v in training_times(real.loss.unsqueeze(0), cfg).items() if k in EPS}
     t0 = time.perf_counter()
     res = predict(cfg).to_dict()

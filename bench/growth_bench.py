@@ -74,7 +74,7 @@ def main() -> int:
                 real_traces[t] = float(kernel_for(task, model=model).theta.trace()) / trace0
 
         plan = batch_plan(d.x.shape[0], cfg.optimizer, cfg.steps, 1, real_run_generator(cfg))
-        real = finetune(copy.deepcopy(task.model), d.x, d.y, cfg.optimizer, cfg.steps, plan, loss=cfg.loss,
+        real = finetune(copy.deepcopy(task.model), d.x, d.y, cfg.optimizer, cfg.steps, plan, loss=cfg.objective,
                         params=task.trained, bn=cfg.task.bn, on_step=on_step)
         forced = dataclasses.replace(PRESETS["adaptive"], linearity_tol=0.0, refresh_samples="all")
         traj = predict_trajectory(problem_from(k0, task), dataclasses.replace(cfg, predictor=forced), task)

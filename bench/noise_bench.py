@@ -118,7 +118,7 @@ def train(cells: list[dict], orders: int, out: Path) -> None:
         plan = batch_plan(task.data.x.shape[0], cfg.optimizer, cfg.steps, 1,
                           torch.Generator().manual_seed(cfg.task.seed + 2 + 1000 * k))
         real = finetune(prepare_model(cfg), task.data.x, task.data.y, cfg.optimizer, cfg.steps, plan,
-                        loss=cfg.loss, params=task.trained, bn=cfg.task.bn)
+                        loss=cfg.objective, params=task.trained, bn=cfg.task.bn)
         rec = {"id": c["id"], "order": k, "config": c["config"],
                "real": {"loss": tolist(real.loss), "training_time": training_times(real.loss.unsqueeze(0), cfg),
                         "diverged": real.diverged, "train_seconds": round(real.train_seconds, 3),

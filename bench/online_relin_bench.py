@@ -115,7 +115,7 @@ def run_cell(c):
 
     plan = batch_plan(task.data.x.shape[0], cfg.optimizer, T, 1, torch.Generator().manual_seed(cfg.task.seed + 2))
     t0 = time.perf_counter()
-    run = finetune(task.model, task.data.x, task.data.y, cfg.optimizer, T, plan, loss=cfg.loss,
+    run = finetune(task.model, task.data.x, task.data.y, cfg.optimizer, T, plan, loss=cfg.objective,
                    params=task.trained, bn=cfg.task.bn, on_step=hook)
     out["wall_seconds"] = round(time.perf_counter() - t0, 3)
     out["rerun_train_seconds"] = round(run.train_seconds, 3)

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         d, opt = task.data, cfg.optimizer
         n = d.x.shape[0]
         plan = batch_plan(n, opt, cfg.steps, 1, real_run_generator(cfg))
-        real = finetune(task.model, d.x, d.y, opt, cfg.steps, plan, loss=cfg.loss, params=task.trained,
+        real = finetune(task.model, d.x, d.y, opt, cfg.steps, plan, loss=cfg.objective, params=task.trained,
                         bn=cfg.task.bn, eval_every=EVAL_EVERY)
         real_tt = grid_times(real.loss, EVAL_EVERY)
         err = {k: relative_error(pred_tt[k], real_tt[k], predicted_diverged=pr["diverged"],

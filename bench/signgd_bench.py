@@ -54,7 +54,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             k, f0 = sign_gradient_kernel(task.model, task.data.x, task.trained, block=32)
             kernel_seconds = round(time.perf_counter() - t0, 3)
-            problem = Problem(k, f0, task.data.y, task.config.loss)
+            problem = Problem(k, f0, task.data.y, task.config.objective)
             for c in group:
                 cfg = RunConfig.from_dict(c["config"])
                 t1 = time.perf_counter()

@@ -80,11 +80,11 @@ def main() -> int:
         for b, _ in sizes:
             o = opt if b == sizes[0][0] else dataclasses.replace(opt, batch_size=b)
             count = 5 if b >= 64 else COUNT
-            durations[b] = step_times(task.model, x, y, o, count, loss=cfg.loss, params=task.trained, bn=cfg.task.bn)
+            durations[b] = step_times(task.model, x, y, o, count, loss=cfg.objective, params=task.trained, bn=cfg.task.bn)
         per_epoch = sum(k for _, k in sizes)
         steps = 10 if opt.is_full_batch(n) else max(20, 2 * per_epoch)
         plan = batch_plan(n, opt, steps, 1, torch.Generator().manual_seed(0))
-        real = finetune(copy.deepcopy(task.model), x, y, opt, steps, plan, loss=cfg.loss, params=task.trained,
+        real = finetune(copy.deepcopy(task.model), x, y, opt, steps, plan, loss=cfg.objective, params=task.trained,
                         bn=cfg.task.bn, eval_every=steps)
         real_sps = real.train_seconds / steps
         row = {**dict(zip(KEYS, key)), "epoch_batches": sizes, "real_steps": steps,

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         row = next((r for r in stored if r["config"] == json.loads(json.dumps(cfg.to_dict()))), None)
         if row is None:
             plan = batch_plan(n, opt, cfg.steps, 1, real_run_generator(cfg))
-            real = finetune(task.model, d.x, d.y, opt, cfg.steps, plan, loss=cfg.loss, params=task.trained,
+            real = finetune(task.model, d.x, d.y, opt, cfg.steps, plan, loss=cfg.objective, params=task.trained,
                             bn=cfg.task.bn)
             real_tt = training_times(real.loss.unsqueeze(0), cfg)
             row = {"config": cfg.to_dict(), "n": n,

@@ -87,7 +87,7 @@ def run_cell(cfg: RunConfig, task: Task, kernel, kernel_seconds: float, step_sec
     replay = simulate(problem, opt, cfg.steps, plan=plan)
     out["replay"] = {"loss": tolist(replay.loss[0]), "training_time": training_times(replay.loss, cfg)}
     model = prepare_model(cfg)
-    real = finetune(model, task.data.x, task.data.y, opt, cfg.steps, plan, loss=cfg.loss, params=task.trained,
+    real = finetune(model, task.data.x, task.data.y, opt, cfg.steps, plan, loss=cfg.objective, params=task.trained,
                     bn=cfg.task.bn)
     out["real"] = {"loss": tolist(real.loss), "accuracy": tolist(real.accuracy),
                    "training_time": training_times(real.loss.unsqueeze(0), cfg), "diverged": real.diverged,
@@ -128,23 +128,32 @@ UNCLIPPED = "-unclipped"
 """A predictor's name with this suffix predicts the cell as if its run did not clip its gradients (what the
 prediction without ``--max-grad-norm`` says of a clipped run): the baseline of the clipping suite."""
 
+UNSMOOTHED = "-unsmoothed"
+"""Likewise without label smoothing (the prediction without ``--label-smoothing``): its curves are of the plain
+cross-entropy, its training times read off them."""
+
 
 def predict_cell(cfg: RunConfig, task: Task, kernel, names: list[str]) -> dict:
-    """Each named predictor (``BENCH_PREDICTORS``, or one of them with ``UNCLIPPED``) on this cell, from the task's
-    kernel."""
+    """Each named predictor (``BENCH_PREDICTORS``, or one of them with ``UNCLIPPED`` or ``UNSMOOTHED``) on this cell,
+    from the task's kernel."""
     problem = problem_from(kernel, task)
     out = {}
     for name in names:
-        base = name.removesuffix(UNCLIPPED)
+        base = name.removesuffix(UNCLIPPED).removesuffix(UNSMOOTHED)
         c = dataclasses.replace(cfg, predictor=BENCH_PREDICTORS[base])
-        if base != name:
+        if name.endswith(UNCLIPPED):
             c = dataclasses.replace(c, optimizer=dataclasses.replace(c.optimizer, max_grad_norm=None))
+        t, prob = task, problem
+        if name.endswith(UNSMOOTHED):
+            c = dataclasses.replace(c, label_smoothing=0.0)
+            t = dataclasses.replace(task, config=c)
+            prob = problem_from(kernel, t)
         t0 = time.perf_counter()
-        traj = predict_trajectory(problem, c, task)
+        traj = predict_trajectory(prob, c, t)
         sim = time.perf_counter() - t0
         info = dict(traj.info or {})
         if name == "linear":
-            info["stability_ratio"] = stability_ratio(problem, c)
+            info["stability_ratio"] = stability_ratio(prob, c)
         elif traj.info is not None:
             info["seconds"] = sim
         out[name] = {
@@ -300,7 +309,7 @@ def main(argv=None) -> int:
             b = "full" if opt.is_full_batch(n) else str(opt.batch_size)
             if b not in step_seconds:
                 t1 = time.perf_counter()
-                sps = seconds_per_step(task.model, task.data.x, task.data.y, opt, loss=c.loss,
+                sps = seconds_per_step(task.model, task.data.x, task.data.y, opt, loss=c.objective,
                                        params=task.trained, bn=c.task.bn)
                 step_seconds[b] = (sps, time.perf_counter() - t1)
             t_cell = time.perf_counter()

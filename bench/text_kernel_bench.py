@@ -36,7 +36,7 @@ task = prepare(cfg)
 t0 = time.perf_counter()
 k = kernel_for(task)
 secs = time.perf_counter() - t0
-sps = seconds_per_step(task.model, task.data.x, task.data.y, cfg.optimizer, loss=cfg.loss, params=task.trained,
+sps = seconds_per_step(task.model, task.data.x, task.data.y, cfg.optimizer, loss=cfg.objective, params=task.trained,
                        bn=cfg.task.bn)
 print(json.dumps({"optimizer": kind, "n": task.data.x.shape[0], "tokens": task.data.x.shape[-1],
                   "weights": k.meta["weights"], "kernel_seconds": round(secs, 2),
