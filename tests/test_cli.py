@@ -435,6 +435,11 @@ def test_gradient_clipping_is_predicted_and_validated(capsys, tmp_path):
                  ["--optimizer", "adamw", "--lr", "1e-3", "--batch-size", "4", "--schedule", "linear"]):
         code, out, err = run(capsys, "validate", *FAST, *args, "--max-grad-norm", "0.5")
         assert code == 0, (args, err)
+    code, out, err = run(capsys, "sweep", *FAST, "--lr", "0.05,0.5", "--max-grad-norm", "0.5",
+                         "--label-smoothing", "0.1", "--target-loss", "0.9")
+    assert code == 0, err
+    assert "fixed      sgd, constant schedule, 30 steps, gradients clipped to norm 0.5, ce loss with label " \
+           "smoothing 0.1" in out
     for args, msg in ((["--max-grad-norm", "0"], "--max-grad-norm must be a positive number"),
                       (["--max-grad-norm", "1", "--predictor", "paper"], "does not model gradient clipping")):
         code, _, err = run(capsys, "predict", *FAST, *args)

@@ -236,6 +236,17 @@ def print_sweep(result: dict, out=None, limit: int = 30, threads: str | None = N
     print(f"sweep      {len(rows)} configurations from one kernel ({c['kernel']['method']}, "
           f"{c['kernel']['n']} x {c['kernel']['classes']} outputs)", file=out)
     print(f"target     training loss {result['target_loss']:.4g} ({result['target_rule']})", file=out)
+    grid = c.get("grid", {})
+    fixed = [c.get("optimizer", "sgd")]
+    if "schedule" not in grid:
+        fixed.append(f"{c['schedule']} schedule")
+    if "steps" not in grid:
+        fixed.append(f"{c['steps']} steps")
+    if c.get("max_grad_norm") is not None:
+        fixed.append(f"gradients clipped to norm {c['max_grad_norm']:g}")
+    if c.get("label_smoothing"):
+        fixed.append(f"{c['loss']} loss with label smoothing {c['label_smoothing']:g}")
+    print(f"fixed      {', '.join(fixed)}", file=out)
     if threads:
         print(f"threads    {threads}", file=out)
     keys = list(c["grid"])
