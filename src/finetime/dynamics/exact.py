@@ -21,10 +21,15 @@ from ._driver import solve
 from ._problem import Problem
 from ._trajectory import Trajectory, full_table, initial_outputs
 
-__all__ = ["simulate", "ExactStepper", "resolve_plan", "expected_gradient_square", "CLIP_EPS"]
+__all__ = ["simulate", "ExactStepper", "resolve_plan", "expected_gradient_square", "clip_factor", "CLIP_EPS"]
 
 CLIP_EPS = 1e-6
 """What ``torch.nn.utils.clip_grad_norm_`` adds to the norm: the factor is ``min(1, max_norm / (|g| + 1e-6))``."""
+
+
+def clip_factor(sq_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """The factor ``clip_grad_norm_`` scales a gradient of squared norm ``sq_norm`` by (per run, ``<= 1``)."""
+    return (max_norm / (sq_norm.clamp_min(0).sqrt() + CLIP_EPS)).clamp(max=1.0)
 
 
 class ExactStepper:
@@ -81,7 +86,7 @@ class ExactStepper:
         clip = None
         if self.max_norm is not None:  # |g|^2 = c^T Theta c (times norm_scale for a preconditioned kernel)
             sq = (grad[:, :nc] * coeff).sum(1) if rows is None else (torch.gather(grad, 1, rows) * coeff).sum(1)
-            clip = (self.max_norm / ((sq.clamp_min(0) * p.norm_scale).sqrt() + CLIP_EPS)).clamp(max=1.0)
+            clip = clip_factor(sq * p.norm_scale, self.max_norm)
             grad, coeff = grad * clip.unsqueeze(1), coeff * clip.unsqueeze(1)
         e = None
         if state.a is not None or self.rule.needs_coeff:  # coefficient vector of this step's gradient (R, N*C)

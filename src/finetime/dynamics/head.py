@@ -18,7 +18,7 @@ from ..optim import FunctionState, Optimizer
 from ._driver import solve
 from ._problem import Problem
 from ._trajectory import Trajectory
-from .exact import CLIP_EPS, resolve_plan
+from .exact import clip_factor, resolve_plan
 
 __all__ = ["HeadStepper", "simulate_head"]
 
@@ -73,7 +73,7 @@ class HeadStepper:
         if self.optimizer.max_grad_norm is not None:  # each run's own gradient clipped, as clip_grad_norm_ does
             grads = [param.grad for param in (w, b) if param is not None]
             sq = sum(g.reshape(runs, -1).pow(2).sum(1) for g in grads)
-            clip = (self.optimizer.max_grad_norm / (sq.sqrt() + CLIP_EPS)).clamp(max=1.0)
+            clip = clip_factor(sq, self.optimizer.max_grad_norm)
             for g in grads:
                 g.mul_(clip.view(-1, *([1] * (g.dim() - 1))))
         s["opt"].step()
