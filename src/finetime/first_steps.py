@@ -87,13 +87,13 @@ def run_first_steps(task, config, steps: int, eval_samples: int | None = None) -
     steps, but a subset loses what the steps tell (BENCHMARKS.md, section 1, "The first real steps": 50 of 150 samples
     took the far-from-linear cells' gain away)."""
     from .finetune import finetune
-    from .subset import balanced_indices
+    from .subset import evaluation_indices
 
     t0 = time.perf_counter()
     d = task.data
     n = d.x.shape[0]
     plan = batch_plan(n, config.optimizer, config.steps, 1, first_steps_generator(config))
-    subset = balanced_indices(d.y, d.num_classes, eval_samples) if eval_samples and n > eval_samples else None
+    subset = evaluation_indices(d.y, d.num_classes, eval_samples or None)
     model = copy.deepcopy(task.model)
     run = finetune(model, d.x, d.y, config.optimizer, config.steps, plan, loss=config.objective, params=task.trained,
                    bn=config.task.bn, precision=config.precision, stop_after=steps, eval_samples=subset)

@@ -28,7 +28,7 @@ from .zoo import Dataset
 
 __all__ = ["AUTO_ALL_UP_TO", "AUTO_SAMPLES", "MIN_PER_CLASS", "AUTO_REFRESH_FRACTION", "AUTO_REFRESH_PER_CLASS",
            "kernel_sample_count", "class_balanced_subset", "to_full_set", "refresh_sample_count", "balanced_indices",
-           "stratified_counts"]
+           "stratified_counts", "evaluation_indices"]
 
 AUTO_ALL_UP_TO = 1000
 """``--kernel-samples auto`` computes the kernel on all samples up to this many."""
@@ -116,6 +116,14 @@ def balanced_indices(y: torch.Tensor, classes: int, m: int) -> torch.Tensor:
     members = [torch.nonzero(y == k).flatten() for k in range(classes)]
     counts = stratified_counts([len(g) for g in members], m)
     return torch.cat([g[:k] for g, k in zip(members, counts)]).sort().values
+
+
+def evaluation_indices(y: torch.Tensor, classes: int, m: int | str | None) -> torch.Tensor | None:
+    """The training samples a real run's curve is evaluated on: ``balanced_indices`` of ``m`` of them, or ``None``
+    (all) where ``m`` is ``None``, ``all`` or not fewer than the samples."""
+    if m is None or m == "all" or m >= y.shape[0]:
+        return None
+    return balanced_indices(y, classes, m)
 
 
 def class_balanced_subset(data: Dataset, m: int) -> Dataset:

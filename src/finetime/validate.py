@@ -22,7 +22,7 @@ from .predict import Prediction, curve_summary, materialized, predict, tolist, t
 from .first_steps import FirstSteps
 from .predictors import predict_trajectory, real_run_generator
 from .relinearize import end_refreshed
-from .subset import balanced_indices
+from .subset import evaluation_indices
 from .training_time import relative_error
 
 __all__ = ["Validation", "validate", "compare_times", "test_curve_errors", "replay_config"]
@@ -161,9 +161,7 @@ def validate(config: RunConfig, *, kernel_in=None, kernel_out=None,
             measured = FirstSteps.from_dict(info["first_steps"]) if "first_steps" in info else None
             replay = predict_trajectory(problem, replay_config(config, info or None), task, plan=plan,
                                         first_steps=measured)
-    evaluated = None
-    if eval_samples != "all" and eval_samples < n:
-        evaluated = balanced_indices(data.y, data.num_classes, eval_samples)
+    evaluated = evaluation_indices(data.y, data.num_classes, eval_samples)
     real = finetune(task.model, data.x, data.y, opt, config.steps, plan, loss=config.objective,
                     params=task.trained, precision=config.precision, x_test=data.x_test, y_test=data.y_test,
                     bn=config.task.bn, eval_every=eval_every, eval_samples=evaluated,
