@@ -781,3 +781,35 @@ def test_end_tol_setting():
     for bad in (-0.1, float("nan"), float("inf"), "x", True):
         with pytest.raises(ConfigError, match="--end-tol"):
             RunConfig.from_dict({"end_tol": bad})
+
+
+def test_stability_cap_clips_the_refreshed_kernels_only():
+    """The cap leaves the curve before the first refresh alone, records each refreshed kernel's sharpness over the
+    limit, and changes nothing where the limit is far above it."""
+    m, x, y, p = _setup(n=8)
+    sgd = SGD(lr=0.5, momentum=0.5)
+    net = Network(m, x, [n for n, _ in m.named_parameters()], kernel=lambda mm: compute_kernel(mm, x, method="exact"))
+    kw = dict(checkpoints=[2, 5], reanchor="none")
+    plain, plain_info = relinearized(p, sgd, 12, net, **kw)
+    loose, info = relinearized(p, sgd, 12, net, stability_cap=1e9, **kw)
+    assert not plain_info.sharpness_ratios and "sharpness_ratios" not in plain_info.to_dict()
+    assert len(info.sharpness_ratios) == 2 and max(info.sharpness_ratios) < 1
+    torch.testing.assert_close(loose.loss, plain.loss)
+    cap = 0.5 * info.sharpness_ratios[0] * 1e9  # half the first refreshed kernel's sharpness over the limit
+    capped, capped_info = relinearized(p, sgd, 12, net, stability_cap=cap, **kw)
+    assert capped_info.sharpness_ratios[0] == pytest.approx(2.0, rel=1e-6)
+    torch.testing.assert_close(capped.loss[:, :3], plain.loss[:, :3])
+    assert torch.isfinite(capped.loss).all() and not torch.allclose(capped.loss[:, 4:], plain.loss[:, 4:])
+
+
+def test_stability_cap_setting():
+    from finetime.cli import build_parser
+    from finetime.config import PRESETS, RunConfig
+    from finetime.errors import ConfigError
+
+    assert PRESETS["adaptive"].stability_cap == 0.0
+    assert RunConfig.from_dict({"stability_cap": 1}).to_dict()["stability_cap"] == 1.0
+    for bad in (-0.5, float("nan"), "x", True):
+        with pytest.raises(ConfigError, match="--stability-cap"):
+            RunConfig.from_dict({"stability_cap": bad})
+    assert build_parser().parse_args(["predict", "--stability-cap", "0.9"]).stability_cap == 0.9

@@ -212,6 +212,9 @@ class PredictorConfig:
     (``finetime.first_steps``); 0: none; ``auto``: ``FIRST_STEPS`` with BatchNorm batch statistics or where the
     linearity check's loss gap is ``FAR_FROM_LINEAR`` or more, none otherwise. The other presets (``linear``,
     ``paper``, ``relinearized3``) run none: they are the kernel's predictions alone."""
+    stability_cap: float = 0.0
+    """Hold each refreshed kernel's sharpness (the batch's, for minibatches) at this fraction of the stable limit
+    ``2 (1 + momentum) / lr`` (``relinearize``, ``spectrum.capped_kernel``; SGD and GD); 0: no cap."""
     end_tol: float = END_TOL
     """The end check's tolerance, as a fraction of the loss decrease the linear model predicts (``END_TOL``); 0: no
     end check. Only where the linearity check keeps one kernel."""
@@ -270,6 +273,10 @@ class PredictorConfig:
         if isinstance(et, bool) or not isinstance(et, numbers.Real) or not (et >= 0 and math.isfinite(et)):
             raise ConfigError(f"--end-tol must be a number >= 0 (0 turns the end check off), got {et!r}")
         object.__setattr__(self, "end_tol", float(et))
+        sc = self.stability_cap
+        if isinstance(sc, bool) or not isinstance(sc, numbers.Real) or not (sc >= 0 and math.isfinite(sc)):
+            raise ConfigError(f"--stability-cap must be a number >= 0 (0: no cap), got {sc!r}")
+        object.__setattr__(self, "stability_cap", float(sc))
 
 
 PRESETS: dict[str, PredictorConfig] = {
@@ -299,7 +306,7 @@ _PREDICTOR = {"predictor": "kind", "relinearize": "relinearize", "reanchor": "re
               "linearity_tol": "linearity_tol", "end_tol": "end_tol", "refresh_samples": "refresh_samples",
               "relinearize_adam": "relinearize_adam", "interpolate_kernels": "interpolate",
               "kernel_interpolation": "interpolation",
-              "first_steps": "first_steps"}
+              "first_steps": "first_steps", "stability_cap": "stability_cap"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -97,7 +97,8 @@ def _relinearized(problem, config, task, generator, plan) -> Trajectory:
                               reanchor=p.reanchor, linearity_tol=p.tolerance(config.optimizer), runs=config.runs,
                               generator=generator, plan=plan, refresh_samples=samples,
                               interpolate=p.interpolates(config.optimizer), interpolation=how, min_growth=min_growth,
-                              max_memory=config.kernel.max_memory_bytes, end_tol=p.end_tol)
+                              max_memory=config.kernel.max_memory_bytes, end_tol=p.end_tol,
+                              stability_cap=p.stability_cap)
     traj.info = info.to_dict()
     return traj
 

@@ -32,6 +32,7 @@ from .kernel import Kernel
 from .kernel.update import nystrom_update, subset_rows
 from .losses import loss_floor, mean_loss_and_accuracy
 from .network import eval_mode, network_outputs, on_model
+from .spectrum import capped_kernel
 from .optim import FunctionState, Optimizer
 
 __all__ = ["apply_coefficients", "relinearized", "checkpoint_schedule", "first_checkpoint", "RelinearizationInfo",
@@ -59,6 +60,8 @@ class RelinearizationInfo:
     interpolated: bool = False
     interpolation: str | None = None
     interpolated_intervals: int = 0
+    sharpness_ratios: list[float] = dataclasses.field(default_factory=list)
+    """With a stability cap: each refreshed kernel's sharpness over the stable limit before the cap."""
     end_check: dict | None = None
     """Where the linearity check kept one kernel and the end check ran: ``{"step", "gap", "refreshed"}``, ``gap`` the
     network's loss at the linear model's weights at ``step`` against the linear model's, as a fraction of the loss
@@ -75,6 +78,7 @@ class RelinearizationInfo:
                 "end_check": self.end_check,
                 "loss_gaps": [round(g, 4) for g in self.loss_gaps],
                 "trace_ratios": [round(r, 3) for r in self.trace_ratios],
+                **({"sharpness_ratios": [round(r, 3) for r in self.sharpness_ratios]} if self.sharpness_ratios else {}),
                 "kernel_seconds": round(self.kernel_seconds, 3), "network_seconds": round(self.network_seconds, 3)}
 
 
@@ -169,8 +173,10 @@ class _Refresh:
     def __init__(self, problem: Problem, network: Network, reanchor: Reanchor, linearity_tol: float,
                  recorder: Recorder, info: RelinearizationInfo, samples: torch.Tensor | None = None,
                  step_bound: float | None = None, adapt: bool = True, keep_history: bool = False,
-                 end_at: int | None = None, end_tol: float = 0.0):
+                 end_at: int | None = None, end_tol: float = 0.0, optimizer: Optimizer | None = None,
+                 stability_cap: float = 0.0):
         self.problem, self.network, self.reanchor, self.tol = problem, network, reanchor, linearity_tol
+        self.optimizer, self.stability_cap = optimizer, stability_cap
         self.end_at, self.end_tol = end_at, end_tol  # the end check (after a passed linearity check)
         self.rec, self.info = recorder, info
         self.samples = samples
@@ -238,13 +244,14 @@ class _Refresh:
         t_k = time.perf_counter()
         k = self.network.kernel(self.work)
         self._record(k.theta, time.perf_counter() - t_k)
+        anchor = self.reanchor is Reanchor.ALL or (self.reanchor is Reanchor.FIRST and i == 0)
+        theta = self._cap(sim(k.theta), sim(k.f0) if anchor else mean[: n * c].view(n, c), stepper, t)
         f_new = sim(k.f0).reshape(-1)
         if not check:
             info.loss_gaps.append(_loss_gap(sim(k.f0), mean[: n * c].view(n, c), p.y, p.loss))
         theta_test = sim(k.theta_test)
         if theta_test is not None:
             f_new = torch.cat([f_new, sim(k.f0_test).reshape(-1)])
-        anchor = self.reanchor is Reanchor.ALL or (self.reanchor is Reanchor.FIRST and i == 0)
         # each run keeps its deviation from the ensemble mean
         f = state.f - mean + f_new if anchor else state.f
         f0_test = sim(k.f0_test)
@@ -259,7 +266,7 @@ class _Refresh:
             if p.jw0_test is not None:
                 jw["jw0_test"] = p.jw0_test + f0_test - p.f0_test
         stepper = stepper.with_problem(dataclasses.replace(
-            p, theta=sim(k.theta), f0=sim(k.f0), theta_test=theta_test, f0_test=f0_test, **jw))
+            p, theta=theta, f0=sim(k.f0), theta_test=theta_test, f0_test=f0_test, **jw))
         if self.history is not None:
             self.history.append((t, stepper.problem))
         state = _rebase(stepper, FunctionState(f, state.slots, state.a), restart)
@@ -277,6 +284,7 @@ class _Refresh:
         k = self.network.subset_kernel(self.work, self.samples)
         theta, theta_test, _ = nystrom_update(p.theta, self.rows, k.theta.to(p.device, dtype), p.theta_test)
         self._record(theta, time.perf_counter() - t_k)
+        theta = self._cap(theta, mean[: p.n * p.c].view(p.n, p.c), stepper, t)
         if not check:
             f_lin = mean[: p.n * p.c].view(p.n, p.c)[self.samples]
             self.info.loss_gaps.append(_loss_gap(k.f0.to(p.device, dtype), f_lin, p.y[self.samples], p.loss))
@@ -285,6 +293,25 @@ class _Refresh:
             self.history.append((t, stepper.problem))
         state = _rebase(stepper, state, restart)
         return stepper, state
+
+    def _cap(self, theta: torch.Tensor, f: torch.Tensor, stepper: ExactStepper, t: int) -> torch.Tensor:
+        """The refreshed kernel with its sharpness at the outputs ``f`` held at ``stability_cap`` times the stable
+        limit of the learning rates still to come (``spectrum.capped_kernel``; SGD only, not where the cap is 0);
+        records the sharpness over the limit before the cap."""
+        opt = self.optimizer
+        if self.stability_cap <= 0 or opt is None or opt.preconditioned:
+            return theta
+        lr = max(stepper.lrs[t:], default=0.0)
+        if lr <= 0:
+            return theta
+        p = self.problem
+        t_c = time.perf_counter()
+        limit = self.stability_cap * opt.stable_lr(1.0) / lr  # stable_lr(s) = K / s: the limit on s is K / lr
+        batch = None if opt.is_full_batch(p.n) else opt.batch_size
+        capped, ratio = capped_kernel(theta, f, p.loss, limit, batch, torch.Generator().manual_seed(t))
+        self.info.sharpness_ratios.append(ratio)
+        self.info.kernel_seconds += time.perf_counter() - t_c
+        return capped
 
     def _record(self, theta: torch.Tensor, seconds: float) -> None:
         """Count a refreshed kernel, its seconds and its trace against the first kernel's."""
@@ -301,7 +328,8 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
                  refresh_samples: torch.Tensor | None = None, adam_step_bound: float | None = ADAM_STEP_BOUND,
                  adapt_preconditioner: bool = True,
                  interpolate: bool = False, interpolation: str = "linear", min_growth: float = 0.0,
-                 max_memory: int | None = None, end_tol: float = 0.0) -> tuple[Trajectory, RelinearizationInfo]:
+                 max_memory: int | None = None, end_tol: float = 0.0,
+                 stability_cap: float = 0.0) -> tuple[Trajectory, RelinearizationInfo]:
     """Simulate ``optimizer`` on the linearization at ``w0`` (``problem``), re-linearizing the real ``network`` at
     ``checkpoints`` (a hook of the simulation driver).
 
@@ -331,7 +359,12 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     is moved from ``w0`` to the linear model's weights and evaluated; if its loss differs from the linear model's by
     ``end_tol`` times the loss decrease the linear model predicts or more (``info.end_check``), the kernel is
     refreshed there and the runs are simulated again on kernels that move geometrically in time from ``w0``'s to
-    it (``config.END_TOL``). Not where those two kernels and one between them would exceed the memory bound."""
+    it (``config.END_TOL``). Not where those two kernels and one between them would exceed the memory bound.
+
+    ``stability_cap > 0`` (SGD): each refreshed kernel's sharpness at the outputs it starts from is held at
+    ``stability_cap`` times the stable limit of the largest learning rate still to come, its top eigenvalues clipped
+    (``spectrum.capped_kernel``; ``info.sharpness_ratios``, the sharpness before over the limit), as real training
+    at the edge of stability holds it. The kernel at ``w0`` and the test-set cross kernels are not capped."""
     if not optimizer.relinearizable:
         raise ConfigError(f"re-linearization does not support {optimizer.name}'s weight decay; use the linear "
                           "predictor")
@@ -371,7 +404,7 @@ def relinearized(problem: Problem, optimizer: Optimizer, steps: int, network: Ne
     end_at = steps - 1 if end_tol > 0 and steps - 1 > max(info.checkpoints, default=0) else None
     hook = _Refresh(problem, network, reanchor, linearity_tol, rec, info, refresh_samples,
                     adam_step_bound, adapt_preconditioner, keep_history=interpolate or end_at is not None,
-                    end_at=end_at, end_tol=end_tol)
+                    end_at=end_at, end_tol=end_tol, optimizer=optimizer, stability_cap=stability_cap)
     stops = sorted(set(info.checkpoints) | ({end_at} if end_at is not None else set()))
     traj, _ = solve(ExactStepper(problem, optimizer, steps, plan, track=True), steps, runs=r_runs, recorder=rec,
                     method="relinearized", checkpoints=stops, hook=hook)

@@ -164,6 +164,11 @@ def add_run_flags(p: argparse.ArgumentParser, lists: tuple[str, ...] = (), predi
                             "model's weights at the last step; if its loss is off the linear model's by this fraction "
                             "of the predicted loss decrease or more, the kernel is refreshed there and moves "
                             f"geometrically in time from the first to it; 0 turns it off (default: {END_TOL:g})")
+        g.add_argument("--stability-cap", type=float, default=None, metavar="R",
+                       help="hold each refreshed kernel's sharpness (for minibatches, the mean over batches of the "
+                            "batch's own) at R times the stable limit 2 (1 + momentum) / lr, as real training at the "
+                            "edge of stability does, by clipping the kernel's top eigenvalues; SGD only; 0: no cap "
+                            "(default: 0; BENCHMARKS.md section 1 measures 1.0)")
         g.add_argument("--refresh-samples", default=None, metavar="M|auto|all",
                        help="each re-linearization computes the new kernel on a class-balanced subset of M training "
                             "samples and carries it to the others through the previous kernel (Nystrom); auto: "

@@ -188,6 +188,9 @@ def _fmt_relinearization(rl: dict) -> str:
     more = f"{rl['kernels']} more kernels" + (f" on {sub} samples each, carried to all" if sub else "")
     line = (f"re-linearized at steps {', '.join(map(str, done))} ({gap}{more}; kernel trace "
             f"x{', x'.join(f'{r:.2g}' for r in rl['trace_ratios'])})")
+    if rl.get("sharpness_ratios"):
+        line += ("; stability cap: sharpness before it x"
+                 + ", x".join(f"{r:.2g}" for r in rl["sharpness_ratios"]) + " of the stable limit")
     if gaps and gaps[0] >= FAR_FROM_LINEAR:
         line += (f"\nwarning: at step {first} the network's loss is {100 * gaps[0]:.0f}% away from the linear model's: "
                  "far from linear, the real run may differ strongly (BENCHMARKS.md, section 1)")
