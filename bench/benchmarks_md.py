@@ -8,7 +8,8 @@ Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw
 (bench/results/photos.jsonl), {{clip_suite}} (bench/results/clip.jsonl), {{smoothing_suite}} and
 {{smoothing_targets}} (bench/results/smoothing.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
 {{photos_intervals}} (coverage on photos.jsonl of intervals fitted on the other suites), {{interpolation}} (kernels
-interpolated between refreshes against stepwise ones, all four suites), {{momentum_interpolation}} (with momentum:
+interpolated between refreshes against stepwise ones, all four suites), {{stability_cap}}
+(bench/results/stability_cap.jsonl: the stability cap against the default), {{momentum_interpolation}} (with momentum:
 stepwise, linear, geometric and the default, paper and photos suites), {{end_check}} (the end check on the cells whose
 linearity check passes), {{bn_batch_photos}}, {{step_timing}}, {{cost}} (bench/results/cost.json), {{growth}} (bench/results/growth.json), {{first_steps}} (bench/results/first_steps.json), {{noise}}
 (bench/results/noise.jsonl: the hard regimes' real runs by batch order); a missing results file renders as a note saying which command produces it.
@@ -751,6 +752,15 @@ def adam_rule(r):
     return "\n".join(lines) + "\n"
 
 
+def stability_cap():
+    import stability_cap_bench
+
+    path = RES / "stability_cap.jsonl"
+    if not path.exists():
+        return _missing("bench/stability_cap_bench.py")
+    return stability_cap_bench.render([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+
+
 def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
     for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
@@ -764,7 +774,7 @@ def main():
                     ("photos_intervals", photos_intervals), ("bn_batch_photos", bn_batch_photos),
                     ("step_timing", step_timing), ("interpolation", interpolation),
                     ("momentum_interpolation", momentum_interpolation), ("end_check", end_check), ("growth", growth),
-                    ("first_steps", first_steps), ("noise", noise)):
+                    ("first_steps", first_steps), ("noise", noise), ("stability_cap", stability_cap)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
     print("wrote BENCHMARKS.md")

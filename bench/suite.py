@@ -109,7 +109,9 @@ BENCH_PREDICTORS = {**PRESETS,
                     "adaptive-no-first-steps": dataclasses.replace(PRESETS["adaptive"], first_steps=0),
                     "adaptive-2-refreshes": dataclasses.replace(PRESETS["adaptive"], relinearize=2),
                     "adaptive-always-refresh": dataclasses.replace(PRESETS["adaptive"], linearity_tol=1e-9),
-                    "adaptive-no-end-check": dataclasses.replace(PRESETS["adaptive"], end_tol=0.0)}
+                    "adaptive-no-end-check": dataclasses.replace(PRESETS["adaptive"], end_tol=0.0),
+                    "adaptive-eos": dataclasses.replace(PRESETS["adaptive"], stability_cap=0.9),
+                    "adaptive-eos1": dataclasses.replace(PRESETS["adaptive"], stability_cap=1.0)}
 """The presets, and variants kept as baselines in the results: ``adaptive-full-refresh`` is ``adaptive`` with every
 refresh a whole kernel (``--refresh-samples all``; the default before refreshes on a subset); ``adaptive-stepwise``
 and ``adaptive-interp`` use each refreshed kernel from its checkpoint on, or interpolate it linearly in time between
@@ -121,7 +123,9 @@ between two refreshes); ``adaptive-geometric`` interpolates geometrically betwee
 ``3T/15`` only (``--relinearize 2``), a third cheaper re-linearization; ``adaptive-always-refresh`` refreshes
 wherever the check's loss gap is not zero (``--linearity-tol 1e-9``), on the cells whose check passes: what
 ``adaptive`` would predict there if the check failed; ``adaptive-no-end-check`` is ``adaptive`` without its end
-check (``--end-tol 0``; the default before it), on the cells whose first check passes."""
+check (``--end-tol 0``; the default before it), on the cells whose first check passes; ``adaptive-eos`` and
+``adaptive-eos1`` hold each refreshed kernel's sharpness at 0.9 and 1.0 times the stable limit (``--stability-cap``;
+``bench/stability_cap_bench.py``)."""
 
 
 UNCLIPPED = "-unclipped"
