@@ -43,8 +43,12 @@ GROUPS = {"GD lr 1e-2, BatchNorm frozen": gd_grows, "real or predicted divergenc
 
 
 def select(source: Path) -> list[dict]:
+    """The cells of ``source`` in a group, with only the predictions compared here."""
     cells = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
-    return [c for c in cells if any(rule(c) for rule in GROUPS.values())]
+    cells = [c for c in cells if any(rule(c) for rule in GROUPS.values())]
+    for c in cells:
+        c["predictors"] = {k: v for k, v in c["predictors"].items() if k in PREDICTORS}
+    return cells
 
 
 def render(cells: list[dict]) -> str:

@@ -171,3 +171,19 @@ def test_refiner_band_scale_is_the_narrowest_held_out_interval():
     assert min(study, key=lambda k: study[k][2]) == 2.0
     cov, width, _ = study[2.0]
     assert all(cov[f] == 1.0 for f in ob.FRACTIONS[1:]) and width[0.1] < study[1.0][1][0.1]
+
+
+def test_stability_cap_bench_selects_its_groups_and_scores_them():
+    """The cells the stability-cap bench re-predicts are exactly its two groups, with only the compared predictions;
+    its summary scores each predictor per group from the stored runs."""
+    import stability_cap_bench as b
+
+    stored = ROOT / "bench" / "results" / "paper.jsonl"
+    cells = b.select(stored)
+    everything = [json.loads(line) for line in stored.read_text().splitlines() if line.strip()]
+    assert {c["id"] for c in cells} == {c["id"] for c in everything if b.gd_grows(c) or b.diverging(c)}
+    assert all(set(c["predictors"]) <= set(b.PREDICTORS) for c in cells)
+    text = b.render(cells)
+    for title, rule in b.GROUPS.items():
+        assert f"| {title} ({sum(map(rule, cells))}) | adaptive |" in text
+    assert "divergence: predicted against real, per cell" in text and len(text.splitlines()) > len(cells)
