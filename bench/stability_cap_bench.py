@@ -79,7 +79,7 @@ def render(cells: list[dict]) -> str:
         preds = [c["predictors"][p] for p in names]
         per_cell.append(f"| {label} | {tt(c['real'], c['real']['diverged'])} | "
                         + " | ".join(tt(p, p["diverged_fraction"] > 0.5) for p in preds)
-                        + " | " + (", ".join(f"{r:.2g}" for r in ratios) or "-") + " |")
+                        + " | " + (", ".join("-" if r is None else f"{r:.2g}" for r in ratios) or "-") + " |")
     return ("\n".join(lines) + "\n\n" + report.divergence_table(cells, names) + "\n" + "\n".join(per_cell) + "\n")
 
 

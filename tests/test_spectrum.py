@@ -1,5 +1,7 @@
 """The stability cap (``spectrum.capped_kernel``) against sharpness computed directly."""
 
+import math
+
 import pytest
 import torch
 
@@ -78,3 +80,10 @@ def test_hessian_sqrt_squares_to_the_softmax_hessian():
     hs = _loss_hessian_sqrt(f, Loss.CE)
     p = torch.softmax(f, -1)
     torch.testing.assert_close(hs @ hs, torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2))
+
+
+def test_outputs_that_blew_up_leave_the_kernel_alone():
+    theta, f = _kernel()
+    f[3, 1] = float("inf")
+    out, ratio = capped_kernel(theta, f, Loss.CE, 1e-6)
+    assert out is theta and math.isnan(ratio)

@@ -78,7 +78,8 @@ class RelinearizationInfo:
                 "end_check": self.end_check,
                 "loss_gaps": [round(g, 4) for g in self.loss_gaps],
                 "trace_ratios": [round(r, 3) for r in self.trace_ratios],
-                **({"sharpness_ratios": [round(r, 3) for r in self.sharpness_ratios]} if self.sharpness_ratios else {}),
+                **({"sharpness_ratios": [None if math.isnan(r) else round(r, 3) for r in self.sharpness_ratios]}
+                   if self.sharpness_ratios else {}),
                 "kernel_seconds": round(self.kernel_seconds, 3), "network_seconds": round(self.network_seconds, 3)}
 
 

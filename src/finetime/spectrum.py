@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .losses import Loss, loss_spec
@@ -113,8 +115,11 @@ def capped_kernel(theta: torch.Tensor, f: torch.Tensor, loss: Loss, limit: float
     / |B|``. A network whose sharpness grows past the stable limit ``2 (1 + momentum) / lr`` does not leave it:
     training holds it there (the edge of stability; Cohen et al. 2021, and for minibatches the batch sharpness,
     Andreyev and Beneventano 2024), where the linearized model with a kernel past it would oscillate and blow up.
-    At most ``CAP_RANK`` eigenvalues are clipped."""
+    At most ``CAP_RANK`` eigenvalues are clipped. Outputs that are not finite (runs that blew up) have no sharpness:
+    ``theta`` itself and a ratio of NaN."""
     n, c = f.shape
+    if not bool(torch.isfinite(f).all()):
+        return theta, math.nan
     nc = n * c
     th = theta.double()
     hs = _loss_hessian_sqrt(f.double(), loss)
