@@ -9,7 +9,8 @@ Placeholders: {{paper_suite}} (bench/results/paper.jsonl via report.py), {{adamw
 {{smoothing_targets}} (bench/results/smoothing.jsonl), {{resolution}} (paper.jsonl and photos.jsonl by resolution),
 {{photos_intervals}} (coverage on photos.jsonl of intervals fitted on the other suites), {{interpolation}} (kernels
 interpolated between refreshes against stepwise ones, all four suites), {{stability_cap}}
-(bench/results/stability_cap.jsonl: the stability cap against the default), {{momentum_interpolation}} (with momentum:
+(bench/results/stability_cap.jsonl: the stability cap against the default), {{divergence_orders}}
+(bench/results/divergence_orders.jsonl: SGD lr 1e-2 momentum 0.9 re-trained with other batch orders), {{momentum_interpolation}} (with momentum:
 stepwise, linear, geometric and the default, paper and photos suites), {{end_check}} (the end check on the cells whose
 linearity check passes), {{bn_batch_photos}}, {{step_timing}}, {{cost}} (bench/results/cost.json), {{growth}} (bench/results/growth.json), {{first_steps}} (bench/results/first_steps.json), {{noise}}
 (bench/results/noise.jsonl: the hard regimes' real runs by batch order); a missing results file renders as a note saying which command produces it.
@@ -761,6 +762,15 @@ def stability_cap():
     return stability_cap_bench.render([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
 
 
+def divergence_orders():
+    import divergence_orders_bench as b
+
+    path = RES / "divergence_orders.jsonl"
+    if not path.exists():
+        return _missing("bench/divergence_orders_bench.py")
+    return b.render(b.selected(b.load(b.SOURCE)), b.load(path))
+
+
 def main():
     text = (HERE / "BENCHMARKS.template.md").read_text()
     for key, fn in (("paper_suite", paper_suite), ("adamw_suite", adamw_suite), ("text_suite", text_suite),
@@ -774,7 +784,8 @@ def main():
                     ("photos_intervals", photos_intervals), ("bn_batch_photos", bn_batch_photos),
                     ("step_timing", step_timing), ("interpolation", interpolation),
                     ("momentum_interpolation", momentum_interpolation), ("end_check", end_check), ("growth", growth),
-                    ("first_steps", first_steps), ("noise", noise), ("stability_cap", stability_cap)):
+                    ("first_steps", first_steps), ("noise", noise), ("stability_cap", stability_cap),
+                    ("divergence_orders", divergence_orders)):
         text = text.replace("{{" + key + "}}", fn())
     (ROOT / "BENCHMARKS.md").write_text(text)
     print("wrote BENCHMARKS.md")

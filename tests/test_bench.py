@@ -187,3 +187,27 @@ def test_stability_cap_bench_selects_its_groups_and_scores_them():
     for title, rule in b.GROUPS.items():
         assert f"| {title} ({sum(map(rule, cells))}) | adaptive |" in text
     assert "divergence: predicted against real, per cell" in text and len(text.splitlines()) > len(cells)
+
+
+def test_divergence_orders_bench_scores_each_run_by_the_other_orders():
+    """Three runs of one configuration (two diverged, one trained) and one of another: the default's call is scored
+    on every run, the order-blind floor by the configuration's other runs only (the re-run of order 0 left out)."""
+    import divergence_orders_bench as b
+
+    def real(diverged, last=0.5):
+        return {"loss": [2.0, last], "diverged": diverged, "training_time": {"eps=0.1": {"step": 1}}}
+
+    cfg = {"image_size": 32, "per_class": 10, "seed": 1, "batch_size": 8, "lr": 1e-2, "momentum": 0.9}
+    cells = [{"id": "a", "config": cfg, "real": real(True), "predictors": {"adaptive": {"diverged_fraction": 1.0}}},
+             {"id": "b", "config": cfg, "real": real(False, 3.0),
+              "predictors": {"adaptive": {"diverged_fraction": 0.0}}}]
+    runs = [{"id": "a", "order": 1, "real": real(True)}, {"id": "a", "order": 2, "real": real(False)},
+            {"id": "a", "order": 0, "real": real(False)}]
+    assert b.selected(cells) == cells
+    text = b.render(cells, runs)
+    # real divergence, every order: runs of "a" (called divergent, 2 of 3 diverged) and "b" (called finite, it did not)
+    assert "| adaptive (the stored default) | 2 | 1 | 0 | 1 | 100% | 67% |" in text
+    # "a"'s runs by the others: diverged <- [T, F] (half: yes, majority: no), diverged <- [T, F], trained <- [T, T]
+    assert "| other orders, majority | 0 | 1 | 2 | 1 | 0% | 0% |" in text
+    assert "| other orders, half or more | 2 | 1 | 0 | 1 | 100% | 67% |" in text
+    assert "did not train" in text  # "b" ended above its start
