@@ -8,10 +8,12 @@ Each configuration is trained ``--orders`` more times with the suite's batch ord
 more with its own order 0 (``noise_bench.train``: same weights, head and data; ``order`` 0 in the results is the
 re-run). A prediction made before training is blind to the batch order, so no such prediction can call a
 configuration's divergence better than its other orders do: the `other orders` row calls each run divergent where the
-majority of the configuration's other runs diverged, or (`half or more`) at least half of them. The default's stored call (`adaptive`,
-diverged in more than half of its simulated batch orders) is scored on every run. Divergence as in PROTOCOL (non-finite
-or above 10x the starting loss); the second table counts, as section 1's does, runs that diverged or ended no lower
-than they started (did not train). Written to ``bench/results/divergence_orders.jsonl``.
+majority of the configuration's other runs diverged, or (`half or more`) at least half of them. The last row calls the
+stored order-0 run by its re-run, which saw the same batches and differs only in its floating-point rounding (thread
+count, order of reductions). The default's stored call (`adaptive`, diverged in more than half of its simulated batch
+orders) is scored on every run. Divergence as in PROTOCOL (non-finite or above 10x the starting loss); the second
+table counts, as section 1's does, runs that diverged or ended no lower than they started (did not train). Written to
+``bench/results/divergence_orders.jsonl``.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def render(cells: list[dict], runs: list[dict]) -> str:
         return f"TT(0.1) {real['training_time']['eps=0.1']['step']}"
 
     scored = {"diverged": [], "failed": []}
+    again = {"diverged": [], "failed": []}  # (re-run's outcome, stored order 0's): the same batches, run again
     for c in cells:
         cfg, pred = c["config"], c["predictors"]["adaptive"]["diverged_fraction"] > 0.5
         own = by.get(c["id"], {})
@@ -74,6 +77,8 @@ def render(cells: list[dict], runs: list[dict]) -> str:
                      f"{outcome(own[0]) if 0 in own else '-'} | {', '.join(map(outcome, others)) or '-'} |")
         every = [c["real"], *others]  # the re-run repeats order 0: left out of the scores
         for key, bad in (("diverged", lambda r: r["diverged"]), ("failed", failed)):
+            if 0 in own:
+                again[key].append((bad(own[0]), bad(c["real"])))
             for i, r in enumerate(every):
                 rest = every[:i] + every[i + 1:]
                 votes = sum(map(bad, rest))
@@ -86,7 +91,10 @@ def render(cells: list[dict], runs: list[dict]) -> str:
                 "|---|---|---|---|---|---|---|",
                 f"| adaptive (the stored default) | {_confusion([(p, r) for p, _, _, r in scored[key]])} |",
                 f"| other orders, majority | {_confusion([(b, r) for _, b, _, r in scored[key]])} |",
-                f"| other orders, half or more | {_confusion([(b, r) for _, _, b, r in scored[key]])} |", ""]
+                f"| other orders, half or more | {_confusion([(b, r) for _, _, b, r in scored[key]])} |"]
+        if again[key]:
+            out.append(f"| order 0 run again (same batches; scores order 0 only) | {_confusion(again[key])} |")
+        out.append("")
     return "\n".join(out)
 
 

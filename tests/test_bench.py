@@ -211,3 +211,5 @@ def test_divergence_orders_bench_scores_each_run_by_the_other_orders():
     assert "| other orders, majority | 0 | 1 | 2 | 1 | 0% | 0% |" in text
     assert "| other orders, half or more | 2 | 1 | 0 | 1 | 100% | 67% |" in text
     assert "did not train" in text  # "b" ended above its start
+    # the stored order 0 of "a" diverged, its re-run did not: the same batches call it finite
+    assert "| order 0 run again (same batches; scores order 0 only) | 0 | 0 | 1 | 0 | 0% | - |" in text
