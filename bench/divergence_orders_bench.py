@@ -1,7 +1,7 @@
 """Does a real run's divergence depend on its batch order? The suite's SGD lr 1e-2 momentum 0.9 cells (where every
 real divergence of section 1 happened) fine-tuned again with other batch orders and with their own.
 
-    .venv/bin/python bench/divergence_orders_bench.py [--orders 4]   # train (resumable; ~15 minutes on 2 cores)
+    .venv/bin/python bench/divergence_orders_bench.py [--orders 4]   # train (resumable; 40-70 s a run on 2 cores)
     .venv/bin/python bench/divergence_orders_bench.py --report        # tables only, from the stored runs
 
 Each configuration is trained ``--orders`` more times with the suite's batch orders of repeats 1, 2, ... and once
