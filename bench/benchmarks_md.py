@@ -768,7 +768,7 @@ def divergence_orders():
     path = RES / "divergence_orders.jsonl"
     if not path.exists():
         return _missing("bench/divergence_orders_bench.py")
-    return b.render(b.selected(b.load(b.SOURCE)), b.load(path))
+    return b.render(b.selected(b.load([b.SOURCE])), b.load([path]))
 
 
 def main():

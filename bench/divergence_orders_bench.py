@@ -19,12 +19,13 @@ table counts, as section 1's does, runs that diverged or ended no lower than the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from report import confusion, failed, load  # noqa: E402
+
 SOURCE = HERE / "results" / "paper.jsonl"
 OUT = HERE / "results" / "divergence_orders.jsonl"
 
@@ -33,21 +34,6 @@ def selected(cells: list[dict]) -> list[dict]:
     """The suite's minibatch SGD cells at lr 1e-2 with momentum 0.9 (repeat 0)."""
     return [c for c in cells if c.get("repeat", 0) == 0 and c["config"]["batch_size"] and c["config"]["lr"] == 1e-2
             and c["config"]["momentum"] == 0.9]
-
-
-def failed(real: dict) -> bool:
-    last = real["loss"][-1]
-    return real["diverged"] or last is None or last >= real["loss"][0]
-
-
-def _confusion(pairs) -> str:
-    tp = sum(p and r for p, r in pairs)
-    fp = sum(p and not r for p, r in pairs)
-    fn = sum(r and not p for p, r in pairs)
-    tn = sum(not p and not r for p, r in pairs)
-    rec = f"{100 * tp / (tp + fn):.0f}%" if tp + fn else "-"
-    prec = f"{100 * tp / (tp + fp):.0f}%" if tp + fp else "-"
-    return f"{tp} | {fp} | {fn} | {tn} | {rec} | {prec}"
 
 
 def render(cells: list[dict], runs: list[dict]) -> str:
@@ -89,17 +75,13 @@ def render(cells: list[dict], runs: list[dict]) -> str:
         out += [f"#### {title}, every order", "",
                 "| call | both | predicted only | real only | neither | recall | precision |",
                 "|---|---|---|---|---|---|---|",
-                f"| adaptive (the stored default) | {_confusion([(p, r) for p, _, _, r in scored[key]])} |",
-                f"| other orders, majority | {_confusion([(b, r) for _, b, _, r in scored[key]])} |",
-                f"| other orders, half or more | {_confusion([(b, r) for _, _, b, r in scored[key]])} |"]
+                f"| adaptive (the stored default) | {confusion([(p, r) for p, _, _, r in scored[key]])} |",
+                f"| other orders, majority | {confusion([(b, r) for _, b, _, r in scored[key]])} |",
+                f"| other orders, half or more | {confusion([(b, r) for _, _, b, r in scored[key]])} |"]
         if again[key]:
-            out.append(f"| order 0 run again (same batches; scores order 0 only) | {_confusion(again[key])} |")
+            out.append(f"| order 0 run again (same batches; scores order 0 only) | {confusion(again[key])} |")
         out.append("")
     return "\n".join(out)
-
-
-def load(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def main(argv=None) -> int:
@@ -108,12 +90,12 @@ def main(argv=None) -> int:
     ap.add_argument("--report", action="store_true", help="only score the stored runs")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
-    cells = selected(load(SOURCE))
+    cells = selected(load([SOURCE]))
     if not args.report:
         import noise_bench
 
         noise_bench.train(cells, args.orders, args.out)
-    print(render(cells, load(args.out) if args.out.exists() else []))
+    print(render(cells, load([args.out]) if args.out.exists() else []))
     return 0
 
 

@@ -140,37 +140,39 @@ def table(rs_by_pred, key, title):
     return "\n".join(lines) + "\n"
 
 
-def failed(cell) -> bool:
-    """A real run that diverged (``PROTOCOL``: non-finite or above 10x its start) or ended no lower than it started
-    (``loss[T] >= loss[0]``: it did not train)."""
-    real = cell["real"]
+def failed(real) -> bool:
+    """A real run (a cell's ``real``) that diverged (``PROTOCOL``: non-finite or above 10x its start) or ended no lower
+    than it started (``loss[T] >= loss[0]``: it did not train)."""
     last = real["loss"][-1]
     return real["diverged"] or last is None or last >= real["loss"][0]
+
+
+def confusion(pairs) -> str:
+    """``both | predicted only | real only | neither | recall | precision`` over (predicted, real) booleans."""
+    pairs = list(pairs)
+    tp = sum(p and r for p, r in pairs)
+    fp = sum(p and not r for p, r in pairs)
+    fn = sum(r and not p for p, r in pairs)
+    tn = sum(not p and not r for p, r in pairs)
+    rec = f"{100 * tp / (tp + fn):.0f}%" if tp + fn else "-"
+    prec = f"{100 * tp / (tp + fp):.0f}%" if tp + fp else "-"
+    return f"{tp} | {fp} | {fn} | {tn} | {rec} | {prec}"
 
 
 def divergence_table(cells, predictors) -> str:
     """Per predictor, over every cell: how often a real divergence was predicted (recall) and how often a predicted
     divergence was real (precision); then the same against real runs that diverged or did not train (``failed``)."""
     out = []
-    for title, real_bad in (("divergence: predicted against real, per cell", lambda c: c["real"]["diverged"]),
+    for title, real_bad in (("divergence: predicted against real, per cell", lambda r: r["diverged"]),
                             ("predicted divergence against real runs that diverged or did not train (loss[T] >= "
                              "loss[0])", failed)):
         lines = [f"#### {title}\n",
                  "| predictor | both | predicted only | real only | neither | recall | precision |",
                  "|---|---|---|---|---|---|---|"]
         for p in predictors:
-            tp = fp = fn = tn = 0
-            for c in cells:
-                if p not in c["predictors"]:
-                    continue
-                pred, real = c["predictors"][p]["diverged_fraction"] > 0.5, real_bad(c)
-                tp += pred and real
-                fp += pred and not real
-                fn += real and not pred
-                tn += not pred and not real
-            rec = f"{100 * tp / (tp + fn):.0f}%" if tp + fn else "-"
-            prec = f"{100 * tp / (tp + fp):.0f}%" if tp + fp else "-"
-            lines.append(f"| {p} | {tp} | {fp} | {fn} | {tn} | {rec} | {prec} |")
+            pairs = [(c["predictors"][p]["diverged_fraction"] > 0.5, real_bad(c["real"]))
+                     for c in cells if p in c["predictors"]]
+            lines.append(f"| {p} | {confusion(pairs)} |")
         out.append("\n".join(lines) + "\n")
     return "\n".join(out)
 

@@ -189,8 +189,8 @@ def _fmt_relinearization(rl: dict) -> str:
     line = (f"re-linearized at steps {', '.join(map(str, done))} ({gap}{more}; kernel trace "
             f"x{', x'.join(f'{r:.2g}' for r in rl['trace_ratios'])})")
     if rl.get("sharpness_ratios"):
-        line += ("; stability cap: sharpness before it x"
-                 + ", x".join("-" if r is None else f"{r:.2g}" for r in rl["sharpness_ratios"]) + " of the stable limit")
+        ratios = ", x".join("-" if r is None else f"{r:.2g}" for r in rl["sharpness_ratios"])
+        line += f"; stability cap: sharpness before it x{ratios} of the stable limit"
     if gaps and gaps[0] >= FAR_FROM_LINEAR:
         line += (f"\nwarning: at step {first} the network's loss is {100 * gaps[0]:.0f}% away from the linear model's: "
                  "far from linear, the real run may differ strongly (BENCHMARKS.md, section 1)")
